@@ -1,0 +1,13 @@
+"""Errors the user sees: one line, naming the file and the problem."""
+
+
+class MotionSSIMError(Exception):
+    """Base class for every error MotionSSIM reports to a user (CLI exit status 2)."""
+
+
+class InputError(MotionSSIMError):
+    """An input image or volume that cannot be assessed."""
+
+
+class CheckpointError(MotionSSIMError):
+    """A model file that is not a valid MotionSSIM checkpoint."""
