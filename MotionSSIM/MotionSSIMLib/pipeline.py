@@ -1,0 +1,159 @@
+"""Batched corruption of clean slices: contrast augmentation, motion, SSIM label.
+
+`corrupt_batch` runs on the device of its input. On CUDA the training loop calls it on the GPU
+(the DataLoader only delivers clean slices); on CPU the same function runs inside the
+DataLoader workers (`Collate(corrupt=True)`), so the main process only trains.
+
+Seeding: a batch is identified by its first key (stream, epoch, first_index); its generator is
+seeded from (seed, stream, epoch, first_index), so a run is reproducible and can resume in the
+middle of an epoch with exactly the batches an uninterrupted run would have drawn. The
+generator lives on the CPU whatever the device, so a seed gives the same random draws on CPU and
+GPU (the arithmetic then differs only by floating-point rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Collate",
+    "batch_generator",
+    "batch_keys",
+    "corrupt_batch",
+    "fixed_set",
+    "make_loader",
+    "to_device_batch",
+]
+
+
+def batch_generator(seed: int, key: Sequence[int]) -> torch.Generator:
+    """The (CPU) torch generator of the batch whose first sample key is `key`."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=tuple(int(k) for k in key) + (1,))
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int(ss.generate_state(1, np.uint64)[0]) & ((1 << 63) - 1))
+    return g
+
+
+def corrupt_batch(
+    clean: torch.Tensor,
+    generator: torch.Generator | None,
+    contrast: bool = True,
+    p_torchio: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean slices (B, 1, S, S) in [0, 1] -> (corrupted (B, 1, S, S), labels (B,)), on the
+    device of `clean`: optional random contrast (one of the paper's five per sample), motion
+    with TorchIO (probability p_torchio) or the k-space line simulator, then the SSIM label
+    between the (contrast-augmented) clean slice and its corrupted version."""
+    from . import intensity, motion, ssim
+
+    if clean.ndim != 4 or clean.shape[1] != 1:
+        raise ValueError(f"corrupt_batch: expected (B, 1, H, W), got {tuple(clean.shape)}")
+    x = clean.float()
+    if contrast:
+        x = intensity.random_contrast_batch(x, generator)
+    corrupted = motion.random_motion_batch(x, generator, p_torchio=p_torchio)
+    labels = ssim.ssim_label(x, corrupted)
+    return corrupted.float(), labels.float()
+
+
+@dataclass
+class Collate:
+    """DataLoader collate_fn (picklable, so it runs in worker processes): stacks the clean
+    slices of one batch; with corrupt=True also corrupts them there (CPU training)."""
+
+    seed: int
+    contrast: bool = True
+    p_torchio: float = 0.5
+    corrupt: bool = True
+
+    def __call__(self, items: list[tuple[torch.Tensor, tuple[int, int, int]]]) -> dict[str, Any]:
+        clean = torch.stack([img for img, _ in items])
+        key = items[0][1]
+        if not self.corrupt:
+            return {"clean": clean, "key": key}
+        corrupted, labels = corrupt_batch(clean, batch_generator(self.seed, key),
+                                          self.contrast, self.p_torchio)
+        return {"images": corrupted, "labels": labels, "key": key}
+
+
+def to_device_batch(batch: dict[str, Any], device: torch.device | str, collate: Collate,
+                    channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) on `device` from a loader batch: moved if the workers already
+    corrupted it, else corrupted here on the device (the GPU pipeline)."""
+    device = torch.device(device)
+    if "images" in batch:
+        images = batch["images"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+    else:
+        clean = batch["clean"].to(device, non_blocking=True)
+        images, labels = corrupt_batch(clean, batch_generator(collate.seed, batch["key"]),
+                                       collate.contrast, collate.p_torchio)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels
+
+
+def batch_keys(stream: int, epoch: int, n: int, batch_size: int, start_batch: int = 0,
+               rank: int = 0, world_size: int = 1) -> list[list[tuple[int, int, int]]]:
+    """The sample keys of each batch this process handles in one pass over n samples.
+
+    Global batch t holds samples [t*B, min(n, (t+1)*B)); with world_size > 1 it is split into
+    world_size nearly equal consecutive chunks and this rank takes chunk `rank` (so a global
+    batch is the same set of samples whatever the number of processes). Batches before
+    `start_batch` are skipped (resume in the middle of an epoch)."""
+    if batch_size < world_size:
+        raise ValueError(f"batch size {batch_size} is smaller than the {world_size} processes")
+    n_batches = -(-n // batch_size)
+    out = []
+    for t in range(start_batch, n_batches):
+        lo, hi = t * batch_size, min(n, (t + 1) * batch_size)
+        idx = np.array_split(np.arange(lo, hi), world_size)[rank]
+        out.append([(stream, epoch, int(i)) for i in idx])
+    return out
+
+
+class _KeyBatches(torch.utils.data.Sampler):
+    def __init__(self, batches: list[list[tuple[int, int, int]]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def make_loader(dataset: torch.utils.data.Dataset,
+                batches: list[list[tuple[int, int, int]]] | torch.utils.data.Sampler,
+                collate: Collate, workers: int = 0,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader that yields `batches` (lists of sample keys, or a Sampler of them) in
+    order, collated by `collate` (in `workers` worker processes; 0 = in this process)."""
+    sampler = batches if isinstance(batches, torch.utils.data.Sampler) else _KeyBatches(batches)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate,
+        num_workers=int(workers), pin_memory=pin_memory,
+        persistent_workers=False, prefetch_factor=2 if workers > 0 else None,
+    )
+
+
+def fixed_set(dataset: torch.utils.data.Dataset, stream: int, n: int, seed: int,
+              contrast: bool, p_torchio: float, device: torch.device | str = "cpu",
+              chunk: int = 100, workers: int = 0, rank: int = 0,
+              world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed, seeded sample set of `stream` (validation or test): n corrupted slices in
+    chunks of `chunk`, yielded as (images, labels) on `device`. Deterministic for a given
+    (seed, n, chunk): two models evaluated with the same seed see the same slices. With
+    world_size > 1 this rank yields only the chunks rank, rank + world_size, ... (whole chunks,
+    so the set is the same whatever the number of processes)."""
+    collate = Collate(seed, contrast, p_torchio, corrupt=torch.device(device).type == "cpu")
+    batches = batch_keys(stream, 0, n, chunk)[rank::world_size]
+    if not batches:
+        return
+    for batch in make_loader(dataset, batches, collate, workers):
+        yield to_device_batch(batch, device, collate)

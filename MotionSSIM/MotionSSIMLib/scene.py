@@ -1,0 +1,706 @@
+"""MRML bridge: assess a volume node and write the results into the Slicer scene.
+
+This is the only engine module that touches Slicer. It uses MRML classes, ``slicer.util`` array
+helpers and vtk only (no qt, no ``slicer.app``), so it runs inside Slicer, in ``PythonSlicer`` and
+in pytest with the ``slicer-core`` wheel (set ``slicer.mrmlScene`` first). Views (layouts, slice
+annotations) stay in the module widget; this file only computes what they show.
+
+What one assessment writes, all found again through node references from the input volume node,
+so that assessing the same volume twice updates the same nodes:
+
+- a results table (one row per slice: index, position in mm, SSIM, class, foreground, empty),
+- a plot table + chart (grey line over all slices, one scatter series per class, empty slices
+  as grey crosses, the two clinical thresholds as dashed lines),
+- a labelmap overlay with the input geometry whose voxels of each slice carry that slice's label
+  (1 good, 2 sufficient, 3 insufficient, 4 empty) and a shared user colour table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import slicer
+import vtk
+
+from .errors import InputError
+
+ROLE_ATTRIBUTE = "MotionSSIM.Role"
+SOURCE_ATTRIBUTE = "MotionSSIM.SourceVolumeID"
+AXIS_ATTRIBUTE = "MotionSSIM.Axis"
+ORIENTATION_ATTRIBUTE = "MotionSSIM.Orientation"
+SUMMARY_ATTRIBUTE = "MotionSSIM.Summary"
+THRESHOLDS_ATTRIBUTE = "MotionSSIM.Thresholds"
+
+REF_TABLE = "MotionSSIMTable"
+REF_PLOT_TABLE = "MotionSSIMPlotTable"
+REF_CHART = "MotionSSIMChart"
+REF_OVERLAY = "MotionSSIMOverlay"
+REF_SERIES_PREFIX = "MotionSSIMSeries."
+
+# Overlay voxel values; 0 = no label (transparent).
+LABELS = {"good": 1, "sufficient": 2, "insufficient": 3, "empty": 4}
+CLASS_KEYS = {1: "good", 2: "sufficient", 3: "insufficient"}
+# RGB, chosen to read on grey MR and for red-green colour-blind users (blue-ish green, amber).
+COLORS = {
+    "good": (0.10, 0.70, 0.45),
+    "sufficient": (0.95, 0.75, 0.10),
+    "insufficient": (0.90, 0.15, 0.15),
+    "empty": (0.60, 0.60, 0.60),
+}
+OVERLAY_ALPHA = 0.6
+OVERLAY_STYLES = ("frame", "slice")
+COLOR_TABLE_NAME = "MotionSSIM classes"
+
+SERIES_KEYS = (
+    "all",
+    "good",
+    "sufficient",
+    "insufficient",
+    "empty",
+    "threshold_good",
+    "threshold_sufficient",
+)
+TABLE_COLUMNS = ("slice", "position_mm", "ssim", "class", "class_name", "foreground", "empty")
+
+AXES = ("i", "j", "k")
+
+
+@dataclass
+class SceneResult:
+    """The nodes one assessment wrote (or that were found again for a volume)."""
+
+    volume: Any  # vtkMRMLScalarVolumeNode that was assessed
+    table: Any  # vtkMRMLTableNode, one row per slice (TABLE_COLUMNS)
+    plot_table: Any  # vtkMRMLTableNode behind the chart (same rows, NaN-masked class columns)
+    chart: Any  # vtkMRMLPlotChartNode
+    series: dict[str, Any]  # SERIES_KEYS -> vtkMRMLPlotSeriesNode
+    overlay: Any  # vtkMRMLLabelMapVolumeNode, input geometry, LABELS per slice
+    color_table: Any  # vtkMRMLColorTableNode (user type), shared by every overlay
+    axis: str  # voxel axis cut through: "i", "j" or "k"
+    orientation: str  # "axial", "coronal" or "sagittal"
+    summary: dict = field(default_factory=dict)  # the engine's Assessment.summary
+    assessment: Any = None  # the engine's Assessment (None when found again in a scene)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _scene():
+    scene = getattr(slicer, "mrmlScene", None)
+    if scene is None:
+        raise RuntimeError("slicer.mrmlScene is not set")
+    return scene
+
+
+def ijk_to_ras_array(volumeNode) -> np.ndarray:
+    """The node's 4x4 IJK-to-RAS matrix (local coordinates, parent transforms not applied)."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def volume_from_node(volumeNode):
+    """A copy of a scalar volume node's voxels with its real geometry, as an engine Volume.
+
+    The array keeps Slicer's [k, j, i] order; spacing, directions and origin come from the
+    node's IJK-to-RAS matrix (so oblique and anisotropic volumes keep their geometry).
+    """
+    from .geometry import Volume
+
+    if volumeNode is None:
+        raise InputError("no input volume: select a volume")
+    name = volumeNode.GetName()
+    if not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"{name}: not a scalar (grey-value) volume: {volumeNode.GetClassName()}")
+    if volumeNode.GetImageData() is None:
+        raise InputError(f"{name}: the volume has no voxels")
+    array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+    if array.ndim != 3:
+        raise InputError(f"{name}: expected a 3D scalar volume, got array shape {array.shape}")
+    matrix = ijk_to_ras_array(volumeNode)
+    columns = matrix[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    if np.any(spacing <= 0):
+        raise InputError(f"{name}: degenerate IJK-to-RAS matrix (zero spacing)")
+    directions = columns / spacing
+    return Volume(
+        array=array,
+        spacing=tuple(float(s) for s in spacing),
+        directions=directions,
+        origin=tuple(float(o) for o in matrix[:3, 3]),
+    )
+
+
+def _local_to_world(volumeNode, point) -> np.ndarray:
+    """Apply the volume's parent transform (if any) to a local RAS point."""
+    parent = volumeNode.GetParentTransformNode()
+    if parent is None:
+        return np.asarray(point, dtype=float)
+    transform = vtk.vtkGeneralTransform()
+    parent.GetTransformToWorld(transform)
+    return np.asarray(transform.TransformPoint([float(v) for v in point]), dtype=float)
+
+
+def _world_to_local(volumeNode, point) -> np.ndarray:
+    parent = volumeNode.GetParentTransformNode()
+    if parent is None:
+        return np.asarray(point, dtype=float)
+    transform = vtk.vtkGeneralTransform()
+    parent.GetTransformFromWorld(transform)
+    return np.asarray(transform.TransformPoint([float(v) for v in point]), dtype=float)
+
+
+def slice_center_ras(volumeNode, axis: str, index: int, world: bool = True) -> np.ndarray:
+    """RAS point at the centre of voxel slice `index` cut through voxel axis `axis`."""
+    dims = volumeNode.GetImageData().GetDimensions()  # (I, J, K)
+    ijk = [(d - 1) / 2.0 for d in dims]
+    ijk[AXES.index(axis)] = float(index)
+    ras = ijk_to_ras_array(volumeNode) @ np.array([*ijk, 1.0])
+    return _local_to_world(volumeNode, ras[:3]) if world else ras[:3]
+
+
+# --------------------------------------------------------------------------- node bookkeeping
+
+
+def _referenced(volumeNode, role: str, className: str):
+    node = volumeNode.GetNodeReference(role)
+    if node is not None and node.IsA(className) and node.GetScene() is not None:
+        return node
+    return None
+
+
+def _get_or_create(volumeNode, role: str, className: str, name: str, tag: str):
+    """The node `volumeNode` references under `role`, created (and referenced) if missing."""
+    node = _referenced(volumeNode, role, className)
+    if node is None:
+        node = _scene().AddNewNodeByClass(className, name)
+        volumeNode.SetNodeReferenceID(role, node.GetID())
+    node.SetName(name)
+    node.SetAttribute(ROLE_ATTRIBUTE, tag)
+    node.SetAttribute(SOURCE_ATTRIBUTE, volumeNode.GetID())
+    return node
+
+
+def get_color_table():
+    """The scene's MotionSSIM colour table (one per scene, created on first use)."""
+    scene = _scene()
+    nodes = scene.GetNodesByClass("vtkMRMLColorTableNode")
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        if node.GetAttribute(ROLE_ATTRIBUTE) == "ColorTable":
+            return node
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", COLOR_TABLE_NAME)
+    node.SetAttribute(ROLE_ATTRIBUTE, "ColorTable")
+    node.SetTypeToUser()
+    node.SetNumberOfColors(len(LABELS) + 1)
+    node.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+    for key, label in LABELS.items():
+        r, g, b = COLORS[key]
+        node.SetColor(label, key, r, g, b, OVERLAY_ALPHA)
+    return node
+
+
+def find_result(volumeNode) -> SceneResult | None:
+    """The results written earlier for `volumeNode`, or None when it was never assessed."""
+    table = _referenced(volumeNode, REF_TABLE, "vtkMRMLTableNode")
+    plot_table = _referenced(volumeNode, REF_PLOT_TABLE, "vtkMRMLTableNode")
+    chart = _referenced(volumeNode, REF_CHART, "vtkMRMLPlotChartNode")
+    overlay = _referenced(volumeNode, REF_OVERLAY, "vtkMRMLLabelMapVolumeNode")
+    if table is None or plot_table is None or chart is None or overlay is None:
+        return None
+    series = {}
+    for key in SERIES_KEYS:
+        node = _referenced(volumeNode, REF_SERIES_PREFIX + key, "vtkMRMLPlotSeriesNode")
+        if node is not None:
+            series[key] = node
+    summary_text = table.GetAttribute(SUMMARY_ATTRIBUTE)
+    return SceneResult(
+        volume=volumeNode,
+        table=table,
+        plot_table=plot_table,
+        chart=chart,
+        series=series,
+        overlay=overlay,
+        color_table=get_color_table(),
+        axis=table.GetAttribute(AXIS_ATTRIBUTE) or "k",
+        orientation=table.GetAttribute(ORIENTATION_ATTRIBUTE) or "",
+        summary=json.loads(summary_text) if summary_text else {},
+    )
+
+
+# --------------------------------------------------------------------------- writing results
+
+
+def slice_labels(assessment) -> np.ndarray:
+    """Overlay label of every record: its clinical class, or LABELS['empty'] for empty slices."""
+    return np.array(
+        [LABELS["empty"] if r.empty else int(r.clinical_class) for r in assessment.records],
+        dtype=np.uint8,
+    )
+
+
+def _label_name(label: int) -> str:
+    return next(k for k, v in LABELS.items() if v == label)
+
+
+def _write_table(table, assessment) -> None:
+    records = assessment.records
+    columns = [
+        np.array([r.index for r in records], dtype=np.int32),
+        np.array([r.position_mm for r in records], dtype=np.float64),
+        np.array([r.ssim for r in records], dtype=np.float64),
+        np.array([r.clinical_class for r in records], dtype=np.int32),
+        None,  # class_name: strings, added below
+        np.array([r.foreground for r in records], dtype=np.float64),
+        np.array([1 if r.empty else 0 for r in records], dtype=np.int32),
+    ]
+    numeric = [c for c in columns if c is not None]
+    names = [n for n, c in zip(TABLE_COLUMNS, columns, strict=True) if c is not None]
+    was_modifying = table.StartModify()
+    slicer.util.updateTableFromArray(table, numeric, names)
+    # updateTableFromArray cannot take strings; insert the class name after "class".
+    strings = vtk.vtkStringArray()
+    strings.SetName("class_name")
+    for r in records:
+        strings.InsertNextValue(CLASS_KEYS[int(r.clinical_class)])
+    vtable = table.GetTable()
+    ordered = [vtable.GetColumnByName(n) for n in names]
+    for _ in range(vtable.GetNumberOfColumns()):
+        vtable.RemoveColumn(0)
+    for name, column in zip(names, ordered, strict=True):
+        vtable.AddColumn(column)
+        if name == "class":
+            vtable.AddColumn(strings)
+    descriptions = {
+        "slice": ("voxel index of the slice along the assessed axis", ""),
+        "position_mm": ("RAS coordinate of the slice centre along the assessed anatomical axis", "mm"),
+        "ssim": ("predicted SSIM against a motion-free version of the slice", ""),
+        "class": ("clinical class: 1 good, 2 sufficient, 3 insufficient (re-scan)", ""),
+        "class_name": ("clinical class name", ""),
+        "foreground": ("share of pixels above the volume's background threshold", ""),
+        "empty": ("1 = too little foreground to be assessed (shown but not counted)", ""),
+    }
+    for name, (description, unit) in descriptions.items():
+        table.SetColumnDescription(name, description)
+        if unit:
+            table.SetColumnUnitLabel(name, unit)
+    table.Modified()
+    table.EndModify(was_modifying)
+
+
+def _write_plot_table(plot_table, assessment, thresholds) -> None:
+    records = assessment.records
+    x = np.array([r.index for r in records], dtype=np.float64)
+    y = np.array([r.ssim for r in records], dtype=np.float64)
+    labels = slice_labels(assessment)
+    columns = [x, y]
+    names = ["slice", "ssim"]
+    # One column per class with NaN outside the class: every series then has a point per row,
+    # so a picked point index is a row index whatever series it came from. VTK charts skip NaN.
+    for key in ("good", "sufficient", "insufficient", "empty"):
+        columns.append(np.where(labels == LABELS[key], y, np.nan))
+        names.append(key)
+    columns.append(np.full_like(y, float(thresholds.good)))
+    names.append("threshold_good")
+    columns.append(np.full_like(y, float(thresholds.sufficient)))
+    names.append("threshold_sufficient")
+    slicer.util.updateTableFromArray(plot_table, columns, names)
+
+
+def _configure_series(node, plot_table, key: str, thresholds) -> None:
+    node.SetAndObserveTableNodeID(plot_table.GetID())
+    node.SetXColumnName("slice")
+    node.SetYColumnName("ssim" if key == "all" else key)
+    if key == "all":
+        node.SetName("SSIM (all slices)")
+        node.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        node.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
+        node.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+        node.SetLineWidth(2)
+        node.SetColor(0.55, 0.55, 0.55)
+    elif key in LABELS:
+        node.SetName(f"{key} slices" if key != "empty" else "empty slices (not assessed)")
+        node.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        node.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleNone)
+        marker = "MarkerStyleCross" if key == "empty" else "MarkerStyleCircle"
+        node.SetMarkerStyle(getattr(slicer.vtkMRMLPlotSeriesNode, marker))
+        node.SetMarkerSize(10 if key == "empty" else 9)
+        node.SetColor(*COLORS[key])
+    else:
+        value = thresholds.good if key == "threshold_good" else thresholds.sufficient
+        node.SetName(f"threshold {value:.2f}")
+        node.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        node.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
+        node.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+        node.SetLineWidth(1)
+        color = COLORS["good"] if key == "threshold_good" else COLORS["insufficient"]
+        node.SetColor(*color)
+
+
+def _write_overlay(overlay, volumeNode, assessment, color_table, style: str) -> None:
+    dims = volumeNode.GetImageData().GetDimensions()  # (I, J, K)
+    labels_array = np.zeros(tuple(reversed(dims)), dtype=np.uint8)  # [k, j, i]
+    axis_pos = {"k": 0, "j": 1, "i": 2}[assessment.axis]
+    labels = slice_labels(assessment)
+    for record, label in zip(assessment.records, labels, strict=True):
+        view = np.take(labels_array, record.index, axis=axis_pos)  # copy, 2D
+        view[...] = label
+        if style == "frame":
+            height, width = view.shape
+            band = max(1, int(round(0.04 * min(height, width))))
+            if height > 2 * band and width > 2 * band:
+                view[band:-band, band:-band] = 0
+        index = [slice(None)] * 3
+        index[axis_pos] = record.index
+        labels_array[tuple(index)] = view
+    was_modifying = overlay.StartModify()
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    overlay.SetIJKToRASMatrix(matrix)
+    slicer.util.updateVolumeFromArray(overlay, labels_array)
+    overlay.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    if overlay.GetDisplayNode() is None:
+        overlay.CreateDefaultDisplayNodes()
+    overlay.GetDisplayNode().SetAndObserveColorNodeID(color_table.GetID())
+    overlay.EndModify(was_modifying)
+
+
+def write_assessment(
+    volumeNode, assessment, thresholds=None, overlay_style: str = "frame"
+) -> SceneResult:
+    """Write an engine Assessment of `volumeNode` into the scene (create or update the nodes)."""
+    from .classes import ClinicalThresholds
+
+    if overlay_style not in OVERLAY_STYLES:
+        raise ValueError(f"overlay_style must be one of {OVERLAY_STYLES}, got {overlay_style!r}")
+    thresholds = thresholds if thresholds is not None else ClinicalThresholds()
+    name = volumeNode.GetName()
+    color_table = get_color_table()
+
+    table = _get_or_create(volumeNode, REF_TABLE, "vtkMRMLTableNode", f"{name} MotionSSIM", "Table")
+    _write_table(table, assessment)
+    summary = _jsonable(assessment.summary)
+    table.SetAttribute(SUMMARY_ATTRIBUTE, json.dumps(summary))
+    table.SetAttribute(AXIS_ATTRIBUTE, assessment.axis)
+    table.SetAttribute(ORIENTATION_ATTRIBUTE, assessment.orientation)
+    table.SetAttribute(
+        THRESHOLDS_ATTRIBUTE,
+        json.dumps({"good": float(thresholds.good), "sufficient": float(thresholds.sufficient)}),
+    )
+
+    plot_table = _get_or_create(
+        volumeNode, REF_PLOT_TABLE, "vtkMRMLTableNode", f"{name} MotionSSIM plot data", "PlotTable"
+    )
+    _write_plot_table(plot_table, assessment, thresholds)
+
+    chart = _get_or_create(
+        volumeNode, REF_CHART, "vtkMRMLPlotChartNode", f"{name} MotionSSIM chart", "Chart"
+    )
+    series = {}
+    for key in SERIES_KEYS:
+        node = _get_or_create(
+            volumeNode,
+            REF_SERIES_PREFIX + key,
+            "vtkMRMLPlotSeriesNode",
+            f"{name} MotionSSIM {key}",
+            f"Series.{key}",
+        )
+        _configure_series(node, plot_table, key, thresholds)
+        series[key] = node
+    chart.RemoveAllPlotSeriesNodeIDs()
+    for key in SERIES_KEYS:
+        chart.AddAndObservePlotSeriesNodeID(series[key].GetID())
+    verdict = summary.get("verdict", "")
+    chart.SetTitle(f"MotionSSIM: {name}" + (f" ({verdict})" if verdict else ""))
+    chart.SetXAxisTitle(f"{assessment.orientation} slice index ({assessment.axis})")
+    chart.SetYAxisTitle("predicted SSIM")
+    chart.SetYAxisRangeAuto(False)
+    chart.SetYAxisRange(0.0, 1.0)
+    chart.SetLegendVisibility(True)
+
+    overlay = _get_or_create(
+        volumeNode, REF_OVERLAY, "vtkMRMLLabelMapVolumeNode", f"{name} MotionSSIM verdict", "Overlay"
+    )
+    _write_overlay(overlay, volumeNode, assessment, color_table, overlay_style)
+
+    return SceneResult(
+        volume=volumeNode,
+        table=table,
+        plot_table=plot_table,
+        chart=chart,
+        series=series,
+        overlay=overlay,
+        color_table=color_table,
+        axis=assessment.axis,
+        orientation=assessment.orientation,
+        summary=summary,
+        assessment=assessment,
+    )
+
+
+def _jsonable(value):
+    """Plain JSON types for a summary that may hold numpy scalars/arrays."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "__dataclass_fields__"):
+        return _jsonable(vars(value))
+    return value
+
+
+def assess_volume_node(
+    volumeNode,
+    model=None,
+    orientation: str = "auto",
+    device: str = "auto",
+    thresholds=None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    batch_size: int = 32,
+    min_foreground: float = 0.05,
+    overlay_style: str = "frame",
+) -> SceneResult:
+    """Assess every slice of `volumeNode` and write table, chart and overlay into the scene.
+
+    `model`: None (bundled default), a checkpoint path, or a loaded model (as the engine's
+    assess_volume accepts). `progress(done, total)` and `cancel() -> bool` are passed to the
+    engine; when cancelled, nothing is written to the scene.
+    """
+    from .classes import ClinicalThresholds
+    from .inference import assess_volume
+
+    thresholds = thresholds if thresholds is not None else ClinicalThresholds()
+    vol = volume_from_node(volumeNode)
+    assessment = assess_volume(
+        vol,
+        model=model,
+        orientation=orientation,
+        device=device,
+        batch_size=batch_size,
+        thresholds=thresholds,
+        min_foreground=min_foreground,
+        progress=progress,
+        cancel=cancel,
+    )
+    return write_assessment(volumeNode, assessment, thresholds, overlay_style)
+
+
+# --------------------------------------------------------------------------- interaction
+
+
+def row_for_point(result: SceneResult, seriesNodeID: str, pointIndex: int) -> int | None:
+    """Table row of a point picked in the chart (None for threshold lines or bad indices).
+
+    Every data series is drawn from the full-length plot table, so a point index is the row.
+    """
+    key = next((k for k, n in result.series.items() if n.GetID() == seriesNodeID), None)
+    if key is None or key.startswith("threshold"):
+        return None
+    rows = result.plot_table.GetNumberOfRows()
+    return int(pointIndex) if 0 <= int(pointIndex) < rows else None
+
+
+def _table_column(result: SceneResult, name: str) -> np.ndarray:
+    column = result.table.GetTable().GetColumnByName(name)
+    return np.array([column.GetValue(i) for i in range(column.GetNumberOfTuples())])
+
+
+def jump_to_row(result: SceneResult, row: int) -> np.ndarray:
+    """Move every slice view to the slice of table row `row`; returns the world RAS point."""
+    index = int(_table_column(result, "slice")[row])
+    ras = slice_center_ras(result.volume, result.axis, index, world=True)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(_scene(), float(ras[0]), float(ras[1]), float(ras[2]))
+    return ras
+
+
+def row_at_ras(result: SceneResult, ras_world) -> int | None:
+    """Table row of the assessed slice that contains a world RAS point (None if outside)."""
+    local = _world_to_local(result.volume, ras_world)
+    ras_to_ijk = np.linalg.inv(ijk_to_ras_array(result.volume))
+    ijk = ras_to_ijk @ np.array([*local, 1.0])
+    index = int(round(float(ijk[AXES.index(result.axis)])))
+    matches = np.nonzero(_table_column(result, "slice") == index)[0]
+    return int(matches[0]) if len(matches) else None
+
+
+def row_text(result: SceneResult, row: int) -> str:
+    """Corner-annotation text of a table row: 'slice k: SSIM x, class'."""
+    index = int(_table_column(result, "slice")[row])
+    ssim = float(_table_column(result, "ssim")[row])
+    empty = bool(_table_column(result, "empty")[row])
+    name = CLASS_KEYS[int(_table_column(result, "class")[row])]
+    if empty:
+        return f"slice {index}: SSIM {ssim:.2f}, empty (not assessed)"
+    return f"slice {index}: SSIM {ssim:.2f}, {name}"
+
+
+def view_text(result: SceneResult, sliceToRAS) -> str | None:
+    """Annotation for a slice view given its SliceToRAS (4x4 array or vtkMatrix4x4).
+
+    Only views cut parallel to the assessed slices get a text (within ~25 degrees); others
+    would show a mixture of slices. The view centre picks the slice.
+    """
+    if isinstance(sliceToRAS, vtk.vtkMatrix4x4):
+        sliceToRAS = slicer.util.arrayFromVTKMatrix(sliceToRAS)
+    sliceToRAS = np.asarray(sliceToRAS, dtype=float)
+    normal = sliceToRAS[:3, 2] / max(np.linalg.norm(sliceToRAS[:3, 2]), 1e-12)
+    centre = sliceToRAS[:3, 3]
+    axis_dir = slice_center_ras(result.volume, result.axis, 1) - slice_center_ras(
+        result.volume, result.axis, 0
+    )
+    axis_dir = axis_dir / max(np.linalg.norm(axis_dir), 1e-12)
+    if abs(float(normal @ axis_dir)) < 0.9:
+        return None
+    row = row_at_ras(result, centre)
+    return None if row is None else row_text(result, row)
+
+
+# --------------------------------------------------------------------------- training panel
+# The MotionSSIMTraining module runs `train.py` in a separate process and follows its log.csv.
+# Building the command line and charting the log live here so that they are tested outside
+# Slicer (against the trainer's real argument parser and log format).
+
+TRAINING_LOG_SERIES = ("train_loss", "val_loss")
+TRAINING_COLORS = {"train_loss": (0.20, 0.40, 0.85), "val_loss": (0.90, 0.45, 0.10)}
+TRAINING_OUT_ATTRIBUTE = "MotionSSIM.TrainingOutput"
+
+
+def training_arguments(
+    out: str,
+    data: str | None = None,
+    val_data: str | None = None,
+    architecture: str = "resnet18",
+    epochs: int = 2000,
+    samples_per_epoch: int = 200,
+    batch_size: int = 100,
+    lr: float = 1e-3,
+    contrast: bool = True,
+    p_torchio: float = 0.5,
+    device: str = "auto",
+    resume: bool = False,
+) -> list[str]:
+    """Command-line arguments of `train.py` / `python -m MotionSSIMLib train` for these settings.
+
+    With `resume`, the data and schedule come from the run saved in `out` (only --epochs may
+    extend it). The progress bar is switched off: the panel follows log.csv instead.
+    """
+    args = ["--out", str(out)]
+    if resume:
+        args.append("--resume")
+    else:
+        if not data:
+            raise InputError("training data: choose a split file or a folder of volumes")
+        args += ["--data", str(data)]
+        if val_data:
+            args += ["--val-data", str(val_data)]
+        args += [
+            "--architecture", architecture,
+            "--samples-per-epoch", str(int(samples_per_epoch)),
+            "--batch-size", str(int(batch_size)),
+            "--lr", repr(float(lr)),
+            "--p-torchio", repr(float(p_torchio)),
+        ]
+        if not contrast:
+            args.append("--no-contrast")
+    args += ["--epochs", str(int(epochs)), "--device", device, "--no-progress"]
+    return args
+
+
+def read_training_log(path) -> dict[str, np.ndarray]:
+    """log.csv of a training run as float columns ('nan' for a missing value); {} if absent.
+
+    The trainer rewrites the file atomically, so a partly written file is never seen.
+    """
+    import csv
+    import os
+
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return {}
+    header, body = rows[0], [r for r in rows[1:] if len(r) == len(rows[0])]
+
+    def number(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            return float("nan")
+
+    return {name: np.array([number(r[i]) for r in body], dtype=np.float64)
+            for i, name in enumerate(header)}
+
+
+def write_training_chart(log: dict[str, np.ndarray], out: str, title: str | None = None):
+    """Show a training log (read_training_log) as a loss chart; one table/chart per output folder.
+
+    Returns (table, chart, {series key: series node}). Calling it again with a longer log
+    updates the same nodes (the panel calls it every time log.csv changes).
+    """
+    scene = _scene()
+    out = str(out)
+    table = chart = None
+    for className in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode"):
+        nodes = scene.GetNodesByClass(className)
+        for i in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(i)
+            if node.GetAttribute(TRAINING_OUT_ATTRIBUTE) == out:
+                if className == "vtkMRMLTableNode":
+                    table = node
+                else:
+                    chart = node
+    name = title or f"MotionSSIM training {out}"
+    if table is None:
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} log")
+        table.SetAttribute(TRAINING_OUT_ATTRIBUTE, out)
+        table.SetAttribute(ROLE_ATTRIBUTE, "TrainingLog")
+    if chart is None:
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} loss")
+        chart.SetAttribute(TRAINING_OUT_ATTRIBUTE, out)
+        chart.SetAttribute(ROLE_ATTRIBUTE, "TrainingChart")
+    epochs = log.get("epoch", np.zeros(0))
+    columns = [epochs.astype(np.float64)]
+    names = ["epoch"]
+    for key in TRAINING_LOG_SERIES + ("val_mae", "lr"):
+        values = log.get(key, np.full(len(epochs), np.nan))
+        columns.append(values.astype(np.float64))
+        names.append(key)
+    slicer.util.updateTableFromArray(table, columns, names)
+    series = {}
+    for key in TRAINING_LOG_SERIES:
+        node = chart.GetNodeReference(REF_SERIES_PREFIX + key)
+        if node is None:
+            node = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} {key}")
+            node.SetAttribute(ROLE_ATTRIBUTE, f"TrainingSeries.{key}")
+            chart.SetNodeReferenceID(REF_SERIES_PREFIX + key, node.GetID())
+            chart.AddAndObservePlotSeriesNodeID(node.GetID())
+        node.SetName(key.replace("_", " "))
+        node.SetAndObserveTableNodeID(table.GetID())
+        node.SetXColumnName("epoch")
+        node.SetYColumnName(key)
+        node.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        node.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
+        node.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        node.SetMarkerSize(5)
+        node.SetColor(*TRAINING_COLORS[key])
+        series[key] = node
+    chart.SetTitle(name)
+    chart.SetXAxisTitle("epoch")
+    chart.SetYAxisTitle("loss (MSE of SSIM)")
+    chart.SetLegendVisibility(True)
+    return table, chart, series

@@ -1,0 +1,659 @@
+"""Synthetic MR "subjects" from the MNI152 template shipped with nilearn (the SynthSeg idea).
+
+Real brain MR is scarce here, and a default model has to generalise to contrasts and
+resolutions it never saw. So each subject is drawn at random from a tissue model built once
+from the nilearn MNI152 2009c template (1 mm) and its grey/white-matter probability maps:
+
+* soft brain tissue fractions (CSF, GM, WM) inside the intracranial volume, with sub-classes
+  (cortical vs deep GM, darker vs brighter WM) for texture;
+* head tissues outside the brain. The nilearn T1 template is skull-stripped, so skull, marrow,
+  scalp fat and skin are layered at random thicknesses by distance from the intracranial
+  volume, and a neck, face, eyes, orbital fat and air sinuses are added as simple shapes.
+
+Per subject: random affine (rotation up to 15 deg, scaling 0.85-1.15 per axis) and a smooth
+random displacement field; random tissue intensities (T1, T2, PD, FLAIR, DWI/EPI-like or fully
+random) with texture; random acquisition geometry (plane, obliquity, voxel size including
+thick 2D slices with a box slice profile, matrix, field of view, cropping, zero padding);
+multiplicative smooth bias field; Rician noise at a random SNR. Deformation and resampling to
+the acquisition grid are one trilinear `grid_sample` pass, so one subject takes 0.5-2 s on one
+core (the tissue model is built once per process, ~4 s).
+
+Seeds: `write_dataset` derives the generator of subject `index` of split `split` from
+`numpy.random.SeedSequence(entropy=seed, spawn_key=(SPLIT_IDS[split], index))`, so every
+subject (and its deformation) is independent of the others, of the split sizes and of the
+number of workers, and held-out subjects never share a stream with training subjects.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from .errors import MotionSSIMError
+from .geometry import Volume, volume
+
+__all__ = [
+    "CLASSES", "KINDS", "SPLIT_IDS", "TissueModel", "load_tissue_model", "template_dir",
+    "synth_subject", "synth_subject_info", "resample", "subject_rng", "write_dataset",
+]
+
+TEMPLATE_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+# Tissue classes (index = label value). "background" is air.
+CLASSES = ("background", "csf", "gm", "gm_deep", "wm", "wm_bright", "skull", "marrow", "fat",
+           "skin", "muscle", "eye")
+C = {name: i for i, name in enumerate(CLASSES)}
+# Named contrasts; "generic" draws every tissue intensity at random. "random" mixes all six.
+KINDS = ("t1", "t2", "pd", "flair", "dwi", "generic")
+KIND_PROBS = (0.24, 0.22, 0.1, 0.14, 0.1, 0.2)
+SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+
+# Extra labels of the head model (outside the intracranial volume), stored per voxel.
+_EXTRA_NONE, _EXTRA_EYE, _EXTRA_ORBIT_FAT, _EXTRA_AIR = 0, 1, 2, 3
+_PAD_BELOW = 40      # mm of neck added below the template's last slice
+_SHELL_MAX = 32.0    # mm: farthest a scalp layer can reach from the intracranial volume
+
+# Mean intensity per class (CLASSES order, background first) of the named contrasts, on a
+# [0, 1] scale; each subject multiplies them by U(0.9, 1.1), which never flips the brain
+# orderings (T1: WM > GM > CSF, T2/DWI-b0: CSF > GM > WM, FLAIR: GM > WM > CSF).
+_MEANS = {
+    #         bg   csf   gm   gmD   wm   wmB  skull marrow fat  skin  musc  eye
+    "t1":    (0, 0.14, 0.50, 0.58, 0.78, 0.84, 0.04, 0.72, 0.95, 0.45, 0.35, 0.12),
+    "t2":    (0, 1.00, 0.55, 0.50, 0.37, 0.33, 0.04, 0.50, 0.75, 0.40, 0.28, 1.00),
+    "pd":    (0, 0.88, 0.78, 0.74, 0.62, 0.60, 0.05, 0.70, 0.90, 0.60, 0.50, 0.90),
+    "flair": (0, 0.06, 0.62, 0.58, 0.45, 0.42, 0.04, 0.55, 0.75, 0.45, 0.35, 0.08),
+    "dwi_b0": (0, 1.00, 0.56, 0.52, 0.42, 0.40, 0.03, 0.10, 0.06, 0.20, 0.22, 1.00),
+    "dwi_trace": (0, 0.10, 0.60, 0.56, 0.50, 0.48, 0.03, 0.08, 0.05, 0.15, 0.20, 0.10),
+}
+
+
+def template_dir() -> Path:
+    """Folder of nilearn's bundled MNI152 files (found without importing nilearn: slow)."""
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise MotionSSIMError("nilearn is not installed: it provides the MNI152 template that "
+                              "synthetic subjects are made from (pip install nilearn)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    for name in TEMPLATE_FILES.values():
+        if not (folder / name).is_file():
+            raise MotionSSIMError(f"{folder / name}: MNI152 template file missing from nilearn")
+    return folder
+
+
+@dataclass(frozen=True)
+class TissueModel:
+    """Head model on a 1 mm RAS grid (arrays indexed [k, j, i] = [z, y, x])."""
+
+    shape: tuple[int, int, int]          # (nz, ny, nx)
+    origin: np.ndarray                   # RAS mm of voxel (0, 0, 0); spacing 1 mm, identity axes
+    brain_index: np.ndarray              # flat indices of intracranial voxels (int64)
+    brain_frac: np.ndarray               # (3, n) float32 fractions of CSF, GM, WM (sum 1)
+    brain_deep_gm: np.ndarray            # (n,) bool: GM here is deep (basal ganglia, thalamus)
+    brain_bright_wm: np.ndarray          # (n,) bool: WM brighter than median in the T1 template
+    shell_index: np.ndarray              # flat indices of candidate head voxels outside the brain
+    shell_dist: np.ndarray               # (m,) float32 mm from the intracranial volume
+    shell_depth: np.ndarray              # (m,) float32 mm depth inside the neck/face (0 outside)
+    shell_extra: np.ndarray              # (m,) uint8 eye / orbital fat / air sinus override
+    centre: np.ndarray                   # RAS mm, centre of the head's bounding box
+    extent: np.ndarray                   # mm, size of the head's bounding box along R, A, S
+
+    @property
+    def n_voxels(self) -> int:
+        return int(np.prod(self.shape))
+
+    def ijk_to_ras(self) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, 3] = self.origin
+        return m
+
+    def tissue_masks(self, purity: float = 0.5) -> dict[str, np.ndarray]:
+        """Masks of csf, gm, wm (fraction > purity; the dominant one at 0.5) on the grid."""
+        out = {}
+        for c, name in enumerate(("csf", "gm", "wm")):
+            mask = np.zeros(self.n_voxels, bool)
+            mask[self.brain_index[self.brain_frac[c] > purity]] = True
+            out[name] = mask.reshape(self.shape)
+        return out
+
+
+def _ellipsoid(shape, origin, centre, radii) -> np.ndarray:
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    x = (x + origin[0] - centre[0]) / radii[0]
+    y = (y + origin[1] - centre[1]) / radii[1]
+    z = (z + origin[2] - centre[2]) / radii[2]
+    return x * x + y * y + z * z <= 1.0
+
+
+def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Slices of the mask's bounding box grown by margin voxels (clipped to the array)."""
+    out = []
+    for ax in range(mask.ndim):
+        nz = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        out.append(slice(max(0, nz[0] - margin), min(mask.shape[ax], nz[-1] + 1 + margin)))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1)
+def load_tissue_model() -> TissueModel:
+    """Build (once per process, ~5 s) the head model from the nilearn MNI152 files."""
+    import nibabel as nib
+
+    folder = template_dir()
+    maps = {}
+    for key, name in TEMPLATE_FILES.items():
+        img = nib.load(folder / name)
+        maps[key] = np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0) / 255.0
+        affine = img.affine
+    if not np.allclose(affine[:3, :3], np.eye(3)):
+        raise MotionSSIMError(f"{folder}: unexpected MNI152 template orientation")
+    # Add a neck below the template; the lowest slices (medulla) continue as the spinal cord.
+    for key in maps:
+        maps[key] = np.concatenate([np.repeat(maps[key][:1], _PAD_BELOW, axis=0), maps[key]])
+    origin = affine[:3, 3] - np.array([0.0, 0.0, _PAD_BELOW])
+    shape = maps["t1"].shape
+    gm, wm = maps["gm"], maps["wm"]
+
+    # Intracranial volume: the template's brain mask (it includes ventricles and sulci), closed.
+    brain = (maps["t1"] > 0) | (gm + wm > 0.3)
+    ball = _ellipsoid((7, 7, 7), (-3, -3, -3), (0, 0, 0), (3.2, 3.2, 3.2))
+    box = _bbox(brain, margin=6)   # morphology on the brain's box only: 3x faster
+    icv = np.zeros_like(brain)
+    icv[box] = ndi.binary_fill_holes(ndi.binary_closing(brain[box], ball, iterations=1))
+    # Depth inside the brain only picks deep GM (> 22 mm): a 2 mm grid is precise enough.
+    depth_in = ndi.distance_transform_edt(icv[::2, ::2, ::2], sampling=2.0)
+    depth_in = np.repeat(np.repeat(np.repeat(depth_in, 2, 0), 2, 1), 2, 2)[
+        : shape[0], : shape[1], : shape[2]]
+    dist_out = ndi.distance_transform_edt(~icv).astype(np.float32)
+
+    idx = np.flatnonzero(icv)
+    g, w = gm.ravel()[idx], wm.ravel()[idx]
+    s = g + w
+    scale = np.where(s > 1, 1 / np.maximum(s, 1e-6), 1.0)
+    g, w = g * scale, w * scale
+    frac = np.stack([1 - g - w, g, w]).astype(np.float32)
+    deep = depth_in.ravel()[idx] > 22.0           # GM far from the surface: subcortical nuclei
+    t1v = maps["t1"].ravel()[idx]
+    wm_vox = w > 0.5
+    bright = t1v > np.median(t1v[wm_vox])
+
+    # Lower head: neck (elliptic cylinder, cord at its back) and face (ellipsoid).
+    zc = np.arange(shape[0])[:, None, None] + origin[2]
+    # 2D ellipses (broadcast along z): the z term of _ellipsoid vanishes at centre z = origin.
+    flat = (1, shape[1], shape[2])
+    neck = _ellipsoid(flat, origin, (0, -22, origin[2]), (56, 52, 1)) & (zc < -30)
+    face = _ellipsoid(shape, origin, (0, 38, -58), (50, 52, 40))
+    lower = (neck | face) & ~icv
+    depth = np.zeros(shape, np.float32)
+    low_box = _bbox(neck | face, margin=2)
+    depth[low_box] = ndi.distance_transform_edt((neck | face)[low_box])
+    depth *= lower
+    extra = np.zeros(shape, np.uint8)
+    for sx in (-1, 1):  # eyes with their orbital fat; maxillary sinuses below them
+        orbit = _ellipsoid(shape, origin, (32 * sx, 50, -36), (18, 20, 16))
+        extra[orbit & ~icv] = _EXTRA_ORBIT_FAT
+        extra[_ellipsoid(shape, origin, (32 * sx, 55, -36), (12, 12, 12)) & ~icv] = _EXTRA_EYE
+        extra[_ellipsoid(shape, origin, (24 * sx, 40, -66), (12, 16, 14)) & ~icv] = _EXTRA_AIR
+    airway = _ellipsoid(flat, origin, (0, 10, origin[2]), (9, 7, 1)) & (zc < -62)
+    extra[airway & ~icv] = _EXTRA_AIR
+
+    cand = (~icv) & ((dist_out <= _SHELL_MAX) | lower | (extra > 0))
+    sidx = np.flatnonzero(cand)
+    head = icv | (dist_out <= 20) | lower
+    nz = [np.flatnonzero(head.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    lo = np.array([nz[2][0], nz[1][0], nz[0][0]], float) + origin   # R, A, S
+    hi = np.array([nz[2][-1], nz[1][-1], nz[0][-1]], float) + origin
+    return TissueModel(
+        shape=tuple(int(v) for v in shape), origin=origin.astype(float),
+        brain_index=idx, brain_frac=frac, brain_deep_gm=deep, brain_bright_wm=bright,
+        shell_index=sidx, shell_dist=dist_out.ravel()[sidx],
+        shell_depth=depth.ravel()[sidx], shell_extra=extra.ravel()[sidx],
+        centre=(lo + hi) / 2, extent=hi - lo + 1,
+    )
+
+
+# --------------------------------------------------------------------------- random draws
+def _euler(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    """Rotation from three independent angles in [-max_deg, max_deg]."""
+    r = np.eye(3)
+    for axis in range(3):
+        a = math.radians(rng.uniform(-max_deg, max_deg))
+        c, s = math.cos(a), math.sin(a)
+        m = np.eye(3)
+        p, q = [x for x in range(3) if x != axis]
+        m[p, p], m[p, q], m[q, p], m[q, q] = c, -s, s, c
+        r = m @ r
+    return r
+
+
+def _contrast(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Per-class mean and texture std (relative) for one subject, and what was drawn."""
+    info: dict = {"kind": kind}
+    if kind == "generic":
+        means = rng.uniform(0.0, 1.0, len(CLASSES))
+        means[C["skull"]] = rng.uniform(0.0, 0.25)   # cortical bone has no MR signal anywhere
+        means[C["eye"]] = means[C["csf"]] * rng.uniform(0.8, 1.2)
+        for a, b in (("gm_deep", "gm"), ("wm_bright", "wm")):   # sub-classes stay related
+            if rng.random() < 0.7:
+                means[C[a]] = means[C[b]] * rng.uniform(0.85, 1.15)
+    else:
+        variant = kind
+        if kind == "dwi":
+            variant = "dwi_b0" if rng.random() < 0.4 else "dwi_trace"
+        info["variant"] = variant
+        means = np.array(_MEANS[variant], float) * rng.uniform(0.9, 1.1, len(CLASSES))
+        if kind in ("t2", "pd", "flair") and rng.random() < 0.25:   # fat suppression
+            means[C["fat"]] *= 0.15
+            means[C["marrow"]] *= 0.3
+            info["fat_suppressed"] = True
+        if kind == "t1" and rng.random() < 0.2:   # inversion-recovery T1 (MPRAGE): darker CSF
+            means[C["csf"]] *= 0.4
+            means[C["eye"]] *= 0.4
+    means[C["background"]] = 0.0
+    std = np.concatenate([[0.0], rng.uniform(0.01, 0.06, 5), rng.uniform(0.03, 0.15, 6)])
+    return means.astype(np.float32), std.astype(np.float32), info
+
+
+def _acquisition(rng: np.random.Generator, kind: str, model: TissueModel) -> dict:
+    """Plane, voxel size, slice profile, matrix and field of view of one random scan."""
+    if kind == "dwi":
+        mode = "2d"
+    else:
+        p3d = 0.5 if kind == "t1" else 0.2
+        u = rng.random()
+        mode = "3d" if u < p3d else ("mild" if u < p3d + 0.1 else "2d")
+    plane = str(rng.choice(("axial", "coronal", "sagittal"), p=(0.5, 0.25, 0.25)))
+    normal = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
+    inplane = {"axial": [0, 1], "coronal": [0, 2], "sagittal": [1, 2]}[plane]
+    if rng.random() < 0.2:
+        inplane = inplane[::-1]          # transposed in-plane axes
+    fov = rng.uniform(180, 260)
+    fovs = [fov, fov * (rng.uniform(0.75, 1.0) if rng.random() < 0.3 else 1.0)]
+    if rng.random() < 0.5:
+        fovs = fovs[::-1]
+    if kind == "dwi":
+        matrix = int(rng.integers(80, 150))
+        sp = float(np.clip(fov / matrix, 1.5, 2.8))
+        thick = rng.uniform(3.0, 5.5)
+    elif mode == "3d":
+        sp = rng.uniform(0.8, 1.3)
+        thick = sp * rng.uniform(0.9, 1.1)
+    else:
+        matrix = int(rng.integers(160, 321))
+        sp = float(np.clip(fov / matrix, 0.5, 1.3))
+        thick = rng.uniform(1.5, 3.0) if mode == "mild" else rng.uniform(3.0, 6.0)
+    size = [max(32, int(round(f / sp))) for f in fovs]
+    gap = 1.0 if mode == "3d" else rng.uniform(1.0, 1.25)   # slice spacing / thickness
+    sk = thick * gap
+    head_n = float(model.extent[normal])
+    cover = head_n * rng.uniform(0.55, 1.05)
+    nk = max(8, int(round(cover / sk)))
+    # Voxel axes: in-plane columns/rows along anatomical axes, random signs, slight obliquity.
+    d = np.zeros((3, 3))
+    for col, ax in enumerate(inplane + [normal]):
+        d[ax, col] = rng.choice((-1.0, 1.0))
+    oblique = 0.0
+    if rng.random() < 0.5:
+        oblique = rng.uniform(0, 12)
+        d = _rotation_about(rng, oblique) @ d
+    spacing = (sp, sp, sk)
+    shift = np.zeros(3)
+    shift[inplane] = rng.uniform(-15, 15, 2)
+    shift[normal] = rng.uniform(-1, 1) * max(0.0, (head_n - nk * sk) / 2) + rng.uniform(-10, 10)
+    return {"mode": mode, "plane": plane, "spacing": spacing, "thickness": thick,
+            "size": (size[0], size[1], nk), "directions": d, "shift": shift,
+            "oblique_deg": oblique}
+
+
+def _rotation_about(rng: np.random.Generator, deg: float) -> np.ndarray:
+    """Rotation by deg degrees about a uniformly random axis (Rodrigues' formula)."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    a = math.radians(deg)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * (k @ k)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], step: int) -> torch.Tensor:
+    """Unit-variance-ish Gaussian noise correlated over ~step voxels, as (1, 1, *shape)."""
+    coarse = [max(2, -(-n // step) + 1) for n in shape]
+    x = torch.from_numpy(rng.standard_normal(coarse, dtype=np.float32))[None, None]
+    return F.interpolate(x, size=shape, mode="trilinear", align_corners=True)
+
+
+def _tissue_image(rng: np.random.Generator, model: TissueModel, means: np.ndarray,
+                  std: np.ndarray) -> tuple[torch.Tensor, dict]:
+    """Clean intensity image of the head on the model grid, (1, 1, nz, ny, nx) float32."""
+    fine = _smooth_noise(rng, model.shape, 2).view(-1).numpy()      # intra-tissue texture
+    coarse = _smooth_noise(rng, model.shape, 12).view(-1).numpy()   # thickness variation
+    img = np.zeros(model.n_voxels, np.float32)
+
+    # Brain: soft mixture of CSF / GM / WM, each with its own texture amplitude.
+    bi = model.brain_index
+    n = fine[bi]
+    gm_c = np.where(model.brain_deep_gm, C["gm_deep"], C["gm"])
+    wm_c = np.where(model.brain_bright_wm, C["wm_bright"], C["wm"])
+    f = model.brain_frac
+    img[bi] = (f[0] * means[C["csf"]] * (1 + std[C["csf"]] * n)
+               + f[1] * means[gm_c] * (1 + std[gm_c] * n)
+               + f[2] * means[wm_c] * (1 + std[wm_c] * n))
+
+    # Head: layers by distance from the intracranial volume, thickness varying smoothly.
+    thick = {"csf": rng.uniform(0.5, 3.0), "table_in": rng.uniform(1.0, 2.5),
+             "diploe": rng.uniform(1.0, 5.0), "table_out": rng.uniform(1.0, 2.5),
+             "fat": rng.uniform(2.0, 7.0), "skin": rng.uniform(1.5, 4.0)}
+    edges = np.cumsum(list(thick.values()))
+    layers = np.array([C["csf"], C["skull"], C["marrow"], C["skull"], C["fat"], C["skin"],
+                       C["background"]], np.int64)
+    si = model.shell_index
+    d = model.shell_dist + coarse[si] * rng.uniform(0.5, 3.0)
+    lab = layers[np.searchsorted(edges, d, side="right")]
+    depth = model.shell_depth
+    skin_t, fat_t = rng.uniform(1.5, 3.5), rng.uniform(2.0, 8.0)
+    # In the neck and face, soft tissue replaces scalp layers (not the bone round the cord).
+    low = np.isin(lab, (C["background"], C["fat"], C["skin"])) & (depth > 0)
+    lab[low] = np.where(depth[low] <= skin_t, C["skin"],
+                        np.where(depth[low] <= skin_t + fat_t, C["fat"], C["muscle"]))
+    ex = model.shell_extra
+    lab[ex == _EXTRA_ORBIT_FAT] = C["fat"]
+    lab[ex == _EXTRA_EYE] = C["eye"]
+    lab[ex == _EXTRA_AIR] = C["background"]
+    img[si] = means[lab] * (1 + std[lab] * fine[si])
+    np.maximum(img, 0, out=img)
+    return torch.from_numpy(img).view(1, 1, *model.shape), {k: round(float(v), 2)
+                                                            for k, v in thick.items()}
+
+
+def _sample(model: TissueModel, img: torch.Tensor, origin: np.ndarray, axes: np.ndarray,
+            kpos: np.ndarray, ni: int, nj: int, lin: np.ndarray, head_centre: np.ndarray,
+            disp: torch.Tensor | None, disp_box: tuple[np.ndarray, float], src_step: int,
+            ) -> torch.Tensor:
+    """Trilinear samples of `img` at the output points, through the inverse random transform.
+
+    Output point (kk, j, i) lies at world = origin + i axes[:, 0] + j axes[:, 1] + kpos[kk]
+    axes[:, 2] (axes: RAS mm per voxel step; kpos: position in k voxel steps, sub-slices
+    included). lin maps world -> model space about head_centre (inverse affine); disp is a
+    coarse displacement field (1, 3, g, g, g) in mm over the cube disp_box = (low corner,
+    size). The map from output points to source voxels is affine plus a smooth warp, so it is
+    computed exactly on every 4th point in-plane and interpolated trilinearly in between.
+    """
+    mi, mj = min(ni, (ni - 1) // 4 + 2), min(nj, (nj - 1) // 4 + 2)
+    ci, cj = np.linspace(0, ni - 1, mi), np.linspace(0, nj - 1, mj)
+    world = (origin + ci[None, None, :, None] * axes[:, 0] + cj[None, :, None, None] * axes[:, 1]
+             + kpos[:, None, None, None] * axes[:, 2])               # (K, mj, mi, 3)
+    p = (world - head_centre) @ lin.T + head_centre
+    if disp is not None:
+        lo, size = disp_box
+        dgrid = torch.from_numpy(((world - lo) * (2.0 / size) - 1.0).astype(np.float32))
+        d = F.grid_sample(disp, dgrid[None], mode="bilinear", padding_mode="border",
+                          align_corners=True)[0]                     # (3, K, mj, mi) mm
+        p = p + d.permute(1, 2, 3, 0).double().numpy()
+    src_origin = model.origin + (src_step - 1) / 2.0   # pooled grid: centre of the 1st block
+    n_src = np.array([n // src_step for n in model.shape[::-1]], float)   # x, y, z
+    norm = ((p - src_origin) / src_step) * (2.0 / (n_src - 1)) - 1.0
+    coarse = torch.from_numpy(norm.astype(np.float32)).permute(3, 0, 1, 2)[None]
+    grid = F.interpolate(coarse, size=(len(kpos), nj, ni), mode="trilinear",
+                         align_corners=True)
+    grid = grid.permute(0, 2, 3, 4, 1)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=True)[0, 0]
+
+
+def synth_subject_info(rng: np.random.Generator, kind: str = "random", isotropic: bool = False,
+                       deform: bool = True) -> tuple[Volume, dict]:
+    """One synthetic subject and a JSON-able record of what was drawn (see synth_subject)."""
+    if kind not in ("random", *KINDS):
+        raise ValueError(f"kind must be 'random' or one of {KINDS}, not {kind!r}")
+    model = load_tissue_model()
+    if kind == "random":
+        kind = str(rng.choice(KINDS, p=KIND_PROBS))
+    means, std, info = _contrast(rng, kind)
+    img, layers = _tissue_image(rng, model, means, std)
+    info["scalp_layers_mm"] = layers
+
+    # Random spatial transform: world = A (p - c) + c + t, plus a smooth displacement.
+    centre = model.centre
+    if deform:
+        rot = _euler(rng, 15.0)
+        scale = rng.uniform(0.85, 1.15, 3)
+        a = rot @ np.diag(scale)
+        t = rng.uniform(-8, 8, 3)
+        amp = rng.uniform(0.0, 3.5)
+        g = int(rng.integers(4, 9))
+        coarse = rng.standard_normal((3, g, g, g)) * amp
+        fine = ndi.zoom(coarse, (1, 24 / g, 24 / g, 24 / g), order=3, mode="nearest",
+                        grid_mode=False)
+        disp = torch.from_numpy(fine.astype(np.float32))[None]
+        info.update(rotation=np.round(rot, 4).tolist(), scale=np.round(scale, 3).tolist(),
+                    translation_mm=np.round(t, 2).tolist(), warp_mm=round(float(amp), 2),
+                    warp_grid=g)
+    else:
+        a, t, disp = np.eye(3), np.zeros(3), None
+    lin = np.linalg.inv(a)
+    head_world = centre + t
+    half = float(np.max(model.extent)) * 0.75
+    disp_box = (head_world - half, 2 * half)
+
+    if isotropic:
+        acq = {"mode": "isotropic", "plane": "axial", "spacing": (1.0, 1.0, 1.0),
+               "thickness": 1.0, "size": tuple(model.shape[::-1]), "directions": np.eye(3),
+               "shift": None, "oblique_deg": 0.0}
+        origin = model.origin.copy()
+    else:
+        acq = _acquisition(rng, kind, model)
+        sp = np.array(acq["spacing"])
+        extent = (np.array(acq["size"]) - 1) * sp
+        origin = head_world + acq["shift"] - acq["directions"] @ (extent / 2)
+    d = np.asarray(acq["directions"], float)
+    sp = np.asarray(acq["spacing"], float)
+    ni, nj, nk = acq["size"]
+    thick = float(acq["thickness"])
+    nsub = 1 if acq["mode"] in ("3d", "isotropic") else int(math.ceil(thick / 1.5))
+    # Box slice profile: nsub sub-slices spread over the slice thickness, averaged below.
+    sub = ((np.arange(nsub) + 0.5) / nsub - 0.5) * thick if nsub > 1 else np.zeros(1)
+    kpos = (np.arange(nk)[:, None] + sub[None] / sp[2]).ravel()   # in slice steps
+
+    # Low-resolution EPI: sample a 2 mm average-pooled image (anti-aliasing, blur).
+    src_step = 2 if min(sp[0], sp[1]) >= 1.5 else 1
+    src = F.avg_pool3d(img, 2) if src_step == 2 else img
+    out = _sample(model, src, origin, d * sp[None, :], kpos, ni, nj, lin, centre, disp,
+                  disp_box, src_step)
+    del img, src
+    out = out.view(nk, nsub, nj, ni).mean(1)
+
+    # In-plane partial-volume / reconstruction blur.
+    pv = float(rng.uniform(0.0, 0.7)) if rng.random() < 0.6 else 0.0
+    arr = out.numpy()
+    if pv > 0:
+        arr = ndi.gaussian_filter(arr, (0, pv, pv), mode="constant", truncate=3.0)
+    # Smooth multiplicative bias field over the scan's field of view.
+    bias_sd = rng.uniform(0.0, 0.35)
+    b = torch.from_numpy(rng.standard_normal((4, 4, 4), dtype=np.float32) * bias_sd)
+    bias = F.interpolate(b[None, None], size=(nk, nj, ni), mode="trilinear",
+                         align_corners=True)[0, 0].exp_().numpy()
+    arr = arr * bias
+    # Rician noise: magnitude of a complex signal with Gaussian noise on both channels.
+    head = arr > 0.05 * float(arr.max())
+    ref = float(np.mean(arr[head])) if head.any() else 1.0
+    snr = float(np.exp(rng.uniform(math.log(6), math.log(30)) if kind == "dwi"
+                       else rng.uniform(math.log(6), math.log(80))))
+    sigma = ref / snr
+    real = arr + sigma * rng.standard_normal(arr.shape, dtype=np.float32)
+    imag = sigma * rng.standard_normal(arr.shape, dtype=np.float32)
+    arr = np.sqrt(real * real + imag * imag)
+    extras = []
+    if not isotropic:
+        if rng.random() < 0.1:       # some pipelines zero the background outside the head
+            mask = ndi.binary_dilation(head, iterations=3)
+            arr = arr * mask
+            extras.append("background_masked")
+        if rng.random() < 0.25:      # zero-padded matrix
+            for ax in (1, 2):
+                n = arr.shape[ax]
+                lo_, hi_ = (int(rng.integers(0, max(1, n // 8))) for _ in range(2))
+                sl = [slice(None)] * 3
+                sl[ax] = slice(0, lo_)
+                arr[tuple(sl)] = 0
+                sl[ax] = slice(n - hi_, n)
+                arr[tuple(sl)] = 0
+            extras.append("zero_padded")
+    arr = (arr * rng.uniform(1000, 4000)).astype(np.float32)
+    vol = volume(arr, spacing=tuple(float(v) for v in sp), directions=d,
+                 origin=tuple(float(v) for v in origin))
+    info.update(
+        mode=acq["mode"], plane=acq["plane"], spacing=[round(float(v), 3) for v in sp],
+        slice_thickness=round(thick, 3), shape_kji=list(arr.shape),
+        oblique_deg=round(float(acq["oblique_deg"]), 2), pv_blur=round(pv, 3),
+        bias_sd=round(float(bias_sd), 3), snr=round(snr, 2), extras=extras,
+    )
+    return vol, info
+
+
+def synth_subject(rng: np.random.Generator, kind: str = "random", isotropic: bool = False,
+                  deform: bool = True) -> Volume:
+    """A random synthetic head MR volume.
+
+    kind: "t1", "t2", "pd", "flair", "dwi" (EPI b0 or trace: low resolution, blurry),
+    "generic" (every tissue intensity random) or "random" (any of these).
+    isotropic: 1 mm isotropic on the model's RAS grid (identity directions, whole head);
+    otherwise a random acquisition: plane, obliquity, voxel size (3D 0.8-1.3 mm or 2D slices
+    of 1.5-6 mm with in-plane 0.5-1.3 mm; DWI 1.5-2.8 mm in-plane), matrix, field of view.
+    deform=False turns off the random affine and warp (the head stays on the template).
+    """
+    return synth_subject_info(rng, kind, isotropic, deform)[0]
+
+
+def resample(vol: Volume, spacing: tuple[float, float, float],
+             rng: np.random.Generator | None = None) -> Volume:
+    """The volume on a grid of the given spacing (mm along i, j, k), same axes and extent.
+
+    Coarser axes are box-averaged over the new voxel size first (a slice profile, so thick
+    slices show partial volume as scanners' do). With rng, Rician noise at a random SNR
+    (8-60) is added afterwards, because averaging removes most of the fine-grid noise.
+    """
+    arr = vol.array.astype(np.float32)
+    old = np.asarray(vol.spacing, float)
+    new = np.asarray(spacing, float)
+    if new.shape != (3,) or np.any(new <= 0):
+        raise ValueError(f"spacing must be 3 positive numbers, not {spacing!r}")
+    shape_ijk = np.array(arr.shape[::-1])
+    n_new = np.maximum(1, np.floor(shape_ijk * old / new + 1e-6).astype(int))
+    coords = []
+    for ax in range(3):   # i, j, k; array axis = 2 - ax
+        f = new[ax] / old[ax]
+        if f > 1.0:
+            arr = ndi.uniform_filter1d(arr, size=max(1, int(round(f))), axis=2 - ax,
+                                       mode="nearest")
+        # Edge-aligned: the new grid covers the same physical extent as the old one.
+        coords.append((np.arange(n_new[ax]) + 0.5) * f - 0.5)
+    ck, cj, ci = np.meshgrid(coords[2], coords[1], coords[0], indexing="ij")
+    out = ndi.map_coordinates(arr, [ck, cj, ci], order=1, mode="nearest").astype(np.float32)
+    shift = (new - old) / 2.0
+    origin = np.asarray(vol.origin, float) + np.asarray(vol.directions, float) @ shift
+    if rng is not None:
+        head = out > 0.05 * float(out.max())
+        ref = float(out[head].mean()) if head.any() else 1.0
+        sigma = ref / float(np.exp(rng.uniform(math.log(8), math.log(60))))
+        real = out + sigma * rng.standard_normal(out.shape, dtype=np.float32)
+        imag = sigma * rng.standard_normal(out.shape, dtype=np.float32)
+        out = np.sqrt(real * real + imag * imag)
+    return volume(out, spacing=tuple(float(v) for v in new), directions=vol.directions,
+                  origin=tuple(float(v) for v in origin))
+
+
+# --------------------------------------------------------------------------- data sets
+def subject_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of subject `index` of `split` ("train", "validation", "test")."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(SPLIT_IDS[split], int(index)))
+    return np.random.default_rng(ss)
+
+
+def _worker_init() -> None:
+    # The processes are the parallelism; a forked torch thread pool is also unsafe to use.
+    torch.set_num_threads(1)
+
+
+def _write_one(job: tuple) -> dict:
+    """Generate and save one subject (run in a worker process)."""
+    import nibabel as nib
+
+    out_dir, split, index, seed, kind, isotropic = job
+    vol, info = synth_subject_info(subject_rng(seed, split, index), kind, isotropic)
+    folder = "train" if split == "train" else ("val" if split == "validation" else "test")
+    rel = f"{folder}/synth_{split}_{index:05d}.nii.gz"
+    arr = vol.array
+    # int16 like most scanners' output; synth_subject already drew a random intensity scale.
+    data = np.clip(np.round(arr), 0, 32767).astype(np.int16)
+    img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), vol.ijk_to_ras())
+    img.set_qform(vol.ijk_to_ras(), code=1)
+    img.set_sform(vol.ijk_to_ras(), code=1)
+    img.header.set_xyzt_units("mm")
+    path = Path(out_dir) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    info.update(path=rel, split=split, index=index)
+    return info
+
+
+def write_dataset(out_dir: str | Path, n_train: int, n_val: int, n_test: int, seed: int = 0,
+                  kind: str = "random", isotropic: bool = False, workers: int = 1,
+                  progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write synthetic subjects as int16 NIfTI under out_dir/{train,val,test}/.
+
+    Also writes out_dir/split.json ({"train", "validation", "test"}: paths relative to
+    out_dir) and out_dir/dataset.json (generation parameters, seed streams, per-subject draws).
+    Returns out_dir. Output is identical for any number of workers.
+    """
+    if kind not in ("random", *KINDS):
+        raise ValueError(f"kind must be 'random' or one of {KINDS}, not {kind!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    load_tissue_model()   # build once here, so forked workers inherit it
+    jobs = [(str(out), split, i, int(seed), kind, isotropic)
+            for split, n in (("train", n_train), ("validation", n_val), ("test", n_test))
+            for i in range(int(n))]
+    results: list[dict] = []
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork shares the tissue model built above; spawn (Windows) rebuilds it per worker.
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
+                                 initializer=_worker_init) as ex:
+            for info in ex.map(_write_one, jobs):
+                results.append(info)
+                if progress:
+                    progress(len(results), len(jobs))
+    else:
+        for job in jobs:
+            results.append(_write_one(job))
+            if progress:
+                progress(len(results), len(jobs))
+    split = {s: [r["path"] for r in results if r["split"] == s] for s in SPLIT_IDS}
+    (out / "split.json").write_text(json.dumps(split, indent=1))
+    meta = {
+        "generator": "MotionSSIMLib.synth",
+        "template": {k: f"nilearn/datasets/data/{v}" for k, v in TEMPLATE_FILES.items()},
+        "seed": int(seed),
+        "seed_streams": "numpy.random.default_rng(numpy.random.SeedSequence(entropy=seed, "
+                        "spawn_key=(split_id, index))), split_id: train=0, validation=1, test=2",
+        "kind": kind, "isotropic": bool(isotropic),
+        "counts": {"train": int(n_train), "validation": int(n_val), "test": int(n_test)},
+        "format": "NIfTI-1 int16 (random intensity scale), qform = sform = scanner RAS",
+        "subjects": results,
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return out

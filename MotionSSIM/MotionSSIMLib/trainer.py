@@ -1,0 +1,691 @@
+"""Training loop: MSE regression of the SSIM label with Adam, on-the-fly corrupted slices.
+
+Files in the output folder (only the first process writes them):
+- ``best.safetensors`` / ``last.safetensors``: model checkpoints (`checkpoint.save_checkpoint`)
+  after the epoch with the lowest validation loss / after the latest epoch;
+- ``state.pt``: everything needed to resume (model, optimizer, epoch, step, position in the
+  epoch, RNG states, log history), written atomically after every epoch and every
+  ``checkpoint_every`` steps; loaded with ``torch.load(weights_only=True)``;
+- ``log.csv`` (one row per epoch, columns `LOG_COLUMNS`) and ``log.json``.
+A file named ``stop`` in the output folder, SIGTERM or SIGINT make the trainer save its state
+and return; a later run with ``resume=True`` continues with exactly the batches and weights an
+uninterrupted run would have had.
+
+Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (NCCL on
+CUDA, gloo on CPU); each process takes an equal share of every global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io as _io
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import pipeline
+from .data import STREAMS, SliceDataset, check_volumes, summarize_volumes
+from .errors import InputError, MotionSSIMError
+
+__all__ = [
+    "LOG_COLUMNS",
+    "TrainResult",
+    "TrainSettings",
+    "TrainingDiverged",
+    "train",
+]
+
+LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_mae", "val_residual_sd", "lr",
+               "samples_per_s", "elapsed_s")
+STATE_FORMAT = "motionssim-train-state"
+STATE_VERSION = 1
+# Settings that fix the random stream or the model: on resume the saved values win.
+_RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
+             "p_torchio", "val_samples", "seed")
+
+
+class TrainingDiverged(MotionSSIMError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainSettings:
+    """Training settings; the defaults are the paper's (ResNet-18, Adam 1e-3, batch 100, MSE,
+    2000 epochs; one slice per training volume per epoch with 200 volumes = 200 samples)."""
+
+    architecture: str = "resnet18"
+    epochs: int = 2000
+    samples_per_epoch: int = 200
+    batch_size: int = 100
+    lr: float = 1e-3
+    input_size: int = 256          # model input side; only tests should change it
+    contrast: bool = True          # contrast augmentation
+    p_torchio: float = 0.5         # share of samples corrupted by TorchIO (else k-space lines)
+    val_samples: int = 500         # fixed validation set size
+    seed: int = 0
+    workers: int | None = None     # DataLoader worker processes; None = min(8, cores - 1)
+    device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", ...
+    pipeline: str = "auto"         # where corruption runs: "device" (GPU), "workers", "auto"
+    amp: bool = True               # mixed precision (CUDA only)
+    channels_last: bool = True     # (CUDA only)
+    checkpoint_every: int = 50     # steps between mid-epoch state saves (0 = epoch ends only)
+    cache_mb: int = 2048           # volume cache per process
+    progress: bool = True          # tqdm progress bar
+    distributed: bool | None = None  # None = when WORLD_SIZE > 1
+
+    def validate(self) -> None:
+        from .model import ARCHITECTURES
+
+        if self.architecture not in ARCHITECTURES:
+            raise InputError(f"architecture: {self.architecture!r} is not one of {ARCHITECTURES}")
+        for name in ("epochs", "samples_per_epoch", "batch_size", "input_size"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.input_size < 32:
+            raise InputError(f"input_size: must be at least 32, got {self.input_size}")
+        if not (0.0 <= self.p_torchio <= 1.0):
+            raise InputError(f"p_torchio: must lie in [0, 1], got {self.p_torchio}")
+        if not (self.lr > 0):
+            raise InputError(f"lr: must be positive, got {self.lr}")
+        if self.val_samples < 0 or self.checkpoint_every < 0:
+            raise InputError("val_samples and checkpoint_every must not be negative")
+        if self.pipeline not in ("auto", "device", "workers"):
+            raise InputError(f"pipeline: {self.pipeline!r} is not auto, device or workers")
+
+
+@dataclass
+class TrainResult:
+    status: str                     # "finished" or "stopped"
+    epoch: int                      # epochs completed
+    step: int                       # optimizer steps taken
+    best_val_loss: float
+    out_dir: Path
+    history: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def _resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device}: CUDA is not available on this machine")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def _default_workers() -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, n - 1))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):  # a different GPU count: not critical
+            torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    p = s["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT (main thread only) or by a `stop` file in the output folder."""
+
+    def __init__(self, stop_file: Path) -> None:
+        self.stop_file = stop_file
+        self.signalled = False
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except (ValueError, OSError):
+                pass
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, old)
+        self._old.clear()
+
+    def requested(self) -> bool:
+        return self.signalled or self.stop_file.exists()
+
+
+# ----------------------------------------------------------------------------- distribution
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    enabled: bool = False
+    owned: bool = False    # we initialised the process group (and destroy it at the end)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: Sequence[float], device: torch.device) -> list[float]:
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+        if self.enabled:
+            torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        if not self.enabled:
+            return flag
+        return self.all_sum([1.0 if flag else 0.0], device)[0] > 0
+
+    def broadcast(self, obj: Any) -> Any:
+        if not self.enabled:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def _init_distributed(settings: TrainSettings) -> _Dist:
+    want = settings.distributed
+    if want is None:
+        want = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not want:
+        return _Dist()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return _Dist(dist.get_rank(), dist.get_world_size(),
+                     int(os.environ.get("LOCAL_RANK", "0")), True, False)
+    use_cuda = settings.device.startswith("cuda") or (
+        settings.device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if use_cuda else "gloo"
+    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
+        if var not in os.environ:
+            raise InputError(f"distributed training needs the environment variable {var} "
+                             "(start it with torchrun)")
+    dist.init_process_group(backend=backend, init_method="env://")
+    return _Dist(dist.get_rank(), dist.get_world_size(),
+                 int(os.environ.get("LOCAL_RANK", "0")), True, True)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class _Run:
+    """One training run (fresh or resumed): state and the steps of the loop."""
+
+    def __init__(self, settings: TrainSettings, out_dir: Path, dist: _Dist) -> None:
+        self.s = settings
+        self.out = out_dir
+        self.dist = dist
+        self.device = _resolve_device(settings.device, dist.local_rank)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.cuda.set_device(self.device)
+        self.channels_last = bool(settings.channels_last and self.cuda)
+        self.amp_dtype: torch.dtype | None = None
+        if settings.amp and self.cuda:
+            self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported()
+                              else torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        pipe = settings.pipeline
+        if pipe == "auto":
+            pipe = "device" if self.cuda else "workers"
+        self.pipe = pipe
+        self.workers = _default_workers() if settings.workers is None else int(settings.workers)
+        # progress of the run
+        self.epoch = 0
+        self.next_batch = 0
+        self.step = 0
+        self.epoch_se = 0.0
+        self.epoch_n = 0
+        self.epoch_time = 0.0
+        self.elapsed = 0.0
+        self.best = math.inf
+        self.best_epoch = -1
+        self.history: list[dict] = []
+        self.data_summary: dict[str, Any] = {}
+        self.train_paths: list[str] = []
+        self.val_paths: list[str] = []
+
+    # -- model ---------------------------------------------------------------------------
+
+    def build(self) -> None:
+        from .model import build_model
+
+        torch.manual_seed(self.s.seed)  # the same initial weights for the same seed
+        net = build_model(self.s.architecture).to(self.device)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=self.s.lr)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.cuda else None
+            self.model: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=ids)
+        else:
+            self.model = net
+
+    # -- state -----------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT, "version": STATE_VERSION,
+            "settings": asdict(self.s),
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "next_batch": self.next_batch, "step": self.step,
+            "epoch_se": self.epoch_se, "epoch_n": self.epoch_n, "epoch_time": self.epoch_time,
+            "elapsed": self.elapsed, "best": self.best, "best_epoch": self.best_epoch,
+            "history": self.history, "data": self.data_summary,
+            "train_paths": self.train_paths, "val_paths": self.val_paths,
+            "rng": _rng_state(),
+        }
+
+    def save_state(self) -> None:
+        if self.dist.main:
+            _atomic_torch_save(self.state(), self.out / "state.pt")
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        self.net.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        if st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        for k in ("epoch", "next_batch", "step", "epoch_n", "best_epoch"):
+            setattr(self, k, int(st[k]))
+        for k in ("epoch_se", "epoch_time", "elapsed", "best"):
+            setattr(self, k, float(st[k]))
+        self.history = list(st["history"])
+        _set_rng_state(st["rng"])
+
+    # -- logs and checkpoints --------------------------------------------------------------
+
+    def write_logs(self, status: str) -> None:
+        if not self.dist.main:
+            return
+        buf = _io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(LOG_COLUMNS)
+        for row in self.history:
+            w.writerow(["nan" if row[c] is None else row[c] for c in LOG_COLUMNS])
+        _atomic_write_bytes(self.out / "log.csv", buf.getvalue().encode())
+        doc = {
+            "status": status, "settings": asdict(self.s), "device": str(self.device),
+            "world_size": self.dist.world, "pipeline": self.pipe, "workers": self.workers,
+            "best_epoch": self.best_epoch if self.best_epoch >= 0 else None,
+            "best_loss": _finite_or_none(self.best), "data": self.data_summary,
+            "columns": list(LOG_COLUMNS), "history": self.history,
+        }
+        _atomic_write_bytes(self.out / "log.json", json.dumps(doc, indent=1).encode())
+
+    def metadata(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        s = self.s
+        return {
+            "architecture": s.architecture,
+            "input_size": s.input_size,
+            "training_data": self.data_summary,
+            "schedule": {"epochs": s.epochs, "samples_per_epoch": s.samples_per_epoch,
+                         "batch_size": s.batch_size, "lr": s.lr, "optimizer": "Adam",
+                         "loss": "MSE", "contrast_augmentation": s.contrast,
+                         "p_torchio": s.p_torchio, "seed": s.seed,
+                         "world_size": self.dist.world},
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "metrics": metrics,
+        }
+
+    def save_checkpoints(self, metrics: dict[str, Any], best: bool) -> None:
+        if not self.dist.main:
+            return
+        from .checkpoint import save_checkpoint
+
+        meta = self.metadata(metrics)
+        save_checkpoint(self.out / "last.safetensors", self.net, meta)
+        if best:
+            save_checkpoint(self.out / "best.safetensors", self.net, meta)
+
+
+def _check_data(run: _Run, train_paths: Sequence[str | Path], val_paths: Sequence[str | Path],
+                report: Callable[[str], None] | None) -> None:
+    """Rank 0 reads every volume once (unreadable ones are reported and dropped) and shares
+    the usable lists with the other processes."""
+    result: Any = None
+    if run.dist.main:
+        try:
+            good_t, info_t = check_volumes(train_paths, report, run.s.progress, "training volumes")
+            good_v, info_v = ([], [])
+            if val_paths:
+                good_v, info_v = check_volumes(val_paths, report, run.s.progress,
+                                               "validation volumes")
+            result = (good_t, good_v, {"train": summarize_volumes(info_t),
+                                       "validation": summarize_volumes(info_v)})
+        except MotionSSIMError as exc:
+            result = exc
+    result = run.dist.broadcast(result)
+    if isinstance(result, Exception):
+        raise result
+    run.train_paths, run.val_paths, run.data_summary = result
+
+
+def _validation_set(run: _Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if not run.val_paths or run.s.val_samples == 0:
+        return []
+    ds = SliceDataset(run.val_paths, seed=run.s.seed, input_size=run.s.input_size,
+                      cache_bytes=run.s.cache_mb << 20)
+    return list(pipeline.fixed_set(
+        ds, STREAMS["validation"], run.s.val_samples, run.s.seed, run.s.contrast,
+        run.s.p_torchio, run.device if run.pipe == "device" else "cpu",
+        chunk=min(run.s.batch_size, 100), workers=run.workers,
+        rank=run.dist.rank, world_size=run.dist.world))
+
+
+def _autocast(run: _Run) -> contextlib.AbstractContextManager:
+    if run.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=run.amp_dtype)
+
+
+@torch.no_grad()
+def _validate(run: _Run, val_set: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    nan = float("nan")
+    if not run.val_paths or run.s.val_samples == 0:
+        return {"val_loss": nan, "val_mae": nan, "val_residual_sd": nan}
+    run.model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=run.device)
+    for images, labels in val_set:
+        images = images.to(run.device)
+        if run.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(run):
+            pred = run.net(images).float().flatten()
+        r = (pred - labels.to(run.device)).double()
+        sums += torch.stack([r.square().sum(), r.abs().sum(), r.sum(),
+                             torch.tensor(float(r.numel()), dtype=torch.float64,
+                                          device=run.device)])
+    se, ae, rs, n = run.dist.all_sum(sums.tolist(), run.device)
+    mean = rs / n
+    sd = math.sqrt(max(0.0, se / n - mean * mean))
+    return {"val_loss": se / n, "val_mae": ae / n, "val_residual_sd": sd}
+
+
+def _train_batches(run: _Run, n_batches: int):
+    """Sample keys of every remaining batch of the run, epoch after epoch (lazily: one
+    DataLoader for the whole run keeps the workers and their volume caches alive)."""
+    s = run.s
+    first_epoch, first_batch = run.epoch, run.next_batch
+
+    class Batches(torch.utils.data.Sampler):
+        def __iter__(self):
+            for e in range(first_epoch, s.epochs):
+                start = first_batch if e == first_epoch else 0
+                yield from pipeline.batch_keys(STREAMS["train"], e, s.samples_per_epoch,
+                                               s.batch_size, start, run.dist.rank,
+                                               run.dist.world)
+
+        def __len__(self) -> int:
+            return max(0, (s.epochs - first_epoch) * n_batches - first_batch)
+
+    return Batches()
+
+
+def _diverged(run: _Run, what: str) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"training stopped: {what} at epoch {run.epoch + 1}, step {run.step}; the last good "
+        f"checkpoints in {run.out} are kept (try a smaller --lr)")
+
+
+def _end_epoch(run: _Run, val_set: list, samples_this_session: int, train_time: float) -> None:
+    # A step can ruin the weights while its own loss was still finite: check before saving.
+    if not all(torch.isfinite(p).all() for p in run.net.parameters()):
+        raise _diverged(run, "the weights became NaN or infinite")
+    metrics = _validate(run, val_set)
+    if run.val_paths and run.s.val_samples and not math.isfinite(metrics["val_loss"]):
+        raise _diverged(run, f"the validation loss became {metrics['val_loss']}")
+    train_loss = run.epoch_se / max(1, run.epoch_n)
+    key = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else train_loss
+    best = key < run.best
+    if best:
+        run.best, run.best_epoch = key, run.epoch + 1
+    row = {
+        "epoch": run.epoch + 1, "step": run.step, "train_loss": round(train_loss, 8),
+        "val_loss": _finite_or_none(round(metrics["val_loss"], 8)),
+        "val_mae": _finite_or_none(round(metrics["val_mae"], 8)),
+        "val_residual_sd": _finite_or_none(round(metrics["val_residual_sd"], 8)),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "samples_per_s": round(samples_this_session / max(train_time, 1e-9), 3),
+        "elapsed_s": round(run.elapsed, 3),
+    }
+    run.history.append(row)
+    run.save_checkpoints({k: row[k] for k in ("train_loss", "val_loss", "val_mae",
+                                              "val_residual_sd")}, best)
+    run.epoch += 1
+    run.next_batch = 0
+    run.epoch_se, run.epoch_n, run.epoch_time = 0.0, 0, 0.0
+    run.write_logs("running")
+    run.save_state()
+
+
+def train(
+    settings: TrainSettings,
+    out_dir: str | Path,
+    train_paths: Sequence[str | Path] = (),
+    val_paths: Sequence[str | Path] = (),
+    resume: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    report: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train (or, with resume=True, continue training) a model; see the module docstring.
+
+    On resume the data lists and the settings that fix the random stream (`_RUN_KEYS`) come
+    from ``state.pt``; `epochs` and the machine settings (device, workers, ...) come from
+    `settings`, so a finished run can be extended. `callback(event)` is called after every
+    optimizer step with {"epoch", "batch", "step", "loss"}. Raises MotionSSIMError subclasses
+    for user errors, TrainingDiverged on a NaN loss (the last checkpoints stay as they were).
+    """
+    from .data import _report
+
+    report = _report if report is None else report
+    out = Path(out_dir)
+    state_path = out / "state.pt"
+    saved: dict[str, Any] | None = None
+    if resume:
+        if not state_path.is_file():
+            raise InputError(f"{state_path}: no saved state to resume from")
+        try:
+            saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not a state file"
+            raise InputError(f"{state_path}: cannot read the saved state ({exc})") from None
+        if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
+            raise InputError(f"{state_path}: not a MotionSSIM training state")
+        known = {f.name for f in fields(TrainSettings)}
+        base = {k: v for k, v in saved["settings"].items() if k in known}
+        now = asdict(settings)
+        settings = TrainSettings(**{**now, **{k: base[k] for k in _RUN_KEYS if k in base}})
+        train_paths, val_paths = saved["train_paths"], saved["val_paths"]
+    elif state_path.exists():
+        raise InputError(f"{out}: already holds a training run (state.pt); resume it with "
+                         "--resume or choose another output folder")
+    settings.validate()
+    if not train_paths:
+        raise InputError("no training volumes given")
+    dist = _init_distributed(settings)
+    stop = _StopFlag(out / "stop")
+    try:
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                (out / "stop").unlink()  # a stale stop request from an earlier run
+        dist.barrier()
+        run = _Run(settings, out, dist)
+        if settings.batch_size < dist.world:
+            raise InputError(f"batch size {settings.batch_size} is smaller than the number of "
+                             f"processes ({dist.world})")
+        _check_data(run, train_paths, val_paths, report)
+        run.build()
+        if saved is not None:
+            run.load_state(saved)
+            run.train_paths, run.val_paths = list(saved["train_paths"]), list(saved["val_paths"])
+            run.data_summary = saved.get("data", run.data_summary)
+            saved = None  # free the copy of the weights
+        stop.install()
+        return _loop(run, stop, callback)
+    except torch.OutOfMemoryError:
+        raise MotionSSIMError(
+            f"out of GPU memory at batch size {settings.batch_size}: try a smaller --batch-size "
+            f"(e.g. {max(1, settings.batch_size // 2)})") from None
+    finally:
+        stop.restore()
+        if dist.owned:
+            torch.distributed.destroy_process_group()
+
+
+def _loop(run: _Run, stop: _StopFlag,
+          callback: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+    s = run.s
+    n_batches = -(-s.samples_per_epoch // s.batch_size)
+    val_set = _validation_set(run)
+    train_ds = SliceDataset(run.train_paths, seed=s.seed, input_size=s.input_size,
+                            cache_bytes=s.cache_mb << 20)
+    collate = pipeline.Collate(s.seed, s.contrast, s.p_torchio, corrupt=run.pipe == "workers")
+    loader = pipeline.make_loader(train_ds, _train_batches(run, n_batches), collate,
+                                  run.workers, pin_memory=run.cuda)
+    bar = None
+    if s.progress and run.dist.main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=s.epochs * n_batches, initial=run.epoch * n_batches + run.next_batch,
+                   unit="batch", dynamic_ncols=True, desc="training")
+    status = "finished"
+    session_samples, session_time = 0, 0.0
+    try:
+        if run.epoch < s.epochs and run.next_batch >= n_batches:  # saved just before validation
+            _end_epoch(run, val_set, 0, 1.0)
+        t_last = time.perf_counter()
+        for batch in loader:
+            epoch, first = batch["key"][1], batch["key"][2]
+            b = first // s.batch_size
+            assert epoch == run.epoch and b == run.next_batch, "loader out of step"
+            run.model.train()
+            images, labels = pipeline.to_device_batch(batch, run.device, collate,
+                                                      run.channels_last)
+            n_global = min(s.samples_per_epoch, (b + 1) * s.batch_size) - b * s.batch_size
+            with _autocast(run):
+                pred = run.model(images).float().flatten()
+            se = (pred - labels.float()).square().sum()
+            # DDP averages gradients over processes: scale so that the gradient is that of
+            # the global batch mean, whatever the split of the batch.
+            loss = se * (run.dist.world / n_global)
+            batch_se = run.dist.all_sum([se.item()], run.device)[0]
+            if not math.isfinite(batch_se):
+                raise _diverged(run, f"the loss became {batch_se}")
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            run.step += 1
+            run.next_batch = b + 1
+            run.epoch_se += batch_se
+            run.epoch_n += n_global
+            run.epoch_time += dt
+            run.elapsed += dt
+            session_samples += n_global
+            session_time += dt
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{batch_se / n_global:.4g}",
+                                refresh=False)
+            if callback is not None:
+                callback({"epoch": epoch, "batch": b, "step": run.step,
+                          "loss": batch_se / n_global})
+            if s.checkpoint_every and run.step % s.checkpoint_every == 0:
+                run.save_state()
+            if run.next_batch == n_batches:
+                _end_epoch(run, val_set, session_samples, session_time)
+                session_samples, session_time = 0, 0.0
+                if bar is not None:
+                    h = run.history[-1]
+                    bar.set_postfix(epoch=h["epoch"], loss=f"{h['train_loss']:.4g}",
+                                    val=f"{h['val_loss']}", refresh=True)
+                t_last = time.perf_counter()
+            if run.dist.any(stop.requested(), run.device):
+                run.save_state()
+                status = "stopped"
+                if run.dist.main:
+                    with contextlib.suppress(FileNotFoundError):
+                        (run.out / "stop").unlink()
+                    print(f"MotionSSIM: training stopped at epoch {run.epoch + 1}, step "
+                          f"{run.step}; continue with --resume", file=sys.stderr, flush=True)
+                break
+    except TrainingDiverged:
+        run.write_logs("diverged")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    run.write_logs(status)
+    run.dist.barrier()
+    return TrainResult(status, run.epoch, run.step, run.best, run.out, list(run.history))

@@ -1,0 +1,248 @@
+"""Command-line front ends of training and evaluation (`python -m MotionSSIMLib train|evaluate`,
+MotionSSIMTraining/train.py). Each `run_*` returns an exit status: 0 done, 1 stopped early
+(stop file / signal; resume later), 2 a user error (one line on stderr)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import MotionSSIMError
+
+__all__ = ["add_evaluate_arguments", "add_train_arguments", "run_evaluate", "run_train",
+           "train_main", "DATA_HELP"]
+
+DATA_HELP = """\
+data layout (--data):
+  a split JSON file   {"train": [...], "validation": [...], "test": [...]}
+                      (paths relative to the JSON file; scripts/make_synthetic_dataset.py
+                      writes one as split.json)
+  a split CSV file    header "path,split"; split is train, validation or test
+  a folder            with split.json, or with sub-folders train/, validation/ (or val/)
+                      and test/; a folder with neither: every volume in it, recursively
+  volumes             .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, .npy (3D), or a folder of
+                      DICOM files (one series)
+  Unreadable volumes are reported once and skipped.
+"""
+
+TRAIN_EPILOG = DATA_HELP + """
+examples:
+  # the paper's schedule (2000 epochs x 200 samples, batch 100, Adam 1e-3) on a split file
+  python -m MotionSSIMLib train --data data/synth/split.json --out runs/r18
+  # a short trial on the CPU
+  python -m MotionSSIMLib train --data data/synth --out runs/try --epochs 5 \\
+      --samples-per-epoch 200 --batch-size 20 --val-samples 100
+  # continue a stopped or killed run where it stopped (same --out)
+  python -m MotionSSIMLib train --out runs/r18 --resume
+  # several GPUs on one machine
+  torchrun --nproc-per-node 4 -m MotionSSIMLib train --data split.json --out runs/r18
+
+output folder: best.safetensors (lowest validation loss), last.safetensors, state.pt (resume),
+log.csv / log.json (one row per epoch). Create a file named "stop" in it (or press Ctrl-C)
+to stop cleanly; --resume continues exactly where it stopped.
+"""
+
+EVALUATE_EPILOG = DATA_HELP + """
+examples:
+  python -m MotionSSIMLib evaluate --data data/synth/split.json \\
+      --checkpoint runs/r18/best.safetensors runs/r101/best.safetensors --out eval/
+  # a quick look with 1000 slices
+  python -m MotionSSIMLib evaluate --data data/synth --checkpoint best.safetensors \\
+      --out eval/ --n 1000
+
+The test slices are drawn from the test volumes exactly as in training (random orientation,
+central non-empty slice, contrast augmentation, motion); the same --seed gives the same slices,
+so the models are compared on identical data. Output: report.md, report.json, summary.csv,
+classification_<n>.csv, predictions.csv and PNG plots.
+"""
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {v}")
+    return v
+
+
+def _probability(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {v}")
+    return v
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `train` arguments (also MotionSSIMTraining/train.py's)."""
+    from .model import ARCHITECTURES
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = TRAIN_EPILOG
+    g = parser.add_argument_group("data and output")
+    g.add_argument("--data", metavar="PATH",
+                   help="split file (.json/.csv) or folder with the volumes (see below); "
+                        "not needed with --resume")
+    g.add_argument("--val-data", metavar="PATH",
+                   help="validation volumes, when --data has no validation split")
+    g.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out (data and schedule come from it; "
+                        "--epochs may extend it)")
+    g = parser.add_argument_group("model and schedule (defaults: the paper's)")
+    g.add_argument("--architecture", choices=ARCHITECTURES, default="resnet18")
+    g.add_argument("--epochs", type=_positive_int, default=2000)
+    g.add_argument("--samples-per-epoch", type=_positive_int, default=200,
+                   help="random slices per epoch (default 200: one per volume of the paper's "
+                        "200 training volumes)")
+    g.add_argument("--batch-size", type=_positive_int, default=100)
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--no-contrast", dest="contrast", action="store_false",
+                   help="no contrast augmentation")
+    g.add_argument("--p-torchio", type=_probability, default=0.5,
+                   help="share of slices corrupted by TorchIO; the rest by the k-space line "
+                        "simulator (default 0.5)")
+    g.add_argument("--val-samples", type=_nonneg_int, default=500,
+                   help="size of the fixed validation set (default 500)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--input-size", type=_positive_int, default=256, help=argparse.SUPPRESS)
+    g = parser.add_argument_group("machine")
+    g.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1, ...")
+    g.add_argument("--workers", type=_nonneg_int, default=None,
+                   help="data loader processes (default: cores - 1, at most 8)")
+    g.add_argument("--pipeline", choices=("auto", "device", "workers"), default="auto",
+                   help="where slices are corrupted: on the GPU (device) or in the loader "
+                        "processes (workers); auto: GPU when training on one")
+    g.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="no mixed precision on CUDA")
+    g.add_argument("--checkpoint-every", type=_nonneg_int, default=50, metavar="STEPS",
+                   help="also save the resume state every STEPS steps (default 50; 0: only at "
+                        "epoch ends)")
+    g.add_argument("--cache-mb", type=_positive_int, default=2048,
+                   help="volume cache per process in MB (default 2048)")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `evaluate` arguments."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EVALUATE_EPILOG
+    parser.add_argument("--data", metavar="PATH", required=True,
+                        help="split file or folder; its test split is used (a folder without "
+                             "splits: all its volumes)")
+    parser.add_argument("--checkpoint", metavar="FILE", nargs="+", required=True,
+                        help="one or more .safetensors checkpoints, compared side by side")
+    parser.add_argument("--out", metavar="DIR", required=True, help="report folder")
+    parser.add_argument("--n", type=_positive_int, default=10000,
+                        help="number of test slices (default 10000, as in the paper)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-contrast", dest="contrast", action="store_false",
+                        help="no contrast augmentation of the test slices")
+    parser.add_argument("--p-torchio", type=_probability, default=0.5)
+    parser.add_argument("--good", type=float, default=0.85,
+                        help="clinical threshold: SSIM >= this is good (default 0.85)")
+    parser.add_argument("--sufficient", type=float, default=0.60,
+                        help="clinical threshold: SSIM >= this is sufficient (default 0.60)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=_positive_int, default=100)
+    parser.add_argument("--workers", type=_nonneg_int, default=0)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _error(exc: BaseException) -> int:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(f"motionssim: error: {msg}", file=sys.stderr, flush=True)
+    return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train from parsed `add_train_arguments` arguments; returns the exit status."""
+    from .data import resolve_split
+    from .errors import InputError
+    from .trainer import TrainSettings, train
+
+    try:
+        settings = TrainSettings(
+            architecture=args.architecture, epochs=args.epochs,
+            samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size, lr=args.lr,
+            input_size=args.input_size, contrast=args.contrast, p_torchio=args.p_torchio,
+            val_samples=args.val_samples, seed=args.seed, workers=args.workers,
+            device=args.device, pipeline=args.pipeline, amp=args.amp,
+            checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb,
+            progress=args.progress)
+        train_paths: list = []
+        val_paths: list = []
+        if not args.resume:
+            if not args.data:
+                raise InputError("--data is required (unless --resume)")
+            train_paths = resolve_split(args.data, "train")
+            if args.val_data:
+                val_paths = resolve_split(args.val_data, "validation")
+            else:
+                try:
+                    val_paths = resolve_split(args.data, "validation")
+                except InputError:
+                    val_paths = []
+                if Path(args.data).is_dir() and val_paths == train_paths:
+                    val_paths = []  # a flat folder: no separate validation volumes
+            if not val_paths:
+                print("motionssim: no validation volumes: the best checkpoint is chosen by "
+                      "training loss (give --val-data)", file=sys.stderr)
+        result = train(settings, args.out, train_paths, val_paths, resume=args.resume)
+    except MotionSSIMError as exc:
+        return _error(exc)
+    except KeyboardInterrupt:
+        print("motionssim: interrupted", file=sys.stderr)
+        return 1
+    if result.status == "stopped":
+        return 1
+    best = result.best_val_loss
+    print(f"done: {result.epoch} epochs, {result.step} steps; best loss {best:.5f}; "
+          f"checkpoints in {result.out_dir}", file=sys.stderr)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate from parsed `add_evaluate_arguments` arguments; returns the exit status."""
+    from .classes import ClinicalThresholds
+    from .data import resolve_split
+    from .evaluation import evaluate_checkpoints
+
+    try:
+        test_paths = resolve_split(args.data, "test")
+        result = evaluate_checkpoints(
+            args.checkpoint, test_paths, args.out, n=args.n, seed=args.seed,
+            contrast=args.contrast, p_torchio=args.p_torchio, device=args.device,
+            batch_size=args.batch_size, workers=args.workers,
+            thresholds=ClinicalThresholds(good=args.good, sufficient=args.sufficient),
+            progress=args.progress)
+    except MotionSSIMError as exc:
+        return _error(exc)
+    for name, m in result["models"].items():
+        r = m["figures"]["regression"]
+        acc = m["figures"]["classification"]
+        print(f"{name}: residual {r['normal_fit']['mu']:+.4f} ± {r['normal_fit']['sigma']:.4f}, "
+              f"MAE {r['mae']:.4f}, accuracy 3/5/10 classes "
+              f"{acc['3']['accuracy']:.3f}/{acc['5']['accuracy']:.3f}/{acc['10']['accuracy']:.3f}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """`train.py ARGS` / `python -m MotionSSIMLib.training_cli ARGS`: parse and train."""
+    parser = argparse.ArgumentParser(
+        prog="train.py", description="Train a MotionSSIM model (SSIM regression of motion "
+        "artefacts) on 3D MR volumes with on-the-fly motion and contrast augmentation.")
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

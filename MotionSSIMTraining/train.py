@@ -1,0 +1,66 @@
+"""Train a MotionSSIM model without a user interface.
+
+    python MotionSSIMTraining/train.py --data data/synth/split.json --out runs/r18
+    Slicer --no-main-window --python-script MotionSSIMTraining/train.py -- \
+        --data data/synth/split.json --out runs/r18
+
+Same arguments as `python -m MotionSSIMLib train` (see --help). Exit status: 0 done, 1 stopped
+early (a `stop` file in the output folder, Ctrl-C or SIGTERM; continue with --resume), 2 error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _in_slicer() -> bool:
+    slicer = sys.modules.get("slicer")
+    return slicer is not None and getattr(slicer, "app", None) is not None
+
+
+def _make_engine_importable() -> None:
+    """Inside the source tree (or Slicer without the extension installed), MotionSSIMLib lives
+    in ../MotionSSIM next to this folder."""
+    try:
+        import MotionSSIMLib  # noqa: F401
+        return
+    except ImportError:
+        pass
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.join(here, "..", "MotionSSIM"), here):
+        folder = os.path.normpath(folder)
+        if os.path.isdir(os.path.join(folder, "MotionSSIMLib")) and folder not in sys.path:
+            sys.path.insert(0, folder)
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    _make_engine_importable()
+    from MotionSSIMLib.training_cli import train_main
+
+    if argv is None:
+        argv = sys.argv[1:]
+        if argv[:1] == ["--"]:  # Slicer passes everything after its own "--"
+            argv = argv[1:]
+    try:
+        return train_main(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
+def _run_as_script() -> bool:
+    # `python train.py` and Slicer's --python-script run this file as __main__; importing it
+    # as a module (e.g. from the MotionSSIMTraining module) must not start a training.
+    name = globals().get("__name__")
+    return name == "__main__" or (_in_slicer() and name not in sys.modules)
+
+
+if _run_as_script():
+    status = main()
+    if _in_slicer():
+        import slicer
+
+        slicer.util.exit(status)
+    else:
+        sys.exit(status)

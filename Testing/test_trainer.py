@@ -1,0 +1,243 @@
+"""The trainer: learning, exact resume after a kill or a stop request, DDP, logs, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from MotionSSIMLib import trainer
+from MotionSSIMLib.errors import InputError
+from MotionSSIMLib.trainer import TrainingDiverged, TrainSettings, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_volume(path, array, spacing=(1.0, 1.0, 1.0)):
+    img = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    sitk.WriteImage(img, str(path))
+    return str(path)
+
+
+def head(rng, shape):
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = (k / 0.9) ** 2 + (j / 0.8) ** 2 + (i / 0.7) ** 2 < 1
+    tex = rng.random(shape) * 0.3 + 0.7 + 0.5 * np.sin(6 * j + rng.random()) * np.cos(5 * i)
+    return np.where(inside, 100 * tex, 0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """3 training and 1 validation volumes, 48 px, thick slices (+ one isotropic)."""
+    d = tmp_path_factory.mktemp("toy")
+    rng = np.random.default_rng(0)
+    train_v = [write_volume(d / f"t{i}.nii.gz", head(rng, (12, 48, 48)), (1, 1, 3))
+               for i in range(2)]
+    train_v.append(write_volume(d / "iso.nii.gz", head(rng, (40, 40, 40))))
+    val_v = [write_volume(d / "v0.nii.gz", head(rng, (12, 48, 48)), (1, 1, 3))]
+    split = {"train": [Path(p).name for p in train_v], "validation": [Path(val_v[0]).name],
+             "test": [Path(val_v[0]).name]}
+    (d / "split.json").write_text(json.dumps(split))
+    return {"dir": d, "train": train_v, "val": val_v}
+
+
+def small(**kw) -> TrainSettings:
+    base = dict(epochs=2, samples_per_epoch=24, batch_size=8, input_size=48, val_samples=8,
+                workers=0, progress=False, p_torchio=0.25, checkpoint_every=2, seed=7)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path / "state.pt", weights_only=True)["model"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def log_rows(path: Path) -> list[dict]:
+    with open(path / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+class Killed(Exception):
+    """Stands for the process being killed: nothing after it runs, no state is saved."""
+
+
+@pytest.fixture(scope="module")
+def reference(toy, tmp_path_factory):
+    """The uninterrupted seeded run (2 epochs x 3 batches) every resume is compared with."""
+    out = tmp_path_factory.mktemp("ref")
+    events = []
+    res = train(small(), out, toy["train"], toy["val"], callback=events.append)
+    return {"out": out, "events": events, "result": res}
+
+
+def test_uninterrupted_run_writes_logs_and_checkpoints(reference):
+    from MotionSSIMLib.checkpoint import load_checkpoint
+
+    out, res = reference["out"], reference["result"]
+    assert res.status == "finished" and res.epoch == 2 and res.step == 6
+    assert [(e["epoch"], e["batch"]) for e in reference["events"]] == \
+        [(e, b) for e in range(2) for b in range(3)]
+    with open(out / "log.csv") as f:
+        header = f.readline().strip().split(",")
+    assert header == list(trainer.LOG_COLUMNS)
+    rows = log_rows(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["step"]) for r in rows] == [3, 6]
+    assert all(float(r["val_loss"]) >= 0 and float(r["samples_per_s"]) > 0 for r in rows)
+    assert json.loads((out / "log.json").read_text())["status"] == "finished"
+    last = load_checkpoint(out / "last.safetensors")
+    assert last.metadata["architecture"] == "resnet18" and last.metadata["epoch"] == 2
+    assert last.metadata["metrics"]["val_loss"] == pytest.approx(float(rows[-1]["val_loss"]))
+    assert last.metadata["training_data"]["train"]["volumes"] == 3
+    best_epoch = 1 + int(np.argmin([float(r["val_loss"]) for r in rows]))
+    assert load_checkpoint(out / "best.safetensors").metadata["epoch"] == best_epoch
+    st = torch.load(out / "state.pt", weights_only=True)
+    assert (st["epoch"], st["next_batch"], st["step"]) == (2, 0, 6)
+    sd = last.model.state_dict()
+    assert all(torch.equal(sd[k].float(), v.float()) for k, v in st["model"].items() if k in sd)
+    # refuses to overwrite a run
+    with pytest.raises(InputError, match="already holds"):
+        train(small(), out, ["x.nii.gz"])
+
+
+def test_resume_after_kill_mid_epoch_is_exact(toy, reference, tmp_path):
+    def kill_at_5(event):
+        if event["step"] == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(small(), tmp_path, toy["train"], toy["val"], callback=kill_at_5)
+    st = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert (st["epoch"], st["next_batch"], st["step"]) == (1, 1, 4), "mid-epoch state"
+    events = []
+    res = train(small(), tmp_path, resume=True, callback=events.append)
+    ref = reference["events"]
+    assert res.status == "finished" and res.step == 6
+    assert [(e["epoch"], e["batch"]) for e in events] == [(1, 1), (1, 2)]
+    assert [e["loss"] for e in events] == [e["loss"] for e in ref[4:]], "not the same batches"
+    assert same_weights(weights(tmp_path), weights(reference["out"]))
+    keep = ("epoch", "step", "train_loss", "val_loss", "val_mae", "val_residual_sd")
+    assert [{k: r[k] for k in keep} for r in log_rows(tmp_path)] == \
+        [{k: r[k] for k in keep} for r in log_rows(reference["out"])]
+
+
+def test_stop_file_saves_and_resume_finishes_identically(toy, reference, tmp_path):
+    def press_stop(event):
+        if event["step"] == 2:
+            (tmp_path / "stop").write_text("")
+
+    res = train(small(), tmp_path, toy["train"], toy["val"], callback=press_stop)
+    assert res.status == "stopped" and res.step == 2
+    assert not (tmp_path / "stop").exists(), "the stop request is consumed"
+    assert json.loads((tmp_path / "log.json").read_text())["status"] == "stopped"
+    res = train(small(epochs=2), tmp_path, resume=True)
+    assert res.status == "finished" and res.step == 6
+    assert same_weights(weights(tmp_path), weights(reference["out"]))
+
+
+def test_ddp_world_size_one_matches_plain_run(toy, reference, tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
+                 "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    res = train(small(distributed=True), tmp_path, toy["train"], toy["val"])
+    assert res.status == "finished" and res.step == 6
+    assert not torch.distributed.is_initialized(), "process group left behind"
+    ref, got = weights(reference["out"]), weights(tmp_path)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.allclose(ref[k].float(), got[k].float(), atol=1e-5, rtol=1e-4), k
+
+
+def test_loss_falls_on_a_learnable_toy_set(toy, tmp_path):
+    # The k-space simulator only (fast); 8 epochs x 2 batches of 16. The network must at
+    # least find the label distribution: the validation loss falls well below its first value.
+    res = train(small(epochs=8, samples_per_epoch=32, batch_size=16, val_samples=32,
+                      p_torchio=0.0, contrast=False, checkpoint_every=0),
+                tmp_path, toy["train"], toy["val"])
+    rows = log_rows(tmp_path)
+    train_loss = [float(r["train_loss"]) for r in rows]
+    val_loss = [float(r["val_loss"]) for r in rows]
+    assert res.epoch == 8
+    assert min(train_loss[-3:]) < 0.5 * train_loss[0], train_loss
+    assert min(val_loss[-3:]) < 0.5 * val_loss[0], val_loss
+
+
+def test_nan_loss_stops_and_keeps_good_checkpoints(toy, tmp_path):
+    # An absurd learning rate ruins the weights after the first step.
+    with pytest.raises(TrainingDiverged, match="last good checkpoints"):
+        train(small(lr=1e30, samples_per_epoch=8, epochs=3, checkpoint_every=0), tmp_path,
+              toy["train"], toy["val"])
+    assert json.loads((tmp_path / "log.json").read_text())["status"] == "diverged"
+    for name in ("last.safetensors", "best.safetensors"):
+        if (tmp_path / name).exists():
+            from MotionSSIMLib.checkpoint import load_checkpoint
+
+            m = load_checkpoint(tmp_path / name).model
+            assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+def test_cli_errors_are_one_line(toy, tmp_path, capsys):
+    from MotionSSIMLib import training_cli
+
+    parser = argparse.ArgumentParser()
+    training_cli.add_train_arguments(parser)
+    args = parser.parse_args(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    assert training_cli.run_train(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing" in err[0]
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"junk")
+    args = parser.parse_args(["--data", str(bad), "--out", str(tmp_path / "o2"), "--epochs", "1"])
+    assert training_cli.run_train(args) == 2
+    err = capsys.readouterr().err
+    assert "bad.nii.gz" in err and "no usable" in err
+    args = parser.parse_args(["--out", str(tmp_path / "o3"), "--resume"])
+    assert training_cli.run_train(args) == 2
+
+
+def test_train_script_help_and_sigterm(toy, tmp_path):
+    script = ROOT / "MotionSSIMTraining" / "train.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    # the script finds the engine by itself (../MotionSSIM) and explains the data layout
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "data layout" in out.stdout and "--resume" in out.stdout
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--", "--data", str(toy["dir"] / "split.json"),
+         "--out", str(run), "--epochs", "1000", "--samples-per-epoch", "8", "--batch-size",
+         "8", "--val-samples", "8", "--input-size", "48", "--workers", "0", "--no-progress",
+         "--p-torchio", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        import time
+
+        deadline = time.time() + 90
+        while time.time() < deadline and not (run / "log.csv").exists():
+            time.sleep(0.2)
+        assert (run / "log.csv").exists(), proc.stderr.read() if proc.poll() is not None else ""
+        proc.terminate()  # SIGTERM: save and exit with status 1
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "--resume" in err
+    st = torch.load(run / "state.pt", weights_only=True)
+    assert st["step"] >= 1 and st["settings"]["epochs"] == 1000
