@@ -185,6 +185,7 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._result = scene.find_result(node) if node else None
         self._showSummary()
+        self._connectViews()
 
     def onApplyButton(self) -> None:
         p = self._parameterNode
@@ -332,13 +333,8 @@ def _formatNumber(value) -> str:
 def _rowsOfSlices(result, sliceIndices) -> list:
     from MotionSSIMLib import scene
 
-    rows = []
-    for index in sliceIndices:
-        ras = scene.slice_center_ras(result.volume, result.axis, int(index))
-        row = scene.row_at_ras(result, ras)
-        if row is not None:
-            rows.append(row)
-    return rows
+    rows = [scene.row_of_slice(result, int(index)) for index in sliceIndices]
+    return [row for row in rows if row is not None]
 
 
 #
@@ -528,10 +524,10 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         shape = (6, 48, 40)  # [k, j, i]
-        grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-        inside = sum(g**2 for g in grids) < 0.7
-        array = np.where(inside, 100.0 + 40.0 * grids[1], 0.0).astype("float32")
-        array[0] = 0.0  # an empty slice
+        k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+        inside = j**2 + i**2 < 0.7  # a cylinder: every axial slice has foreground...
+        array = np.where(inside, 100.0 + 40.0 * j + 10.0 * k, 0.0).astype("float32")
+        array[0] = 0.0  # ...except this empty one
         ijkToRAS = np.diag([0.9, 0.9, 4.0, 1.0])
         return slicer.util.addVolumeFromArray(array, ijkToRAS, name="MotionSSIMTestVolume")
 

@@ -104,6 +104,7 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.onPoll)
         self._logMTime = None
+        self._shownChartID = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -235,8 +236,9 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.statusLabel.text = f"Epoch {epoch}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in last.items()
         )
-        if slicer.app.layoutManager() is not None:
-            slicer.modules.plots.logic().ShowChartInLayout(chart)
+        if slicer.app.layoutManager() is not None and self._shownChartID != chart.GetID():
+            slicer.modules.plots.logic().ShowChartInLayout(chart)  # once: the user may re-arrange
+            self._shownChartID = chart.GetID()
 
     def _showReport(self, reportPath) -> None:
         if not reportPath or not os.path.isfile(reportPath):
@@ -367,9 +369,8 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         if self.isRunning():
             raise RuntimeError("A training or evaluation process is already running")
         logging.info("MotionSSIMTraining: " + " ".join(command))
-        pythonPath = os.pathsep.join(
-            [self.engineFolder()] + [p for p in [os.environ.get("PYTHONPATH")] if p]
-        )
+        # The engine folder (MotionSSIMLib) on the path; PythonSlicer adds Slicer's own paths.
+        pythonPath = self.engineFolder()
         self._output.clear()
         self._stopRequested = False
         self._kind = kind

@@ -29,11 +29,9 @@ def mrml():
     """A fresh scene, installed as slicer.mrmlScene, with a volumes logic that can read files."""
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
-    color_logic = slicer.vtkSlicerColorLogic()
-    color_logic.SetMRMLScene(scene)
+    # Without Slicer's application logic, loading logs a harmless "invalid Colors module logic".
     volumes_logic = slicer.vtkSlicerVolumesLogic()
     volumes_logic.SetMRMLScene(scene)
-    volumes_logic.SetColorLogic(color_logic)
     yield scene, volumes_logic
     slicer.mrmlScene = None
     scene.Clear(1)
@@ -420,3 +418,86 @@ def test_chart_point_jumps_views_and_annotation_follows(mrml):
     assert ms.view_text(result, red.GetSliceToRAS()) == "slice 4: SSIM 0.65, sufficient"
     # outside the volume: no row
     assert ms.row_at_ras(result, (0.0, 0.0, -500.0)) is None
+
+
+# --------------------------------------------------------------------------- training panel
+
+
+def parse_train_args(args):
+    import argparse
+
+    from MotionSSIMLib.training_cli import add_train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return parser.parse_args(args)
+
+
+def test_training_arguments_match_the_trainer_parser(tmp_path):
+    args = ms.training_arguments(
+        out=str(tmp_path / "run"),
+        data=str(tmp_path / "split.json"),
+        val_data=str(tmp_path / "val"),
+        architecture="resnet101",
+        epochs=7,
+        samples_per_epoch=33,
+        batch_size=5,
+        lr=2.5e-4,
+        contrast=False,
+        p_torchio=0.3,
+        device="cpu",
+    )
+    parsed = parse_train_args(args)
+    assert parsed.out == str(tmp_path / "run")
+    assert parsed.data == str(tmp_path / "split.json")
+    assert parsed.val_data == str(tmp_path / "val")
+    assert parsed.architecture == "resnet101"
+    assert (parsed.epochs, parsed.samples_per_epoch, parsed.batch_size) == (7, 33, 5)
+    assert parsed.lr == pytest.approx(2.5e-4)
+    assert parsed.p_torchio == pytest.approx(0.3)
+    assert parsed.contrast is False and parsed.resume is False
+    assert parsed.device == "cpu" and parsed.progress is False
+
+    # resume: only the output folder and a longer schedule; data come from the saved run
+    resumed = parse_train_args(ms.training_arguments(out="run", resume=True, epochs=20))
+    assert resumed.resume is True and resumed.data is None and resumed.epochs == 20
+    with pytest.raises(InputError, match="training data"):
+        ms.training_arguments(out="run")
+
+
+def test_training_log_becomes_a_live_chart(mrml, tmp_path):
+    from MotionSSIMLib.trainer import LOG_COLUMNS
+
+    scene, _ = mrml
+    log_path = tmp_path / "log.csv"
+    assert ms.read_training_log(log_path) == {}
+    rows = [
+        [1, 2, 0.09, 0.08, 0.21, 0.11, 0.001, 50.0, 3.0],
+        [2, 4, 0.05, "nan", 0.15, 0.10, 0.001, 51.0, 6.0],
+    ]
+    log_path.write_text(
+        ",".join(LOG_COLUMNS) + "\n" + "\n".join(",".join(map(str, r)) for r in rows[:1]) + "\n"
+    )
+    log = ms.read_training_log(log_path)
+    assert set(LOG_COLUMNS) <= set(log)
+    table, chart, series = ms.write_training_chart(log, str(tmp_path))
+    assert table.GetNumberOfRows() == 1
+    # the trainer rewrote the log with one more epoch: the same nodes grow
+    log_path.write_text(
+        ",".join(LOG_COLUMNS) + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n"
+    )
+    log = ms.read_training_log(log_path)
+    np.testing.assert_allclose(log["train_loss"], [0.09, 0.05])
+    assert np.isnan(log["val_loss"][1])
+    table2, chart2, series2 = ms.write_training_chart(log, str(tmp_path))
+    assert table2.GetID() == table.GetID() and chart2.GetID() == chart.GetID()
+    assert table2.GetNumberOfRows() == 2
+    assert chart2.GetNumberOfPlotSeriesNodes() == 2
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 2
+    for key in ("train_loss", "val_loss"):
+        assert series2[key].GetYColumnName() == key
+        assert series2[key].GetTableNode() is table2
+    np.testing.assert_allclose(column(table2, "epoch"), [1, 2])
+    # another run folder gets its own chart
+    _, other, _ = ms.write_training_chart(log, str(tmp_path / "other"))
+    assert other.GetID() != chart.GetID()

@@ -64,20 +64,22 @@ def minmax(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         if x.ndim < 2:
             raise ValueError(f"minmax: expected at least 2 dimensions, got shape {tuple(x.shape)}")
         t = x if x.is_floating_point() else x.float()
-        lo = t.amin(dim=(-2, -1), keepdim=True)
-        span = t.amax(dim=(-2, -1), keepdim=True) - lo
-        ok = span > 0
-        # divide by 1 where the slice is constant so no inf/NaN is ever formed
-        return torch.where(ok, (t - lo) / torch.where(ok, span, torch.ones_like(span)), 0.0)
+        if t.numel() == 0:
+            return t.clone()
+        lo, hi = torch.aminmax(t.flatten(-2), dim=-1, keepdim=True)
+        lo, span = lo.unsqueeze(-1), (hi - lo).unsqueeze(-1)
+        # a constant slice has t - lo == 0 exactly: dividing by 1 there gives zeros, no NaN
+        return (t - lo) / torch.where(span > 0, span, torch.ones_like(span))
     a = np.asarray(x)
     if a.ndim < 2:
         raise ValueError(f"minmax: expected at least 2 dimensions, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float64)
+    if a.size == 0:
+        return a.copy()
     lo = a.min(axis=(-2, -1), keepdims=True)
     span = a.max(axis=(-2, -1), keepdims=True) - lo
-    ok = span > 0
-    out = np.where(ok, (a - lo) / np.where(ok, span, 1), 0)
+    out = (a - lo) / np.where(span > 0, span, 1)  # constant slice: 0 / 1
     return out.astype(a.dtype, copy=False)
 
 
@@ -224,32 +226,36 @@ def apply_contrast_batch(
     if bad:
         raise ValueError(f"apply_contrast_batch: unknown contrast(s) {bad}; expected {CONTRASTS}")
     dev = x.device
-    dtype = x.dtype if x.is_floating_point() else torch.float32
+    # compute in float32 at least (half precision would not meet the 1e-5 agreement)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = minmax(x.to(dtype))
     out = x.clone()
 
-    def where(name: str) -> torch.Tensor:
+    def select(name: str) -> torch.Tensor:
         return torch.tensor([i for i, n in enumerate(names) if n == name], dtype=torch.long)
 
     def param(key: str, idx: torch.Tensor) -> torch.Tensor:
         # one value per selected sample, shaped to broadcast over (n, H, W)
         return params[key][idx.to(params[key].device)].to(dev, dtype).view(-1, 1, 1)
 
-    idx = where("gamma")
-    if idx.numel():
-        out[idx.to(dev)] = x[idx.to(dev)] ** param("gamma", idx)
-    idx = where("sigmoid")
-    if idx.numel():
-        xs = x[idx.to(dev)]
-        out[idx.to(dev)] = 1.0 / (1.0 + torch.exp(param("sigmoid_gain", idx) * (param("cutoff", idx) - xs)))
-    idx = where("log")
-    if idx.numel():
-        out[idx.to(dev)] = (param("log_gain", idx) * torch.log2(1.0 + x[idx.to(dev)])).abs()
-    idx = where("clahe")
-    if idx.numel():
-        ks = params["kernel_size"][idx.to(params["kernel_size"].device)]
-        out[idx.to(dev)] = clahe_batch(x[idx.to(dev)], ks.tolist()).to(dtype)
-    return minmax(out).reshape(images.shape)
+    for name in ("gamma", "sigmoid", "log", "clahe"):
+        idx = select(name)
+        if idx.numel() == 0:
+            continue
+        on_dev = idx.to(dev)
+        xs = x[on_dev]
+        if name == "gamma":
+            ys = xs ** param("gamma", idx)
+        elif name == "sigmoid":
+            ys = 1.0 / (1.0 + torch.exp(param("sigmoid_gain", idx) * (param("cutoff", idx) - xs)))
+        elif name == "log":
+            ys = (param("log_gain", idx) * torch.log2(1.0 + xs)).abs()
+        else:
+            ks = params["kernel_size"][idx.to(params["kernel_size"].device)].tolist()
+            ys = clahe_batch(xs, ks).to(dtype)
+        out[on_dev] = ys
+    out = minmax(out).reshape(images.shape)
+    return out.to(images.dtype) if images.is_floating_point() else out
 
 
 def random_contrast_batch(

@@ -206,7 +206,12 @@ def get_color_table():
 
 
 def find_result(volumeNode) -> SceneResult | None:
-    """The results written earlier for `volumeNode`, or None when it was never assessed."""
+    """The results written earlier for `volumeNode`, or None when it was never assessed.
+
+    Creates nothing (the module panel calls it whenever the selected volume changes).
+    """
+    if volumeNode is None:
+        return None
     table = _referenced(volumeNode, REF_TABLE, "vtkMRMLTableNode")
     plot_table = _referenced(volumeNode, REF_PLOT_TABLE, "vtkMRMLTableNode")
     chart = _referenced(volumeNode, REF_CHART, "vtkMRMLPlotChartNode")
@@ -218,6 +223,7 @@ def find_result(volumeNode) -> SceneResult | None:
         node = _referenced(volumeNode, REF_SERIES_PREFIX + key, "vtkMRMLPlotSeriesNode")
         if node is not None:
             series[key] = node
+    display = overlay.GetDisplayNode()
     summary_text = table.GetAttribute(SUMMARY_ATTRIBUTE)
     return SceneResult(
         volume=volumeNode,
@@ -226,7 +232,7 @@ def find_result(volumeNode) -> SceneResult | None:
         chart=chart,
         series=series,
         overlay=overlay,
-        color_table=get_color_table(),
+        color_table=display.GetColorNode() if display is not None else None,
         axis=table.GetAttribute(AXIS_ATTRIBUTE) or "k",
         orientation=table.GetAttribute(ORIENTATION_ATTRIBUTE) or "",
         summary=json.loads(summary_text) if summary_text else {},
@@ -527,14 +533,18 @@ def jump_to_row(result: SceneResult, row: int) -> np.ndarray:
     return ras
 
 
+def row_of_slice(result: SceneResult, index: int) -> int | None:
+    """Table row of voxel slice `index` (None if the table has no such slice)."""
+    matches = np.nonzero(_table_column(result, "slice") == int(index))[0]
+    return int(matches[0]) if len(matches) else None
+
+
 def row_at_ras(result: SceneResult, ras_world) -> int | None:
     """Table row of the assessed slice that contains a world RAS point (None if outside)."""
     local = _world_to_local(result.volume, ras_world)
     ras_to_ijk = np.linalg.inv(ijk_to_ras_array(result.volume))
     ijk = ras_to_ijk @ np.array([*local, 1.0])
-    index = int(round(float(ijk[AXES.index(result.axis)])))
-    matches = np.nonzero(_table_column(result, "slice") == index)[0]
-    return int(matches[0]) if len(matches) else None
+    return row_of_slice(result, int(round(float(ijk[AXES.index(result.axis)]))))
 
 
 def row_text(result: SceneResult, row: int) -> str:

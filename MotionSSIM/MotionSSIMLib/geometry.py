@@ -1,0 +1,210 @@
+"""Volumes with their geometry, anatomical slicing, and the model-input fit (DESIGN.md).
+
+Conventions: `Volume.array` is indexed [k, j, i] like `SimpleITK.GetArrayFromImage` and
+`slicer.util.arrayFromVolume`; spacing is along (i, j, k); `directions` holds the unit RAS
+direction of the i, j and k voxel axes as columns. Slices are returned the way Slicer's default
+slice views show them (radiological: patient right on screen left).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .intensity import minmax
+
+ORIENTATIONS = ("axial", "coronal", "sagittal")
+ANISOTROPY_RATIO = 1.5
+MODEL_SIZE = 256
+
+# Anatomical axis (0 = R, 1 = A, 2 = S) normal to each slice plane.
+_NORMAL_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+# Screen directions in RAS of Slicer's default views: the column (left -> right on screen) and
+# the row (top -> bottom) direction. From vtkMRMLSliceNode's Axial/Coronal/Sagittal presets.
+_SCREEN = {
+    "axial": (np.array([-1.0, 0.0, 0.0]), np.array([0.0, -1.0, 0.0])),
+    "coronal": (np.array([-1.0, 0.0, 0.0]), np.array([0.0, 0.0, -1.0])),
+    "sagittal": (np.array([0.0, -1.0, 0.0]), np.array([0.0, 0.0, -1.0])),
+}
+_AXIS_NAMES = ("i", "j", "k")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D scalar volume and where its voxels are in patient (RAS) space."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    directions: np.ndarray = field(default_factory=lambda: np.eye(3))
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def ijk_to_ras(self) -> np.ndarray:
+        """4x4 matrix mapping voxel (i, j, k, 1) to RAS mm."""
+        m = np.eye(4)
+        m[:3, :3] = np.asarray(self.directions, float) * np.asarray(self.spacing, float)[None, :]
+        m[:3, 3] = self.origin
+        return m
+
+    @classmethod
+    def from_lps(cls, array: np.ndarray, spacing, direction_lps, origin_lps) -> Volume:
+        """From ITK's LPS geometry (SimpleITK's GetDirection() row-major 9 values or 3x3)."""
+        d = np.asarray(direction_lps, float).reshape(3, 3)
+        flip = np.diag([-1.0, -1.0, 1.0])  # LPS <-> RAS
+        o = np.asarray(origin_lps, float)
+        return volume(array, spacing, flip @ d, tuple(flip @ o))
+
+
+def volume(array: np.ndarray, spacing=(1.0, 1.0, 1.0), directions=None,
+           origin=(0.0, 0.0, 0.0), name: str = "volume") -> Volume:
+    """Validated `Volume`; `directions` defaults to identity (i = R, j = A, k = S)."""
+    a = np.asarray(array)
+    if a.ndim != 3:
+        raise InputError(f"{name}: expected a 3D volume, got array shape {a.shape}")
+    sp = tuple(float(s) for s in np.asarray(spacing, float).reshape(-1))
+    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+        raise InputError(f"{name}: invalid voxel spacing {spacing}")
+    d = np.eye(3) if directions is None else np.asarray(directions, float).reshape(3, 3)
+    norms = np.linalg.norm(d, axis=0)
+    if not np.all(np.isfinite(d)) or np.any(norms < 1e-6) or abs(np.linalg.det(d / norms)) < 1e-3:
+        raise InputError(f"{name}: degenerate direction matrix")
+    o = tuple(float(v) for v in np.asarray(origin, float).reshape(3))
+    return Volume(a, sp, d / norms, o)
+
+
+def _nearest_voxel_axis(directions: np.ndarray, ras_axis: int) -> int:
+    return int(np.argmax(np.abs(directions[ras_axis, :])))
+
+
+def resolve_orientation(vol: Volume, orientation: str = "auto") -> str:
+    """The slice plane: as asked, or for `auto` the acquisition plane (the plane normal to the
+    coarsest voxel axis) when largest/smallest spacing > 1.5, else axial."""
+    if orientation in ORIENTATIONS:
+        return orientation
+    if orientation != "auto":
+        raise ValueError(f"orientation must be auto or one of {ORIENTATIONS}, not {orientation!r}")
+    sp = np.asarray(vol.spacing, float)
+    if sp.max() / sp.min() <= ANISOTROPY_RATIO:
+        return "axial"
+    coarse = int(np.argmax(sp))
+    ras_axis = int(np.argmax(np.abs(np.asarray(vol.directions)[:, coarse])))
+    return {0: "sagittal", 1: "coronal", 2: "axial"}[ras_axis]
+
+
+@dataclass
+class SliceStack:
+    """Slices of a volume in display orientation, with where each one is."""
+
+    images: np.ndarray
+    pixel_spacing: tuple[float, float]
+    orientation: str
+    indices: np.ndarray
+    axis: str
+    positions_mm: np.ndarray
+    foreground: np.ndarray
+
+
+def _slice_axes(directions: np.ndarray, orientation: str) -> tuple[int, int, int, bool, bool]:
+    """Voxel axes (through, row, col) for a plane, and whether row/col must be flipped."""
+    through = _nearest_voxel_axis(directions, _NORMAL_AXIS[orientation])
+    col_dir, row_dir = _SCREEN[orientation]
+    rest = [c for c in range(3) if c != through]
+    dots = [abs(directions[:, c] @ col_dir) for c in rest]
+    col = rest[int(np.argmax(dots))]
+    row = rest[1 - int(np.argmax(dots))]
+    return through, row, col, directions[:, row] @ row_dir < 0, directions[:, col] @ col_dir < 0
+
+
+def background_threshold(array: np.ndarray) -> float:
+    """Intensity separating background (air, noise, zero padding) from the head.
+
+    10 % of the way from the 1st to the 99th percentile: MR background noise sits well below
+    that and every tissue above it, and the percentiles ignore hot voxels and zero padding alike.
+    """
+    a = np.asarray(array, dtype=np.float32)
+    step = max(1, a.size // 2_000_000)  # a sample is plenty for two percentiles
+    lo, hi = np.percentile(a.reshape(-1)[::step], [1.0, 99.0])
+    return float(lo + 0.1 * (hi - lo))
+
+
+def foreground_fraction(images: np.ndarray, threshold: float) -> np.ndarray:
+    """Share of each slice's pixels above `threshold`."""
+    return (np.asarray(images) > threshold).mean(axis=(-2, -1))
+
+
+def extract_slices(vol: Volume, orientation: str = "auto") -> SliceStack:
+    """Every slice of `vol` in the anatomical plane `orientation`, in display orientation.
+
+    The through-plane voxel axis is the one most aligned with the plane's normal, so an oblique
+    volume is cut along its nearest voxel plane (no resampling).
+    """
+    plane = resolve_orientation(vol, orientation)
+    d = np.asarray(vol.directions, float)
+    through, row, col, flip_row, flip_col = _slice_axes(d, plane)
+    # array axis of voxel axis c is 2 - c ([k, j, i] order)
+    images = np.transpose(vol.array, (2 - through, 2 - row, 2 - col))
+    if flip_row:
+        images = images[:, ::-1, :]
+    if flip_col:
+        images = images[:, :, ::-1]
+    images = np.ascontiguousarray(images, dtype=np.float32)
+
+    n = images.shape[0]
+    shape_ijk = np.array(vol.array.shape[::-1], float)
+    centre = (shape_ijk - 1) / 2
+    ijk = np.repeat(centre[None, :], n, axis=0)
+    ijk[:, through] = np.arange(n)
+    ras = (vol.ijk_to_ras() @ np.c_[ijk, np.ones(n)].T).T[:, :3]
+    positions = ras[:, _NORMAL_AXIS[plane]]
+    fg = foreground_fraction(images, background_threshold(vol.array))
+    return SliceStack(
+        images=images,
+        pixel_spacing=(float(vol.spacing[row]), float(vol.spacing[col])),
+        orientation=plane,
+        indices=np.arange(n),
+        axis=_AXIS_NAMES[through],
+        positions_mm=positions,
+        foreground=fg.astype(np.float32),
+    )
+
+
+def to_model_input(images: np.ndarray, pixel_spacing=(1.0, 1.0), size: int = MODEL_SIZE,
+                   ) -> np.ndarray:
+    """Fit slices to the model input: (N, H, W) or (H, W), any range -> (N, size, size) float32.
+
+    Square pixels (the coarser in-plane axis resampled to the finer spacing), min-max to [0, 1]
+    per slice, then zero-padded centred if both sides fit, else scaled down (anti-aliased) so the
+    longer side is `size`, then padded. A slice already size x size with min 0 and max 1 comes
+    back unchanged. Runs batched in torch.
+    """
+    a = np.asarray(images)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"to_model_input: expected (N, H, W) or (H, W), got shape {a.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    n, h, w = x.shape
+    sr, sc = (float(s) for s in pixel_spacing)
+    if sr <= 0 or sc <= 0 or not np.isfinite(sr + sc):
+        raise ValueError(f"to_model_input: invalid pixel spacing {pixel_spacing}")
+    if abs(sr - sc) > 1e-3 * min(sr, sc):
+        fine = min(sr, sc)
+        h2, w2 = max(1, round(h * sr / fine)), max(1, round(w * sc / fine))
+        x = F.interpolate(x[:, None], size=(h2, w2), mode="bilinear", align_corners=False)[:, 0]
+        h, w = h2, w2
+    x = minmax(x)
+    if max(h, w) > size:
+        scale = size / max(h, w)
+        h2, w2 = min(size, max(1, round(h * scale))), min(size, max(1, round(w * scale)))
+        x = F.interpolate(x[:, None], size=(h2, w2), mode="bilinear", antialias=True,
+                          align_corners=False)[:, 0].clamp_(0.0, 1.0)
+        h, w = h2, w2
+    if (h, w) != (size, size):
+        top, left = (size - h) // 2, (size - w) // 2
+        out = x.new_zeros((n, size, size))
+        out[:, top:top + h, left:left + w] = x
+        x = out
+    return x.numpy()

@@ -1,0 +1,131 @@
+"""Slices by anatomy, display orientation as Slicer shows it, and the model-input fit."""
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+from scipy.spatial.transform import Rotation
+
+from MotionSSIMLib import geometry
+from MotionSSIMLib.errors import InputError
+
+
+def _slicer_screen_axes(orientation: str) -> tuple[np.ndarray, np.ndarray]:
+    """(column direction, row-down direction) in RAS of Slicer's default view of a plane."""
+    m = vtk.vtkMatrix3x3()
+    getattr(slicer.vtkMRMLSliceNode, f"Get{orientation.capitalize()}SliceToRASMatrix")(m)
+    col = np.array([m.GetElement(r, 0) for r in range(3)])
+    up = np.array([m.GetElement(r, 1) for r in range(3)])
+    return col, -up
+
+
+def _coordinate_volume(directions: np.ndarray, spacing=(1.0, 1.2, 0.9), shape_kji=(20, 24, 28)):
+    """A volume whose voxel values don't matter; we track voxels through their RAS positions."""
+    arr = np.random.default_rng(0).random(shape_kji).astype(np.float32)
+    return geometry.volume(arr, spacing, directions, origin=(-10.0, 5.0, 30.0))
+
+
+def _ras_of_pixels(vol: geometry.Volume, orientation: str):
+    """RAS position of every pixel of slice 0, by extracting an index volume the same way."""
+    k, j, i = np.meshgrid(*[np.arange(s) for s in vol.array.shape], indexing="ij")
+    coords = []
+    for c in (i, j, k):
+        v = geometry.Volume(c.astype(np.float32), vol.spacing, vol.directions, vol.origin)
+        coords.append(geometry.extract_slices(v, orientation).images[3])
+    ijk = np.stack([c.ravel() for c in coords], axis=1)
+    ras = (vol.ijk_to_ras() @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
+    return ras.reshape(coords[0].shape + (3,))
+
+
+OBLIQUE = Rotation.from_euler("xyz", [8, -6, 10], degrees=True).as_matrix()
+PERMUTED = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # i=-A... LPS-like mix
+
+
+@pytest.mark.parametrize("directions", [np.eye(3), PERMUTED, PERMUTED @ OBLIQUE],
+                         ids=["identity", "permuted-flipped", "permuted-oblique"])
+@pytest.mark.parametrize("orientation", geometry.ORIENTATIONS)
+def test_display_orientation_matches_slicer_views(directions, orientation):
+    vol = _coordinate_volume(directions)
+    ras = _ras_of_pixels(vol, orientation)
+    col, row_down = _slicer_screen_axes(orientation)
+    step_col = (ras[:, 1:] - ras[:, :-1]).mean(axis=(0, 1))
+    step_row = (ras[1:, :] - ras[:-1, :]).mean(axis=(0, 1))
+    # moving right on screen goes along Slicer's column direction, down along its row-down one
+    assert step_col @ col > 0.9 * np.linalg.norm(step_col)
+    assert step_row @ row_down > 0.9 * np.linalg.norm(step_row)
+    # the slice is (nearly) normal to the anatomical axis of the plane
+    normal = {"sagittal": 0, "coronal": 1, "axial": 2}[orientation]
+    assert np.ptp(ras[..., normal]) < 0.5 * min(np.ptp(ras[..., a]) for a in range(3) if a != normal)
+
+
+def test_positions_and_spacing_follow_geometry():
+    vol = _coordinate_volume(PERMUTED)
+    stack = geometry.extract_slices(vol, "axial")
+    # PERMUTED: S is along +j, so axial slices run along j with 1.2 mm steps
+    assert stack.axis == "j"
+    assert np.allclose(np.diff(stack.positions_mm), 1.2)
+    assert stack.positions_mm[0] == pytest.approx(vol.origin[2])
+    assert len(stack.images) == vol.array.shape[1]
+    assert sorted(stack.pixel_spacing) == [0.9, 1.0]
+
+
+def test_auto_picks_acquisition_plane():
+    arr = np.ones((10, 40, 40), np.float32)
+    assert geometry.resolve_orientation(geometry.volume(arr, (1, 1, 5)), "auto") == "axial"
+    # thick slices along k, k pointing anterior -> coronal acquisition
+    d = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])
+    assert geometry.resolve_orientation(geometry.volume(arr, (0.9, 0.9, 4), d), "auto") == "coronal"
+    d = np.array([[0, 0, 1.0], [1.0, 0, 0], [0, 1.0, 0]])
+    assert geometry.resolve_orientation(geometry.volume(arr, (0.9, 0.9, 4), d), "auto") == "sagittal"
+    # isotropic (or mildly anisotropic) -> axial
+    assert geometry.resolve_orientation(geometry.volume(arr, (1, 1, 1.4), d), "auto") == "axial"
+    stack = geometry.extract_slices(geometry.volume(arr, (0.9, 0.9, 4), d), "auto")
+    assert stack.orientation == "sagittal" and stack.axis == "k"
+
+
+def test_foreground_flags_empty_edge_slices():
+    rng = np.random.default_rng(1)
+    arr = rng.normal(5, 2, (30, 64, 64)).clip(0)  # noise background
+    arr[5:25, 12:52, 12:52] += 400 + 50 * rng.random((20, 40, 40))
+    stack = geometry.extract_slices(geometry.volume(arr), "axial")
+    assert stack.foreground[:5].max() < 0.01
+    assert stack.foreground[5:25].min() > 0.3
+
+
+def test_model_input_pad_downscale_square_and_passthrough():
+    rng = np.random.default_rng(2)
+    small = rng.random((2, 100, 180)) * 1000 - 50
+    out = geometry.to_model_input(small)
+    assert out.shape == (2, 256, 256) and out.dtype == np.float32
+    assert out.min() == 0 and out.max() == 1
+    assert np.all(out[:, :78] == 0) and np.all(out[:, :, :38] == 0)  # centred padding
+    big = rng.random((1, 512, 300))
+    out = geometry.to_model_input(big)
+    assert out.shape == (1, 256, 256)
+    assert np.all(out[0, :, :53] == 0) and out[0, :, 60:190].std() < big.std()  # anti-aliased
+    # 100 x 50 pixels of 1 x 2 mm -> 100 x 100 square pixels
+    rect = np.zeros((1, 100, 50))
+    rect[0, :, 25:] = 1
+    out = geometry.to_model_input(rect, pixel_spacing=(1.0, 2.0))
+    assert np.count_nonzero(out[0, 128]) in range(48, 53)
+    ready = rng.random((3, 256, 256)).astype(np.float32)
+    ready = (ready - ready.min(axis=(1, 2), keepdims=True))
+    ready /= ready.max(axis=(1, 2), keepdims=True)
+    assert np.array_equal(geometry.to_model_input(ready), ready)
+    # a constant slice gives zeros, never NaN
+    assert not np.isnan(geometry.to_model_input(np.full((40, 40), 7.0))).any()
+
+
+def test_volume_validation():
+    with pytest.raises(InputError, match="3D"):
+        geometry.volume(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(InputError, match="spacing"):
+        geometry.volume(np.zeros((2, 3, 4)), spacing=(1, 0, 1))
+    with pytest.raises(InputError, match="direction"):
+        geometry.volume(np.zeros((2, 3, 4)), directions=np.zeros((3, 3)))
+
+
+def test_from_lps_converts_to_ras():
+    vol = geometry.Volume.from_lps(np.zeros((2, 3, 4)), (1, 1, 1), np.eye(3).ravel(), (10, 20, 30))
+    assert np.allclose(vol.directions, np.diag([-1, -1, 1]))
+    assert vol.origin == (-10.0, -20.0, 30.0)

@@ -1,0 +1,153 @@
+"""Extension packaging: CMake lists agree with the files, metadata, index entry, icons, licence."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIRS = ("MotionSSIM", "MotionSSIMTraining")
+# Keys the Extensions Index catalog-entry schema v1.0.1 allows (additionalProperties: false).
+INDEX_KEYS = {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled",
+              "scm_revision", "scm_type", "scm_url", "tier"}
+INDEX_REQUIRED = {"$schema", "category", "scm_url"}
+
+
+def cmake_text(path: Path) -> str:
+    """CMake source without comments."""
+    return "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+
+
+def cmake_sets(path: Path) -> dict[str, list[str]]:
+    """set(NAME values...) of a CMakeLists, with ${MODULE_NAME} substituted."""
+    text = cmake_text(path)
+    sets = {}
+    for name, body in re.findall(r"set\(\s*(\w+)\s+(.*?)\)", text, flags=re.S):
+        sets[name] = re.findall(r'"[^"]*"|[^\s]+', body)
+    module = sets.get("MODULE_NAME", [""])[0]
+    return {
+        k: [v.replace("${MODULE_NAME}", module).strip('"') for v in vals] for k, vals in sets.items()
+    }
+
+
+def listed_files(module: str) -> list[str]:
+    sets = cmake_sets(ROOT / module / "CMakeLists.txt")
+    return (
+        sets.get("MODULE_PYTHON_SCRIPTS", [])
+        + sets.get("MODULE_PYTHON_RESOURCES", [])
+        + sets.get("MODULE_SUBPROCESS_SCRIPTS", [])
+    )
+
+
+@pytest.mark.parametrize("module", MODULE_DIRS)
+def test_every_listed_file_exists(module):
+    sets = cmake_sets(ROOT / module / "CMakeLists.txt")
+    assert sets["MODULE_NAME"] == [module]
+    files = listed_files(module)
+    assert files
+    missing = [f for f in files if not (ROOT / module / f).is_file()]
+    assert not missing, f"{module}/CMakeLists.txt lists missing files: {missing}"
+    assert len(files) == len(set(files)), "a file is listed twice"
+
+
+@pytest.mark.parametrize("module", MODULE_DIRS)
+def test_every_module_file_is_listed(module):
+    folder = ROOT / module
+    on_disk = {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and (p.suffix == ".py" or p.parent.name in ("Icons", "UI") or p.name == "requirements.txt")
+    }
+    unlisted = sorted(on_disk - set(listed_files(module)))
+    assert not unlisted, f"{module}/CMakeLists.txt does not list: {unlisted}"
+
+
+def test_engine_package_is_listed_file_by_file():
+    scripts = cmake_sets(ROOT / "MotionSSIM" / "CMakeLists.txt")["MODULE_PYTHON_SCRIPTS"]
+    engine = sorted(p.name for p in (ROOT / "MotionSSIM" / "MotionSSIMLib").glob("*.py"))
+    assert engine and all(f"MotionSSIMLib/{name}" in scripts for name in engine)
+    assert not any("*" in s for s in scripts), "no globbing"
+    # the bundled default model ships with the module
+    resources = cmake_sets(ROOT / "MotionSSIM" / "CMakeLists.txt")["MODULE_PYTHON_RESOURCES"]
+    assert any(r.startswith("Resources/Models/") and r.endswith(".safetensors") for r in resources)
+
+
+@pytest.mark.parametrize("module", MODULE_DIRS)
+def test_module_cmake_builds_and_tests_the_module(module):
+    text = cmake_text(ROOT / module / "CMakeLists.txt")
+    assert "slicerMacroBuildScriptedModule(" in text
+    assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", text)
+    assert "BUILD_TESTING" in text
+
+
+def test_train_script_is_installed_outside_the_module_folder():
+    """Slicer loads every .py in the scripted-modules folder as a module: train.py (a script
+    run as a subprocess) must not be listed in SCRIPTS/RESOURCES, which land there."""
+    sets = cmake_sets(ROOT / "MotionSSIMTraining" / "CMakeLists.txt")
+    assert "train.py" in sets["MODULE_SUBPROCESS_SCRIPTS"]
+    assert "train.py" not in sets["MODULE_PYTHON_SCRIPTS"] + sets["MODULE_PYTHON_RESOURCES"]
+    text = cmake_text(ROOT / "MotionSSIMTraining" / "CMakeLists.txt")
+    assert "${MODULE_NAME}Scripts" in text and "install(" in text
+    logic = (ROOT / "MotionSSIMTraining" / "MotionSSIMTraining.py").read_text()
+    assert '"MotionSSIMTrainingScripts", "train.py"' in logic
+
+
+def test_extension_metadata():
+    text = cmake_text(ROOT / "CMakeLists.txt")
+    project = re.search(r"project\(\s*(\w+)", text).group(1)
+    assert project == "MotionSSIM"
+    assert not project.startswith("Slicer")
+    sets = cmake_sets(ROOT / "CMakeLists.txt")
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS",
+                "EXTENSION_CATEGORY"):
+        assert sets.get(key) and sets[key][0], key
+    assert sets["EXTENSION_HOMEPAGE"][0].startswith("https://")
+    assert sets["EXTENSION_ICONURL"][0].endswith("/MotionSSIM.png")
+    assert "PyTorch" in sets["EXTENSION_DEPENDS"]
+    for module in MODULE_DIRS:
+        assert f"add_subdirectory({module})" in text
+    assert "find_package(Slicer REQUIRED)" in text
+    assert "${Slicer_EXTENSION_GENERATE_CONFIG}" in text and "${Slicer_EXTENSION_CPACK}" in text
+
+    index = json.loads((ROOT / f"{project}.json").read_text())
+    assert INDEX_REQUIRED <= set(index) <= INDEX_KEYS
+    assert "slicer-extension-catalog-entry-schema-v1.0.1" in index["$schema"]
+    assert index["category"] == sets["EXTENSION_CATEGORY"][0] == "Quantification"
+    assert index["build_dependencies"] == ["PyTorch"]
+    assert index["scm_url"].startswith("https://github.com/")
+    assert index["tier"] in (1, 3, 5)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "MotionSSIM.png",
+        "MotionSSIM/Resources/Icons/MotionSSIM.png",
+        "MotionSSIMTraining/Resources/Icons/MotionSSIMTraining.png",
+    ],
+)
+def test_icons_are_128_px_png(path):
+    with Image.open(ROOT / path) as image:
+        assert image.format == "PNG"
+        assert image.size == (128, 128)
+        assert image.mode in ("RGB", "RGBA")
+        pixels = image.convert("RGB").getcolors(128 * 128)
+        assert pixels is None or len(pixels) > 8, "not a blank image"
+
+
+def test_license_is_apache_2():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License")
+    assert "Version 2.0, January 2004" in text
+    for section in ("1. Definitions.", "2. Grant of Copyright License.", "3. Grant of Patent License.",
+                    "4. Redistribution.", "9. Accepting Warranty or Additional Liability.",
+                    "END OF TERMS AND CONDITIONS"):
+        assert section in text, section
+    assert re.search(r"license\s*=\s*\{\s*text\s*=\s*\"Apache-2.0\"", (ROOT / "pyproject.toml").read_text())
