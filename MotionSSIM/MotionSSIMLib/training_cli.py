@@ -120,7 +120,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="where slices are corrupted: on the GPU (device) or in the loader "
                         "processes (workers); auto: GPU when training on one")
     g.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="no mixed precision on CUDA")
+                   help="no mixed precision (bf16/fp16 on CUDA, bf16 on CPUs with native bf16)")
     g.add_argument("--checkpoint-every", type=_nonneg_int, default=50, metavar="STEPS",
                    help="also save the resume state every STEPS steps (default 50; 0: only at "
                         "epoch ends)")
