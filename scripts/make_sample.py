@@ -55,7 +55,7 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     vol = synth.synth_subject(rng, kind="t2", isotropic=True)
-    vol = synth.resample(vol, spacing=(0.9, 0.9, 5.0), rng=rng) if hasattr(synth, "resample") else vol
+    vol = synth.resample(vol, spacing=(0.9, 0.9, 5.0), rng=rng)
     corrupted, severity, true = corrupt_slices(vol, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
 
