@@ -124,7 +124,7 @@ def test_evaluate_two_checkpoints_side_by_side(tmp_path, capsys):
         model = build_model("resnet18")
         path = tmp_path / f"m{seed}" / "best.safetensors"
         path.parent.mkdir()
-        save_checkpoint(path, model, {"architecture": "resnet18", "input_size": 48})
+        save_checkpoint(path, model, {"architecture": "resnet18", "train_input_size": 48})
         ckpts.append(str(path))
     parser = argparse.ArgumentParser()
     training_cli.add_evaluate_arguments(parser)

@@ -188,6 +188,14 @@ def test_set(paths: Sequence[str | Path], n: int = 10000, seed: int = 0, input_s
 test_set.__test__ = False  # type: ignore[attr-defined]  # pytest: not a test
 
 
+def _input_size(meta: dict[str, Any]) -> int:
+    """The slice size a checkpoint was trained at (256 unless a test trained smaller)."""
+    size = meta.get("train_input_size") or meta.get("input_size") or 256
+    if isinstance(size, list | tuple):
+        size = size[0]
+    return int(size)
+
+
 def _unique_names(paths: Sequence[Path]) -> list[str]:
     names = [p.stem for p in paths]
     if len(set(names)) < len(names):
@@ -225,7 +233,7 @@ def evaluate_checkpoints(
     dev = _resolve_device(device)
     ckpts = [Path(c) for c in checkpoints]
     loaded = [load_checkpoint(str(c), device=str(dev)) for c in ckpts]
-    sizes = {int(m.metadata.get("input_size", 256) or 256) for m in loaded}
+    sizes = {_input_size(m.metadata) for m in loaded}
     if len(sizes) != 1:
         raise InputError(f"{ckpts[0]}: the checkpoints have different input sizes {sorted(sizes)}"
                          "; evaluate them separately")
@@ -262,7 +270,7 @@ def evaluate_checkpoints(
         models[nm] = {
             "checkpoint": str(ckpts[j]),
             "architecture": meta.get("architecture"),
-            "metadata": {k: meta.get(k) for k in ("architecture", "input_size", "epoch",
+            "metadata": {k: meta.get(k) for k in ("architecture", "train_input_size", "epoch",
                                                   "metrics", "schedule") if k in meta},
             "figures": evaluate_predictions(pred, true, thresholds=thresholds),
             "_pred": pred,

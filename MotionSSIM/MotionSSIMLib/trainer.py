@@ -388,7 +388,9 @@ class _Run:
         s = self.s
         return {
             "architecture": s.architecture,
-            "input_size": s.input_size,
+            # checkpoint.py records the inference contract (input_size 256); the size this
+            # network was trained at is kept apart (it differs only in tests).
+            "train_input_size": s.input_size,
             "training_data": self.data_summary,
             "schedule": {"epochs": s.epochs, "samples_per_epoch": s.samples_per_epoch,
                          "batch_size": s.batch_size, "lr": s.lr, "optimizer": "Adam",

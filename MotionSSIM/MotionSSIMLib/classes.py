@@ -1,0 +1,36 @@
+"""Quality classes from SSIM: the clinical 3-class scheme and N equal-width classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CLINICAL_NAMES = {1: "good", 2: "sufficient", 3: "insufficient"}
+
+
+@dataclass(frozen=True)
+class ClinicalThresholds:
+    """The paper's expert scheme: good >= 0.85 > sufficient >= 0.60 > insufficient (re-scan)."""
+
+    good: float = 0.85
+    sufficient: float = 0.60
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sufficient < self.good <= 1.0:
+            raise ValueError("thresholds must satisfy 0 <= sufficient < good <= 1, got "
+                             f"sufficient={self.sufficient}, good={self.good}")
+
+
+def clinical_class(ssim, thresholds: ClinicalThresholds = ClinicalThresholds()) -> np.ndarray:
+    """1 = good, 2 = sufficient, 3 = insufficient (re-scan), per SSIM value."""
+    s = np.asarray(ssim, dtype=np.float64)
+    return np.where(s >= thresholds.good, 1, np.where(s >= thresholds.sufficient, 2, 3))
+
+
+def uniform_class(ssim, n: int) -> np.ndarray:
+    """Class 1..n of n equal-width bins on [0, 1], class 1 = lowest SSIM (Table III)."""
+    if n < 1:
+        raise ValueError(f"number of classes must be >= 1, got {n}")
+    s = np.clip(np.asarray(ssim, dtype=np.float64), 0.0, 1.0)
+    return np.minimum(np.floor(s * n).astype(int), n - 1) + 1
