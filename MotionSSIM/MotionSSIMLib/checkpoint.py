@@ -77,8 +77,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                                   "`python -m MotionSSIMLib train` and pass --model")
         raise CheckpointError(f"{path}: model file not found")
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head.startswith(_PICKLE_MAGIC):
+        head = f.read(9)
+    # safetensors: 8-byte little-endian header length, then the JSON header
+    header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    looks_safetensors = head[8:9] == b"{" and 0 < header_len <= path.stat().st_size - 8
+    if not looks_safetensors and head.startswith(_PICKLE_MAGIC):
         raise CheckpointError(f"{path}: this is a pickle/PyTorch file, not a MotionSSIM "
                               "checkpoint; refusing to unpickle it")
     try:

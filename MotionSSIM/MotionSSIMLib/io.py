@@ -112,6 +112,31 @@ def _to_grey(img):
     return comps[0]
 
 
+def _read_nifti(path: Path) -> Volume:
+    """NIfTI through nibabel: ITK's reader silently turns NaN voxels into 0, which would hide
+    corrupt data from the checks below."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        arr = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises several types for foreign or truncated files
+        raise InputError(f"{path}: not a readable NIfTI image "
+                         f"({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})"
+                         ) from None
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise InputError(f"{path}: a {arr.ndim}D image (shape {arr.shape}); expected one 3D "
+                         "volume — split the series into 3D volumes first")
+    aff = np.asarray(img.affine, float)
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    return volume(np.transpose(arr, (2, 1, 0)), spacing, aff[:3, :3] / spacing,
+                  tuple(aff[:3, 3]), name=str(path))
+
+
 def _read_npy(path: Path) -> Volume:
     try:
         arr = np.load(path, allow_pickle=False)
@@ -135,7 +160,13 @@ def read_volume(path: str | Path) -> Volume:
         raise InputError(f"{p}: no such file or folder")
     if p.is_file() and p.stat().st_size == 0:
         raise InputError(f"{p}: the file is empty")
-    vol = _read_npy(p) if _suffix(p) == ".npy" else _read_sitk(p)
+    suffix = _suffix(p)
+    if suffix == ".npy":
+        vol = _read_npy(p)
+    elif suffix in (".nii", ".nii.gz") and p.is_file():
+        vol = _read_nifti(p)
+    else:
+        vol = _read_sitk(p)
     _check_values(p, vol.array)
     _check_shape(p, vol)
     return vol
