@@ -553,6 +553,7 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         import tempfile
 
         import torch
+
         from MotionSSIMLib.checkpoint import save_checkpoint
         from MotionSSIMLib.model import build_model
 

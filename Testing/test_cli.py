@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from MotionSSIMLib.checkpoint import save_checkpoint
 from MotionSSIMLib.cli import main
 from MotionSSIMLib.model import build_model

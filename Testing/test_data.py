@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from MotionSSIMLib import data, pipeline
 from MotionSSIMLib.errors import InputError
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from MotionSSIMLib import evaluation
 from sklearn.metrics import classification_report, cohen_kappa_score, confusion_matrix
+
+from MotionSSIMLib import evaluation
 
 
 def test_figures_equal_hand_computed_reference():

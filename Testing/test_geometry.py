@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import slicer
 import vtk
+from scipy.spatial.transform import Rotation
+
 from MotionSSIMLib import geometry
 from MotionSSIMLib.errors import InputError
-from scipy.spatial.transform import Rotation
 
 
 def _slicer_screen_axes(orientation: str) -> tuple[np.ndarray, np.ndarray]:

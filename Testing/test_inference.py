@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+
 from MotionSSIMLib import geometry
 from MotionSSIMLib.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from MotionSSIMLib.classes import ClinicalThresholds, clinical_class, uniform_class

@@ -10,9 +10,10 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from MotionSSIMLib import intensity as I
 from skimage import data, exposure
 from skimage.exposure import _adapthist
+
+from MotionSSIMLib import intensity as I
 
 
 def _smooth_blob(rng: np.random.Generator) -> np.ndarray:

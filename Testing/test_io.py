@@ -4,6 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from MotionSSIMLib.errors import InputError
 from MotionSSIMLib.io import read_input, read_volume
 

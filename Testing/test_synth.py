@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
 from MotionSSIMLib import geometry, synth
 
 ROOT = Path(__file__).resolve().parents[1]

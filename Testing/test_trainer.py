@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from MotionSSIMLib import trainer
 from MotionSSIMLib.errors import InputError
 from MotionSSIMLib.trainer import TrainingDiverged, TrainSettings, train

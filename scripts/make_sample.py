@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+
 from MotionSSIMLib import geometry, motion, ssim, synth
 
 # Per-slice severities: clean stretches, a few mild, moderate and severe slices.

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     # One thread per worker process: the workers are the parallelism.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
-    from MotionSSIMLib import synth
     from tqdm import tqdm
+
+    from MotionSSIMLib import synth
 
     torch.set_num_threads(1)
     total = args.train + args.val + args.test

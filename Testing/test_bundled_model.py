@@ -1,0 +1,55 @@
+"""The bundled default model: loads, is the default, predicts the sample's true SSIM."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from MotionSSIMLib.checkpoint import default_model_path, load_checkpoint, read_metadata
+from MotionSSIMLib.errors import CheckpointError
+from MotionSSIMLib.geometry import extract_slices
+from MotionSSIMLib.inference import assess_volume, predict_slices
+from MotionSSIMLib.io import read_volume
+from MotionSSIMLib.report import read_true_ssim
+
+SAMPLES = default_model_path().parents[1] / "Samples"
+SAMPLE = SAMPLES / "sample_t2_motion.nii.gz"
+TRUTH = SAMPLES / "sample_t2_motion_true_ssim.csv"
+
+
+def test_bundled_model_loads_with_its_card():
+    path = default_model_path()
+    assert path.is_file()
+    meta = read_metadata(path)
+    assert meta["architecture"] == "resnet18" and meta["dtype"] == "float16"
+    assert "residual_sd" in meta["evaluation"] and "trained_on" in meta
+    assert (path.parent / "MODEL_CARD.md").is_file()
+    assert load_checkpoint(path).model.fc.out_features == 1
+
+
+def test_bundled_model_predicts_the_sample_within_0_05_on_average():
+    vol = read_volume(SAMPLE)
+    truth = read_true_ssim(TRUTH)
+    a = assess_volume(vol, device="cpu")  # model=None: the bundled one
+    assert a.orientation == "axial" and len(a.records) == len(truth)
+    kept = [r for r in a.records if not r.empty]
+    assert len(kept) >= 0.8 * len(a.records)
+    err = np.array([r.ssim - truth[r.index] for r in kept])
+    assert np.abs(err).mean() < 0.05, f"mean abs error {np.abs(err).mean():.3f}"
+    # the slices with the worst motion are found: true SSIM < 0.6 -> predicted lowest
+    worst_true = {r.index for r in kept if truth[r.index] < 0.6}
+    worst_pred = {w["index"] for w in a.summary["worst_slices"]}
+    assert worst_true <= worst_pred
+    # predict_slices without a model argument uses the same bundled model
+    stack = extract_slices(vol, "auto")
+    direct = predict_slices(stack.images[:3], device="cpu", pixel_spacing=stack.pixel_spacing)
+    assert np.allclose(direct, [r.ssim for r in a.records[:3]], atol=1e-5)
+
+
+def test_truncated_bundled_model_is_refused(tmp_path):
+    copy = tmp_path / "model.safetensors"
+    shutil.copy(default_model_path(), copy)
+    data = copy.read_bytes()
+    copy.write_bytes(data[: len(data) - 4096])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(copy)
