@@ -39,16 +39,25 @@ def batch_generator(seed: int, key: Sequence[int]) -> torch.Generator:
     return g
 
 
+# Share of samples left motion-free (label 1). Most slices of real scans are clean: without
+# them the model never sees SSIM 1 and reads clean slices as mildly corrupted (measured here:
+# a -0.1 bias on the bundled sample's clean slices after 5 epochs without them).
+P_CLEAN = 0.15
+
+
 def corrupt_batch(
     clean: torch.Tensor,
     generator: torch.Generator | None,
     contrast: bool = True,
     p_torchio: float = 0.5,
+    p_clean: float = P_CLEAN,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean slices (B, 1, S, S) in [0, 1] -> (corrupted (B, 1, S, S), labels (B,)), on the
     device of `clean`: optional random contrast (one of the paper's five per sample), motion
     with TorchIO (probability p_torchio) or the k-space line simulator, then the SSIM label
-    between the (contrast-augmented) clean slice and its corrupted version."""
+    between the (contrast-augmented) clean slice and its corrupted version. A share p_clean
+    of the samples gets no motion (severity 0, label 1); the others a severity uniform on
+    [0, 1]."""
     from . import intensity, motion, ssim
 
     if clean.ndim != 4 or clean.shape[1] != 1:
@@ -56,7 +65,11 @@ def corrupt_batch(
     x = clean.float()
     if contrast:
         x = intensity.random_contrast_batch(x, generator)
-    corrupted = motion.random_motion_batch(x, generator, p_torchio=p_torchio)
+    b = x.shape[0]
+    gen_device = generator.device if generator is not None else "cpu"
+    u = torch.rand((2, b), generator=generator, device=gen_device)
+    severity = torch.where(u[0] < p_clean, torch.zeros_like(u[1]), u[1])
+    corrupted = motion.random_motion_batch(x, generator, p_torchio=p_torchio, severity=severity)
     labels = ssim.ssim_label(x, corrupted)
     return corrupted.float(), labels.float()
 

@@ -85,6 +85,7 @@ class TrainSettings:
     cache_mb: int = 2048           # volume cache per process
     progress: bool = True          # tqdm progress bar
     distributed: bool | None = None  # None = when WORLD_SIZE > 1
+    init_from: str | None = None   # start from this checkpoint's weights (fine-tuning)
 
     def validate(self) -> None:
         from .model import ARCHITECTURES
@@ -319,7 +320,16 @@ class _Run:
         from .model import build_model
 
         torch.manual_seed(self.s.seed)  # the same initial weights for the same seed
-        net = build_model(self.s.architecture).to(self.device)
+        net = build_model(self.s.architecture)
+        if self.s.init_from:
+            from .checkpoint import load_checkpoint
+
+            init = load_checkpoint(self.s.init_from)
+            if init.metadata["architecture"] != self.s.architecture:
+                raise MotionSSIMError(f"{self.s.init_from}: a {init.metadata['architecture']} "
+                                      f"checkpoint cannot initialise a {self.s.architecture}")
+            net.load_state_dict(init.model.state_dict())
+        net = net.to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net

@@ -111,6 +111,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--val-samples", type=_nonneg_int, default=500,
                    help="size of the fixed validation set (default 500)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fine-tune) instead of random ones")
     g.add_argument("--input-size", type=_positive_int, default=256, help=argparse.SUPPRESS)
     g = parser.add_argument_group("machine")
     g.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1, ...")
@@ -176,7 +178,7 @@ def run_train(args: argparse.Namespace) -> int:
             val_samples=args.val_samples, seed=args.seed, workers=args.workers,
             device=args.device, pipeline=args.pipeline, amp=args.amp,
             checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb,
-            progress=args.progress)
+            progress=args.progress, init_from=args.init_from)
         train_paths: list = []
         val_paths: list = []
         if not args.resume:
