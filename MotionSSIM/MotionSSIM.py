@@ -193,6 +193,8 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.logic.ensureDependencies(askConfirmation=True):
                 return
             self.ui.torchInfoLabel.text = self.logic.torchInfo()
+            from MotionSSIMLib.inference import Cancelled
+
             dialog = slicer.util.createProgressDialog(
                 labelText=f"Assessing {p.inputVolume.GetName()}...",
                 windowTitle="MotionSSIM",
@@ -225,11 +227,9 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     progress=progress,
                     cancel=cancel,
                 )
-            except Exception:
-                if cancelled:
-                    slicer.util.showStatusMessage("MotionSSIM: cancelled", 3000)
-                    return
-                raise
+            except Cancelled:
+                slicer.util.showStatusMessage("MotionSSIM: cancelled, the scene is unchanged", 3000)
+                return
             finally:
                 dialog.close()
             self._connectViews()
@@ -333,7 +333,11 @@ def _formatNumber(value) -> str:
 def _rowsOfSlices(result, sliceIndices) -> list:
     from MotionSSIMLib import scene
 
-    rows = [scene.row_of_slice(result, int(index)) for index in sliceIndices]
+    # summary["worst_slices"]: [{"index": k, "ssim": x}, ...] (plain indices accepted too)
+    rows = [
+        scene.row_of_slice(result, int(item["index"] if isinstance(item, dict) else item))
+        for item in sliceIndices
+    ]
     return [row for row in rows if row is not None]
 
 

@@ -91,3 +91,38 @@ def test_random_batch_mixes_simulators_and_spans_labels():
     assert labels.max() - labels.min() > 0.3
     zero = random_motion_batch(x[:2], torch.Generator().manual_seed(0), severity=0.0)
     assert torch.allclose(ssim_label(x[:2], zero), torch.ones(2), atol=1e-3)
+
+
+def test_torchio_seeded_and_shapes():
+    img = _heads(n=1, size=96, seed=2)[0, 0, :, :80].numpy()      # non-square slice
+    a = torchio_motion(img, 0.5, np.random.default_rng(3))
+    b = torchio_motion(img, 0.5, np.random.default_rng(3))
+    c = torchio_motion(img, 0.5, np.random.default_rng(4))
+    assert a.shape == img.shape and a.dtype == np.float32
+    assert a.min() >= 0 and a.max() <= 1
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_kspace_non_square_and_centre_kept():
+    """The k-space centre comes from the unmoved slice (DESIGN.md pitfall 3): even gross motion
+    leaves the head where it was (centre of mass within 2 px), unlike a rigid shift."""
+    x = _heads(n=4, size=96, seed=4)[..., :80]
+    y = kspace_motion(x, torch.tensor([1.0, 1.0, 0.5, 0.0]), torch.Generator().manual_seed(3))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert torch.allclose(y[3], x[3] / x[3].amax(), atol=1e-5)       # severity 0: unchanged
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(80.0), indexing="ij")
+
+    def com(t):
+        w = t[:, 0] / t[:, 0].sum(dim=(1, 2), keepdim=True)
+        return torch.stack([(w * yy).sum(dim=(1, 2)), (w * xx).sum(dim=(1, 2))], dim=1)
+
+    assert (com(y) - com(x)).abs().max() < 2.0
+
+
+def test_random_batch_is_seeded():
+    x = _heads(n=6, size=64, seed=9)
+    a = random_motion_batch(x, torch.Generator().manual_seed(11), p_torchio=0.5)
+    b = random_motion_batch(x, torch.Generator().manual_seed(11), p_torchio=0.5)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError):
+        kspace_motion(x[:, 0], 0.5)

@@ -501,3 +501,15 @@ def test_training_log_becomes_a_live_chart(mrml, tmp_path):
     # another run folder gets its own chart
     _, other, _ = ms.write_training_chart(log, str(tmp_path / "other"))
     assert other.GetID() != chart.GetID()
+
+
+def test_cancel_leaves_the_scene_unchanged(mrml, tmp_path, loaded_model):
+    from MotionSSIMLib.inference import Cancelled
+
+    scene, volumes_logic = mrml
+    node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(Cancelled):
+        ms.assess_volume_node(node, model=loaded_model, device="cpu", cancel=lambda: True)
+    assert scene.GetNumberOfNodes() == before
+    assert ms.find_result(node) is None

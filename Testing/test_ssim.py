@@ -51,3 +51,29 @@ def test_label_min_max_normalises_each_image():
 def test_cuda_matches_cpu():
     a, b = torch.rand(8, 1, 256, 256), torch.rand(8, 1, 256, 256)
     assert torch.allclose(ssim(a.cuda(), b.cuda()).cpu(), ssim(a, b), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (200, 256)])
+def test_float32_path_equals_skimage(shape):
+    """The path used on CUDA / MPS (float32, mean-shifted moments), run here on CPU."""
+    from MotionSSIMLib.ssim import _ssim_map_mean
+
+    rng = np.random.default_rng(5)
+    pairs = [(rng.random(shape), rng.random(shape)), _smooth_pair(shape, 6),
+             # nearly flat bright slices: variance << C2, where E[x^2] - E[x]^2 cancels
+             (0.9 + 0.002 * rng.standard_normal(shape), 0.9 + 0.002 * rng.standard_normal(shape))]
+    a = torch.tensor(np.stack([p[0] for p in pairs]), dtype=torch.float32)[:, None]
+    b = torch.tensor(np.stack([p[1] for p in pairs]), dtype=torch.float32)[:, None]
+    got = _ssim_map_mean(a, b, 1.0, 7, torch.float32)
+    ref = [structural_similarity(x, y, data_range=1.0)
+           for x, y in zip(a[:, 0].double().numpy(), b[:, 0].double().numpy(), strict=True)]
+    assert got.shape == (3,) and got.dtype == torch.float32
+    assert np.max(np.abs(got.numpy() - ref)) < 1e-4
+
+
+def test_window_and_data_range_follow_skimage():
+    a, b = _smooth_pair((64, 80), 8)
+    ta, tb = torch.tensor(a)[None], torch.tensor(b)[None]
+    for kw in ({"win_size": 11, "data_range": 1.0}, {"win_size": 7, "data_range": 2.0}):
+        ref = structural_similarity(a, b, **kw)
+        assert abs(ssim(ta, tb, **kw).item() - ref) < 1e-4

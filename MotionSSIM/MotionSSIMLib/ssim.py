@@ -61,8 +61,10 @@ def _ssim_map_mean(
     vy = cov_norm * (uyy - uy * uy)
     vxy = cov_norm * (uxy - ux * uy)
     if shift is not None:
-        ux = ux + shift
-        uy = uy + shift
+        # unbind dropped the channel axis: drop it from the (B,1,1,1) shift too, or the sum
+        # would broadcast to (B,B,h,w).
+        ux = ux + shift[:, 0]
+        uy = uy + shift[:, 0]
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
     a1 = 2 * ux * uy + c1
