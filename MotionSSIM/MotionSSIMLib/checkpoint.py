@@ -59,6 +59,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any]
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
