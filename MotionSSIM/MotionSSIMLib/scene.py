@@ -136,23 +136,25 @@ def volume_from_node(volumeNode):
     )
 
 
-def _local_to_world(volumeNode, point) -> np.ndarray:
-    """Apply the volume's parent transform (if any) to a local RAS point."""
+def _transform_point(volumeNode, point, to_world: bool) -> np.ndarray:
+    """Map a RAS point through the volume's parent transform (local -> world, or back)."""
     parent = volumeNode.GetParentTransformNode()
     if parent is None:
         return np.asarray(point, dtype=float)
     transform = vtk.vtkGeneralTransform()
-    parent.GetTransformToWorld(transform)
+    if to_world:
+        parent.GetTransformToWorld(transform)
+    else:
+        parent.GetTransformFromWorld(transform)
     return np.asarray(transform.TransformPoint([float(v) for v in point]), dtype=float)
+
+
+def _local_to_world(volumeNode, point) -> np.ndarray:
+    return _transform_point(volumeNode, point, to_world=True)
 
 
 def _world_to_local(volumeNode, point) -> np.ndarray:
-    parent = volumeNode.GetParentTransformNode()
-    if parent is None:
-        return np.asarray(point, dtype=float)
-    transform = vtk.vtkGeneralTransform()
-    parent.GetTransformFromWorld(transform)
-    return np.asarray(transform.TransformPoint([float(v) for v in point]), dtype=float)
+    return _transform_point(volumeNode, point, to_world=False)
 
 
 def slice_center_ras(volumeNode, axis: str, index: int, world: bool = True) -> np.ndarray:
