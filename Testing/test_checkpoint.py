@@ -120,6 +120,7 @@ def test_save_is_atomic(net, ckpt, tmp_path):
     save_checkpoint(target, build_model("resnet18"))  # overwrite in place
     assert target.read_bytes() != before and load_checkpoint(target).metadata
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    assert target.stat().st_mode & 0o044 == 0o044  # others may read it (mkstemp's is 0600)
 
 
 def test_pickles_are_refused_and_never_run(tmp_path):

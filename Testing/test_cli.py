@@ -102,3 +102,92 @@ def test_module_entry_point_runs_as_subprocess(ckpt, inputs, tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "MotionSSIMLib", "train", "--help"],
                                capture_output=True, text=True, env=env, timeout=120).stdout
     assert "--resume" in help_text and "--architecture" in help_text
+
+
+def test_true_ssim_goes_into_csv_json_and_chart(ckpt, inputs, tmp_path, capsys):
+    truth = tmp_path / "truth.csv"
+    truth.write_text("index,true_ssim\n" + "".join(f"{i},{0.5 + 0.05 * i}\n" for i in range(6)))
+    out = tmp_path / "out"
+    rc = main(["assess", str(inputs / "head.nii.gz"), "--model", str(ckpt), "--device", "cpu",
+               "--out", str(out), "--true-ssim", str(truth)])
+    assert rc == 0, capsys.readouterr().err
+    with open(out / "head_slices.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["index", "position_mm", "ssim", "class", "class_name",
+                             "foreground", "empty", "true_ssim"]
+    assert [float(r["true_ssim"]) for r in rows] == pytest.approx(
+        [0.5 + 0.05 * int(r["index"]) for r in rows])
+    summary = json.loads((out / "head_summary.json").read_text())
+    cmp = summary["against_true_ssim"]
+    kept = [r for r in rows if r["empty"] == "0"]
+    assert cmp["n_slices"] == len(kept)
+    assert cmp["mean_abs_error"] == pytest.approx(
+        np.mean([abs(float(r["ssim"]) - float(r["true_ssim"])) for r in kept]), abs=1e-3)
+    # two inputs cannot share one truth file
+    rc = main(["assess", str(inputs / "head.nii.gz"), str(inputs / "slice.png"), "--model",
+               str(ckpt), "--device", "cpu", "--out", str(out), "--true-ssim", str(truth)])
+    assert rc == 2 and "exactly one input" in capsys.readouterr().err
+
+
+def test_report_contents(ckpt, tmp_path):
+    import matplotlib.image as mpimg
+
+    from MotionSSIMLib.geometry import volume
+    from MotionSSIMLib.inference import assess_volume
+    from MotionSSIMLib.report import CSV_COLUMNS, write_report
+
+    rng = np.random.default_rng(3)
+    arr = rng.normal(3, 1, (8, 40, 40)).clip(0)
+    arr[2:6, 8:32, 8:32] += 100
+    a = assess_volume(volume(arr), model=ckpt, device="cpu")
+    paths = write_report(a, tmp_path / "r", "vol", source="vol.nii.gz")
+    assert set(paths) == {"csv", "json", "png"} and all(p.exists() for p in paths.values())
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 8
+    for r, rec in zip(rows, a.records, strict=True):
+        assert int(r["index"]) == rec.index and float(r["ssim"]) == pytest.approx(rec.ssim,
+                                                                                   abs=1e-4)
+        assert r["class_name"] == {1: "good", 2: "sufficient", 3: "insufficient"}[int(r["class"])]
+        assert r["empty"] == str(int(rec.empty))
+    s = json.loads(paths["json"].read_text())
+    for key in ("input", "orientation", "axis", "verdict", "verdict_rule", "mean_ssim",
+                "min_ssim", "median_ssim", "counts", "fractions", "worst_slices", "thresholds",
+                "model", "versions"):
+        assert key in s, key
+    assert s["input"] == "vol.nii.gz" and s["model"]["architecture"] == "resnet18"
+    assert s["counts"]["empty"] == sum(r.empty for r in a.records)
+    png = mpimg.imread(paths["png"])
+    assert png.shape[0] >= 300 and png.shape[1] >= 800
+    assert png[..., :3].std() > 0.05  # something is drawn
+
+
+def test_options_and_devices_errors_are_one_line(ckpt, inputs, tmp_path, capsys):
+    head = str(inputs / "head.nii.gz")
+    base = ["assess", head, "--model", str(ckpt), "--out", str(tmp_path)]
+    assert main(base + ["--good", "0.5", "--sufficient", "0.7"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "thresholds" in err
+    assert main(base + ["--batch-size", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    if not torch.cuda.is_available():
+        assert main(base + ["--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "CUDA" in err
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and "MotionSSIM" in capsys.readouterr().out
+
+
+def test_missing_training_code_is_reported_cleanly(ckpt, inputs, tmp_path, capsys,
+                                                   monkeypatch):
+    # None in sys.modules makes `import MotionSSIMLib.training_cli` fail, as if it were absent
+    monkeypatch.setitem(sys.modules, "MotionSSIMLib.training_cli", None)
+    assert main(["train", "--data", "x", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train command is not available" in err
+    assert main(["evaluate", "whatever"]) == 2
+    assert "evaluate command is not available" in capsys.readouterr().err
+    # assessing never needs the training code
+    assert main(["assess", str(inputs / "slice.png"), "--model", str(ckpt), "--device", "cpu",
+                 "--out", str(tmp_path)]) == 0

@@ -1,104 +1,45 @@
-"""Classes, checkpoints (round trip and refusals), predict_slices and assess_volume."""
-
-import json
-import pickle
-import struct
+"""predict_slices and assess_volume on a small random ResNet-18 (no trained model needed)."""
 
 import numpy as np
 import pytest
 import torch
 
 from MotionSSIMLib import geometry
-from MotionSSIMLib.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from MotionSSIMLib.classes import ClinicalThresholds, clinical_class, uniform_class
-from MotionSSIMLib.errors import CheckpointError, MotionSSIMError
-from MotionSSIMLib.inference import Cancelled, assess_volume, predict_slices, resolve_device
+from MotionSSIMLib.checkpoint import load_checkpoint, save_checkpoint
+from MotionSSIMLib.classes import ClinicalThresholds
+from MotionSSIMLib.errors import MotionSSIMError
+from MotionSSIMLib.inference import (
+    NO_VERDICT,
+    Cancelled,
+    assess_volume,
+    get_model,
+    predict_slices,
+    resolve_device,
+    summarize,
+    verdict_of,
+)
 from MotionSSIMLib.model import build_model
-
-
-def test_clinical_and_uniform_class_boundaries():
-    s = np.array([0.0, 0.5999, 0.60, 0.8499, 0.85, 1.0])
-    assert clinical_class(s).tolist() == [3, 3, 2, 2, 1, 1]
-    assert clinical_class(s, ClinicalThresholds(0.9, 0.5)).tolist() == [3, 2, 2, 2, 2, 1]
-    assert uniform_class([0.0, 0.33, 0.34, 0.66, 0.67, 1.0], 3).tolist() == [1, 1, 2, 2, 3, 3]
-    assert uniform_class([0.05, 0.15, 0.95, 1.0], 10).tolist() == [1, 2, 10, 10]
-    with pytest.raises(ValueError):
-        ClinicalThresholds(0.5, 0.6)
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
+    net = build_model("resnet18")
+    with torch.no_grad():
+        net.fc.bias.fill_(0.5)  # outputs near the middle of [0, 1], so the clamp rarely bites
+        net.fc.weight.mul_(0.1)
     path = tmp_path_factory.mktemp("m") / "r18.safetensors"
-    save_checkpoint(path, build_model("resnet18"), {"architecture": "resnet18", "note": "test"})
+    save_checkpoint(path, net, {"note": "test"})
     return path
 
 
-def test_models_shapes():
-    net = build_model("resnet18").eval()
-    with torch.no_grad():
-        assert net(torch.rand(2, 1, 64, 64)).shape == (2, 1)
-    assert build_model("resnet101").conv1.in_channels == 1
-    with pytest.raises(ValueError):
-        build_model("vgg")
-
-
-def test_checkpoint_round_trip_fp32_and_fp16(ckpt, tmp_path):
-    loaded = load_checkpoint(ckpt)
-    assert loaded.metadata["note"] == "test" and loaded.metadata["format_version"] == 1
-    assert "structural_similarity" in loaded.metadata["ssim_convention"]
-    x = torch.rand(2, 1, 64, 64)
-    half = save_checkpoint(tmp_path / "h.safetensors", loaded.model, {"architecture": "resnet18"},
-                           dtype=torch.float16)
-    assert half.stat().st_size < 0.6 * ckpt.stat().st_size
-    with torch.no_grad():
-        a = loaded.model(x)
-        b = load_checkpoint(half).model(x)
-    assert torch.allclose(a, b, atol=5e-2 * a.abs().max().item() + 1e-3)
-    assert read_metadata(half)["dtype"] == "float16"
-
-
-def test_refuses_pickles_without_running_them(tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    p = tmp_path / "evil.safetensors"
-    p.write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(CheckpointError, match="pickle"):
-        load_checkpoint(p)
-    torch.save({"state_dict": {}}, tmp_path / "torch.safetensors")
-    with pytest.raises(CheckpointError, match="refusing to unpickle"):
-        load_checkpoint(tmp_path / "torch.safetensors")
-    assert not marker.exists()
-
-
-def test_refuses_truncated_foreign_and_mismatched(ckpt, tmp_path):
-    data = ckpt.read_bytes()
-    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="trunc.safetensors"):
-        load_checkpoint(tmp_path / "trunc.safetensors")
-    from safetensors.torch import save_file
-
-    save_file({"w": torch.zeros(3)}, str(tmp_path / "foreign.safetensors"))
-    with pytest.raises(CheckpointError, match="without MotionSSIM metadata"):
-        load_checkpoint(tmp_path / "foreign.safetensors")
-    # resnet18 weights labelled as resnet101
-    header_len = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + header_len])
-    meta = json.loads(header["__metadata__"]["motionssim"])
-    meta["architecture"] = "resnet101"
-    header["__metadata__"]["motionssim"] = json.dumps(meta)
-    new = json.dumps(header).encode()
-    new += b" " * (-len(new) % 8)
-    (tmp_path / "mislabel.safetensors").write_bytes(
-        struct.pack("<Q", len(new)) + new + data[8 + header_len:])
-    with pytest.raises(CheckpointError, match="do not match"):
-        load_checkpoint(tmp_path / "mislabel.safetensors")
-    with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "nothing.safetensors")
+@pytest.fixture(scope="module")
+def head_volume():
+    """14 axial slices of 48 x 40: 3 empty (noise only) at each end, 8 with a 'head'."""
+    rng = np.random.default_rng(1)
+    arr = rng.normal(5, 1, (14, 48, 40)).clip(0)
+    arr[3:11, 8:40, 6:34] += 200 * rng.random((8, 32, 28)) + 100
+    return geometry.volume(arr, (1.0, 1.0, 4.0))
 
 
 def test_predict_slices_shapes_ranges_and_batching(ckpt):
@@ -106,47 +47,178 @@ def test_predict_slices_shapes_ranges_and_batching(ckpt):
     imgs = rng.random((5, 100, 120)).astype(np.float32)
     a = predict_slices(imgs, model=ckpt, device="cpu", batch_size=1)
     b = predict_slices(imgs, model=ckpt, device="cpu", batch_size=7)
-    assert a.shape == (5,) and np.all((a >= 0) & (a <= 1))
+    assert a.shape == (5,) and a.dtype == np.float64 and np.all((a >= 0) & (a <= 1))
     assert np.allclose(a, b, atol=1e-5)
-    # min-max normalisation: any intensity range gives the same prediction
+    assert np.ptp(a) > 0  # really per slice, not one value for all
+    # min-max normalisation: any intensity range (and integer types) gives the same prediction
     c = predict_slices(imgs * 4000 - 300, model=ckpt, device="cpu")
     assert np.allclose(a, c, atol=1e-5)
-    assert predict_slices(imgs[0], model=ckpt, device="cpu").shape == (1,)
-    with pytest.raises(MotionSSIMError):
-        predict_slices(np.zeros((2, 3, 4, 5)), model=ckpt)
+    d = predict_slices(np.round(imgs * 1000).astype(np.int16), model=ckpt, device="cpu")
+    assert np.allclose(a, d, atol=2e-3)
+    one = predict_slices(imgs[2], model=ckpt, device="cpu")
+    assert one.shape == (1,) and one[0] == pytest.approx(a[2], abs=1e-5)
+    assert predict_slices(torch.from_numpy(imgs[:2]), model=ckpt, device="cpu") == \
+        pytest.approx(a[:2], abs=1e-5)
 
 
-def test_assess_volume_records_and_summary(ckpt):
-    rng = np.random.default_rng(1)
-    arr = rng.normal(5, 1, (14, 48, 40)).clip(0)
-    arr[3:11, 8:40, 6:34] += 200 * rng.random((8, 32, 28)) + 100
-    vol = geometry.volume(arr, (1.0, 1.0, 4.0))
-    a = assess_volume(vol, model=ckpt, device="cpu")
+def test_predict_slices_is_model_on_fitted_input(ckpt):
+    rng = np.random.default_rng(3)
+    imgs = rng.random((3, 300, 180)).astype(np.float32) * 50
+    pred = predict_slices(imgs, model=ckpt, device="cpu", pixel_spacing=(0.8, 1.2))
+    net = load_checkpoint(ckpt).model
+    x = torch.from_numpy(geometry.to_model_input(imgs, (0.8, 1.2)))[:, None]
+    with torch.no_grad():
+        ref = net(x).reshape(-1).clamp(0, 1).numpy()
+    assert np.allclose(pred, ref, atol=1e-5)
+    # a different pixel spacing changes the fitted input, hence the prediction
+    other = predict_slices(imgs, model=ckpt, device="cpu", pixel_spacing=(1.2, 0.8))
+    assert not np.allclose(pred, other, atol=1e-4)
+
+
+def test_predict_slices_mixed_sizes(ckpt):
+    rng = np.random.default_rng(2)
+    slices = [rng.random((64, 80)), rng.random((300, 200)), rng.random((64, 80)),
+              rng.random((256, 256))]
+    mixed = predict_slices(slices, model=ckpt, device="cpu", batch_size=3)
+    single = np.array([predict_slices(s, model=ckpt, device="cpu")[0] for s in slices])
+    assert mixed.shape == (4,) and np.allclose(mixed, single, atol=1e-5)
+
+
+def test_outputs_are_clamped_to_0_1():
+    net = build_model("resnet18")
+    imgs = np.random.default_rng(0).random((2, 32, 32))
+    for bias, expected in ((50.0, 1.0), (-50.0, 0.0)):
+        with torch.no_grad():
+            net.fc.weight.zero_()
+            net.fc.bias.fill_(bias)
+        assert predict_slices(imgs, model=net, device="cpu").tolist() == [expected] * 2
+
+
+def test_predict_slices_refuses_bad_input(ckpt):
+    with pytest.raises(MotionSSIMError, match="expected"):
+        predict_slices(np.zeros((2, 3, 4, 5)), model=ckpt, device="cpu")
+    bad = np.ones((2, 32, 32))
+    bad[1, 3, 3] = np.nan
+    with pytest.raises(MotionSSIMError, match="NaN"):
+        predict_slices(bad, model=ckpt, device="cpu")
+    with pytest.raises(MotionSSIMError, match="batch size"):
+        predict_slices(np.ones((2, 32, 32)), model=ckpt, device="cpu", batch_size=0)
+    assert predict_slices(np.zeros((0, 32, 32)), model=ckpt, device="cpu").shape == (0,)
+
+
+def test_checkpoints_are_cached_until_the_file_changes(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, build_model("resnet18"))
+    first = get_model(path, "cpu")
+    assert get_model(str(path), "cpu") is first  # str or Path, same entry
+    save_checkpoint(path, build_model("resnet18"), dtype=torch.float16)  # rewritten in place
+    second = get_model(path, "cpu")
+    assert second is not first and second.metadata["dtype"] == "float16"
+
+
+def test_a_callers_module_keeps_its_training_mode(ckpt):
+    net = load_checkpoint(ckpt).model.train()
+    imgs = np.random.default_rng(4).random((3, 40, 40))
+    p = predict_slices(imgs, model=net, device="cpu")
+    assert net.training  # eval for the prediction only
+    assert np.allclose(p, predict_slices(imgs, model=ckpt, device="cpu"), atol=1e-6)
+
+
+def test_assess_volume_records_and_summary(ckpt, head_volume):
+    a = assess_volume(head_volume, model=ckpt, device="cpu")
     assert a.orientation == "axial" and a.axis == "k" and len(a.records) == 14
     empty = [r.empty for r in a.records]
-    assert empty[:3] == [True] * 3 and not any(empty[3:11])
+    assert empty == [True] * 3 + [False] * 8 + [True] * 3
     s = a.summary
     kept = [r.ssim for r in a.records if not r.empty]
-    assert s["n_assessed"] == 8 and s["mean_ssim"] == pytest.approx(np.mean(kept))
+    assert s["n_slices"] == 14 and s["n_assessed"] == 8
+    assert s["mean_ssim"] == pytest.approx(np.mean(kept))
     assert s["min_ssim"] == pytest.approx(min(kept))
+    assert s["median_ssim"] == pytest.approx(np.median(kept))
     assert sum(s["counts"][k] for k in ("good", "sufficient", "insufficient")) == 8
     assert s["counts"]["empty"] == 6
+    assert sum(s["fractions"].values()) == pytest.approx(1.0)
     worst = max(r.clinical_class for r in a.records if not r.empty)
-    assert s["verdict"].startswith({1: "good", 2: "sufficient", 3: "insufficient"}[worst])
+    assert s["verdict"] == verdict_of([worst])
     assert [w["ssim"] for w in s["worst_slices"]] == sorted(kept)[:5]
+    assert {w["index"] for w in s["worst_slices"]} <= {r.index for r in a.records if not r.empty}
+    for r in a.records:
+        assert r.clinical_class == (1 if r.ssim >= 0.85 else 2 if r.ssim >= 0.6 else 3)
+    # positions: 4 mm apart along S
+    pos = [r.position_mm for r in a.records]
+    assert np.allclose(np.diff(pos), 4.0) or np.allclose(np.diff(pos), -4.0)
+    assert a.model["path"] == str(ckpt) and a.model["architecture"] == "resnet18"
+    # the same predictions as predict_slices on the extracted slices
+    stack = geometry.extract_slices(head_volume)
+    direct = predict_slices(stack.images, model=ckpt, device="cpu",
+                            pixel_spacing=stack.pixel_spacing)
+    assert np.allclose([r.ssim for r in a.records], direct, atol=1e-6)
+
+
+def test_thresholds_and_min_foreground_are_settings(ckpt, head_volume):
+    strict = assess_volume(head_volume, model=ckpt, device="cpu",
+                           thresholds=ClinicalThresholds(good=0.999, sufficient=0.998))
+    assert strict.summary["verdict"] == "insufficient: re-scan"  # a random net is not perfect
+    assert strict.summary["thresholds"] == {"good": 0.999, "sufficient": 0.998}
+    lax = assess_volume(head_volume, model=ckpt, device="cpu",
+                        thresholds=ClinicalThresholds(good=1e-6, sufficient=0.0))
+    assert lax.summary["verdict"] == "good"
+    none_empty = assess_volume(head_volume, model=ckpt, device="cpu", min_foreground=0.0)
+    assert none_empty.summary["n_assessed"] == 14
+    with pytest.raises(MotionSSIMError, match="min_foreground"):
+        assess_volume(head_volume, model=ckpt, device="cpu", min_foreground=2.0)
+
+
+def test_assess_bare_array_other_orientation_and_blank_volume(ckpt):
+    rng = np.random.default_rng(5)
+    arr = rng.random((20, 24, 28))
+    a = assess_volume(arr, model=ckpt, device="cpu", orientation="sagittal")
+    assert a.orientation == "sagittal" and a.axis == "i" and len(a.records) == 28
+    blank = np.zeros((6, 32, 32))
+    blank[0, 0, 0] = 1.0  # not constant, but no slice has a head in it
+    b = assess_volume(blank, model=ckpt, device="cpu")
+    assert all(r.empty for r in b.records)
+    assert b.summary["verdict"] == NO_VERDICT and b.summary["mean_ssim"] is None
+
+
+def test_progress_and_cancel(ckpt, head_volume):
     calls = []
-    assess_volume(vol, model=ckpt, device="cpu", batch_size=4,
+    assess_volume(head_volume, model=ckpt, device="cpu", batch_size=4,
                   progress=lambda d, t: calls.append((d, t)))
-    assert calls[-1] == (14, 14)
+    assert calls == [(4, 14), (8, 14), (12, 14), (14, 14)]
     with pytest.raises(Cancelled):
-        assess_volume(vol, model=ckpt, device="cpu", cancel=lambda: True)
+        assess_volume(head_volume, model=ckpt, device="cpu", cancel=lambda: True)
+    # cancelled half-way: after the first batch
+    done = []
+    with pytest.raises(Cancelled):
+        assess_volume(head_volume, model=ckpt, device="cpu", batch_size=4,
+                      progress=lambda d, t: done.append(d), cancel=lambda: len(done) >= 1)
+    assert done == [4]
+    assert issubclass(Cancelled, MotionSSIMError)
+
+
+def test_verdict_rule_and_summary():
+    ssim = np.array([0.95, 0.9, 0.7, 0.1, 0.99, 0.5])
+    cls = np.array([1, 1, 2, 3, 1, 3])
+    empty = np.array([False, False, False, True, False, False])
+    s = summarize(ssim, cls, empty, np.arange(10, 16))
+    assert s["verdict"] == "insufficient: re-scan"  # slice 15 (0.5) is insufficient
+    assert s["counts"] == {"good": 3, "sufficient": 1, "insufficient": 1, "empty": 1}
+    assert s["fractions"]["good"] == pytest.approx(0.6)
+    assert [w["index"] for w in s["worst_slices"]] == [15, 12, 11, 10, 14]
+    assert s["min_ssim"] == 0.5 and s["mean_ssim"] == pytest.approx(np.mean(ssim[~empty]))
+    # the empty slice's class never counts: without slice 15 the verdict is sufficient
+    empty[5] = True
+    assert summarize(ssim, cls, empty, np.arange(6))["verdict"] == "sufficient"
+    assert verdict_of([1, 1]) == "good" and verdict_of([]) == NO_VERDICT
 
 
 def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    assert resolve_device(torch.device("cpu")).type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(MotionSSIMError, match="no CUDA"):
             resolve_device("cuda")
-    with pytest.raises(MotionSSIMError):
+    with pytest.raises(MotionSSIMError, match="unknown device"):
         resolve_device("tpu")

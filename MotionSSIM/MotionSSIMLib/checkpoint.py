@@ -1,7 +1,11 @@
 """Model files: safetensors weights plus JSON metadata in the header. Nothing is unpickled.
 
-A file that is not a MotionSSIM checkpoint (a pickle, a truncated file, another network) is
-refused with a one-line CheckpointError naming the file.
+A checkpoint is one `.safetensors` file. Its header metadata holds, under the key "motionssim",
+a JSON object: format "motionssim-checkpoint", format_version, architecture, input_size,
+ssim_convention, dtype, and whatever the trainer adds (training data summary, schedule,
+metrics). A file that is not such a checkpoint (a pickle or torch.save file, a truncated file,
+another network's weights) is refused with a one-line CheckpointError naming the file; pickles
+are recognised by their first bytes and never opened by an unpickler.
 """
 
 from __future__ import annotations
@@ -13,20 +17,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .model import ARCHITECTURES, build_model
+from .model import ARCHITECTURES, architecture_of, build_model, unwrap
 
 FORMAT = "motionssim-checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "motionssim"
+INPUT_SIZE = [256, 256]
 SSIM_CONVENTION = ("skimage.metrics.structural_similarity(clean, corrupted, data_range=1.0), "
                    "7x7 uniform window, both images 256x256 model-input geometry, each min-max "
                    "normalised to [0, 1]")
 DEFAULT_MODEL_NAME = "motionssim_resnet18.safetensors"
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ / zip (torch.save)
+STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# pickle protocol 2+ (also legacy torch.save) / zip archive (torch.save since 1.6)
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
 @dataclass
@@ -41,25 +50,60 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parents[1] / "Resources" / "Models" / DEFAULT_MODEL_NAME
 
 
+def _json_default(value: Any) -> Any:
+    """JSON for the numpy scalars/arrays and paths that metrics and summaries often hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Path, torch.dtype, torch.device)):
+        return str(value)
+    raise TypeError(f"checkpoint metadata: {type(value).__name__} is not JSON serialisable")
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any] | None = None,
                     dtype: torch.dtype = torch.float32) -> Path:
-    """Write `model`'s weights (as `dtype`) and metadata atomically to a .safetensors file."""
+    """Write `model`'s weights (stored as `dtype`) and metadata atomically to a .safetensors file.
+
+    The file appears complete or not at all: it is written to a temporary file in the same
+    folder and renamed over `path`. DDP / torch.compile wrappers are unwrapped. ValueError when
+    the network is not one of ARCHITECTURES, the metadata names another architecture, or the
+    weights do not fit `dtype`.
+    """
     from safetensors.torch import save_file
 
+    from . import __version__
+
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"checkpoint dtype must be one of {STORAGE_DTYPES}, got {dtype}")
     path = Path(path)
-    module = getattr(model, "module", model)  # unwrap DDP
+    net = unwrap(model)
+    arch = architecture_of(net)
     meta = dict(metadata or {})
-    meta.setdefault("architecture", getattr(module, "motionssim_architecture", "resnet18"))
-    meta.update(format=FORMAT, format_version=FORMAT_VERSION, input_size=[256, 256],
-                ssim_convention=SSIM_CONVENTION, dtype=str(dtype).replace("torch.", ""))
-    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in module.state_dict().items()}
+    if meta.get("architecture", arch) != arch:
+        raise ValueError(f"metadata says architecture {meta['architecture']!r} but the network "
+                         f"is a {arch}")
+    meta.update(format=FORMAT, format_version=FORMAT_VERSION, architecture=arch,
+                input_size=list(INPUT_SIZE), ssim_convention=SSIM_CONVENTION,
+                dtype=str(dtype).replace("torch.", ""), motionssim_version=__version__)
+    header = json.dumps(meta, default=_json_default, allow_nan=False)
+    tensors = {}
+    for name, value in net.state_dict().items():
+        t = value.detach().to("cpu")
+        if t.is_floating_point():
+            stored = t.to(dtype)
+            if bool(torch.isfinite(t).all()) and not bool(torch.isfinite(stored).all()):
+                raise ValueError(f"weight {name} does not fit {dtype}; save as torch.float32")
+            t = stored
+        tensors[name] = t.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
+        save_file(tensors, tmp, metadata={METADATA_KEY: header})
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is meant to be shared
+        with open(tmp, "rb") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -67,43 +111,67 @@ def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any]
     return path
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint, without loading its weights."""
+    """The JSON metadata of a checkpoint, without loading its weights (CheckpointError if the
+    file is not a MotionSSIM checkpoint)."""
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
-        if path == default_model_path():
-            raise CheckpointError(f"{path}: no bundled model is installed; train one with "
-                                  "`python -m MotionSSIMLib train` and pass --model")
+    if not path.exists():
+        if path.resolve() == default_model_path():
+            raise CheckpointError(
+                f"{path}: no bundled model is installed (train one with `motionssim train "
+                "--data DATA --out runs/r18` and pass --model runs/r18/best.safetensors)")
         raise CheckpointError(f"{path}: model file not found")
-    with open(path, "rb") as f:
-        head = f.read(9)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a model file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({_first_line(exc)})") from None
     # safetensors: 8-byte little-endian header length, then the JSON header
     header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
-    looks_safetensors = head[8:9] == b"{" and 0 < header_len <= path.stat().st_size - 8
-    if not looks_safetensors and head.startswith(_PICKLE_MAGIC):
-        raise CheckpointError(f"{path}: this is a pickle/PyTorch file, not a MotionSSIM "
-                              "checkpoint; refusing to unpickle it")
+    looks_safetensors = head[8:9] == b"{" and 0 < header_len <= min(size - 8, _MAX_HEADER)
+    if not looks_safetensors:
+        if head.startswith(_PICKLE_MAGIC):
+            raise CheckpointError(f"{path}: this is a pickle/PyTorch file, not a MotionSSIM "
+                                  "checkpoint; refusing to unpickle it")
+        what = "empty file" if size == 0 else "truncated or not a safetensors file"
+        raise CheckpointError(f"{path}: not a MotionSSIM checkpoint ({what})")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path}: not a readable safetensors file "
-                              f"({str(exc).splitlines()[0][:120]})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file "
+                              f"({_first_line(exc)})") from None
     try:
         meta = json.loads(header[METADATA_KEY])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         raise CheckpointError(f"{path}: safetensors file without MotionSSIM metadata; "
                               "not a MotionSSIM checkpoint") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a MotionSSIM checkpoint (format "
-                              f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {meta['format_version']} is "
-                              "newer than this MotionSSIM; update MotionSSIM")
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: not a MotionSSIM checkpoint (format {found!r})")
+    try:
+        version = int(meta.get("format_version", 0))
+    except (TypeError, ValueError):
+        version = -1
+    if version < 1:
+        raise CheckpointError(f"{path}: invalid checkpoint format_version "
+                              f"{meta.get('format_version')!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} is newer than "
+                              f"this MotionSSIM reads ({FORMAT_VERSION}); update MotionSSIM")
     if meta.get("architecture") not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: unknown architecture {meta.get('architecture')!r}")
+        raise CheckpointError(f"{path}: unknown architecture {meta.get('architecture')!r} "
+                              f"(known: {', '.join(ARCHITECTURES)})")
     return meta
 
 
@@ -117,14 +185,20 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
     try:
         tensors = load_file(str(path))
     except Exception as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated weights "
-                              f"({str(exc).splitlines()[0][:120]})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated weights ({_first_line(exc)})"
+                              ) from None
     model = build_model(meta["architecture"])
     expected = model.state_dict()
-    if set(tensors) != set(expected) or any(
-            tensors[k].shape != expected[k].shape for k in expected):
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if missing or extra or wrong:
+        first = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra
+                 else f"{wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}")
         raise CheckpointError(f"{path}: weights do not match a {meta['architecture']} "
-                              "(a different network?)")
+                              f"(a different network? {first})")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: weights contain NaN or infinite values ({bad[0]})")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
-    model.motionssim_architecture = meta["architecture"]
     return LoadedModel(model.to(device).eval(), meta, str(path))

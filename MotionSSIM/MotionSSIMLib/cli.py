@@ -1,12 +1,14 @@
 """The command line: `python -m MotionSSIMLib` / `motionssim` with assess, train, evaluate.
 
-Exit status: 0 when every input was assessed, 2 when any was unusable (each gets a one-line
-error, the others are still assessed), 1 for an internal error.
+Exit status: 0 when every input was assessed, 2 when any was unusable or an option is wrong
+(each gets a one-line error, the other inputs are still assessed), 1 when an internal error
+(a bug) stopped an input, 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -50,19 +52,27 @@ def add_assess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orientation", default="auto",
                    choices=("auto", "axial", "coronal", "sagittal"),
                    help="slice plane; auto = the acquisition plane (default)")
-    p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, mps")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}",
+                   help="auto = CUDA GPU if any, else Apple MPS, else CPU (default: auto)")
     p.add_argument("--out", default="motionssim_report", metavar="DIR",
                    help="report folder (default: ./motionssim_report)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--good", type=float, default=0.85, help="SSIM threshold of 'good'")
-    p.add_argument("--sufficient", type=float, default=0.60,
-                   help="SSIM threshold of 'sufficient' (below: insufficient, re-scan)")
-    p.add_argument("--min-foreground", type=float, default=0.05,
-                   help="slices with a smaller foreground share are flagged empty")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="slices per forward pass (default: 32; halved on GPU out-of-memory)")
+    p.add_argument("--good", type=float, default=0.85, metavar="SSIM",
+                   help="lowest SSIM of class 'good' (default: 0.85)")
+    p.add_argument("--sufficient", type=float, default=0.60, metavar="SSIM",
+                   help="lowest SSIM of class 'sufficient'; below: insufficient, re-scan "
+                        "(default: 0.60)")
+    p.add_argument("--min-foreground", type=float, default=0.05, metavar="SHARE",
+                   help="slices whose foreground share is smaller are flagged empty and left "
+                        "out of the verdict (default: 0.05)")
     p.add_argument("--true-ssim", metavar="CSV",
                    help="known per-slice SSIM (columns index,true_ssim) drawn beside the "
                         "prediction, for a single input")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an internal error instead of one line")
 
 
 def run_assess(args: argparse.Namespace) -> int:
@@ -74,9 +84,13 @@ def run_assess(args: argparse.Namespace) -> int:
     from .report import read_true_ssim, write_report
 
     try:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if not 0.0 <= args.min_foreground <= 1.0:
+            raise ValueError(f"--min-foreground must lie in [0, 1], got {args.min_foreground}")
         thresholds = ClinicalThresholds(args.good, args.sufficient)
         device = resolve_device(args.device)
-        model = get_model(args.model, device)
+        model = get_model(args.model, device)  # once for every input, refused before any work
         truth = read_true_ssim(args.true_ssim) if args.true_ssim else None
     except (MotionSSIMError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -84,7 +98,7 @@ def run_assess(args: argparse.Namespace) -> int:
     if truth is not None and len(args.inputs) != 1:
         print("error: --true-ssim goes with exactly one input", file=sys.stderr)
         return 2
-    failed, used = 0, set()
+    unusable, internal, used = 0, 0, set()
     bar = tqdm(args.inputs, unit="input", disable=not args.progress or len(args.inputs) < 2,
                file=sys.stderr)
     for raw in bar:
@@ -94,47 +108,98 @@ def run_assess(args: argparse.Namespace) -> int:
             a = assess_volume(vol, model=model, orientation=args.orientation, device=device,
                               batch_size=args.batch_size, thresholds=thresholds,
                               min_foreground=args.min_foreground)
-            paths = write_report(a, args.out, _stem(path, used), source=str(path),
-                                 true_ssim=truth)
+            paths = write_report(a, args.out, _stem(path, used), true_ssim=truth,
+                                 source=str(path))
         except MotionSSIMError as exc:
-            failed += 1
+            unusable += 1
             tqdm.write(f"error: {exc}", file=sys.stderr)
             continue
-        s = a.summary
-        c = s["counts"]
-        stats = (f"mean SSIM {s['mean_ssim']:.3f}, min {s['min_ssim']:.3f}, "
-                 if s["n_assessed"] else "")
-        tqdm.write(f"{path}: {s['verdict']} ({stats}{c['good']} good / {c['sufficient']} "
-                   f"sufficient / {c['insufficient']} insufficient, {c['empty']} empty "
-                   f"{a.orientation} slices) -> {paths['json']}")
-    return 2 if failed else 0
+        except OSError as exc:  # the report folder is not writable, the disk is full...
+            unusable += 1
+            tqdm.write(f"error: {path}: cannot write the report ({exc})", file=sys.stderr)
+            continue
+        except Exception as exc:  # a bug: report it in one line and go on with the others
+            if args.debug:
+                raise
+            internal += 1
+            tqdm.write(f"error: {path}: internal error ({type(exc).__name__}: "
+                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                       "rerun with --debug for the traceback", file=sys.stderr)
+            continue
+        tqdm.write(assess_line(path, a, paths["json"]))
+    return 1 if internal else 2 if unusable else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def assess_line(path: Path, a, report: Path) -> str:
+    """INPUT: verdict (mean SSIM x, min y, n good / n sufficient / n insufficient, e empty)."""
+    s = a.summary
+    c = s["counts"]
+    stats = (f"mean SSIM {s['mean_ssim']:.3f}, min {s['min_ssim']:.3f}, "
+             if s["n_assessed"] else "")
+    return (f"{path}: {s['verdict']} ({stats}{c['good']} good / {c['sufficient']} sufficient / "
+            f"{c['insufficient']} insufficient, {c['empty']} empty {a.orientation} slices) "
+            f"-> {report}")
+
+
+def _training_cli():
+    """MotionSSIMLib.training_cli, imported only for the train/evaluate commands."""
+    return importlib.import_module(f"{__package__}.training_cli")
+
+
+def _unavailable(command: str, exc: BaseException):
+    def run(args: argparse.Namespace) -> int:
+        print(f"error: the {command} command is not available in this installation "
+              f"({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
+    return run
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser. The training commands' options are added (and training_cli imported) only
+    when `argv` asks for train or evaluate, so that assess starts fast and works even where
+    the training code or its dependencies are missing."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
         prog="motionssim",
-        description="Reference-free per-slice SSIM prediction for motion artefacts in brain MR.")
+        description="Reference-free per-slice SSIM prediction for motion artefacts in brain MR.",
+        epilog="exit status: 0 all inputs done, 1 internal error, 2 unusable input or option "
+               "(one line on stderr each)")
     parser.add_argument("--version", action="version", version=f"MotionSSIM {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("assess", help="assess volumes or images and write reports",
                        epilog=ASSESS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_assess_arguments(p)
     p.set_defaults(run=run_assess)
-    from . import training_cli
 
-    p = sub.add_parser("train", help="train a model with on-the-fly synthetic motion")
-    training_cli.add_train_arguments(p)
-    p.set_defaults(run=training_cli.run_train)
-    p = sub.add_parser("evaluate", help="evaluate checkpoints with the paper's test protocol")
-    training_cli.add_evaluate_arguments(p)
-    p.set_defaults(run=training_cli.run_evaluate)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    helps = {"train": "train a model with on-the-fly synthetic motion",
+             "evaluate": "evaluate checkpoints with the paper's test protocol"}
+    for name, help_text in helps.items():
+        if command != name:
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
+        try:
+            tcli = _training_cli()
+            add_args = getattr(tcli, f"add_{name}_arguments")
+            run = getattr(tcli, f"run_{name}")
+        except (ImportError, AttributeError) as exc:
+            # any arguments are accepted ("-" is no option prefix here): the error is the import
+            p = sub.add_parser(name, help=help_text, prefix_chars="+", add_help=False)
+            p.add_argument("rest", nargs="*")
+            p.set_defaults(run=_unavailable(name, exc))
+            continue
+        p = sub.add_parser(name, help=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_args(p)
+        p.set_defaults(run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except MotionSSIMError as exc:

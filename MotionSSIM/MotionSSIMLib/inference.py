@@ -1,10 +1,20 @@
-"""Predict per-slice SSIM with a trained model, and assess whole volumes."""
+"""Predict per-slice SSIM with a trained model, and assess whole volumes.
+
+Volume verdict (documented in README): the worst clinical class among the non-empty slices.
+"good" when every assessed slice is good, "sufficient" when the worst is sufficient,
+"insufficient: re-scan" as soon as one assessed slice is insufficient. One slice with gross
+motion is enough to call for a re-scan of that sequence; the summary also gives the share of
+slices per class so that a reader can weigh a single bad slice. Empty slices (foreground share
+below `min_foreground`: the air at the edges of the field of view) are predicted and reported,
+but left out of the statistics and the verdict, since their SSIM means nothing.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,13 +23,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import LoadedModel, load_checkpoint
+from .checkpoint import LoadedModel, default_model_path, load_checkpoint
 from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class
 from .errors import MotionSSIMError
 from .geometry import MODEL_SIZE, Volume, extract_slices, to_model_input, volume
 
 ModelLike = str | os.PathLike | nn.Module | LoadedModel | None
 Progress = Callable[[int, int], None]
+
+VERDICTS = {1: "good", 2: "sufficient", 3: "insufficient: re-scan"}
+NO_VERDICT = "no assessable slices"
+VERDICT_RULE = ("worst clinical class among non-empty slices: good (all slices good), "
+                "sufficient (worst slice sufficient), insufficient: re-scan (any slice "
+                "insufficient)")
+# CUDA autocast: float16 keeps 3 decimal digits of the output (bfloat16 only 2); a batch whose
+# float16 forward overflows (inf/NaN) is recomputed in bfloat16, which has float32's range.
+CUDA_AMP_DTYPES = (torch.float16, torch.bfloat16)
+MODEL_CACHE_SIZE = 4  # loaded checkpoints kept (a GPU holds a few ResNets easily)
 
 
 class Cancelled(MotionSSIMError):
@@ -31,7 +51,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     none is an error, not a silent fall-back."""
     if isinstance(device, torch.device):
         return device
-    name = str(device).lower()
+    name = str(device).strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -44,93 +64,184 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise MotionSSIMError(f"device {device!r}: no CUDA GPU is available to PyTorch "
                                   f"{torch.__version__}; use --device cpu")
         return torch.device("cuda" if name == "gpu" else name)
-    if name in ("cpu", "mps"):
-        return torch.device(name)
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise MotionSSIMError("device 'mps': Apple MPS is not available; use --device cpu")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
     raise MotionSSIMError(f"unknown device {device!r}: use auto, cpu, cuda or mps")
 
 
-# Loaded models, keyed by (path, mtime, device): repeated calls do not reload the file.
-_CACHE: dict[tuple[str, float, str], LoadedModel] = {}
+# Loaded checkpoints, keyed by (path, mtime, size, device): repeated calls do not reload the
+# file, and a file rewritten in place (new mtime or size) is loaded afresh.
+_CACHE: OrderedDict[tuple[str, int, int, str], LoadedModel] = OrderedDict()
 
 
-def get_model(model: ModelLike, device: torch.device) -> LoadedModel:
-    """A LoadedModel on `device` from a path, a module, a LoadedModel or None (bundled)."""
+def clear_model_cache() -> None:
+    _CACHE.clear()
+
+
+def get_model(model: ModelLike, device: str | torch.device) -> LoadedModel:
+    """A LoadedModel on `device` from a checkpoint path, None (the bundled model), a LoadedModel
+    or a torch module (moved to `device`; used as it is)."""
+    device = torch.device(device)
     if isinstance(model, LoadedModel):
-        return LoadedModel(model.model.to(device).eval(), model.metadata, model.path)
+        return LoadedModel(model.model.to(device), model.metadata, model.path)
     if isinstance(model, nn.Module):
-        return LoadedModel(model.to(device).eval(), {}, None)
-    from .checkpoint import default_model_path
-
+        return LoadedModel(model.to(device), {}, None)
     path = Path(model) if model is not None else default_model_path()
-    key = (str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0, str(device))
-    if key not in _CACHE:
-        _CACHE[key] = load_checkpoint(path, device=device)
-    return _CACHE[key]
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size, str(device))
+    except OSError:  # missing: let load_checkpoint say so in its words
+        return load_checkpoint(path, device=device)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    loaded = load_checkpoint(path, device=device)
+    if device.type == "cuda":  # the layout cuDNN's fastest convolutions use with autocast
+        loaded.model.to(memory_format=torch.channels_last)
+    _CACHE[key] = loaded
+    while len(_CACHE) > MODEL_CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return loaded
 
 
 def _forward(net: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.float16):
-            return net(x).float().reshape(-1)
-    return net(x).reshape(-1)
+    """(B, 1, H, W) float32 CPU batch -> (B,) float32 on CPU, raw (unclamped) outputs."""
+    if device.type != "cuda":
+        return net(x.to(device)).float().reshape(-1).cpu()
+    x = x.pin_memory().to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    out = None
+    for amp in CUDA_AMP_DTYPES:
+        with torch.autocast("cuda", dtype=amp):
+            out = net(x).float().reshape(-1)
+        if bool(torch.isfinite(out).all()):
+            break
+    return out.cpu()
 
 
-def _run_batches(net: nn.Module, inputs: np.ndarray, device: torch.device, batch_size: int,
-                 progress: Progress | None, cancel: Callable[[], bool] | None) -> np.ndarray:
-    out = np.empty(len(inputs), dtype=np.float32)
-    start = 0
-    while start < len(inputs):
-        if cancel is not None and cancel():
-            raise Cancelled("assessment cancelled")
-        stop = min(start + batch_size, len(inputs))
-        batch = torch.from_numpy(inputs[start:stop, None])
-        try:
-            out[start:stop] = _forward(net, batch, device).cpu().numpy()
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if batch_size > 1:  # retry this batch with half the batch size
-                batch_size = max(1, batch_size // 2)
-                continue
-            raise
-        start = stop
-        if progress is not None:
-            progress(start, len(inputs))
-    return out
+def _as_slices(images) -> tuple[np.ndarray | list[np.ndarray], int]:
+    """(N, H, W) array, (H, W) array, or a sequence of 2D arrays (shapes may differ)."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, Sequence) and not isinstance(images, np.ndarray) and images and all(
+            np.ndim(im) == 2 for im in images):
+        slices = [np.asarray(im) for im in images]
+        if len({s.shape for s in slices}) > 1:
+            return slices, len(slices)
+        images = np.stack(slices)
+    arr = np.asarray(images)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise MotionSSIMError(f"predict_slices: expected (N, H, W), (H, W) or a list of 2D "
+                              f"slices, got shape {arr.shape}")
+    return arr, len(arr)
+
+
+def _chunks(slices: np.ndarray | list[np.ndarray], batch_size: int):
+    """(indices, (n, H, W) array) pieces of at most batch_size slices of one shape."""
+    if isinstance(slices, np.ndarray):
+        for start in range(0, len(slices), batch_size):
+            yield np.arange(start, min(start + batch_size, len(slices))), \
+                slices[start:start + batch_size]
+        return
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(slices):
+        groups.setdefault(s.shape, []).append(i)
+    for idx in groups.values():
+        for start in range(0, len(idx), batch_size):
+            part = idx[start:start + batch_size]
+            yield np.asarray(part), np.stack([slices[i] for i in part])
 
 
 def predict_slices(images, model: ModelLike = None, device: str | torch.device = "auto",
                    batch_size: int = 32, pixel_spacing=(1.0, 1.0),
                    progress: Progress | None = None,
                    cancel: Callable[[], bool] | None = None) -> np.ndarray:
-    """Predicted SSIM of each slice: (N, H, W) or (H, W) array of any size and range -> (N,).
+    """Predicted SSIM of each slice, clamped to [0, 1]: float64 array of shape (N,).
 
-    The slices are fitted to the model input as DESIGN.md says (square pixels, min-max, pad or
-    anti-aliased downscale to 256 x 256). `model=None` uses the bundled default model; a path,
-    a torch module or a LoadedModel also work. `device="auto"` uses CUDA when available. On
-    CUDA out-of-memory the batch is halved, then the CPU is used with a warning.
+    images: (N, H, W) or (H, W) array in any intensity range and size, or a list of 2D slices
+    whose sizes differ. Each slice is fitted to the model input as DESIGN.md says (square
+    pixels, min-max, pad or anti-aliased downscale to 256 x 256), one batch at a time so that a
+    large volume never exists twice in memory. `model`: None (the bundled model), a checkpoint
+    path (loaded once and cached), a LoadedModel or a torch module (put in eval mode for the
+    call, its mode restored afterwards). `device="auto"`: CUDA, else MPS, else CPU. On CUDA the
+    forward runs under float16 autocast in channels-last layout; on CUDA out-of-memory the
+    batch is halved, and below one slice the CPU takes over with a warning. `progress(done,
+    total)` after each batch; `cancel()` returning True raises Cancelled.
     """
-    arr = np.asarray(images)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise MotionSSIMError(f"predict_slices: expected (N, H, W) or (H, W), got {arr.shape}")
+    slices, n = _as_slices(images)
     if batch_size < 1:
         raise MotionSSIMError(f"batch size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     loaded = get_model(model, dev)
-    inputs = to_model_input(arr, pixel_spacing, size=MODEL_SIZE)
-    with torch.inference_mode():
+    out = np.empty(n, dtype=np.float64)
+    if n == 0:
+        return out
+    net = loaded.model
+    was_training = net.training
+    net.eval()
+    done = 0
+    try:
+        with torch.inference_mode():
+            for idx, chunk in _chunks(slices, batch_size):
+                if not np.issubdtype(chunk.dtype, np.number) and chunk.dtype != bool:
+                    raise MotionSSIMError(f"predict_slices: non-numeric slices ({chunk.dtype})")
+                if not np.isfinite(chunk).all():
+                    raise MotionSSIMError("predict_slices: slices contain NaN or infinite "
+                                          f"values (slice {int(idx[0])} onwards)")
+                x = torch.from_numpy(to_model_input(chunk, pixel_spacing, size=MODEL_SIZE))
+                raw, net, dev, batch_size = _predict_chunk(net, x[:, None], dev, batch_size,
+                                                           cancel, lambda: _cpu_copy(loaded))
+                out[idx] = raw
+                done += len(idx)
+                if progress is not None:
+                    progress(done, n)
+    finally:
+        loaded.model.train(was_training)
+    if not np.isfinite(out).all():
+        raise MotionSSIMError("predict_slices: the model produced NaN/inf predictions "
+                              "(broken weights?)")
+    return np.clip(out, 0.0, 1.0)
+
+
+def _cpu_copy(loaded: LoadedModel) -> nn.Module:
+    """The network on the CPU for the out-of-memory fall-back. A checkpoint is loaded again
+    (the cached GPU copy stays valid for later calls); a caller's module is moved."""
+    if loaded.path:
+        return get_model(loaded.path, "cpu").model.eval()
+    return loaded.model.to("cpu", memory_format=torch.contiguous_format)
+
+
+def _predict_chunk(net: nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int,
+                   cancel: Callable[[], bool] | None, cpu_fallback: Callable[[], nn.Module]):
+    """Run one preprocessed chunk in batches; returns (raw, net, device, batch_size), which
+    change after an out-of-memory fall-back so that the rest of the run keeps them."""
+    raw = np.empty(len(x), dtype=np.float64)
+    start = 0
+    while start < len(x):
+        if cancel is not None and cancel():
+            raise Cancelled("assessment cancelled")
+        stop = min(start + batch_size, len(x))
         try:
-            raw = _run_batches(loaded.model, inputs, dev, batch_size, progress, cancel)
+            raw[start:stop] = _forward(net, x[start:stop], dev).numpy()
         except torch.cuda.OutOfMemoryError:
-            warnings.warn("CUDA out of memory even with batch size 1: running on the CPU",
-                          stacklevel=2)
-            cpu = get_model(model if model is not None else None, torch.device("cpu"))
-            raw = _run_batches(cpu.model, inputs, torch.device("cpu"), batch_size, progress,
-                               cancel)
-    return np.clip(raw, 0.0, 1.0).astype(np.float64)
+            torch.cuda.empty_cache()
+            if batch_size > 1:  # retry the same slices with half the batch
+                batch_size = max(1, batch_size // 2)
+                continue
+            warnings.warn("CUDA out of memory even with one slice per batch: continuing on "
+                          "the CPU", RuntimeWarning, stacklevel=4)
+            dev = torch.device("cpu")
+            net = cpu_fallback()
+            torch.cuda.empty_cache()
+            continue
+        start = stop
+    return raw, net, dev, batch_size
 
 
 @dataclass
@@ -150,24 +261,28 @@ class Assessment:
     orientation: str
     axis: str
     pixel_spacing: tuple[float, float] = (1.0, 1.0)
-    model: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)  # short model description
 
     def to_dict(self) -> dict[str, Any]:
-        return {"orientation": self.orientation, "axis": self.axis, "summary": self.summary,
-                "slices": [asdict(r) for r in self.records]}
+        return {"orientation": self.orientation, "axis": self.axis,
+                "pixel_spacing": list(self.pixel_spacing), "model": self.model,
+                "summary": self.summary, "slices": [asdict(r) for r in self.records]}
 
 
 def verdict_of(classes: np.ndarray) -> str:
-    """The volume verdict: the worst clinical class among its assessed slices."""
-    if len(classes) == 0:
-        return "no assessable slices"
-    worst = int(np.max(classes))
-    return {1: "good", 2: "sufficient", 3: "insufficient: re-scan"}[worst]
+    """The volume verdict: the worst clinical class among the assessed (non-empty) slices."""
+    classes = np.asarray(classes)
+    if classes.size == 0:
+        return NO_VERDICT
+    return VERDICTS[int(classes.max())]
 
 
 def summarize(ssim: np.ndarray, classes: np.ndarray, empty: np.ndarray, indices: np.ndarray,
-              thresholds: ClinicalThresholds, n_worst: int = 5) -> dict[str, Any]:
+              thresholds: ClinicalThresholds = ClinicalThresholds(),
+              n_worst: int = 5) -> dict[str, Any]:
     """Volume summary over the non-empty slices (empty ones are only counted)."""
+    ssim, classes = np.asarray(ssim, float), np.asarray(classes, int)
+    empty, indices = np.asarray(empty, bool), np.asarray(indices, int)
     keep = ~empty
     s, c, idx = ssim[keep], classes[keep], indices[keep]
     counts = {CLINICAL_NAMES[k]: int((c == k).sum()) for k in (1, 2, 3)}
@@ -176,6 +291,7 @@ def summarize(ssim: np.ndarray, classes: np.ndarray, empty: np.ndarray, indices:
     assessed = int(keep.sum())
     return {
         "verdict": verdict_of(c),
+        "verdict_rule": VERDICT_RULE,
         "n_slices": int(len(ssim)),
         "n_assessed": assessed,
         "mean_ssim": float(s.mean()) if assessed else None,
@@ -184,9 +300,26 @@ def summarize(ssim: np.ndarray, classes: np.ndarray, empty: np.ndarray, indices:
         "counts": counts,
         "fractions": {k: (counts[k] / assessed if assessed else 0.0)
                       for k in ("good", "sufficient", "insufficient")},
-        "worst_slices": [{"index": int(idx[i]), "ssim": float(s[i])} for i in order],
+        "worst_slices": [{"index": int(idx[i]), "ssim": float(s[i]),
+                          "class": CLINICAL_NAMES[int(c[i])]} for i in order],
         "thresholds": {"good": thresholds.good, "sufficient": thresholds.sufficient},
     }
+
+
+MODEL_SUMMARY_KEYS = ("architecture", "name", "dtype", "epoch", "step", "motionssim_version",
+                      "trained_on")
+
+
+def describe_model(loaded: LoadedModel) -> dict[str, Any]:
+    """The few metadata items a report shows about the model."""
+    meta = {k: loaded.metadata[k] for k in MODEL_SUMMARY_KEYS if k in loaded.metadata}
+    evaluation = loaded.metadata.get("evaluation")
+    if isinstance(evaluation, dict):  # its headline figures only (residual SD, MAE, ...)
+        meta["evaluation"] = {k: v for k, v in evaluation.items()
+                              if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    if loaded.path:
+        meta["path"] = loaded.path
+    return meta
 
 
 def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation: str = "auto",
@@ -197,25 +330,27 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
     """Predict every slice of a volume and summarise: per-slice records and a verdict.
 
     A bare array is taken as [k, j, i] with 1 mm isotropic voxels and identity directions.
-    Slices whose foreground share is below `min_foreground` (edges of the field of view) are
-    predicted but flagged empty, and left out of the summary and the verdict.
+    Slices whose foreground share is below `min_foreground` are predicted but flagged empty,
+    and left out of the summary and the verdict (see the module docstring for the rule).
     """
+    if not 0.0 <= min_foreground <= 1.0:
+        raise MotionSSIMError(f"min_foreground must lie in [0, 1], got {min_foreground}")
     if not isinstance(vol, Volume):
         vol = volume(vol)
+    if cancel is not None and cancel():
+        raise Cancelled("assessment cancelled")
     stack = extract_slices(vol, orientation)
     dev = resolve_device(device)
     loaded = get_model(model, dev)
     pred = predict_slices(stack.images, loaded, dev, batch_size, stack.pixel_spacing,
                           progress=progress, cancel=cancel)
     classes = clinical_class(pred, thresholds)
-    empty = np.asarray(stack.foreground) < min_foreground
+    foreground = np.asarray(stack.foreground, dtype=float)
+    empty = foreground < min_foreground
     records = [SliceRecord(int(i), float(p), float(s), int(c), float(f), bool(e))
                for i, p, s, c, f, e in zip(stack.indices, stack.positions_mm, pred, classes,
-                                           stack.foreground, empty, strict=True)]
+                                           foreground, empty, strict=True)]
     summary = summarize(pred, classes, empty, np.asarray(stack.indices), thresholds)
-    meta = {k: loaded.metadata.get(k) for k in ("architecture", "name", "trained_on")
-            if k in loaded.metadata}
-    if loaded.path:
-        meta["path"] = loaded.path
+    summary["min_foreground"] = float(min_foreground)
     return Assessment(records, summary, stack.orientation, stack.axis,
-                      tuple(stack.pixel_spacing), meta)
+                      tuple(float(v) for v in stack.pixel_spacing), describe_model(loaded))

@@ -6,21 +6,54 @@ import torch
 from torch import nn
 
 ARCHITECTURES = ("resnet18", "resnet101")
+# Blocks in layer3 tell the two ResNets apart (resnet18: 2 BasicBlocks, resnet101: 23 Bottlenecks)
+_LAYER3_BLOCKS = {2: "resnet18", 23: "resnet101"}
 
 
 def build_model(architecture: str = "resnet18") -> nn.Module:
-    """A freshly initialised ResNet-18/101 for 1 x 256 x 256 slices -> one SSIM value.
+    """A freshly initialised ResNet-18/101 for 1 x 256 x 256 slices -> one raw SSIM value.
 
-    No pretrained weights: nothing is downloaded (the paper trains from scratch).
+    No pretrained weights: nothing is downloaded (the paper trains from scratch). The output is
+    an unbounded regression value; inference clamps it to [0, 1].
     """
     import torchvision
 
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
     net = getattr(torchvision.models, architecture)(weights=None)
+    # grey-level MR slices: one input channel instead of RGB, same stem geometry
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     net.fc = nn.Linear(net.fc.in_features, 1)
+    net.motionssim_architecture = architecture
     return net
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain network inside DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def architecture_of(model: nn.Module) -> str:
+    """Which of ARCHITECTURES `model` is (ValueError for any other network)."""
+    net = unwrap(model)
+    tag = getattr(net, "motionssim_architecture", None)
+    if tag in ARCHITECTURES:
+        return tag
+    layer3 = getattr(net, "layer3", None)
+    conv1 = getattr(net, "conv1", None)
+    fc = getattr(net, "fc", None)
+    if (isinstance(layer3, nn.Sequential) and isinstance(conv1, nn.Conv2d)
+            and conv1.in_channels == 1 and isinstance(fc, nn.Linear) and fc.out_features == 1
+            and len(layer3) in _LAYER3_BLOCKS):
+        return _LAYER3_BLOCKS[len(layer3)]
+    raise ValueError(f"not a MotionSSIM network ({type(net).__name__}); build it with "
+                     f"build_model(), one of {ARCHITECTURES}")
 
 
 def count_parameters(model: nn.Module) -> int:

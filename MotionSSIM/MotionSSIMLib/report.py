@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .classes import CLINICAL_NAMES
+from .errors import InputError
 from .inference import Assessment
 
 CLASS_COLOURS = {1: "#2ca02c", 2: "#e6a700", 3: "#d62728"}
@@ -18,14 +19,21 @@ CSV_COLUMNS = ("index", "position_mm", "ssim", "class", "class_name", "foregroun
 
 
 def read_true_ssim(path: str | Path) -> np.ndarray:
-    """Per-slice true SSIM from a CSV with columns index,true_ssim (the sample's sidecar)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "true_ssim" not in rows[0]:
-        raise ValueError(f"{path}: expected a CSV with columns index,true_ssim")
-    out = np.full(max(int(r["index"]) for r in rows) + 1, np.nan)
-    for r in rows:
-        out[int(r["index"])] = float(r["true_ssim"])
+    """Per-slice true SSIM from a CSV with columns index,true_ssim (the sample's sidecar):
+    an array indexed by slice index, NaN for slices the file does not list."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "true_ssim" not in rows[0] or "index" not in rows[0]:
+            raise ValueError("expected a CSV with columns index,true_ssim")
+        pairs = [(int(r["index"]), float(r["true_ssim"])) for r in rows]
+        if min(i for i, _ in pairs) < 0:
+            raise ValueError("negative slice index")
+    except (OSError, ValueError, TypeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read true SSIM ({exc})") from None
+    out = np.full(max(i for i, _ in pairs) + 1, np.nan)
+    for i, v in pairs:
+        out[i] = v
     return out
 
 
@@ -34,14 +42,28 @@ def _versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"motionssim": __version__, "torch": torch.__version__,
+    return {"motionssim": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
 
 
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars/arrays in model metadata."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
 def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
-                 source: str | None = None, true_ssim: np.ndarray | None = None,
+                 true_ssim: np.ndarray | None = None, source: str | None = None,
                  ) -> dict[str, Path]:
-    """Write OUT/STEM_slices.csv, OUT/STEM_summary.json and OUT/STEM_chart.png."""
+    """Write OUT/STEM_slices.csv, OUT/STEM_summary.json and OUT/STEM_chart.png.
+
+    `true_ssim`: optional known SSIM per slice index (NaN where unknown), written as an extra
+    CSV column, compared in the JSON and drawn beside the prediction. `source`: the input path
+    recorded in the JSON. Returns {"csv": path, "json": path, "png": path}.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / f"{stem}_slices.csv", "json": out / f"{stem}_summary.json",
@@ -49,7 +71,8 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
     recs = assessment.records
     truth = None
     if true_ssim is not None:
-        truth = np.array([true_ssim[r.index] if r.index < len(true_ssim) else np.nan
+        known = np.asarray(true_ssim, dtype=float).reshape(-1)
+        truth = np.array([known[r.index] if 0 <= r.index < len(known) else np.nan
                           for r in recs])
     with open(paths["csv"], "w", newline="") as f:
         w = csv.writer(f)
@@ -61,8 +84,11 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
                 row.append(f"{truth[n]:.4f}")
             w.writerow(row)
     summary: dict[str, Any] = {"input": source, "orientation": assessment.orientation,
-                               "axis": assessment.axis, **assessment.summary,
-                               "model": assessment.model, "versions": _versions()}
+                               "axis": assessment.axis,
+                               "pixel_spacing_mm": list(assessment.pixel_spacing),
+                               **assessment.summary, "model": assessment.model,
+                               "files": {k: p.name for k, p in paths.items()},
+                               "versions": _versions()}
     if truth is not None:
         keep = ~np.array([r.empty for r in recs]) & np.isfinite(truth)
         pred = np.array([r.ssim for r in recs])
@@ -72,7 +98,7 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
                 "mean_abs_error": float(np.abs(err).mean()),
                 "mean_residual": float(err.mean()), "residual_sd": float(err.std()),
                 "n_slices": int(keep.sum())}
-    paths["json"].write_text(json.dumps(summary, indent=2))
+    paths["json"].write_text(json.dumps(summary, indent=2, default=_plain))
     plot_chart(assessment, paths["png"], title=source or stem, true_ssim=truth)
     return paths
 
@@ -101,9 +127,9 @@ def plot_chart(assessment: Assessment, path: Path, title: str = "",
         ax.scatter(x[empty], y[empty], s=28, facecolors="none", edgecolors="0.5",
                    label=f"empty ({empty.sum()})", zorder=2)
     if true_ssim is not None:
-        ax.plot(x, true_ssim, "k--", marker="x", ms=4, lw=0.8, label="true SSIM", zorder=2)
-    ax.axhline(th["good"], color=CLASS_COLOURS[1], ls=":", lw=1)
-    ax.axhline(th["sufficient"], color=CLASS_COLOURS[3], ls=":", lw=1)
+        ax.plot(x, true_ssim, color="k", marker="x", ms=4, lw=0.6, label="true SSIM", zorder=2)
+    ax.axhline(th["good"], color=CLASS_COLOURS[1], ls="--", lw=1)
+    ax.axhline(th["sufficient"], color=CLASS_COLOURS[3], ls="--", lw=1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(f"{assessment.orientation} slice index ({assessment.axis})")
     ax.set_ylabel("predicted SSIM")
