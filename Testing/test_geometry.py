@@ -129,3 +129,17 @@ def test_from_lps_converts_to_ras():
     vol = geometry.Volume.from_lps(np.zeros((2, 3, 4)), (1, 1, 1), np.eye(3).ravel(), (10, 20, 30))
     assert np.allclose(vol.directions, np.diag([-1, -1, 1]))
     assert vol.origin == (-10.0, -20.0, 30.0)
+
+
+def test_noise_only_edge_slices_are_empty_at_low_snr():
+    # Rayleigh background (magnitude MR) at SNR ~8, with a bias-darkened head in the middle
+    rng = np.random.default_rng(4)
+    sigma = 10.0
+    noise = np.hypot(rng.normal(0, sigma, (24, 80, 80)), rng.normal(0, sigma, (24, 80, 80)))
+    arr = noise.copy()
+    yy = np.linspace(0.6, 1.0, 60)[None, :, None]  # bias field across the head
+    arr[6:18, 10:70, 10:70] = 80 * yy + np.hypot(rng.normal(0, sigma, (12, 60, 60)),
+                                                rng.normal(0, sigma, (12, 60, 60)))
+    stack = geometry.extract_slices(geometry.volume(arr), "axial")
+    assert stack.foreground[:6].max() < 0.02 and stack.foreground[18:].max() < 0.02
+    assert stack.foreground[6:18].min() > 0.5
