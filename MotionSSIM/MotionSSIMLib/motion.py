@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ssim import _minmax
+from .intensity import minmax
 
 __all__ = ["kspace_motion", "torchio_motion", "random_motion_batch"]
 
@@ -167,15 +167,7 @@ def kspace_motion(
         moved_k = torch.fft.fft2(moved) * ramp[:, None]
         kspace[rows] = torch.where(take[rows][:, None], moved_k, kspace[rows])
     out = torch.fft.ifft2(kspace).abs()
-    return _minmax(out).float()
-
-
-def _minmax_np(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float32)
-    lo, hi = float(a.min()), float(a.max())
-    if not hi > lo:
-        return np.zeros_like(a)
-    return (a - lo) / (hi - lo)
+    return minmax(out).float()
 
 
 def torchio_motion(image: np.ndarray, severity: float, rng: np.random.Generator) -> np.ndarray:
@@ -196,7 +188,7 @@ def torchio_motion(image: np.ndarray, severity: float, rng: np.random.Generator)
     if img.ndim != 2:
         raise ValueError(f"torchio_motion: expected a 2D slice, got shape {img.shape}")
     s = float(np.clip(severity, 0.0, 1.0))
-    img = _minmax_np(img)
+    img = minmax(img)
     # Draw everything first, in a fixed order, so a seed fixes the result.
     transpose = bool(rng.random() < 0.5)
     n = max(1, math.ceil(s * TIO_MAX_TRANSFORMS * rng.uniform(0.5, 1.0)))
@@ -222,7 +214,7 @@ def torchio_motion(image: np.ndarray, severity: float, rng: np.random.Generator)
     out = np.abs(motion(subject)["image"].data[0, 0].numpy())
     if transpose:
         out = out.T
-    return _minmax_np(np.ascontiguousarray(out))
+    return minmax(np.ascontiguousarray(out))
 
 
 def _sample_severity(n: int, generator: torch.Generator | None = None) -> torch.Tensor:

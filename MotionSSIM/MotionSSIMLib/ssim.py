@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .intensity import minmax
+
 __all__ = ["ssim", "ssim_label"]
 
 K1 = 0.01
@@ -95,15 +97,7 @@ def ssim(
     return _ssim_map_mean(xb, yb, float(data_range), win_size, dtype).float()
 
 
-def _minmax(x: torch.Tensor) -> torch.Tensor:
-    """Per-slice min-max to [0, 1] over the last two dims; a constant slice becomes 0."""
-    lo = x.amin(dim=(-2, -1), keepdim=True)
-    hi = x.amax(dim=(-2, -1), keepdim=True)
-    span = hi - lo
-    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1), torch.zeros_like(x))
-
-
 def ssim_label(clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
     """The MotionSSIM label: SSIM (data_range 1) between the clean and the corrupted slice,
     each min-max normalised to [0, 1] first. Shapes as `ssim`; returns (B,) float32."""
-    return ssim(_minmax(clean.float()), _minmax(corrupted.float()), data_range=1.0)
+    return ssim(minmax(clean.float()), minmax(corrupted.float()), data_range=1.0)
