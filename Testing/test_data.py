@@ -123,8 +123,31 @@ def test_samples_deterministic_central_and_not_empty(tmp_path):
     fresh = data.SliceDataset([aniso], seed=3, input_size=64)
     assert torch.equal(fresh[(0, 1, 5)][0], a)
     assert fresh.cache.misses == 2   # the volume and its usable slices
+
     fresh[(0, 1, 7)]
     assert fresh.cache.misses == 2, "the volume was read again"
+
+
+def test_all_slices_reach_the_edges_of_the_head(tmp_path):
+    # Content in slices 2..21 of 24: "central" keeps to 6..17, "all" reaches the top and bottom
+    # (a whole-volume assessment reads those too) but never an empty slice.
+    arr = np.zeros((24, 48, 48), np.float32)
+    for k in range(2, 22):
+        arr[k, 10:38, 12:36] = 10.0 * (k + 1)
+    path = write_volume(tmp_path / "aniso.nii.gz", arr, spacing=(1.0, 1.0, 3.0))
+    seen = {}
+    for slices in data.SLICE_RANGES:
+        ds = data.SliceDataset([path], seed=1, input_size=64, slices=slices)
+        ks = set()
+        for i in range(200):
+            img, _ = ds.draw(data.sample_rng(1, 0, 0, i))
+            ks.add(int(img.max() // 10) - 1)
+        seen[slices] = ks
+    assert seen["central"] <= set(range(6, 18))
+    assert seen["all"] <= set(range(2, 22))
+    assert min(seen["all"]) <= 3 and max(seen["all"]) >= 20
+    with pytest.raises(InputError, match="slices"):
+        data.SliceDataset([path], slices="middle")
 
 
 def test_isotropic_volume_uses_all_three_orientations(tmp_path):

@@ -242,3 +242,44 @@ def test_train_script_help_and_sigterm(toy, tmp_path):
     assert "--resume" in err
     st = torch.load(run / "state.pt", weights_only=True)
     assert st["step"] >= 1 and st["settings"]["epochs"] == 1000
+
+
+def test_dihedral_keeps_the_ssim_label():
+    from MotionSSIMLib import motion, ssim
+
+    g = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    # no symmetry of its own, so that the eight transforms all differ
+    clean = ((x / 0.7) ** 2 + (y / 0.8) ** 2 < 1).float() * (0.5 + 0.3 * torch.sin(7 * x + 2)
+                                                             + 0.2 * y + 0.1 * x * y)
+    clean = clean[None, None].repeat(3, 1, 1, 1)
+    moved = motion.kspace_motion(clean, torch.tensor([0.3, 0.6, 0.9]), generator=g)
+    label = ssim.ssim_label(clean, moved)
+    seen = set()
+    for t in range(8):
+        a, b = trainer.dihedral(clean, t), trainer.dihedral(moved, t)
+        seen.add(a[0, 0].numpy().tobytes())
+        assert torch.allclose(ssim.ssim_label(a, b), label, atol=1e-5)
+    assert len(seen) == 8, "the eight transforms are not all different"
+
+
+def test_reuse_takes_several_steps_per_batch_and_resumes_exactly(toy, tmp_path):
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    ref = train(small(reuse=3), ref_dir, toy["train"], toy["val"])
+    assert ref.status == "finished" and ref.step == 2 * 3 * 3  # epochs x batches x reuse
+    assert [int(r["step"]) for r in log_rows(ref_dir)] == [9, 18]
+
+    def kill_at_batch_4(event):
+        if (event["epoch"], event["batch"]) == (1, 1):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(small(reuse=3), cut_dir, toy["train"], toy["val"], callback=kill_at_batch_4)
+    res = train(small(reuse=3), cut_dir, resume=True)
+    assert res.step == 18
+    assert same_weights(weights(cut_dir), weights(ref_dir))
+    # a plain run of the same batches ends elsewhere: the extra steps did something
+    plain = train(small(), tmp_path / "plain", toy["train"], toy["val"])
+    assert plain.step == 6 and not same_weights(weights(tmp_path / "plain"), weights(ref_dir))
+    with pytest.raises(InputError, match="reuse"):
+        small(reuse=9).validate()

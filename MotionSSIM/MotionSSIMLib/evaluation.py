@@ -172,15 +172,16 @@ def evaluate_predictions(pred: np.ndarray, true: np.ndarray,
 def test_set(paths: Sequence[str | Path], n: int = 10000, seed: int = 0, input_size: int = 256,
              contrast: bool = True, p_torchio: float = 0.5, device: Any = "cpu",
              workers: int = 0, chunk: int = 100,
-             cache_mb: int = 2048) -> Iterator[tuple[Any, Any]]:
+             cache_mb: int = 2048, slices: str = "central") -> Iterator[tuple[Any, Any]]:
     """The N corrupted test slices drawn from the test volumes as in training, in chunks of
     `chunk`: yields (images (c, 1, S, S), labels (c,)) on `device`. Deterministic for a given
-    (paths, n, seed, input_size, contrast, p_torchio, chunk)."""
+    (paths, n, seed, input_size, contrast, p_torchio, chunk, slices); `slices` as in
+    `data.slice_candidates` (the paper's central half by default)."""
     from .data import STREAMS, SliceDataset
     from .pipeline import fixed_set
 
     ds = SliceDataset(list(paths), seed=seed, input_size=input_size,
-                      cache_bytes=int(cache_mb) << 20)
+                      cache_bytes=int(cache_mb) << 20, slices=slices)
     yield from fixed_set(ds, STREAMS["test"], n, seed, contrast, p_torchio, device,
                          chunk=chunk, workers=workers)
 
@@ -219,8 +220,10 @@ def evaluate_checkpoints(
     thresholds: ClinicalThresholds | None = None,
     progress: bool = True,
     report: Any = None,
+    slices: str = "central",
 ) -> dict[str, Any]:
     """Evaluate several checkpoints on one seeded test set and write the report to `out_dir`.
+    `slices`: the test slices, "central" half (the paper's protocol) or "all" non-empty ones.
     Returns the report dict (as in report.json)."""
     import torch
 
@@ -253,7 +256,7 @@ def evaluate_checkpoints(
     chunk = max(1, min(int(batch_size), n))
     with torch.no_grad():
         for images, labels in test_set(good, n, seed, input_size, contrast, p_torchio,
-                                       dev, workers, chunk):
+                                       dev, workers, chunk, slices=slices):
             images = images.to(dev)
             trues.append(labels.float().cpu().numpy())
             for j, m in enumerate(loaded):
@@ -278,6 +281,7 @@ def evaluate_checkpoints(
     result = {
         "protocol": {"n": int(true.size), "seed": seed, "contrast_augmentation": contrast,
                      "p_torchio": p_torchio, "input_size": input_size, "chunk": chunk,
+                     "slices": slices,
                      "test_data": summarize_volumes(infos), "class_counts": list(CLASS_COUNTS),
                      "residuals": "predicted - true"},
         "models": models,
@@ -371,7 +375,8 @@ def _markdown(result: dict[str, Any]) -> str:
         "",
         f"{p['n']} corrupted test slices from {p['test_data'].get('volumes', 0)} test volumes, "
         f"seed {p['seed']}, contrast augmentation {'on' if p['contrast_augmentation'] else 'off'}"
-        f", TorchIO share {p['p_torchio']}, input {p['input_size']} px. "
+        f", TorchIO share {p['p_torchio']}, input {p['input_size']} px, "
+        f"{p.get('slices', 'central')} slices. "
         "Residual = predicted − true SSIM.",
         "",
         "## Regression",

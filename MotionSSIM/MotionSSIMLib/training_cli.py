@@ -113,6 +113,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fine-tune) instead of random ones")
+    g.add_argument("--slices", choices=("central", "all"), default="central",
+                   help="slices drawn from each volume: the central half (the paper's) or all "
+                        "non-empty ones (top and bottom of the head included)")
+    g.add_argument("--reuse", type=_positive_int, default=1, metavar="K",
+                   help="optimizer steps per generated batch, each on another flip/quarter turn "
+                        "of it (the SSIM label holds for all; at most 8): faster where "
+                        "generating samples is the bottleneck (CPU training)")
     g.add_argument("--input-size", type=_positive_int, default=256, help=argparse.SUPPRESS)
     g = parser.add_argument_group("machine")
     g.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1, ...")
@@ -145,6 +152,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=_positive_int, default=10000,
                         help="number of test slices (default 10000, as in the paper)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--slices", choices=("central", "all"), default="central",
+                        help="test slices: the central half (the paper's protocol) or all "
+                             "non-empty ones")
     parser.add_argument("--no-contrast", dest="contrast", action="store_false",
                         help="no contrast augmentation of the test slices")
     parser.add_argument("--p-torchio", type=_probability, default=0.5)
@@ -178,7 +188,8 @@ def run_train(args: argparse.Namespace) -> int:
             val_samples=args.val_samples, seed=args.seed, workers=args.workers,
             device=args.device, pipeline=args.pipeline, amp=args.amp,
             checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb,
-            progress=args.progress, init_from=args.init_from)
+            progress=args.progress, init_from=args.init_from, slices=args.slices,
+            reuse=args.reuse)
         train_paths: list = []
         val_paths: list = []
         if not args.resume:
@@ -224,7 +235,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             contrast=args.contrast, p_torchio=args.p_torchio, device=args.device,
             batch_size=args.batch_size, workers=args.workers,
             thresholds=ClinicalThresholds(good=args.good, sufficient=args.sufficient),
-            progress=args.progress)
+            progress=args.progress, slices=args.slices)
     except MotionSSIMError as exc:
         return _error(exc)
     for name, m in result["models"].items():
