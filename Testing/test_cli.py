@@ -95,12 +95,12 @@ def test_module_entry_point_runs_as_subprocess(ckpt, inputs, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "MotionSSIMLib", "assess",
                            str(inputs / "head.nii.gz"), str(inputs / "fourd.nii.gz"),
                            "--model", str(ckpt), "--device", "cpu", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+                          capture_output=True, text=True, encoding="utf-8", env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "fourd.nii.gz" in proc.stderr
     assert "head.nii.gz:" in proc.stdout
     help_text = subprocess.run([sys.executable, "-m", "MotionSSIMLib", "train", "--help"],
-                               capture_output=True, text=True, env=env, timeout=120).stdout
+                               capture_output=True, text=True, encoding="utf-8", env=env, timeout=120).stdout
     assert "--resume" in help_text and "--architecture" in help_text
 
 

@@ -137,3 +137,28 @@ def test_singleton_fourth_dimension_is_squeezed(tmp_path):
     a = _head()
     p = _write_nifti(tmp_path / "t1.nii.gz", np.transpose(a, (2, 1, 0))[..., None])
     assert read_volume(p).array.shape == a.shape
+
+
+def test_size_is_checked_on_the_header_before_the_voxels_are_read(tmp_path):
+    # Headers that declare huge or 4D images, with (almost) no voxel data behind them: the
+    # refusal must come from the header, before any attempt to read 64 GiB of voxels.
+    nii = tmp_path / "huge.nii"
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((4096, 4096, 4096))
+    hdr.set_data_dtype(np.int16)
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), nii)
+    raw = bytearray(nii.read_bytes())
+    raw[:348] = hdr.binaryblock  # same header layout, bigger declared shape, data left short
+    nii.write_bytes(bytes(raw))
+    mha = tmp_path / "huge.mha"
+    mha.write_text("ObjectType = Image\nNDims = 3\nDimSize = 5000 5000 5000\n"
+                   "ElementType = MET_SHORT\nElementDataFile = LOCAL\n")
+    nrrd4d = tmp_path / "series.nhdr"
+    nrrd4d.write_text("NRRD0004\ntype: short\ndimension: 4\nsizes: 64 64 20 30\n"
+                      "encoding: raw\nendian: little\ndata file: series.raw\n")
+    (tmp_path / "series.raw").write_bytes(b"")  # ITK opens it, but reads nothing yet
+    for path, pattern in ((nii, "too large"), (mha, "too large"), (nrrd4d, "4D image with 30")):
+        with pytest.raises(InputError) as info:
+            read_volume(path)
+        msg = str(info.value)
+        assert pattern in msg and str(path) in msg and "\n" not in msg, msg

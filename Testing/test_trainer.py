@@ -217,7 +217,7 @@ def test_train_script_help_and_sigterm(toy, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # the script finds the engine by itself (../MotionSSIM) and explains the data layout
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
-                         text=True, env=env, timeout=120)
+                         text=True, encoding="utf-8", env=env, timeout=120)
     assert out.returncode == 0 and "data layout" in out.stdout and "--resume" in out.stdout
     run = tmp_path / "run"
     proc = subprocess.Popen(
@@ -225,7 +225,7 @@ def test_train_script_help_and_sigterm(toy, tmp_path):
          "--out", str(run), "--epochs", "1000", "--samples-per-epoch", "8", "--batch-size",
          "8", "--val-samples", "8", "--input-size", "48", "--workers", "0", "--no-progress",
          "--p-torchio", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env)
     try:
         import time
 

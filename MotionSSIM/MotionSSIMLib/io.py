@@ -37,20 +37,40 @@ def _check_values(path: Path, arr: np.ndarray) -> None:
         raise InputError(f"{path}: the image is constant (every voxel is {arr.flat[0]})")
 
 
-def _check_shape(path: Path, vol: Volume) -> None:
-    k, j, i = vol.array.shape
-    if vol.array.size > MAX_VOXELS:
+def _check_dims(path: Path, i: int, j: int, k: int) -> None:
+    """Refuse a matrix too small or too large to assess. Called on the header's size before
+    the voxels are read (a 4096^3 file is refused at once, without loading 64 GiB), and again
+    on the array that was read."""
+    n = int(i) * int(j) * int(k)
+    if n > MAX_VOXELS:
         raise InputError(f"{path}: too large ({i}x{j}x{k} voxels; at most {MAX_VOXELS})")
-    sides = sorted((i, j, k))
     if k == 1:  # a single 2D slice
         sides = sorted((i, j))
     else:
-        sides = sides[1:]  # a thin stack still has two real in-plane sides
+        sides = sorted((i, j, k))[1:]  # a thin stack still has two real in-plane sides
     if sides[0] < MIN_SIDE:
         raise InputError(f"{path}: matrix {i}x{j}x{k} is too small (at least {MIN_SIDE} pixels "
                          "in-plane)")
     if max(i, j, k) > MAX_SIDE:
         raise InputError(f"{path}: matrix {i}x{j}x{k} is too large (at most {MAX_SIDE} per side)")
+
+
+def _check_shape(path: Path, vol: Volume) -> None:
+    k, j, i = vol.array.shape
+    _check_dims(path, i, j, k)
+
+
+def _check_header_size(path: Path, size: tuple[int, ...]) -> None:
+    """Checks on an ITK-ordered size (i, j[, k[, t]]) read from a header."""
+    size = tuple(int(s) for s in size)
+    while len(size) > 3 and size[-1] == 1:
+        size = size[:-1]
+    if len(size) > 3:
+        raise InputError(f"{path}: a {len(size)}D image with {size[3]} volumes (size "
+                         f"{'x'.join(map(str, size))}); expected one 3D volume; split the "
+                         "series into 3D volumes first")
+    i, j, k = (*size, 1, 1)[:3]
+    _check_dims(path, i, j, k)
 
 
 def _squeeze_to_3d(path: Path, arr: np.ndarray) -> np.ndarray:
@@ -59,7 +79,7 @@ def _squeeze_to_3d(path: Path, arr: np.ndarray) -> np.ndarray:
         arr = arr[0]
     if arr.ndim > 3:
         raise InputError(f"{path}: a {arr.ndim}D image (shape {arr.shape}); expected one 3D "
-                         "volume — split the series into 3D volumes first")
+                         "volume; split the series into 3D volumes first")
     return arr
 
 
@@ -73,10 +93,18 @@ def _read_sitk(path: Path) -> Volume:
             if not ids:
                 raise InputError(f"{path}: no DICOM series in this folder")
             files = reader.GetGDCMSeriesFileNames(str(path), ids[0])
+            info = sitk.ImageFileReader()
+            info.SetFileName(files[0])
+            info.ReadImageInformation()
+            _check_header_size(path, (*info.GetSize()[:2], len(files)))
             reader.SetFileNames(files)
             img = reader.Execute()
         else:
-            img = sitk.ReadImage(str(path))
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            _check_header_size(path, reader.GetSize())
+            img = reader.Execute()
     except InputError:
         raise
     except RuntimeError as exc:
@@ -117,20 +145,26 @@ def _read_nifti(path: Path) -> Volume:
     corrupt data from the checks below."""
     import nibabel as nib
 
+    def unreadable(exc: Exception) -> InputError:
+        detail = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        return InputError(f"{path}: not a readable NIfTI image ({detail})")
+
     try:
-        img = nib.load(str(path))
-        arr = np.asanyarray(img.dataobj)
+        img = nib.load(str(path))  # the header only: the voxels are read below
     except Exception as exc:  # nibabel raises several types for foreign or truncated files
-        raise InputError(f"{path}: not a readable NIfTI image "
-                         f"({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})"
-                         ) from None
+        raise unreadable(exc) from None
+    _check_header_size(path, img.shape)
+    try:
+        arr = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise unreadable(exc) from None
     if arr.ndim == 2:
         arr = arr[..., None]
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3:
         raise InputError(f"{path}: a {arr.ndim}D image (shape {arr.shape}); expected one 3D "
-                         "volume — split the series into 3D volumes first")
+                         "volume; split the series into 3D volumes first")
     aff = np.asarray(img.affine, float)
     spacing = np.linalg.norm(aff[:3, :3], axis=0)
     return volume(np.transpose(arr, (2, 1, 0)), spacing, aff[:3, :3] / spacing,
@@ -139,7 +173,12 @@ def _read_nifti(path: Path) -> Volume:
 
 def _read_npy(path: Path) -> Volume:
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")  # shape first, voxels after
+        shape = arr.shape
+        if len(shape) in (2, 3):
+            k, j, i = ((1, *shape) if len(shape) == 2 else shape)
+            _check_dims(path, i, j, k)
+        arr = np.array(arr)
     except ValueError as exc:
         raise InputError(f"{path}: not a plain numeric .npy array ({exc})") from None
     except OSError as exc:
