@@ -72,6 +72,7 @@ class MotionSSIMTrainingParameterNode:
     outputFolder: pathlib.Path
     architecture: Annotated[str, Choice(ARCHITECTURES)] = "resnet18"
     contrastAugmentation: bool = True
+    allSlices: bool = False
     torchioShare: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     epochs: Annotated[int, WithinRange(1, 100000)] = 2000
     samplesPerEpoch: Annotated[int, WithinRange(1, 10000000)] = 200
@@ -336,6 +337,7 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
             lr=p.learningRate,
             contrast=p.contrastAugmentation,
             p_torchio=p.torchioShare,
+            slices="all" if p.allSlices else "central",
             device=p.device,
             resume=p.resume,
         )

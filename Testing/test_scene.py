@@ -446,6 +446,7 @@ def test_training_arguments_match_the_trainer_parser(tmp_path):
         contrast=False,
         p_torchio=0.3,
         device="cpu",
+        slices="all",
     )
     parsed = parse_train_args(args)
     assert parsed.out == str(tmp_path / "run")
@@ -456,7 +457,9 @@ def test_training_arguments_match_the_trainer_parser(tmp_path):
     assert parsed.lr == pytest.approx(2.5e-4)
     assert parsed.p_torchio == pytest.approx(0.3)
     assert parsed.contrast is False and parsed.resume is False
-    assert parsed.device == "cpu" and parsed.progress is False
+    assert parsed.device == "cpu" and parsed.progress is False and parsed.slices == "all"
+    default = parse_train_args(ms.training_arguments(out="run", data="split.json"))
+    assert default.slices == "central"  # the paper's protocol unless asked otherwise
 
     # resume: only the output folder and a longer schedule; data come from the saved run
     resumed = parse_train_args(ms.training_arguments(out="run", resume=True, epochs=20))

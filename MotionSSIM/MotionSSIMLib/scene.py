@@ -604,6 +604,7 @@ def training_arguments(
     p_torchio: float = 0.5,
     device: str = "auto",
     resume: bool = False,
+    slices: str = "central",
 ) -> list[str]:
     """Command-line arguments of `train.py` / `python -m MotionSSIMLib train` for these settings.
 
@@ -628,6 +629,8 @@ def training_arguments(
         ]
         if not contrast:
             args.append("--no-contrast")
+        if slices != "central":
+            args += ["--slices", slices]
     args += ["--epochs", str(int(epochs)), "--device", device, "--no-progress"]
     return args
 
