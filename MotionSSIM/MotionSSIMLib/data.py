@@ -276,7 +276,7 @@ def slice_candidates(stack: Any, slices: str = "central",
     """Positions in a SliceStack that samples are drawn from. "central": the paper's protocol
     (`central_candidates`). "all": every slice with foreground >= min_foreground, so that the
     model also learns the top and bottom of the head, which a whole-volume assessment reads
-    (trained on the central half only, the bundled model read clean edge slices ~0.1 low);
+    (trained on the central half only, a model read the sample's clean edge slices low);
     falls back to "central" when no slice qualifies."""
     if slices == "central":
         return central_candidates(stack, min_foreground)

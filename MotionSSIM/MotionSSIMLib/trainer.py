@@ -54,7 +54,7 @@ STATE_FORMAT = "motionssim-train-state"
 STATE_VERSION = 1
 # Settings that fix the random stream or the model: on resume the saved values win.
 _RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
-             "p_torchio", "val_samples", "seed", "slices", "reuse")
+             "p_torchio", "val_samples", "seed", "slices")
 
 
 class TrainingDiverged(MotionSSIMError):
@@ -87,14 +87,13 @@ class TrainSettings:
     distributed: bool | None = None  # None = when WORLD_SIZE > 1
     init_from: str | None = None   # start from this checkpoint's weights (fine-tuning)
     slices: str = "central"        # slices drawn: "central" half (paper) or "all" non-empty
-    reuse: int = 1                 # optimizer steps per generated batch (see `dihedral`)
 
     def validate(self) -> None:
         from .model import ARCHITECTURES
 
         if self.architecture not in ARCHITECTURES:
             raise InputError(f"architecture: {self.architecture!r} is not one of {ARCHITECTURES}")
-        for name in ("epochs", "samples_per_epoch", "batch_size", "input_size", "reuse"):
+        for name in ("epochs", "samples_per_epoch", "batch_size", "input_size"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.input_size < 32:
@@ -105,8 +104,6 @@ class TrainSettings:
             raise InputError(f"lr: must be positive, got {self.lr}")
         if self.val_samples < 0 or self.checkpoint_every < 0:
             raise InputError("val_samples and checkpoint_every must not be negative")
-        if self.reuse > 8:
-            raise InputError(f"reuse: at most 8 (the symmetries of a square), got {self.reuse}")
         if self.slices not in SLICE_RANGES:
             raise InputError(f"slices: {self.slices!r} is not one of {SLICE_RANGES}")
         if self.pipeline not in ("auto", "device", "workers"):
@@ -412,7 +409,7 @@ class _Run:
                          "batch_size": s.batch_size, "lr": s.lr, "optimizer": "Adam",
                          "loss": "MSE", "contrast_augmentation": s.contrast,
                          "p_torchio": s.p_torchio, "seed": s.seed, "slices": s.slices,
-                         "reuse": s.reuse, "world_size": self.dist.world},
+                         "world_size": self.dist.world},
             "epoch": self.epoch + 1,
             "step": self.step,
             "metrics": metrics,
@@ -517,17 +514,6 @@ def _train_batches(run: _Run, n_batches: int):
             return max(0, (s.epochs - first_epoch) * n_batches - first_batch)
 
     return Batches()
-
-
-def dihedral(images: torch.Tensor, t: int) -> torch.Tensor:
-    """Transform t (0-7) of the square's symmetry group applied to (B, C, H, W) images: t % 4
-    quarter turns, then a left-right flip if t >= 4. SSIM is computed over the same windows
-    whatever the flip or turn, so the label of a corrupted slice holds for all eight (the
-    phase-encoding axis turns with the image, as it may on a scanner). With reuse > 1 each
-    generated batch is trained on under several of them: where drawing and corrupting slices is
-    the bottleneck (CPU training) that gives more optimizer steps per generated sample."""
-    out = torch.rot90(images, int(t) % 4, dims=(-2, -1))
-    return torch.flip(out, dims=(-1,)) if int(t) % 8 >= 4 else out
 
 
 def _diverged(run: _Run, what: str) -> TrainingDiverged:
@@ -690,11 +676,7 @@ def _loop(run: _Run, stop: _StopFlag,
             images, labels = pipeline.to_device_batch(batch, run.device, collate,
                                                       run.channels_last)
             n_global = min(s.samples_per_epoch, (b + 1) * s.batch_size) - b * s.batch_size
-            # The first pass sees the batch as generated (its loss, on unseen samples, is the
-            # one logged); later passes see other symmetries of it.
             batch_se = _step(run, images, labels, n_global)
-            for r in range(1, s.reuse):
-                _step(run, dihedral(images, (epoch + b + r) % 7 + 1), labels, n_global)
             now = time.perf_counter()
             dt, t_last = now - t_last, now
             run.next_batch = b + 1
@@ -702,7 +684,7 @@ def _loop(run: _Run, stop: _StopFlag,
             run.epoch_n += n_global
             run.epoch_time += dt
             run.elapsed += dt
-            session_samples += n_global * s.reuse  # samples trained on (per second in the log)
+            session_samples += n_global
             session_time += dt
             if bar is not None:
                 bar.update(1)
@@ -711,8 +693,7 @@ def _loop(run: _Run, stop: _StopFlag,
             if callback is not None:
                 callback({"epoch": epoch, "batch": b, "step": run.step,
                           "loss": batch_se / n_global})
-            if s.checkpoint_every and run.step // s.checkpoint_every != (
-                    run.step - s.reuse) // s.checkpoint_every:
+            if s.checkpoint_every and run.step % s.checkpoint_every == 0:
                 run.save_state()
             if run.next_batch == n_batches:
                 _end_epoch(run, val_set, session_samples, session_time)
