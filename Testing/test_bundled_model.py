@@ -62,3 +62,25 @@ def test_truncated_bundled_model_is_refused(tmp_path):
     copy.write_bytes(data[: len(data) - 4096])
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_checkpoint(copy)
+
+
+def _real_scans_script():
+    import importlib.util
+
+    path = default_model_path().parents[3] / "scripts" / "check_real_scans.py"
+    spec = importlib.util.spec_from_file_location("check_real_scans", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bundled_model_on_a_real_epi_scan():
+    # A real scan, not a synthetic subject: nibabel's example EPI (2 x 2 x 2.2 mm, a contrast
+    # and resolution the synthetic set only imitates), clean and with synthetic motion.
+    # The model card gives the figures; these bounds catch a model that does not generalise.
+    check = _real_scans_script()
+    r = check.check_volume(check.real_volumes()["epi"], model=None, seed=0)
+    assert r["slices"] >= 20 and r["samples"] == r["slices"] * (1 + check.REPEATS)
+    assert r["mae"] < 0.06, r
+    assert r["clean_mean_prediction"] > 0.9, r
+    assert r["accuracy_clinical"] > 0.85, r
