@@ -58,6 +58,85 @@ def test_display_orientation_matches_slicer_views(directions, orientation):
     assert np.ptp(ras[..., normal]) < 0.5 * min(np.ptp(ras[..., a]) for a in range(3) if a != normal)
 
 
+def _slicer_reslice(path, orientation: str, position_mm: float, shape_hw, zoom: int = 4):
+    """The slice Slicer's Red view would show: vtkMRMLSliceLogic reslicing the volume file
+    loaded as Slicer loads it, in a view of zoom x the slice's pixels fitted to the volume,
+    then averaged back to one value per slice pixel (rows top to bottom)."""
+    from vtk.util import numpy_support
+
+    scene = slicer.vtkMRMLScene()
+    volumes_logic = slicer.vtkSlicerVolumesLogic()
+    volumes_logic.SetMRMLScene(scene)
+    node = volumes_logic.AddArchetypeVolume(str(path), "volume", 0)
+    slice_node = slicer.vtkMRMLSliceNode()
+    slice_node.SetLayoutName("Red")
+    scene.AddNode(slice_node)
+    preset = vtk.vtkMatrix3x3()
+    getattr(slicer.vtkMRMLSliceNode, f"Get{orientation.capitalize()}SliceToRASMatrix")(preset)
+    slice_to_ras = slice_node.GetSliceToRAS()
+    for r in range(3):
+        for c in range(3):
+            slice_to_ras.SetElement(r, c, preset.GetElement(r, c))
+    slice_node.UpdateMatrices()
+    composite = slicer.vtkMRMLSliceCompositeNode()
+    composite.SetLayoutName("Red")
+    scene.AddNode(composite)
+    composite.SetBackgroundVolumeID(node.GetID())
+    logic = slicer.vtkMRMLSliceLogic()
+    logic.SetMRMLScene(scene)
+    logic.SetSliceNode(slice_node)
+    h, w = shape_hw
+    slice_node.SetDimensions(w * zoom, h * zoom, 1)
+    logic.FitSliceToAll()
+    # the offset runs along the view's normal, which may point against the anatomical axis
+    axis = {"sagittal": 0, "coronal": 1, "axial": 2}[orientation]
+    logic.SetSliceOffset(float(position_mm) * preset.GetElement(axis, 2))
+    layer = logic.GetBackgroundLayer()
+    layer.SetVolumeNode(node)
+    logic.UpdatePipeline()
+    reslice = layer.GetReslice()
+    reslice.Update()
+    image = reslice.GetOutput()
+    nx, ny, _ = image.GetDimensions()
+    a = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(ny, nx, -1)[..., 0]
+    scene.Clear(1)
+    return a[::-1].reshape(h, zoom, w, zoom).mean(axis=(1, 3))  # VTK rows go up
+
+
+@pytest.mark.parametrize("directions", [np.eye(3), PERMUTED], ids=["identity", "permuted-flipped"])
+@pytest.mark.parametrize("orientation", geometry.ORIENTATIONS)
+def test_slices_are_what_slicer_shows(tmp_path, directions, orientation):
+    # Blocks at distinct places and a ramp along every axis, so that any flip shows.
+    import nibabel as nib
+
+    from MotionSSIMLib import io
+
+    k, j, i = np.meshgrid(np.arange(20), np.arange(40), np.arange(60), indexing="ij")
+    arr = (i / 60 + 2 * j / 40 + 3 * k / 20).astype(np.float32)  # [k, j, i]
+    arr[:, 5:30, 10:25] = 1.0
+    arr[:, 8:12, 40:55] = 2.0
+    arr[3:8, 20:36, :] += 0.5
+    arr[12:16, :, 30:38] += 0.8
+    affine = np.eye(4)
+    affine[:3, :3] = directions
+    affine[:3, 3] = (10.0, -20.0, 5.0)
+    path = tmp_path / "blocks.nii.gz"
+    nib.save(nib.Nifti1Image(np.transpose(arr, (2, 1, 0)), affine), path)
+    stack = geometry.extract_slices(io.read_volume(path), orientation)
+    for n in (len(stack.images) // 3, len(stack.images) // 2 + 1):
+        ours = stack.images[n]
+        shown = _slicer_reslice(path, orientation, stack.positions_mm[n], ours.shape)
+
+        def corr(a, b):
+            return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+        same = corr(ours, shown)
+        assert same > 0.95, f"slice {n}: correlation {same:.3f} with Slicer's view"
+        for name, other in (("upside down", ours[::-1]), ("mirrored", ours[:, ::-1]),
+                            ("rotated", ours[::-1, ::-1])):
+            assert corr(other, shown) < same - 0.1, f"slice {n} matches Slicer {name}"
+
+
 def test_positions_and_spacing_follow_geometry():
     vol = _coordinate_volume(PERMUTED)
     stack = geometry.extract_slices(vol, "axial")
