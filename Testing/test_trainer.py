@@ -54,7 +54,8 @@ def toy(tmp_path_factory):
 
 def small(**kw) -> TrainSettings:
     base = dict(epochs=2, samples_per_epoch=24, batch_size=8, input_size=48, val_samples=8,
-                workers=0, progress=False, p_torchio=0.25, checkpoint_every=2, seed=7)
+                workers=0, progress=False, p_torchio=0.25, checkpoint_every=2, seed=7,
+                bn_calibration=16)
     base.update(kw)
     return TrainSettings(**base)
 
@@ -224,7 +225,7 @@ def test_train_script_help_and_sigterm(toy, tmp_path):
         [sys.executable, str(script), "--", "--data", str(toy["dir"] / "split.json"),
          "--out", str(run), "--epochs", "1000", "--samples-per-epoch", "8", "--batch-size",
          "8", "--val-samples", "8", "--input-size", "48", "--workers", "0", "--no-progress",
-         "--p-torchio", "0"],
+         "--p-torchio", "0", "--bn-calibration", "8"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env)
     try:
         import time
@@ -243,3 +244,32 @@ def test_train_script_help_and_sigterm(toy, tmp_path):
     st = torch.load(run / "state.pt", weights_only=True)
     assert st["step"] >= 1 and st["settings"]["epochs"] == 1000
 
+
+
+def test_calibrate_batchnorm_sets_the_average_statistics_of_the_batches():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3),
+                              torch.nn.BatchNorm2d(2)).eval()
+    bn = net[1]
+    bn.running_mean.fill_(50.0)  # what one odd training batch can leave behind
+    bn.running_var.fill_(1e3)
+    batches = [torch.rand(8, 1, 16, 16) * (1 + i) for i in range(3)]
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k
+               and "num_batches" not in k}
+    trainer.calibrate_batchnorm(net, batches)
+    hook.remove()
+    means = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen])
+    variances = torch.stack([x.transpose(0, 1).flatten(1).var(dim=1) for x in seen])
+    assert torch.allclose(bn.running_mean, means.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, variances.mean(0), rtol=1e-4)
+    assert not net.training and bn.momentum == 0.1, "mode and momentum are restored"
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())
+    # in eval mode the model now normalises like in training mode on such batches
+    with torch.no_grad():
+        ev = net(batches[1])
+        net.train()
+        tr = net(batches[1])
+    assert (ev - tr).abs().max() < 0.5 * tr.abs().max()

@@ -116,6 +116,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--slices", choices=("central", "all"), default="central",
                    help="slices drawn from each volume: the central half (the paper's) or all "
                         "non-empty ones (top and bottom of the head included)")
+    g.add_argument("--bn-calibration", type=_nonneg_int, default=320, metavar="N",
+                   help="training samples that set the BatchNorm statistics saved with each "
+                        "epoch (default 320; 0 keeps the running averages)")
     g.add_argument("--input-size", type=_positive_int, default=256, help=argparse.SUPPRESS)
     g = parser.add_argument_group("machine")
     g.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1, ...")
@@ -184,7 +187,8 @@ def run_train(args: argparse.Namespace) -> int:
             val_samples=args.val_samples, seed=args.seed, workers=args.workers,
             device=args.device, pipeline=args.pipeline, amp=args.amp,
             checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb,
-            progress=args.progress, init_from=args.init_from, slices=args.slices)
+            progress=args.progress, init_from=args.init_from, slices=args.slices,
+            bn_calibration=args.bn_calibration)
         train_paths: list = []
         val_paths: list = []
         if not args.resume:
