@@ -150,6 +150,25 @@ def test_stop_file_saves_and_resume_finishes_identically(toy, reference, tmp_pat
     assert same_weights(weights(tmp_path), weights(reference["out"]))
 
 
+def test_resumed_fine_tuning_keeps_its_origin_without_reloading_it(toy, reference, tmp_path):
+    # The model card names the checkpoint a run started from; a resume must neither forget it
+    # nor need the file again (the saved state holds the weights).
+    init = tmp_path / "init.safetensors"
+    init.write_bytes((reference["out"] / "best.safetensors").read_bytes())
+    out = tmp_path / "run"
+
+    def kill_at_5(event):
+        if event["step"] == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(small(init_from=str(init)), out, toy["train"], toy["val"], callback=kill_at_5)
+    init.unlink()
+    res = train(small(), out, resume=True)
+    assert res.status == "finished" and res.step == 6
+    assert json.loads((out / "log.json").read_text())["settings"]["init_from"] == str(init)
+
+
 def test_ddp_world_size_one_matches_plain_run(toy, reference, tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -324,12 +324,12 @@ class _Run:
 
     # -- model ---------------------------------------------------------------------------
 
-    def build(self) -> None:
+    def build(self, load_init: bool = True) -> None:
         from .model import build_model
 
         torch.manual_seed(self.s.seed)  # the same initial weights for the same seed
         net = build_model(self.s.architecture)
-        if self.s.init_from:
+        if self.s.init_from and load_init:
             from .checkpoint import load_checkpoint
 
             init = load_checkpoint(self.s.init_from)
@@ -646,6 +646,8 @@ def train(
         base = {k: v for k, v in saved["settings"].items() if k in known}
         now = asdict(settings)
         settings = TrainSettings(**{**now, **{k: base[k] for k in _RUN_KEYS if k in base}})
+        # Where the first weights came from stays on record (model card); they are not reloaded.
+        settings.init_from = base.get("init_from")
         train_paths, val_paths = saved["train_paths"], saved["val_paths"]
     elif state_path.exists():
         raise InputError(f"{out}: already holds a training run (state.pt); resume it with "
@@ -666,7 +668,7 @@ def train(
             raise InputError(f"batch size {settings.batch_size} is smaller than the number of "
                              f"processes ({dist.world})")
         _check_data(run, train_paths, val_paths, report)
-        run.build()
+        run.build(load_init=saved is None)
         if saved is not None:
             run.load_state(saved)
             run.train_paths, run.val_paths = list(saved["train_paths"]), list(saved["val_paths"])
