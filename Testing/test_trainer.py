@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import socket
@@ -167,6 +168,38 @@ def test_resumed_fine_tuning_keeps_its_origin_without_reloading_it(toy, referenc
     res = train(small(), out, resume=True)
     assert res.status == "finished" and res.step == 6
     assert json.loads((out / "log.json").read_text())["settings"]["init_from"] == str(init)
+
+
+def test_bundle_model_writes_a_loadable_fp16_model_and_its_card(toy, reference, tmp_path):
+    from MotionSSIMLib.checkpoint import load_checkpoint
+    from MotionSSIMLib.evaluation import evaluate_checkpoints
+
+    evaluate_checkpoints([reference["out"] / "best.safetensors"], toy["val"], tmp_path / "eval",
+                         n=16, batch_size=8, progress=False)
+    (tmp_path / "phases.md").write_text("1. two toy epochs")
+    spec = importlib.util.spec_from_file_location("bundle_model",
+                                                  ROOT / "scripts" / "bundle_model.py")
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    out = tmp_path / "models"
+    bundle.main(["--run", str(reference["out"]), "--evaluation", str(tmp_path / "eval"),
+                 "--out", str(out), "--phases", str(tmp_path / "phases.md")])
+    model = out / "motionssim_resnet18.safetensors"
+    loaded, original = load_checkpoint(model), load_checkpoint(reference["out"] / "best.safetensors")
+    assert loaded.metadata["evaluation"]["n"] == 16
+    assert loaded.metadata["sample_error"]["slices"] > 0
+    # The run's own settings, not the machine defaults of a later command line.
+    assert loaded.metadata["settings"]["seed"] == 7 and "device" not in loaded.metadata["settings"]
+    from safetensors import safe_open
+
+    with safe_open(str(model), framework="pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert {d for d in dtypes if d.is_floating_point} == {torch.float16}
+    x = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), original.model(x), atol=2e-2), "fp16 copy differs"
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "1. two toy epochs" in card and "## Known limits" in card and "| mae |" in card
 
 
 def test_ddp_world_size_one_matches_plain_run(toy, reference, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from MotionSSIMLib.checkpoint import DEFAULT_MODEL_NAME, load_checkpoint, save_checkpoint
+from MotionSSIMLib.trainer import RUN_KEYS
 
 TRAINED_ON = (
     "Synthetic subjects only (MotionSSIMLib.synth, SynthSeg-style, from the MNI152 2009c "
@@ -36,8 +37,11 @@ LIMITS = [
     "ghosts, Gibbs ringing and parallel-imaging artefacts were never seen.",
     "Not validated on real motion-corrupted clinical scans: use the prediction as a triage "
     "aid, never as a diagnosis; a radiographer decides on a re-scan.",
-    "Trained on CPU for a short schedule (see below), far shorter than the paper's; its "
-    "accuracy on the held-out synthetic test set is reported below, not the paper's.",
+    "Trained on CPU for a shorter schedule than the paper's (see Schedule): it does not reach "
+    "the paper's accuracy; the evaluation above gives what it reaches.",
+    "Its bias depends on the input (compare the bundled sample with the real scans above): "
+    "read the chart as a ranking of the slices of one scan, and treat a slice near a class "
+    "boundary as uncertain.",
     "Slices at the edge of the field of view (little foreground) are unreliable and are "
     "flagged empty by the engine.",
 ]
@@ -47,7 +51,7 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True)
@@ -56,7 +60,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("MotionSSIM/Resources/Models"))
     ap.add_argument("--phases", type=Path, help="Markdown: the phases of the training")
     ap.add_argument("--real-scans", type=Path, help="JSON from scripts/check_real_scans.py")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     loaded = load_checkpoint(args.run / args.checkpoint)
     log = json.loads((args.run / "log.json").read_text())
@@ -65,7 +69,13 @@ def main() -> None:
     rows = log.get("history") or []
     last = rows[-1] if rows else {}
     meta = dict(loaded.metadata)
-    meta["settings"] = log.get("settings", {})
+    # The settings that define the run (on resume the machine settings are those of the last
+    # command line, so they say nothing about the model); where its first weights came from.
+    settings = log.get("settings", {})
+    meta["settings"] = {k: settings[k] for k in (*RUN_KEYS, "amp", "init_from")
+                        if settings.get(k) is not None}
+    world = int(log.get("world_size") or 1)
+    meta["trained_device"] = str(log.get("device", "?")) + (f" x {world}" if world > 1 else "")
     data = meta.get("training_data", {})
     for split in data.values():  # keep counts, not the long file lists
         if isinstance(split, dict):
@@ -146,7 +156,8 @@ def model_card(meta: dict, figs: dict, log: dict) -> str:
         f"- settings: `{json.dumps(meta['settings'], default=str)}`",
         f"- samples seen: {meta.get('samples_seen')}",
         f"- epochs completed: {meta.get('epochs_completed')}, training time: "
-        f"{_fmt((meta.get('training_time_s') or 0) / 3600, 2)} h on a 2-core CPU (bf16 autocast)",
+        f"{_fmt((meta.get('training_time_s') or 0) / 3600, 2)} h on {meta['trained_device']}"
+        f"{' (mixed precision)' if meta['settings'].get('amp') else ''}",
         "",
         "## Evaluation on held-out synthetic test subjects",
         "The paper's protocol (`python -m MotionSSIMLib evaluate`): random corrupted slices from "

@@ -53,7 +53,7 @@ LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_mae", "val_residu
 STATE_FORMAT = "motionssim-train-state"
 STATE_VERSION = 1
 # Settings that fix the random stream or the model: on resume the saved values win.
-_RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
+RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
              "p_torchio", "val_samples", "seed", "slices",
              "bn_calibration")
 
@@ -621,7 +621,7 @@ def train(
 ) -> TrainResult:
     """Train (or, with resume=True, continue training) a model; see the module docstring.
 
-    On resume the data lists and the settings that fix the random stream (`_RUN_KEYS`) come
+    On resume the data lists and the settings that fix the random stream (`RUN_KEYS`) come
     from ``state.pt``; `epochs` and the machine settings (device, workers, ...) come from
     `settings`, so a finished run can be extended. `callback(event)` is called after every
     optimizer step with {"epoch", "batch", "step", "loss"}. Raises MotionSSIMError subclasses
@@ -645,7 +645,7 @@ def train(
         known = {f.name for f in fields(TrainSettings)}
         base = {k: v for k, v in saved["settings"].items() if k in known}
         now = asdict(settings)
-        settings = TrainSettings(**{**now, **{k: base[k] for k in _RUN_KEYS if k in base}})
+        settings = TrainSettings(**{**now, **{k: base[k] for k in RUN_KEYS if k in base}})
         # Where the first weights came from stays on record (model card); they are not reloaded.
         settings.init_from = base.get("init_from")
         train_paths, val_paths = saved["train_paths"], saved["val_paths"]
