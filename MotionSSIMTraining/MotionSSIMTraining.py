@@ -491,7 +491,7 @@ class MotionSSIMTrainingTest(ScriptedLoadableModuleTest):
         from MotionSSIMLib import scene
 
         with tempfile.TemporaryDirectory() as folder:
-            with open(os.path.join(folder, "log.csv"), "w") as f:
+            with open(os.path.join(folder, "log.csv"), "w", encoding="utf-8") as f:
                 f.write("epoch,step,train_loss,val_loss,val_mae,val_residual_sd,lr,samples_per_s,elapsed_s\n")
                 f.write("1,2,0.09,0.08,0.2,0.1,0.001,50,3\n2,4,0.05,nan,0.15,0.1,0.001,50,6\n")
             log = scene.read_training_log(os.path.join(folder, "log.csv"))

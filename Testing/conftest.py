@@ -1,8 +1,11 @@
 """Make the engine and the Slicer module folders importable without installing them."""
 
+import locale
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 for folder in (ROOT / "MotionSSIM", ROOT / "MotionSSIMTraining"):
@@ -11,3 +14,15 @@ for folder in (ROOT / "MotionSSIM", ROOT / "MotionSSIMTraining"):
 
 # Two cores are shared: keep torch from oversubscribing them in tests.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def c_locale():
+    """The C locale (ASCII text I/O by default), as ITK sets it in the process it is loaded in
+    and as a bare container has: files we write must not depend on the locale."""
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)

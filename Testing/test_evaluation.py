@@ -110,7 +110,7 @@ def test_test_set_is_deterministic_per_seed(tmp_path):
     assert not torch.equal(a[0][1], c[0][1])
 
 
-def test_evaluate_two_checkpoints_side_by_side(tmp_path, capsys):
+def test_evaluate_two_checkpoints_side_by_side(tmp_path, capsys, c_locale):
     from MotionSSIMLib import training_cli
     from MotionSSIMLib.checkpoint import save_checkpoint
     from MotionSSIMLib.model import build_model
@@ -148,7 +148,7 @@ def test_evaluate_two_checkpoints_side_by_side(tmp_path, capsys):
                  "classification_clinical.csv", "scatter_m0_best.png", "residuals_m1_best.png",
                  "confusion_m0_best.png"):
         assert (out / name).stat().st_size > 0, name
-    md = (out / "report.md").read_text()
+    md = (out / "report.md").read_text(encoding="utf-8")
     assert "m0/best" in md and "m1/best" in md and "weighted avg" in md
     # a folder with nothing readable: one line, status 2
     (tmp_path / "empty").mkdir()

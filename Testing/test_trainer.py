@@ -170,7 +170,8 @@ def test_resumed_fine_tuning_keeps_its_origin_without_reloading_it(toy, referenc
     assert json.loads((out / "log.json").read_text())["settings"]["init_from"] == str(init)
 
 
-def test_bundle_model_writes_a_loadable_fp16_model_and_its_card(toy, reference, tmp_path):
+def test_bundle_model_writes_a_loadable_fp16_model_and_its_card(toy, reference, tmp_path,
+                                                                c_locale):
     from MotionSSIMLib.checkpoint import load_checkpoint
     from MotionSSIMLib.evaluation import evaluate_checkpoints
 
@@ -198,7 +199,7 @@ def test_bundle_model_writes_a_loadable_fp16_model_and_its_card(toy, reference, 
     x = torch.rand(2, 1, 48, 48)
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), original.model(x), atol=2e-2), "fp16 copy differs"
-    card = (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "1. two toy epochs" in card and "## Known limits" in card and "| mae |" in card
 
 

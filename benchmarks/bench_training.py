@@ -156,7 +156,7 @@ def main() -> int:
                               device=args.device, pipeline=pipe, progress=False,
                               p_torchio=args.p_torchio, checkpoint_every=0)
             train(s, out, paths, [])
-            with open(out / "log.csv") as f:
+            with open(out / "log.csv", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
             # epoch 2: workers already running and caches warm
             results[f"end-to-end training ({pipe} pipeline), epoch 2"] = float(

@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     loaded = load_checkpoint(args.run / args.checkpoint)
-    log = json.loads((args.run / "log.json").read_text())
-    report = json.loads((args.evaluation / "report.json").read_text())
+    log = json.loads((args.run / "log.json").read_text(encoding="utf-8"))
+    report = json.loads((args.evaluation / "report.json").read_text(encoding="utf-8"))
     model_figs = next(iter(report["models"].values()))["figures"]
     rows = log.get("history") or []
     last = rows[-1] if rows else {}
@@ -91,15 +91,15 @@ def main(argv: list[str] | None = None) -> None:
         sample_error=sample_error(loaded.model),
     )
     if args.real_scans:
-        meta["real_scans"] = json.loads(args.real_scans.read_text())["volumes"]
+        meta["real_scans"] = json.loads(args.real_scans.read_text(encoding="utf-8"))["volumes"]
     if args.phases:
-        meta["phases"] = args.phases.read_text().strip()
+        meta["phases"] = args.phases.read_text(encoding="utf-8").strip()
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / DEFAULT_MODEL_NAME
     save_checkpoint(target, loaded.model, meta, dtype=torch.float16)
     (args.out / DEFAULT_MODEL_NAME.replace(".safetensors", ".json")).write_text(
-        json.dumps(meta, indent=2, default=str))
-    (args.out / "MODEL_CARD.md").write_text(model_card(meta, model_figs, log))
+        json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    (args.out / "MODEL_CARD.md").write_text(model_card(meta, model_figs, log), encoding="utf-8")
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB) and its model card")
 
 

@@ -92,7 +92,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "real_scans.json").write_text(json.dumps(
         {"model": args.model or "bundled", "seed": args.seed, "repeats": REPEATS,
-         "volumes": results}, indent=2))
+         "volumes": results}, indent=2), encoding="utf-8")
     print(f"written: {args.out / 'real_scans.json'}")
 
 

@@ -65,7 +65,7 @@ def main() -> None:
     img = nib.Nifti1Image(np.transpose(data, (2, 1, 0)), affine)  # nibabel wants [i, j, k]
     img.header.set_xyzt_units("mm")
     nib.save(img, args.out / f"{args.name}.nii.gz")
-    with open(args.out / f"{args.name}_true_ssim.csv", "w", newline="") as f:
+    with open(args.out / f"{args.name}_true_ssim.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["index", "true_ssim", "severity"])
         for k, (t, s) in enumerate(zip(true, severity, strict=True)):
@@ -75,7 +75,7 @@ def main() -> None:
                        "by the k-space line simulator; true SSIM per slice (DESIGN.md label).",
         "seed": args.seed, "shape_kji": list(data.shape), "spacing_ijk_mm": list(vol.spacing),
         "slices_with_motion": int((severity > 0).sum()),
-    }, indent=2))
+    }, indent=2), encoding="utf-8")
     print(f"wrote {args.out / (args.name + '.nii.gz')}: {data.shape}, true SSIM "
           f"{true.min():.3f}..{true.max():.3f}")
 

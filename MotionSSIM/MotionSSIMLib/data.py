@@ -97,7 +97,7 @@ def list_volumes(folder: str | Path) -> list[Path]:
 
 def _read_split_json(path: Path) -> dict[str, list[Path]]:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable split JSON file ({exc})") from None
     if not isinstance(raw, dict):
@@ -116,7 +116,7 @@ def _read_split_json(path: Path) -> dict[str, list[Path]]:
 def _read_split_csv(path: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {s: [] for s in SPLITS}
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             cols = [c.strip().lower() for c in (reader.fieldnames or [])]
             if "path" not in cols or "split" not in cols:

@@ -320,7 +320,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray) 
     out.mkdir(parents=True, exist_ok=True)
     models = result["models"]
     names = list(models)
-    (out / "report.json").write_text(json.dumps(_json_clean(result), indent=1))
+    (out / "report.json").write_text(json.dumps(_json_clean(result), indent=1), encoding="utf-8")
 
     summary_cols = ["model", "n", "residual_mean", "residual_sd", "normal_mu", "normal_sigma",
                     "mae", "rmse", "pearson_r", "r2", "slope", "intercept", "acc_3", "acc_5",
@@ -334,14 +334,14 @@ def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray) 
                      r["linear_fit"]["slope"], r["linear_fit"]["intercept"],
                      *[f["classification"][str(k)]["accuracy"] for k in CLASS_COUNTS],
                      f["clinical"]["accuracy"], f["clinical"]["cohen_kappa"]])
-    with open(out / "summary.csv", "w", newline="") as fh:
+    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(summary_cols)
         w.writerows(rows)
 
     for k in [*CLASS_COUNTS, "clinical"]:
         fname = f"classification_{k}.csv"
-        with open(out / fname, "w", newline="") as fh:
+        with open(out / fname, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["model", "class", "precision", "recall", "f1", "support"])
             for nm in names:
@@ -355,7 +355,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray) 
                     w.writerow([nm, avg.replace("_", " "), a["precision"], a["recall"], a["f1"],
                                 a["support"]])
 
-    with open(out / "predictions.csv", "w", newline="") as fh:
+    with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "true", *names])
         cols = [models[nm]["_pred"] for nm in names]
@@ -363,7 +363,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray) 
             w.writerow([i, f"{tv:.6f}", *[f"{c[i]:.6f}" for c in cols]])
 
     _plots(result, out, true)
-    (out / "report.md").write_text(_markdown(result))
+    (out / "report.md").write_text(_markdown(result), encoding="utf-8")
 
 
 def _markdown(result: dict[str, Any]) -> str:

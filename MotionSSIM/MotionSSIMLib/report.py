@@ -22,7 +22,7 @@ def read_true_ssim(path: str | Path) -> np.ndarray:
     """Per-slice true SSIM from a CSV with columns index,true_ssim (the sample's sidecar):
     an array indexed by slice index, NaN for slices the file does not list."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         if not rows or "true_ssim" not in rows[0] or "index" not in rows[0]:
             raise ValueError("expected a CSV with columns index,true_ssim")
@@ -74,7 +74,7 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
         known = np.asarray(true_ssim, dtype=float).reshape(-1)
         truth = np.array([known[r.index] if 0 <= r.index < len(known) else np.nan
                           for r in recs])
-    with open(paths["csv"], "w", newline="") as f:
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS + (("true_ssim",) if truth is not None else ()))
         for n, r in enumerate(recs):
@@ -98,7 +98,7 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
                 "mean_abs_error": float(np.abs(err).mean()),
                 "mean_residual": float(err.mean()), "residual_sd": float(err.std()),
                 "n_slices": int(keep.sum())}
-    paths["json"].write_text(json.dumps(summary, indent=2, default=_plain))
+    paths["json"].write_text(json.dumps(summary, indent=2, default=_plain), encoding="utf-8")
     plot_chart(assessment, paths["png"], title=source or stem, true_ssim=truth)
     return paths
 

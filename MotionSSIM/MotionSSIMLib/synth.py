@@ -643,7 +643,7 @@ def write_dataset(out_dir: str | Path, n_train: int, n_val: int, n_test: int, se
             if progress:
                 progress(len(results), len(jobs))
     split = {s: [r["path"] for r in results if r["split"] == s] for s in SPLIT_IDS}
-    (out / "split.json").write_text(json.dumps(split, indent=1))
+    (out / "split.json").write_text(json.dumps(split, indent=1), encoding="utf-8")
     meta = {
         "generator": "MotionSSIMLib.synth",
         "template": {k: f"nilearn/datasets/data/{v}" for k, v in TEMPLATE_FILES.items()},
@@ -655,5 +655,5 @@ def write_dataset(out_dir: str | Path, n_train: int, n_val: int, n_test: int, se
         "format": "NIfTI-1 int16 (random intensity scale), qform = sform = scanner RAS",
         "subjects": results,
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return out
