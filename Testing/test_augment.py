@@ -1,0 +1,188 @@
+"""Slice-level noise and resolution augmentations (MotionSSIMLib.augment)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from MotionSSIMLib import augment, motion, ssim
+
+
+def _phantom(b: int = 4, size: int = 128) -> torch.Tensor:
+    """(b, 1, size, size) heads: an ellipse of 0.8 with a brighter inner disc, zero outside."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size),
+                            indexing="ij")
+    img = torch.zeros(size, size)
+    img[(xx / 0.7) ** 2 + (yy / 0.8) ** 2 <= 1] = 0.6
+    img[xx**2 + yy**2 <= 0.2**2] = 1.0
+    return img.expand(b, 1, size, size).clone()
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_noise_params_deterministic_and_distribution():
+    a = augment.draw_noise_params(4000, _gen(3))
+    b = augment.draw_noise_params(4000, _gen(3))
+    c = augment.draw_noise_params(4000, _gen(4))
+    torch.testing.assert_close(a.snr, b.snr)
+    assert a.seed == b.seed and a.seed != c.seed
+    none = torch.isinf(a.snr)
+    assert abs(none.float().mean().item() - augment.NOISE_P_NONE) < 0.03
+    finite = a.snr[~none]
+    lo, hi = augment.NOISE_SNR_RANGE
+    assert finite.min() >= lo and finite.max() <= hi
+    assert finite.min() < lo * 1.1 and finite.max() > hi * 0.9
+    # Log-uniform: the median sits at the geometric mean of the range.
+    assert abs(math.log(finite.median().item()) - 0.5 * math.log(lo * hi)) < 0.15
+    with pytest.raises(ValueError, match="snr_range"):
+        augment.draw_noise_params(2, _gen(0), snr_range=(0.0, 10.0))
+
+
+def test_apply_noise_deterministic_and_same_field_for_both_images():
+    x = _phantom()
+    y = torch.flip(x, dims=[-1]) * 0.9
+    c1, y1, p1 = augment.noise_pair(x, y, _gen(5), p_none=0.0)
+    c2, y2, p2 = augment.noise_pair(x, y, _gen(5), p_none=0.0)
+    torch.testing.assert_close(c1, c2, rtol=0, atol=0)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    c3, _, _ = augment.noise_pair(x, y, _gen(6), p_none=0.0)
+    assert not torch.equal(c1, c3)
+    # apply_noise with the returned params repeats the pair exactly (the same field and sigma).
+    torch.testing.assert_close(augment.apply_noise(y, p1), y1, rtol=0, atol=0)
+    # In the background of both images (zero in x and y) the noise is identical.
+    bg = (x == 0) & (y == 0)
+    raw_c = augment.apply_noise(x, p1, normalise=False)
+    raw_y = augment.apply_noise(y, p1, normalise=False)
+    torch.testing.assert_close(raw_c[bg], raw_y[bg], rtol=0, atol=0)
+    assert c1.min() >= 0 and c1.max() <= 1 and y1.shape == y.shape
+
+
+@pytest.mark.parametrize("snr", [3.0, 10.0, 40.0, 120.0])
+def test_measured_snr_matches_drawn(snr):
+    x = _phantom(b=2, size=256)
+    params = augment.NoiseParams(snr=torch.full((2,), snr, dtype=torch.float64), seed=11)
+    out = augment.apply_noise(x, params, normalise=False)
+    level = augment.tissue_level(x)
+    # Background (signal 0) is Rayleigh: mean = sigma * sqrt(pi / 2).
+    bg = x == 0
+    sigma_bg = out[bg].mean().item() / math.sqrt(math.pi / 2)
+    measured = level[0].item() / sigma_bg
+    assert abs(measured / snr - 1) < 0.05, (snr, measured)
+    # In bright flat tissue, at high SNR, the magnitude noise is ~Gaussian with sd sigma.
+    if snr >= 40:
+        inner = x == 1.0
+        sd = (out[inner] - 1.0).std().item()
+        assert abs(level[0].item() / sd / snr - 1) < 0.08
+
+
+def test_no_motion_label_stays_one_after_noise_and_motion_lowers_it():
+    x = _phantom(b=6)
+    c, y, params = augment.noise_pair(x, x.clone(), _gen(2), p_none=0.0, snr_range=(3.0, 5.0))
+    assert torch.all(params.snr <= 5.0)
+    torch.testing.assert_close(ssim.ssim_label(c, y), torch.ones(6), rtol=0, atol=1e-6)
+    # Noise was really added: the noisy clean slice is far from the original.
+    assert ssim.ssim_label(x, c).max() < 0.9
+    # With motion, noise is still shared: the label stays below 1 and is finite.
+    moved = motion.kspace_motion(x, torch.full((6,), 0.8), _gen(9))
+    c2, y2, _ = augment.noise_pair(x, moved, _gen(2), p_none=0.0)
+    lab = ssim.ssim_label(c2, y2)
+    assert torch.isfinite(lab).all() and lab.max() < 0.999
+
+
+def test_no_noise_share_passes_through():
+    x = _phantom(b=3)
+    c, y, params = augment.noise_pair(x, x, _gen(0), p_none=1.0)
+    assert torch.isinf(params.snr).all()
+    torch.testing.assert_close(c, x)
+    torch.testing.assert_close(y, x)
+
+
+def test_noise_shape_errors():
+    x = _phantom(b=2)
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        augment.noise_pair(x[:, 0], x[:, 0], _gen(0))
+    with pytest.raises(ValueError, match="shapes differ"):
+        augment.noise_pair(x, x[:1], _gen(0))
+    p = augment.draw_noise_params(3, _gen(0))
+    with pytest.raises(ValueError, match="3 samples"):
+        augment.apply_noise(x, p)
+
+
+def test_resolution_params_span_and_determinism():
+    a = augment.draw_resolution_params(3000, _gen(1), size=256)
+    b = augment.draw_resolution_params(3000, _gen(1), size=256)
+    torch.testing.assert_close(a.matrix_h, b.matrix_h)
+    assert torch.equal(a.apply, b.apply) and torch.equal(a.kspace, b.kspace)
+    m = torch.cat([a.matrix_h, a.matrix_w])
+    assert m.max() <= 256 and m.min() >= 0.6 * augment.RES_MIN_MATRIX - 1e-9
+    readout = torch.maximum(a.matrix_h, a.matrix_w)
+    assert readout.min() < 70 and readout.max() > 240
+    assert 0.45 < a.apply.float().mean() < 0.55
+    assert (a.window == 0).float().mean() > 0.4 and a.window.max() <= 0.5
+
+
+def test_kspace_zero_fill_rings_and_blurs():
+    x = _phantom(b=1, size=128)
+    sharp = augment.ResolutionParams(
+        apply=torch.tensor([True]), matrix_h=torch.tensor([48.0], dtype=torch.float64),
+        matrix_w=torch.tensor([48.0], dtype=torch.float64), kspace=torch.tensor([True]),
+        window=torch.zeros(1, dtype=torch.float64))
+    out = augment.apply_resolution(x, sharp)
+    row = out[0, 0, 64].double()
+    ref = x[0, 0, 64].double()
+    # Gibbs: inside the ellipse (0.6 plateau), next to its edge, the profile overshoots and
+    # then dips below the plateau, i.e. it oscillates, which a smooth blur never does.
+    plateau = row[40:50].mean() / 1.0
+    scale = row.max()  # inner disc (1.0) after min-max
+    near_edge = row[18:32] / scale
+    assert (near_edge.max() - 0.6) > 0.03, near_edge
+    # The same matrix with interpolation (area + bilinear) blurs the edges without ringing.
+    smooth = augment.apply_resolution(x, augment.ResolutionParams(
+        apply=sharp.apply, matrix_h=sharp.matrix_h, matrix_w=sharp.matrix_w,
+        kspace=torch.tensor([False]), window=sharp.window))
+    srow = smooth[0, 0, 64].double()
+    assert (srow[18:32] / srow.max()).max() - 0.6 < 0.01
+    # Both lose resolution: the edge is no longer a one-pixel step.
+    assert float((ref[1:] - ref[:-1]).abs().max()) > 0.5
+    assert float((row[1:] - row[:-1]).abs().max()) < 0.5
+    assert float((srow[1:] - srow[:-1]).abs().max()) < 0.5
+    assert plateau > 0
+
+
+def test_kspace_window_reduces_ringing_and_identity_when_full():
+    x = _phantom(b=2, size=128)
+    params = augment.ResolutionParams(
+        apply=torch.tensor([True, True]),
+        matrix_h=torch.tensor([48.0, 48.0], dtype=torch.float64),
+        matrix_w=torch.tensor([48.0, 48.0], dtype=torch.float64),
+        kspace=torch.tensor([True, True]), window=torch.tensor([0.0, 0.5], dtype=torch.float64))
+    out = augment.apply_resolution(x, params)
+    over = [(out[i, 0, 64, 18:32] / out[i, 0, 64].max()).max().item() - 0.6 for i in range(2)]
+    assert over[1] < over[0]
+    # A full matrix with no window reproduces the input; unapplied samples are untouched.
+    full = augment.ResolutionParams(
+        apply=torch.tensor([True, False]),
+        matrix_h=torch.tensor([128.0, 64.0], dtype=torch.float64),
+        matrix_w=torch.tensor([128.0, 64.0], dtype=torch.float64),
+        kspace=torch.tensor([True, True]), window=torch.zeros(2, dtype=torch.float64))
+    same = augment.apply_resolution(x, full)
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+
+
+def test_random_resolution_deterministic_range():
+    x = _phantom(b=16, size=96)
+    a, pa = augment.random_resolution(x, _gen(8))
+    b, _ = augment.random_resolution(x, _gen(8))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    changed = pa.apply
+    assert changed.any() and (~changed).any()
+    assert torch.equal(a[~changed], x[~changed])
+    assert not torch.allclose(a[changed], x[changed])
+    assert torch.all(torch.maximum(pa.matrix_h, pa.matrix_w) <= 96)
+    np.testing.assert_array_less(0, a[changed].flatten(1).std(1).numpy())
