@@ -1,100 +1,419 @@
-"""How a model does on real scans, not synthetic subjects: the MR images that ship inside the
-installed wheels (no download), with synthetic motion of known SSIM.
+"""How a model does on real scans, not synthetic subjects: MR images that public Python packages
+ship inside their wheels (nothing is downloaded), with synthetic motion of known SSIM.
 
-    .venv/bin/python scripts/check_real_scans.py [--model FILE] [--out DIR]
+    make check-real                     # installs requirements-eval.txt, bundled model
+    .venv/bin/python scripts/check_real_scans.py [--model FILE] [--out DIR] [--scans a,b]
 
-The volumes:
-- ``epi``: nibabel's ``example4d.nii.gz``, a real 2D EPI/BOLD scan (128 x 96 x 24, 2 x 2 x 2.2
-  mm; its first volume). EPI/DWI-like contrast, low resolution, distortion, real noise.
-- ``mni_t1``: the MNI152 2009 T1 template in nilearn (1 mm), an average of real T1 scans: real
-  T1 intensities and texture (the synthetic subjects only take its tissue maps).
-Every non-empty slice of the acquisition plane (axial for both) is used clean once and
-corrupted a few times (both simulators, severity uniform on [0, 1], seeded); the label is the
-DESIGN.md SSIM. Prints MAE, bias, residual sd and the 3-class / clinical accuracy per volume
-and writes them to OUT/real_scans.json.
+These scans are evaluation data only: never train or tune on their slices.
+
+The scans and where they come from are listed in SCANS (package, file, contrast, licence).
+Every non-empty slice of a scan's acquisition plane is read once clean (true SSIM 1) and
+corrupted by each simulator (the k-space line simulator and the TorchIO-style one), severity
+uniform on [0, 1], seeded per scan; the label is the DESIGN.md SSIM against the clean slice in
+the model-input geometry. Per scan: mean bias and residual sd (all samples, and per simulator),
+MAE, how the clean slices read (mean, lowest, share >= 0.93, share read "good"), 3-class and
+clinical accuracy. Writes OUT/real_scans.{json,csv,md,png} and OUT/samples.csv.
+
+`real_scan_table(model)` returns the per-scan figures for scripts/bundle_model.py (its decision
+rule: a candidate's largest per-scan |bias| is no worse, `largest_abs_bias`).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.metadata
+import importlib.util
 import json
+import math
+import sys
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
+from torch import nn
 
-from MotionSSIMLib import classes, data, geometry, inference, motion, ssim, synth
+from MotionSSIMLib import classes, data, geometry, inference, motion, ssim
+from MotionSSIMLib.errors import MotionSSIMError
 
-REPEATS = 3  # corrupted copies of each slice
-
-
-def real_volumes() -> dict[str, geometry.Volume]:
-    """The real MR volumes shipped in the installed wheels, as Volumes."""
-    vols = {}
-    epi = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
-    t1 = synth.template_dir() / synth.TEMPLATE_FILES["t1"]
-    for name, path, frame in (("epi", epi, 0), ("mni_t1", t1, None)):
-        img = nib.load(str(path))
-        arr = np.asarray(img.dataobj, dtype=np.float32)
-        if frame is not None:
-            arr = arr[..., frame]
-        aff = np.asarray(img.affine, float)
-        spacing = np.linalg.norm(aff[:3, :3], axis=0)
-        vols[name] = geometry.volume(np.transpose(arr, (2, 1, 0)), spacing, aff[:3, :3] / spacing,
-                                     tuple(aff[:3, 3]), name=str(path))
-    return vols
+# Corrupted copies of each slice per simulator; scans with few slices get more copies, so that
+# every scan has at least MIN_CORRUPTED corrupted samples per simulator.
+REPEATS_PER_SIMULATOR = 2
+SIMULATORS = ("kspace", "torchio")
+REPEATS = REPEATS_PER_SIMULATOR * len(SIMULATORS)  # corrupted copies of each slice in all
+MIN_CORRUPTED = 24
+CLEAN_READ = 0.93  # issue "Model v2": motion-free slices should read >= 0.93 on every scan
+BATCH = 32
 
 
-def check_volume(vol: geometry.Volume, model: str | None, seed: int) -> dict:
-    """Metrics of `model` on the clean and corrupted non-empty slices of `vol`."""
-    stack = geometry.extract_slices(vol, "axial")
+class ScanUnavailable(MotionSSIMError):
+    """A scan whose package is not installed (pip install -r requirements-eval.txt)."""
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One real scan: where it lies in which package, and what it is."""
+
+    name: str
+    package: str  # import name; its distribution has the same name
+    file: str  # relative to the package folder
+    contrast: str
+    description: str
+    licence: str
+    frame: int | None = None  # the volume of a 4D file
+
+
+# The evaluation set. Only files that ship inside the wheels (checked with `unzip -l`), real
+# acquisitions or averages of them; tiny ROI files (dipy's small_25/64D/101D, 10 x 10 voxels)
+# and files whose pixels are blanked (nibabel's siemens_dwi_*.dcm.gz, philips_mprage) are left
+# out. nibabel and nilearn come with requirements.txt, dipy with requirements-eval.txt.
+SCANS: tuple[Scan, ...] = (
+    Scan("epi", "nibabel", "tests/data/example4d.nii.gz", "T2*-EPI",
+         "2D EPI/BOLD scan, 128 x 96 x 24, 2 x 2 x 2.2 mm, first volume",
+         "MIT (nibabel)", frame=0),
+    Scan("mni_t1", "nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+         "T1", "MNI152 2009 template: an average of real T1 scans, 1 mm (real-derived)",
+         "MNI ICBM152 2009 licence (permissive, attribution); nilearn BSD-3"),
+    Scan("anat_t1", "nibabel", "tests/data/anatomical.nii", "T1",
+         "T1 scan cut to the brain (partial field of view), 33 x 41 x 25, 2 mm",
+         "MIT (nibabel)"),
+    Scan("dwi_b0", "dipy", "data/files/S0_10slices.nii.gz", "DWI b=0",
+         "diffusion series, b=0 (S0) image, 10 axial slices of 128 x 128, 2 mm in-plane",
+         "BSD-3 (dipy)"),
+    Scan("dwi_b0_lowres", "dipy", "data/files/aniso_vox.nii.gz", "DWI b=0",
+         "diffusion b=0 / T2-weighted EPI, 58 x 58 x 24, 4 x 4 x 5 mm",
+         "BSD-3 (dipy)"),
+    Scan("dwi_weighted", "dipy", "data/files/test_piesno.nii.gz", "DWI b>0",
+         "diffusion-weighted images (one slice, 14 gradient directions, 8-channel coil, "
+         "96 x 96): low SNR, real background noise",
+         "BSD-3 (dipy)"),
+    Scan("t1_coronal", "dipy", "data/files/t1_coronal_slice.npy", "T1",
+         "one coronal T1 slice, skull-stripped, 256 x 256 (pixel size not recorded)",
+         "BSD-3 (dipy)"),
+)
+SCAN_NAMES = tuple(s.name for s in SCANS)
+
+COLUMNS = ("scan", "contrast", "package", "version", "slices", "samples", "mae", "bias",
+           "residual_sd", "bias_kspace", "sd_kspace", "bias_torchio", "sd_torchio",
+           "clean_mean_prediction", "clean_min_prediction", "clean_share_093",
+           "clean_share_good", "accuracy_3", "accuracy_clinical")
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec locates the package without importing it: dipy is installed --no-deps and only
+    # its data files are read.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ScanUnavailable(f"{package}: not installed (pip install -r requirements-eval.txt)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def scan_path(scan: Scan) -> Path:
+    """The scan's file in the installed package; ScanUnavailable if the package is missing."""
+    path = _package_dir(scan.package) / scan.file
+    if not path.is_file():
+        raise ScanUnavailable(f"{path}: not in the installed {scan.package}")
+    return path
+
+
+def package_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def get_scan(name: str) -> Scan:
+    for s in SCANS:
+        if s.name == name:
+            return s
+    raise MotionSSIMError(f"--scans: unknown scan {name!r} (one of {', '.join(SCAN_NAMES)})")
+
+
+def load_volume(scan: Scan) -> geometry.Volume:
+    """The scan as a geometry.Volume (a 2D file becomes a one-slice volume, 1 mm pixels)."""
+    path = scan_path(scan)
+    if path.suffix == ".npy":
+        arr = np.load(path, allow_pickle=False).astype(np.float32)
+        if arr.ndim != 2:
+            raise MotionSSIMError(f"{path}: expected one 2D slice, got shape {arr.shape}")
+        # [k, j, i] with one k: an axial cut of it is the slice as stored, up to flips
+        return geometry.volume(arr[None], (1.0, 1.0, 1.0), name=str(path))
+    img = nib.load(str(path))
+    arr = np.asarray(img.dataobj, dtype=np.float32)
+    if arr.ndim == 4:
+        arr = arr[..., scan.frame or 0]
+    aff = np.asarray(img.affine, float)
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    return geometry.volume(np.transpose(arr, (2, 1, 0)), spacing, aff[:3, :3] / spacing,
+                           tuple(aff[:3, 3]), name=str(path))
+
+
+def real_volumes(names: Sequence[str] | None = None) -> dict[str, geometry.Volume]:
+    """The scans whose packages are installed, as Volumes (missing packages are skipped)."""
+    out = {}
+    for s in SCANS if names is None else [get_scan(n) for n in names]:
+        try:
+            out[s.name] = load_volume(s)
+        except ScanUnavailable:
+            continue
+    return out
+
+
+def _seed(seed: int, name: str) -> int:
+    # Per-scan stream: a scan's figures do not depend on which other scans are evaluated.
+    return int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
+
+
+def _net(model: inference.ModelLike, device: str) -> tuple[nn.Module, torch.device]:
+    dev = inference.resolve_device(device)
+    if isinstance(model, nn.Module):
+        return model.to(dev), dev
+    return inference.get_model(model, dev).model, dev
+
+
+def _predict(net: nn.Module, dev: torch.device, x: torch.Tensor) -> np.ndarray:
+    """Predictions for (N,1,S,S) inputs already in the model-input geometry (no second fit)."""
+    out = []
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(x), BATCH):
+                out.append(net(x[i:i + BATCH].to(dev)).float().flatten().cpu().numpy())
+    finally:
+        net.train(was_training)
+    pred = np.concatenate(out) if out else np.empty(0, np.float32)
+    if not np.isfinite(pred).all():
+        raise MotionSSIMError("the model produced NaN/inf predictions (broken weights?)")
+    return np.clip(pred.astype(np.float64), 0.0, 1.0)
+
+
+def _corrupt(clean: torch.Tensor, simulator: str, severity: torch.Tensor,
+             gen: torch.Generator) -> torch.Tensor:
+    if simulator == "kspace":
+        return motion.kspace_motion(clean, severity, gen)
+    return motion.random_motion_batch(clean, gen, p_torchio=1.0, severity=severity)
+
+
+def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
+                 max_slices: int | None = None, severity: float | None = None,
+                 device: str = "cpu", name: str = "volume") -> dict:
+    """Figures of `model` on the clean and corrupted non-empty slices of `vol` (one scan).
+
+    max_slices: evenly spaced subset (tests). severity: fixed instead of uniform on [0, 1].
+    The returned dict also holds the per-sample arrays under keys starting with "_"."""
+    stack = geometry.extract_slices(vol, "auto")
     keep = data.slice_candidates(stack, "all")
+    if max_slices is not None and len(keep) > max_slices:
+        keep = keep[np.linspace(0, len(keep) - 1, max_slices).round().astype(int)]
     clean = torch.from_numpy(geometry.to_model_input(stack.images[keep], stack.pixel_spacing))
     clean = clean[:, None]
-    gen = torch.Generator().manual_seed(seed)
-    images, labels = [clean], [torch.ones(len(clean))]
-    for _ in range(REPEATS):
-        moved = motion.random_motion_batch(clean, gen, p_torchio=0.5)
-        images.append(moved)
-        labels.append(ssim.ssim_label(clean, moved).float())
-    x = torch.cat(images)[:, 0].numpy()
-    true = torch.cat(labels).numpy()
-    pred = inference.predict_slices(x, model=model, device="cpu")
+    n = len(clean)
+    per_sim = max(REPEATS_PER_SIMULATOR, math.ceil(MIN_CORRUPTED / n))
+    gen = torch.Generator().manual_seed(_seed(seed, name))
+    images, labels = [clean], [torch.ones(n)]
+    sims, sev, idx = [""] * n, [0.0] * n, list(range(n))
+    for simulator in SIMULATORS:
+        for _ in range(per_sim):
+            s = torch.rand(n, generator=gen) if severity is None else torch.full((n,), severity)
+            moved = _corrupt(clean, simulator, s, gen)
+            images.append(moved)
+            labels.append(ssim.ssim_label(clean, moved).float())
+            sims += [simulator] * n
+            sev += s.tolist()
+            idx += list(range(n))
+    net, dev = _net(model, device)
+    pred = _predict(net, dev, torch.cat(images))
+    true = torch.cat(labels).numpy().astype(np.float64)
+    sims_a = np.array(sims)
     res = pred - true
-    n_clean = len(clean)
     clin = classes.clinical_class
-    return {
-        "slices": int(n_clean), "samples": int(len(true)),
+    c = pred[:n]
+    r = {
+        "slices": int(n), "samples": int(len(true)),
         "mae": float(np.abs(res).mean()), "bias": float(res.mean()),
         "residual_sd": float(res.std()),
-        "clean_mean_prediction": float(pred[:n_clean].mean()),
+        "clean_mean_prediction": float(c.mean()), "clean_min_prediction": float(c.min()),
+        "clean_share_093": float((c >= CLEAN_READ).mean()),
+        "clean_share_good": float((clin(c) == 1).mean()),
         "accuracy_3": float((classes.uniform_class(pred, 3) == classes.uniform_class(true, 3))
                             .mean()),
         "accuracy_clinical": float((clin(pred) == clin(true)).mean()),
+        "corrupted_mean_true": float(true[n:].mean()),
+        "corrupted_mean_prediction": float(pred[n:].mean()),
     }
+    for simulator in SIMULATORS:
+        rs = res[sims_a == simulator]
+        r[f"bias_{simulator}"], r[f"sd_{simulator}"] = float(rs.mean()), float(rs.std())
+    r["_pred"], r["_true"], r["_simulator"] = pred, true, sims_a
+    r["_severity"], r["_slice"] = np.array(sev), np.asarray(stack.indices[keep])[idx]
+    return r
 
 
-def main() -> None:
+def real_scan_table(model: inference.ModelLike = None, seed: int = 0,
+                    names: Sequence[str] | None = None, max_slices: int | None = None,
+                    device: str = "cpu", severity: float | None = None,
+                    report=None) -> dict[str, dict]:
+    """Per-scan figures of `model` (None: the bundled model) on the real-scan set, keyed by
+    scan name, each with its provenance. Scans whose package is not installed are left out
+    (`report(message)` is told). For scripts/bundle_model.py's decision rule."""
+    table = {}
+    for s in SCANS if names is None else [get_scan(n) for n in names]:
+        try:
+            vol = load_volume(s)
+        except ScanUnavailable as exc:
+            if report is not None:
+                report(f"skipped {s.name}: {exc}")
+            continue
+        r = check_volume(vol, model, seed, max_slices, severity, device, name=s.name)
+        r.update(scan=s.name, contrast=s.contrast, package=s.package,
+                 version=package_version(s.package), file=s.file,
+                 description=s.description, licence=s.licence)
+        table[s.name] = r
+    return table
+
+
+def largest_abs_bias(table: dict[str, dict]) -> float:
+    """The decision-rule figure: the largest |mean bias| over the scans of a table."""
+    return max(abs(r["bias"]) for r in table.values())
+
+
+def _public(r: dict) -> dict:
+    return {k: v for k, v in r.items() if not k.startswith("_")}
+
+
+def write_outputs(table: dict[str, dict], out: Path, model: str, seed: int) -> list[Path]:
+    """real_scans.json (bundle_model.py reads its "volumes"), .csv, .md, .png, samples.csv."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"real_scans.{ext}" for ext in ("json", "csv", "md", "png")]
+    paths.append(out / "samples.csv")
+    doc = {"model": model, "seed": seed, "repeats_per_simulator": REPEATS_PER_SIMULATOR,
+           "min_corrupted_per_simulator": MIN_CORRUPTED, "simulators": list(SIMULATORS),
+           "largest_abs_bias": largest_abs_bias(table) if table else None,
+           "volumes": {k: _public(r) for k, r in table.items()}}
+    paths[0].write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    with paths[1].open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for r in table.values():
+            w.writerow([r[c] if isinstance(r[c], (str, int)) else f"{r[c]:.5f}" for c in COLUMNS])
+    with paths[4].open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(("scan", "slice", "simulator", "severity", "true_ssim", "predicted_ssim"))
+        for name, r in table.items():
+            for row in zip(r["_slice"], r["_simulator"], r["_severity"], r["_true"], r["_pred"],
+                           strict=True):
+                w.writerow((name, int(row[0]), row[1] or "clean", f"{row[2]:.4f}",
+                            f"{row[3]:.5f}", f"{row[4]:.5f}"))
+    paths[2].write_text(markdown_table(table, model, seed), encoding="utf-8")
+    plot(table, paths[3], model)
+    return paths
+
+
+def markdown_table(table: dict[str, dict], model: str = "bundled", seed: int = 0) -> str:
+    lines = [f"Real scans, model {model}, seed {seed}: bias = mean(predicted - true SSIM) over "
+             "clean and corrupted samples; clean = the motion-free slices' predictions.", "",
+             "| scan | contrast | slices (samples) | MAE | bias | residual sd | bias k-space / "
+             "TorchIO | clean mean (min) | clean >= 0.93 | clean read good | 3-class acc. | "
+             "clinical acc. |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table.values():
+        lines.append(
+            f"| {r['scan']} | {r['contrast']} | {r['slices']} ({r['samples']}) | {r['mae']:.3f} "
+            f"| {r['bias']:+.3f} | {r['residual_sd']:.3f} | {r['bias_kspace']:+.3f} / "
+            f"{r['bias_torchio']:+.3f} | {r['clean_mean_prediction']:.3f} "
+            f"({r['clean_min_prediction']:.3f}) | {r['clean_share_093']:.2f} | "
+            f"{r['clean_share_good']:.2f} | {r['accuracy_3']:.3f} | {r['accuracy_clinical']:.3f} |")
+    if table:
+        lines += ["", f"Largest per-scan |bias|: {largest_abs_bias(table):.3f} (target <= 0.03).",
+                  "", "| scan | package (version) | file | licence | what it is |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['scan']} | {r['package']} ({r['version']}) | `{r['file']}` | "
+                  f"{r['licence']} | {r['description']} |" for r in table.values()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: dict[str, dict], path: Path, model: str = "bundled") -> None:
+    """Per-scan bias with residual-sd bars, and the clean slices' readings per scan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    x = np.arange(len(names))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(9, 1.6 * len(names) + 4), 4.6))
+    for j, (key, label) in enumerate((("", "all"), ("_kspace", "k-space"),
+                                      ("_torchio", "TorchIO"))):
+        bias = [table[n]["bias" + key] for n in names]
+        sd = [table[n][("residual_sd" if not key else "sd" + key)] for n in names]
+        a1.bar(x + (j - 1) * 0.27, bias, 0.25, yerr=sd, capsize=3, label=label)
+    a1.axhline(0, color="k", lw=0.8)
+    for t in (-0.03, 0.03):
+        a1.axhline(t, color="tab:red", lw=0.8, ls="--")
+    a1.set_xticks(x, names, rotation=30, ha="right")
+    a1.set_ylabel("bias (predicted - true SSIM), bars: residual sd")
+    a1.set_title("bias per scan (dashed: target +-0.03)")
+    a1.legend(fontsize=8)
+    for i, n in enumerate(names):
+        r = table[n]
+        c = r["_pred"][:r["slices"]]
+        jitter = (np.random.default_rng(i).random(len(c)) - 0.5) * 0.3
+        a2.scatter(i + jitter, c, s=10, alpha=0.6)
+        a2.plot([i - 0.3, i + 0.3], [c.mean()] * 2, color="k")
+    a2.axhline(CLEAN_READ, color="tab:red", lw=0.8, ls="--")
+    a2.axhline(classes.ClinicalThresholds().good, color="tab:orange", lw=0.8, ls=":")
+    a2.set_xticks(x, names, rotation=30, ha="right")
+    a2.set_ylim(min(0.5, min(float(table[n]["_pred"][:table[n]["slices"]].min())
+                             for n in names) - 0.05) if names else 0.5, 1.02)
+    a2.set_ylabel("predicted SSIM of motion-free slices (true 1)")
+    a2.set_title(f"clean slices (dashed {CLEAN_READ}, dotted: 'good')")
+    fig.suptitle(f"Real scans with synthetic motion, model: {model}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
-    ap.add_argument("--out", type=Path, default=Path("out/real_scans"))
+    ap.add_argument("--out", type=Path, default=Path("out/check_real"))
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    results = {name: check_volume(vol, args.model, args.seed)
-               for name, vol in real_volumes().items()}
-    print(f"{'volume':8} {'slices':>6} {'samples':>7} {'MAE':>6} {'bias':>7} {'sd':>6} "
-          f"{'clean':>6} {'acc3':>5} {'clin':>5}")
-    for name, r in results.items():
-        print(f"{name:8} {r['slices']:6d} {r['samples']:7d} {r['mae']:6.3f} {r['bias']:+7.3f} "
-              f"{r['residual_sd']:6.3f} {r['clean_mean_prediction']:6.3f} "
-              f"{r['accuracy_3']:5.3f} {r['accuracy_clinical']:5.3f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "real_scans.json").write_text(json.dumps(
-        {"model": args.model or "bundled", "seed": args.seed, "repeats": REPEATS,
-         "volumes": results}, indent=2), encoding="utf-8")
-    print(f"written: {args.out / 'real_scans.json'}")
+    ap.add_argument("--scans", default=None,
+                    help=f"comma-separated subset of: {', '.join(SCAN_NAMES)}")
+    ap.add_argument("--max-slices", type=int, default=None,
+                    help="at most this many slices per scan (evenly spaced; quick checks)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--require-all", action="store_true",
+                    help="fail (exit 2) if a scan's package is not installed")
+    args = ap.parse_args(argv)
+    names = None if args.scans is None else [n.strip() for n in args.scans.split(",") if n]
+    if args.max_slices is not None and args.max_slices < 1:
+        ap.error("--max-slices must be >= 1")
+    try:
+        if args.model is not None and not Path(args.model).is_file():
+            raise MotionSSIMError(f"{args.model}: no such model file")
+        skipped = []
+        table = real_scan_table(args.model, args.seed, names, args.max_slices, args.device,
+                                report=skipped.append)
+        for msg in skipped:
+            print(msg, file=sys.stderr)
+        if skipped and args.require_all:
+            raise MotionSSIMError(f"{len(skipped)} scan(s) unavailable: {skipped[0]}")
+        if not table:
+            raise MotionSSIMError("no scan available (pip install -r requirements-eval.txt)")
+        paths = write_outputs(table, args.out, args.model or "bundled", args.seed)
+    except MotionSSIMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_table(table, args.model or "bundled", args.seed))
+    print("written: " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
