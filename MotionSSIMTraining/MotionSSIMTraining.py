@@ -296,16 +296,13 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def trainScriptPath() -> str:
-        """train.py: next to this file in the source tree, in a sub-folder when installed
-        (Slicer would try to load a .py beside the module files as a module)."""
+        """The headless train.py, in MotionSSIMTrainingScripts/ beside this file (source tree and
+        installed extension alike): Slicer would load a .py beside the module file as a module."""
         here = os.path.dirname(os.path.abspath(__file__))
-        for candidate in (
-            os.path.join(here, "train.py"),
-            os.path.join(here, "MotionSSIMTrainingScripts", "train.py"),
-        ):
-            if os.path.isfile(candidate):
-                return candidate
-        raise RuntimeError(f"train.py not found next to {here}")
+        path = os.path.join(here, "MotionSSIMTrainingScripts", "train.py")
+        if not os.path.isfile(path):
+            raise RuntimeError(f"MotionSSIM Training: {path} is missing: reinstall the extension")
+        return path
 
     @staticmethod
     def engineFolder() -> str:

@@ -86,16 +86,56 @@ def test_module_cmake_builds_and_tests_the_module(module):
     assert "BUILD_TESTING" in text
 
 
-def test_train_script_is_installed_outside_the_module_folder():
-    """Slicer loads every .py in the scripted-modules folder as a module: train.py (a script
-    run as a subprocess) must not be listed in SCRIPTS/RESOURCES, which land there."""
+def test_train_script_is_outside_the_scanned_module_folder():
+    """Slicer's module factory loads every .py file directly in a module folder as a module
+    ("class train was not found" at each start-up when the source folder is a module path).
+    train.py lives in MotionSSIMTrainingScripts/ in the source tree and is installed there."""
     sets = cmake_sets(ROOT / "MotionSSIMTraining" / "CMakeLists.txt")
-    assert "train.py" in sets["MODULE_SUBPROCESS_SCRIPTS"]
-    assert "train.py" not in sets["MODULE_PYTHON_SCRIPTS"] + sets["MODULE_PYTHON_RESOURCES"]
+    script = "MotionSSIMTrainingScripts/train.py"
+    assert sets["MODULE_SUBPROCESS_SCRIPTS"] == [script]
+    assert (ROOT / "MotionSSIMTraining" / script).is_file()
+    assert not (ROOT / "MotionSSIMTraining" / "train.py").exists()
+    assert script not in sets["MODULE_PYTHON_SCRIPTS"] + sets["MODULE_PYTHON_RESOURCES"]
     text = cmake_text(ROOT / "MotionSSIMTraining" / "CMakeLists.txt")
-    assert "${MODULE_NAME}Scripts" in text and "install(" in text
+    assert "${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/${script}" in text and "install(" in text
     logic = (ROOT / "MotionSSIMTraining" / "MotionSSIMTraining.py").read_text()
     assert '"MotionSSIMTrainingScripts", "train.py"' in logic
+
+
+@pytest.mark.parametrize("module", MODULE_DIRS)
+def test_module_folders_hold_only_module_files(module):
+    """Every .py directly in a module folder is loaded by Slicer as a module named after the
+    file, which must define a class of that name (a ScriptedLoadableModule)."""
+    import ast
+
+    for path in (ROOT / module).glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body
+                   if isinstance(n, ast.ClassDef)}
+        assert path.stem in classes, f"{path.name}: Slicer would load it as a module"
+        assert "ScriptedLoadableModule" in classes[path.stem], path.name
+
+
+def test_headless_train_script_runs_from_source_and_install_layouts(tmp_path):
+    """`train.py --help` finds the engine by itself in the source tree (../../MotionSSIM) and in
+    the installed layout (<qt-scripted-modules>/{MotionSSIMLib, MotionSSIMTrainingScripts})."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    source = ROOT / "MotionSSIMTraining" / "MotionSSIMTrainingScripts" / "train.py"
+    installed = tmp_path / "qt-scripted-modules"
+    shutil.copytree(ROOT / "MotionSSIM" / "MotionSSIMLib", installed / "MotionSSIMLib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (installed / "MotionSSIMTrainingScripts").mkdir()
+    shutil.copy(source, installed / "MotionSSIMTrainingScripts" / "train.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for script in (source, installed / "MotionSSIMTrainingScripts" / "train.py"):
+        out = subprocess.run([sys.executable, str(script), "--", "--help"], capture_output=True,
+                             text=True, encoding="utf-8", errors="replace", env=env,
+                             cwd=tmp_path, timeout=120)
+        assert out.returncode == 0 and "--resume" in out.stdout, (script, out.stderr)
 
 
 def test_extension_metadata():

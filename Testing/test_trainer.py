@@ -267,7 +267,7 @@ def test_cli_errors_are_one_line(toy, tmp_path, capsys):
 
 
 def test_train_script_help_and_sigterm(toy, tmp_path):
-    script = ROOT / "MotionSSIMTraining" / "train.py"
+    script = ROOT / "MotionSSIMTraining" / "MotionSSIMTrainingScripts" / "train.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # the script finds the engine by itself (../MotionSSIM) and explains the data layout
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,

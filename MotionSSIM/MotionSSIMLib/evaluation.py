@@ -192,7 +192,7 @@ test_set.__test__ = False  # type: ignore[attr-defined]  # pytest: not a test
 def _input_size(meta: dict[str, Any]) -> int:
     """The slice size a checkpoint was trained at (256 unless a test trained smaller)."""
     size = meta.get("train_input_size") or meta.get("input_size") or 256
-    if isinstance(size, list | tuple):
+    if isinstance(size, (list, tuple)):
         size = size[0]
     return int(size)
 
@@ -298,7 +298,7 @@ def evaluate_checkpoints(
 def _json_clean(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _json_clean(v) for k, v in x.items() if not str(k).startswith("_")}
-    if isinstance(x, list | tuple):
+    if isinstance(x, (list, tuple)):
         return [_json_clean(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -472,7 +472,7 @@ def _plots(result: dict[str, Any], out: Path, true: np.ndarray) -> None:
 
         keys = [*CLASS_COUNTS, "clinical"]
         fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4))
-        for ax, k in zip(axes, keys, strict=True):
+        for ax, k in zip(axes, keys):
             t = m["figures"]["clinical"] if k == "clinical" else \
                 m["figures"]["classification"][str(k)]
             cm = np.array(t["confusion_matrix"], dtype=float)

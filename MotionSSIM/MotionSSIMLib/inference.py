@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class
 from .errors import MotionSSIMError
 from .geometry import MODEL_SIZE, Volume, extract_slices, to_model_input, volume
 
-ModelLike = str | os.PathLike | nn.Module | LoadedModel | None
+# typing.Union, not `|`: this alias is evaluated at import, and Slicer 5.8 has Python 3.9
+ModelLike = Union[str, os.PathLike, nn.Module, LoadedModel, None]
 Progress = Callable[[int, int], None]
 
 VERDICTS = {1: "good", 2: "sufficient", 3: "insufficient: re-scan"}
@@ -349,7 +350,7 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
     empty = foreground < min_foreground
     records = [SliceRecord(int(i), float(p), float(s), int(c), float(f), bool(e))
                for i, p, s, c, f, e in zip(stack.indices, stack.positions_mm, pred, classes,
-                                           foreground, empty, strict=True)]
+                                           foreground, empty)]
     summary = summarize(pred, classes, empty, np.asarray(stack.indices), thresholds)
     summary["min_foreground"] = float(min_foreground)
     return Assessment(records, summary, stack.orientation, stack.axis,

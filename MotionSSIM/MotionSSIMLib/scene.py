@@ -268,7 +268,7 @@ def _write_table(table, assessment) -> None:
         np.array([1 if r.empty else 0 for r in records], dtype=np.int32),
     ]
     numeric = [c for c in columns if c is not None]
-    names = [n for n, c in zip(TABLE_COLUMNS, columns, strict=True) if c is not None]
+    names = [n for n, c in zip(TABLE_COLUMNS, columns) if c is not None]
     was_modifying = table.StartModify()
     slicer.util.updateTableFromArray(table, numeric, names)
     # updateTableFromArray cannot take strings; insert the class name after "class".
@@ -280,7 +280,7 @@ def _write_table(table, assessment) -> None:
     ordered = [vtable.GetColumnByName(n) for n in names]
     for _ in range(vtable.GetNumberOfColumns()):
         vtable.RemoveColumn(0)
-    for name, column in zip(names, ordered, strict=True):
+    for name, column in zip(names, ordered):
         vtable.AddColumn(column)
         if name == "class":
             vtable.AddColumn(strings)
@@ -355,7 +355,7 @@ def _write_overlay(overlay, volumeNode, assessment, color_table, style: str) -> 
     labels_array = np.zeros(tuple(reversed(dims)), dtype=np.uint8)  # [k, j, i]
     axis_pos = {"k": 0, "j": 1, "i": 2}[assessment.axis]
     labels = slice_labels(assessment)
-    for record, label in zip(assessment.records, labels, strict=True):
+    for record, label in zip(assessment.records, labels):
         view = np.take(labels_array, record.index, axis=axis_pos)  # copy, 2D
         view[...] = label
         if style == "frame":
@@ -455,7 +455,7 @@ def _jsonable(value):
     """Plain JSON types for a summary that may hold numpy scalars/arrays."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
         return [_jsonable(v) for v in value.tolist()]

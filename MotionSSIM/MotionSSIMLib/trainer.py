@@ -510,7 +510,7 @@ def calibrate_batchnorm(net: torch.nn.Module, batches: Sequence[torch.Tensor],
             with autocast() if autocast is not None else contextlib.nullcontext():
                 net(x)
     finally:
-        for m, mom in zip(bns, momenta, strict=True):
+        for m, mom in zip(bns, momenta):
             m.momentum = mom
         net.train(was_training)
 

@@ -1,8 +1,12 @@
 """Train a MotionSSIM model without a user interface.
 
-    python MotionSSIMTraining/train.py --data data/synth/split.json --out runs/r18
-    Slicer --no-main-window --python-script MotionSSIMTraining/train.py -- \
-        --data data/synth/split.json --out runs/r18
+    python MotionSSIMTraining/MotionSSIMTrainingScripts/train.py --data data/synth/split.json --out runs/r18
+    Slicer --no-main-window --python-script \
+        MotionSSIMTraining/MotionSSIMTrainingScripts/train.py -- --data data/synth/split.json --out runs/r18
+
+This file lives in a sub-folder of the module folder because Slicer's module factory loads every
+.py file directly in a module folder as a module ("class train was not found" at start-up). The
+installed extension keeps the same layout: <scripted modules>/MotionSSIMTrainingScripts/train.py.
 
 Same arguments as `python -m MotionSSIMLib train` (see --help). Exit status: 0 done, 1 stopped
 early (a `stop` file in the output folder, Ctrl-C or SIGTERM; continue with --resume), 2 error.
@@ -20,15 +24,15 @@ def _in_slicer() -> bool:
 
 
 def _make_engine_importable() -> None:
-    """Inside the source tree (or Slicer without the extension installed), MotionSSIMLib lives
-    in ../MotionSSIM next to this folder."""
+    """MotionSSIMLib lives in ../../MotionSSIM in the source tree, in .. (the scripted-modules
+    folder) in the installed extension."""
     try:
         import MotionSSIMLib  # noqa: F401
         return
     except ImportError:
         pass
     here = os.path.dirname(os.path.abspath(__file__))
-    for folder in (os.path.join(here, "..", "MotionSSIM"), here):
+    for folder in (os.path.join(here, "..", "..", "MotionSSIM"), os.path.join(here, "..")):
         folder = os.path.normpath(folder)
         if os.path.isdir(os.path.join(folder, "MotionSSIMLib")) and folder not in sys.path:
             sys.path.insert(0, folder)
