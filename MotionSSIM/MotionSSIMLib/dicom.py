@@ -1,0 +1,400 @@
+"""DICOM series folders: an explicit reader that refuses rather than guesses.
+
+Every file's header is parsed here, up to (not into) its pixel data, by a small bounded parser
+(pydicom is not a dependency, and GDCM reads a whole file, pixels included, even to report its
+size). From the headers: the series in the folder are listed (several series -> refused with
+their UIDs and descriptions unless one is chosen), slices are ordered by the positions stored in
+the files, and missing slices, duplicate positions, several echoes or time points (4D),
+truncated or unreadable slice files, dangling symlinks and symlink loops are refused by name.
+A multi-frame file's size is checked on its header before its pixels are read. Only then does
+SimpleITK (GDCM) read the pixels of the files chosen, in the order chosen here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+# Header bytes read before the pixel data at most: real headers are a few KB to a few MB
+# (private tags, embedded thumbnails); beyond this a file is refused rather than parsed.
+MAX_HEADER_BYTES = 64 * 2**20
+MAX_DEPTH = 16  # nested sequences
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+             b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+
+# Tags read from the top-level dataset: (group << 16 | element) -> (name, binary US?)
+_WANTED = {
+    0x00080016: ("sop_class", False), 0x0008103E: ("description", False),
+    0x0020000E: ("series_uid", False), 0x00200011: ("series_number", False),
+    0x00200013: ("instance", False), 0x00200032: ("position", False),
+    0x00200037: ("orientation", False), 0x00180086: ("echo_number", False),
+    0x00180081: ("echo_time", False), 0x00200100: ("temporal_position", False),
+    0x00200012: ("acquisition", False), 0x00181060: ("trigger_time", False),
+    0x00189087: ("b_value", False), 0x00280008: ("frames", False),
+    0x00280010: ("rows", True), 0x00280011: ("columns", True),
+    0x00280100: ("bits_allocated", True), 0x00280002: ("samples", True),
+    0x00280030: ("pixel_spacing", False),
+}
+# Attributes that tell two images at one position apart: a 4D series, not a duplicate.
+_FOURTH_DIMENSION = (("echo_number", "echoes"), ("echo_time", "echo times"),
+                     ("temporal_position", "time points"), ("trigger_time", "trigger times"),
+                     ("b_value", "b-values"), ("acquisition", "acquisitions"))
+
+
+class _Truncated(Exception):
+    pass
+
+
+@dataclass
+class DicomHeader:
+    """What MotionSSIM needs from one DICOM file's header."""
+
+    path: Path
+    transfer_syntax: str = ""
+    tags: dict[str, object] = field(default_factory=dict)
+    pixel_offset: int = -1
+    pixel_length: int = -1  # -1: none; _UNDEFINED: encapsulated (compressed) pixels
+
+    def text(self, name: str, default: str = "") -> str:
+        v = self.tags.get(name)
+        return v if isinstance(v, str) else default
+
+    def number(self, name: str, default: float | None = None) -> float | None:
+        v = self.tags.get(name)
+        if isinstance(v, int):
+            return float(v)
+        try:
+            return float(str(v).split("\\")[0])
+        except (TypeError, ValueError):
+            return default
+
+    def numbers(self, name: str, n: int) -> np.ndarray | None:
+        try:
+            vals = [float(x) for x in self.text(name).split("\\")]
+        except ValueError:
+            return None
+        arr = np.asarray(vals, float)
+        return arr if arr.size == n and np.isfinite(arr).all() else None
+
+    @property
+    def frames(self) -> int:
+        f = self.number("frames", 1.0)
+        return int(f) if f is not None and f >= 1 else 1
+
+    def expected_pixel_bytes(self) -> int:
+        rows, cols = int(self.number("rows", 0) or 0), int(self.number("columns", 0) or 0)
+        bits = int(self.number("bits_allocated", 16) or 16)
+        samples = int(self.number("samples", 1) or 1)
+        return rows * cols * self.frames * samples * max(1, bits // 8)
+
+
+class _Reader:
+    """Bounded sequential reads from a file; EOF inside an element is `_Truncated`."""
+
+    def __init__(self, f, size: int):
+        self.f, self.size = f, size
+
+    def read(self, n: int) -> bytes:
+        if self.f.tell() + n > min(self.size, MAX_HEADER_BYTES):
+            raise _Truncated
+        b = self.f.read(n)
+        if len(b) != n:
+            raise _Truncated
+        return b
+
+    def skip(self, n: int) -> None:
+        if self.f.tell() + n > self.size:
+            raise _Truncated
+        self.f.seek(n, os.SEEK_CUR)
+
+    def at_end(self) -> bool:
+        return self.f.tell() >= self.size
+
+
+def _element_head(r: _Reader, explicit: bool, little: bool) -> tuple[int, bytes, int]:
+    """(tag, VR or b'', value length) of the next element."""
+    e = "<" if little else ">"
+    g, el = struct.unpack(e + "HH", r.read(4))
+    tag = g << 16 | el
+    if g == 0xFFFE:  # item and delimiters: never a VR
+        return tag, b"", struct.unpack(e + "I", r.read(4))[0]
+    if not explicit:
+        return tag, b"", struct.unpack(e + "I", r.read(4))[0]
+    vr = r.read(2)
+    if vr in _LONG_VRS:
+        r.read(2)
+        return tag, vr, struct.unpack(e + "I", r.read(4))[0]
+    return tag, vr, struct.unpack(e + "H", r.read(2))[0]
+
+
+def _skip_sequence(r: _Reader, explicit: bool, little: bool, depth: int) -> None:
+    """Skip an undefined-length sequence (items until the sequence delimiter)."""
+    if depth > MAX_DEPTH:
+        raise ValueError("sequences nested too deeply")
+    while True:
+        tag, _, length = _element_head(r, explicit, little)
+        if tag == _SEQ_END:
+            return
+        if tag != _ITEM:
+            raise ValueError(f"unexpected tag {tag:08X} inside a sequence")
+        if length != _UNDEFINED:
+            r.skip(length)
+            continue
+        while True:  # an item of undefined length: elements until the item delimiter
+            t, vr, n = _element_head(r, explicit, little)
+            if t == _ITEM_END:
+                break
+            if n == _UNDEFINED:
+                _skip_sequence(r, explicit and vr != b"UN", little, depth + 1)
+            else:
+                r.skip(n)
+
+
+def read_header(path: Path) -> DicomHeader | None:
+    """The header of a DICOM file (Part 10, with the 'DICM' preamble), or None if the file is
+    not DICOM. Refuses (InputError naming the file) a DICOM file that is truncated or cannot
+    be parsed. Reads at most MAX_HEADER_BYTES and never the pixel data."""
+    size = path.stat().st_size
+    hdr = DicomHeader(path)
+    try:
+        with open(path, "rb") as f:
+            pre = f.read(132)
+            if len(pre) < 132 or pre[128:132] != b"DICM":
+                return None
+            r = _Reader(f, size)
+            while True:  # file meta information: always explicit VR little endian
+                pos = f.tell()
+                if r.at_end():
+                    raise _Truncated
+                g = struct.unpack("<H", r.read(2))[0]
+                f.seek(pos)
+                if g != 0x0002:
+                    break
+                tag, _, n = _element_head(r, True, True)
+                if n == _UNDEFINED:
+                    raise ValueError("undefined length in the file meta information")
+                value = r.read(n)
+                if tag == 0x00020010:
+                    hdr.transfer_syntax = value.decode("ascii", "replace").strip("\0 ")
+            ts = hdr.transfer_syntax
+            if ts == _DEFLATED:
+                raise ValueError("deflated transfer syntax is not supported")
+            explicit, little = ts != _IMPLICIT_LE, ts != _EXPLICIT_BE
+            e = "<" if little else ">"
+            while not r.at_end():
+                tag, vr, n = _element_head(r, explicit, little)
+                if tag == _PIXEL_DATA:
+                    hdr.pixel_offset, hdr.pixel_length = f.tell(), n
+                    if n != _UNDEFINED and f.tell() + n > size:
+                        raise _Truncated
+                    break
+                if n == _UNDEFINED:
+                    _skip_sequence(r, explicit and vr != b"UN", little, 1)
+                    continue
+                want = _WANTED.get(tag)
+                if want is None:
+                    r.skip(n)
+                    continue
+                value = r.read(n)
+                name, binary = want
+                if binary and n >= 2:
+                    hdr.tags[name] = int(struct.unpack(e + "H", value[:2])[0])
+                elif not binary:
+                    hdr.tags[name] = value.decode("ascii", "replace").strip("\0 ")
+    except _Truncated:
+        raise InputError(f"{path}: truncated DICOM file (it ends inside its header or pixel "
+                         "data)") from None
+    except (ValueError, struct.error) as exc:
+        raise InputError(f"{path}: unreadable DICOM file ({exc})") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    if hdr.pixel_length not in (-1, _UNDEFINED) and hdr.pixel_length < hdr.expected_pixel_bytes():
+        raise InputError(f"{path}: truncated DICOM file (pixel data holds {hdr.pixel_length} "
+                         f"bytes, its header needs {hdr.expected_pixel_bytes()})")
+    return hdr
+
+
+def _list_files(folder: Path) -> tuple[list[Path], int]:
+    """Regular files of a folder (not recursive; hidden files skipped), and the number of
+    subfolders. Dangling symlinks, symlink loops, FIFOs, devices and unreadable entries are
+    refused by name: a slice must never disappear silently."""
+    files, subfolders = [], 0
+    try:
+        entries = sorted(os.scandir(folder), key=lambda d: d.name)
+    except PermissionError:
+        raise InputError(f"{folder}: permission denied (cannot list the folder)") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        p = Path(entry.path)
+        try:
+            st = p.stat()  # follows symlinks
+        except FileNotFoundError:
+            raise InputError(f"{p}: dangling symlink (its target does not exist)") from None
+        except OSError as exc:
+            if exc.errno == 40 or "loop" in str(exc).lower():
+                raise InputError(f"{p}: symlink loop") from None
+            raise InputError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+        if stat.S_ISDIR(st.st_mode):
+            subfolders += 1
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{p}: not a regular file (a FIFO, socket or device)")
+        if not os.access(p, os.R_OK):
+            raise InputError(f"{p}: permission denied")
+        files.append(p)
+    return files, subfolders
+
+
+def _image_headers(folder: Path) -> dict[str, list[DicomHeader]]:
+    """Image headers of the folder grouped by SeriesInstanceUID."""
+    files, subfolders = _list_files(folder)
+    series: dict[str, list[DicomHeader]] = {}
+    for p in files:
+        hdr = read_header(p)
+        if hdr is None:
+            if p.suffix.lower() in DICOM_SUFFIXES:
+                raise InputError(f"{p}: not a readable DICOM file (no DICM preamble: truncated "
+                                 "or not DICOM)")
+            continue  # README, DICOMDIR-less notes...: not part of any series
+        if hdr.pixel_length == -1:
+            continue  # DICOMDIR, structured reports, presentation states: no image
+        series.setdefault(hdr.text("series_uid"), []).append(hdr)
+    if not series:
+        hint = (f" (it has {subfolders} subfolder{'s' if subfolders > 1 else ''}: pass the "
+                "series folder itself)") if subfolders else ""
+        raise InputError(f"{folder}: no DICOM series in this folder{hint}")
+    return series
+
+
+def list_series(folder: str | Path) -> list[tuple[str, str, int]]:
+    """(SeriesInstanceUID, description, number of image files) of each series in a folder."""
+    series = _image_headers(Path(folder))
+    return [(uid, hs[0].text("description"), len(hs)) for uid, hs in sorted(series.items())]
+
+
+def _describe(series: dict[str, list[DicomHeader]]) -> str:
+    parts = []
+    for uid, hs in sorted(series.items()):
+        desc = hs[0].text("description")
+        parts.append(f"{uid or '(no UID)'}" + (f" '{desc[:40]}'" if desc else "")
+                     + f" ({len(hs)} file{'s' if len(hs) > 1 else ''})")
+    return "; ".join(parts)
+
+
+def select_series(folder: Path, series_uid: str | None) -> list[DicomHeader]:
+    """The image headers of the one series to read: the only one, or `series_uid`."""
+    series = _image_headers(folder)
+    if series_uid is not None:
+        if series_uid not in series:
+            raise InputError(f"{folder}: no series {series_uid} here; found: "
+                             f"{_describe(series)}")
+        return series[series_uid]
+    if len(series) > 1:
+        raise InputError(f"{folder}: {len(series)} DICOM series in this folder: "
+                         f"{_describe(series)}; choose one with --series UID (Python: "
+                         "read_volume(folder, series=UID)) or put each series in its own folder")
+    return next(iter(series.values()))
+
+
+def _fourth_dimension(a: DicomHeader, b: DicomHeader) -> str | None:
+    for attr, what in _FOURTH_DIMENSION:
+        va, vb = a.text(attr), b.text(attr)
+        if va and vb and va != vb:
+            return what
+    return None
+
+
+def order_slices(folder: Path, headers: list[DicomHeader]) -> tuple[list[DicomHeader], float]:
+    """The slices of one series ordered along their normal, and the slice spacing, from the
+    positions stored in the files. Refuses mixed orientations or matrix sizes, missing
+    positions, several images at one position (4D or duplicates), gaps and uneven spacing."""
+    first = headers[0]
+    if any(h.frames > 1 for h in headers):
+        if len(headers) > 1:
+            names = ", ".join(h.path.name for h in headers if h.frames > 1)
+            raise InputError(f"{folder}: multi-frame files ({names[:200]}) in a series of "
+                             f"{len(headers)} files; pass one multi-frame file itself")
+        return headers, float("nan")
+    if len(headers) == 1:
+        return headers, float("nan")
+    ori = first.numbers("orientation", 6)
+    if ori is None:
+        raise InputError(f"{first.path}: no usable Image Orientation (0020,0037)")
+    size = (first.number("rows"), first.number("columns"))
+    for h in headers:
+        o = h.numbers("orientation", 6)
+        if o is None or np.abs(o - ori).max() > 1e-3:
+            raise InputError(f"{h.path}: its orientation differs from {first.path.name}'s "
+                             "in the same series (a localizer?)")
+        if (h.number("rows"), h.number("columns")) != size:
+            raise InputError(f"{h.path}: matrix {h.number('rows'):.0f}x"
+                             f"{h.number('columns'):.0f} differs from {first.path.name}'s "
+                             "in the same series")
+    normal = np.cross(ori[:3], ori[3:])
+    if np.linalg.norm(normal) < 1e-3:
+        raise InputError(f"{first.path}: degenerate Image Orientation (0020,0037)")
+    normal /= np.linalg.norm(normal)
+    pos = []
+    for h in headers:
+        p = h.numbers("position", 3)
+        if p is None:
+            raise InputError(f"{h.path}: no usable Image Position (0020,0032)")
+        pos.append(float(p @ normal))
+    order = np.argsort(pos, kind="stable")
+    hs = [headers[i] for i in order]
+    z = np.asarray(pos)[order]
+    steps = np.diff(z)
+    tol = 1e-3 + 1e-3 * float(np.abs(z).max())  # positions are decimal strings
+    same = np.flatnonzero(steps <= tol)
+    if same.size:
+        a, b = hs[same[0]], hs[same[0] + 1]
+        what = _fourth_dimension(a, b)
+        n_at = int(np.max(np.unique(np.round(z / max(tol, 1e-6)), return_counts=True)[1]))
+        if what:
+            raise InputError(f"{folder}: {n_at} {what} at each position ({a.path.name}, "
+                             f"{b.path.name}, ...): a 4D series; expected one 3D volume: "
+                             "split it into one folder per 3D volume")
+        raise InputError(f"{folder}: duplicate slice position {z[same[0]]:.3f} mm in "
+                         f"{a.path.name} and {b.path.name} ({len(same)} repeated positions)")
+    step = float(np.median(steps))
+    uneven = np.flatnonzero(np.abs(steps - step) > max(0.01 * step, tol))
+    if uneven.size:
+        i = int(uneven[0])
+        gap = steps[i] / step
+        if abs(gap - round(gap)) < 0.05 and round(gap) >= 2:
+            raise InputError(f"{folder}: {round(gap) - 1} missing slice(s) between "
+                             f"{hs[i].path.name} ({z[i]:.2f} mm) and {hs[i + 1].path.name} "
+                             f"({z[i + 1]:.2f} mm); slice spacing {step:.3f} mm")
+        raise InputError(f"{folder}: uneven slice spacing ({steps[i]:.3f} mm between "
+                         f"{hs[i].path.name} and {hs[i + 1].path.name}, {step:.3f} mm "
+                         "elsewhere)")
+    if not math.isfinite(step) or step <= 0:
+        raise InputError(f"{folder}: no usable slice spacing")
+    return hs, step
+
+
+def check_pixels(hdr: DicomHeader) -> None:
+    """Refuse what cannot be a grey-scale MR magnitude image before its pixels are read."""
+    samples = int(hdr.number("samples", 1) or 1)
+    if samples > 1:
+        raise InputError(f"{hdr.path}: a colour DICOM image ({samples} samples per pixel); "
+                         "expected grey-scale MR")
+    if not hdr.number("rows") or not hdr.number("columns"):
+        raise InputError(f"{hdr.path}: no image matrix (Rows/Columns) in the DICOM header")
