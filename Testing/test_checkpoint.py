@@ -211,3 +211,45 @@ def test_default_model_path_and_missing_bundle_message():
         assert "no bundled model" in msg and "train" in msg
         with pytest.raises(CheckpointError, match="no bundled model"):
             load_checkpoint()
+
+
+def test_crafted_metadata_is_refused_in_one_line(ckpt, tmp_path):
+    from safetensors.torch import save_file
+
+    # deeply nested JSON (json.loads raises RecursionError), in a file that is otherwise right
+    deep = '{"format": "%s", "x": %s%s}' % (FORMAT, "[" * 100_000, "]" * 100_000)
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "deep.safetensors"),
+              metadata={"motionssim": deep})
+    assert "nested too deeply" in refusal(tmp_path / "deep.safetensors")
+    # format_version 1e400 parses as float inf (int() of it: OverflowError); 1.5, "1", true
+    for bad in ("1e400", "-1e400", "1.5", '"1"', "true", "NaN"):
+        text = json.dumps(read_metadata(ckpt)).replace('"format_version": 1',
+                                                       f'"format_version": {bad}')
+        assert bad in text
+        path = tmp_path / "version.safetensors"
+        save_file({"w": torch.zeros(3)}, str(path), metadata={"motionssim": text})
+        assert "invalid checkpoint format_version" in refusal(path), bad
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "json.safetensors"),
+              metadata={"motionssim": "{not json"})
+    assert "not valid JSON" in refusal(tmp_path / "json.safetensors")
+    p = rewrite_metadata(ckpt, tmp_path / "archlist.safetensors",
+                         lambda m: m.update(architecture=["resnet18"]))
+    assert "unknown architecture" in refusal(p)  # a list, not a name (was a TypeError)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.float64, torch.int32])
+def test_unsupported_weight_dtypes_are_refused_at_load(net, ckpt, tmp_path, dtype):
+    from safetensors.torch import save_file
+
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+               for k, v in net.state_dict().items()}
+    path = tmp_path / f"{str(dtype)[6:]}.safetensors"
+    save_file(tensors, str(path), metadata={"motionssim": json.dumps(read_metadata(ckpt))})
+    msg = refusal(path)
+    assert f"stored as {str(dtype)[6:]}" in msg and "unsupported weight type" in msg
+    # the BatchNorm batch counter may not be a float either
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    key = next(k for k in tensors if k.endswith("num_batches_tracked"))
+    tensors[key] = tensors[key].float()
+    save_file(tensors, str(path), metadata={"motionssim": json.dumps(read_metadata(ckpt))})
+    assert "an integer" in refusal(path)

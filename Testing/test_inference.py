@@ -7,7 +7,7 @@ import torch
 from MotionSSIMLib import geometry
 from MotionSSIMLib.checkpoint import load_checkpoint, save_checkpoint
 from MotionSSIMLib.classes import ClinicalThresholds
-from MotionSSIMLib.errors import MotionSSIMError
+from MotionSSIMLib.errors import CheckpointError, InputError, MotionSSIMError, SettingsError
 from MotionSSIMLib.inference import (
     NO_VERDICT,
     Cancelled,
@@ -84,14 +84,19 @@ def test_predict_slices_mixed_sizes(ckpt):
     assert mixed.shape == (4,) and np.allclose(mixed, single, atol=1e-5)
 
 
-def test_outputs_are_clamped_to_0_1():
+def test_outputs_are_clamped_to_0_1_and_far_outside_refused():
     net = build_model("resnet18")
     imgs = np.random.default_rng(0).random((2, 32, 32))
-    for bias, expected in ((50.0, 1.0), (-50.0, 0.0)):
+    for bias, expected in ((1.3, 1.0), (-0.3, 0.0)):  # a little outside: clamped
         with torch.no_grad():
             net.fc.weight.zero_()
             net.fc.bias.fill_(bias)
         assert predict_slices(imgs, model=net, device="cpu").tolist() == [expected] * 2
+    for bias in (50.0, -50.0, float("nan")):  # far outside: a broken model, not "good"
+        with torch.no_grad():
+            net.fc.bias.fill_(bias)
+        with pytest.raises(CheckpointError, match="broken model"):
+            predict_slices(imgs, model=net, device="cpu")
 
 
 def test_predict_slices_refuses_bad_input(ckpt):
@@ -163,8 +168,14 @@ def test_thresholds_and_min_foreground_are_settings(ckpt, head_volume):
     lax = assess_volume(head_volume, model=ckpt, device="cpu",
                         thresholds=ClinicalThresholds(good=1e-6, sufficient=0.0))
     assert lax.summary["verdict"] == "good"
+    # min_foreground 0 counts the noise-only slices too... unless they are blank: here the
+    # noise (sd 1) is 0.3 % of the volume's range, no structure to assess
     none_empty = assess_volume(head_volume, model=ckpt, device="cpu", min_foreground=0.0)
-    assert none_empty.summary["n_assessed"] == 14
+    assert none_empty.summary["n_assessed"] == 8 and none_empty.summary["n_blank"] == 6
+    noisy = geometry.volume(head_volume.array + np.random.default_rng(9).normal(
+        0, 20, head_volume.array.shape).clip(-5), head_volume.spacing)
+    assert assess_volume(noisy, model=ckpt, device="cpu",
+                         min_foreground=0.0).summary["n_assessed"] == 14
     with pytest.raises(MotionSSIMError, match="min_foreground"):
         assess_volume(head_volume, model=ckpt, device="cpu", min_foreground=2.0)
 
@@ -175,10 +186,9 @@ def test_assess_bare_array_other_orientation_and_blank_volume(ckpt):
     a = assess_volume(arr, model=ckpt, device="cpu", orientation="sagittal")
     assert a.orientation == "sagittal" and a.axis == "i" and len(a.records) == 28
     blank = np.zeros((6, 32, 32))
-    blank[0, 0, 0] = 1.0  # not constant, but no slice has a head in it
-    b = assess_volume(blank, model=ckpt, device="cpu")
-    assert all(r.empty for r in b.records)
-    assert b.summary["verdict"] == NO_VERDICT and b.summary["mean_ssim"] is None
+    blank[0, 0, 0] = 1.0  # not constant, but no slice has a head in it: refused, no verdict
+    with pytest.raises(InputError, match="no assessable slice"):
+        assess_volume(blank, model=ckpt, device="cpu")
 
 
 def test_progress_and_cancel(ckpt, head_volume):

@@ -34,6 +34,7 @@ _EXPORTS = {
     "MotionSSIMError": "errors",
     "InputError": "errors",
     "CheckpointError": "errors",
+    "SettingsError": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -151,26 +151,35 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file "
                               f"({_first_line(exc)})") from None
+    if METADATA_KEY not in header:
+        raise CheckpointError(f"{path}: safetensors file without MotionSSIM metadata; "
+                              "not a MotionSSIM checkpoint")
     try:
         meta = json.loads(header[METADATA_KEY])
-    except (KeyError, ValueError, TypeError):
-        raise CheckpointError(f"{path}: safetensors file without MotionSSIM metadata; "
-                              "not a MotionSSIM checkpoint") from None
+    except RecursionError:  # deeply nested JSON: refused, not a traceback
+        raise CheckpointError(f"{path}: MotionSSIM metadata nested too deeply; not a "
+                              "MotionSSIM checkpoint") from None
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: MotionSSIM metadata is not valid JSON "
+                              f"({_first_line(exc)[:80]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path}: not a MotionSSIM checkpoint (format {found!r})")
-    try:
-        version = int(meta.get("format_version", 0))
-    except (TypeError, ValueError):
-        version = -1
+    raw_version = meta.get("format_version", 0)
+    # an integer (1e400 parses as float inf, 1.5 is no version, True is no number)
+    if isinstance(raw_version, float) and np.isfinite(raw_version) and raw_version.is_integer():
+        raw_version = int(raw_version)
+    version = raw_version if isinstance(raw_version, int) and not isinstance(raw_version, bool) \
+        else -1
     if version < 1:
         raise CheckpointError(f"{path}: invalid checkpoint format_version "
-                              f"{meta.get('format_version')!r}")
+                              f"{str(meta.get('format_version'))[:40]}")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version} is newer than "
                               f"this MotionSSIM reads ({FORMAT_VERSION}); update MotionSSIM")
-    if meta.get("architecture") not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: unknown architecture {meta.get('architecture')!r} "
+    if not isinstance(meta.get("architecture"), str) or meta["architecture"] not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: unknown architecture "
+                              f"{str(meta.get('architecture'))[:40]!r} "
                               f"(known: {', '.join(ARCHITECTURES)})")
     return meta
 
@@ -197,6 +206,18 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
                  else f"{wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}")
         raise CheckpointError(f"{path}: weights do not match a {meta['architecture']} "
                               f"(a different network? {first})")
+    # weights stored as STORAGE_DTYPES only (int8 and other quantised or exotic types would be
+    # cast silently and fail, or mislead, later); integer buffers (BatchNorm's batch counter)
+    # stay integers
+    for k, v in tensors.items():
+        want_float = expected[k].is_floating_point()
+        if (want_float and v.dtype not in STORAGE_DTYPES) or \
+                (not want_float and (v.is_floating_point() or v.is_complex()
+                                     or v.dtype == torch.bool)):
+            kind = "float32, float16 or bfloat16" if want_float else "an integer"
+            raise CheckpointError(f"{path}: weight {k} is stored as "
+                                  f"{str(v.dtype).replace('torch.', '')}; MotionSSIM reads "
+                                  f"{kind} there (unsupported weight type)")
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path}: weights contain NaN or infinite values ({bad[0]})")

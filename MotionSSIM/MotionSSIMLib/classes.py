@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import SettingsError
+
 CLINICAL_NAMES = {1: "good", 2: "sufficient", 3: "insufficient"}
 
 
@@ -17,9 +19,14 @@ class ClinicalThresholds:
     sufficient: float = 0.60
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.sufficient < self.good <= 1.0:
-            raise ValueError("thresholds must satisfy 0 <= sufficient < good <= 1, got "
-                             f"sufficient={self.sufficient}, good={self.good}")
+        for name in ("good", "sufficient"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise SettingsError(f"threshold {name} must be a number, not "
+                                    f"{type(value).__name__}")
+        if not 0.0 <= self.sufficient < self.good <= 1.0:  # NaN fails this too
+            raise SettingsError("thresholds must satisfy 0 <= sufficient < good <= 1, got "
+                                f"sufficient={self.sufficient}, good={self.good}")
 
 
 def clinical_class(ssim, thresholds: ClinicalThresholds = ClinicalThresholds()) -> np.ndarray:
@@ -30,7 +37,7 @@ def clinical_class(ssim, thresholds: ClinicalThresholds = ClinicalThresholds()) 
 
 def uniform_class(ssim, n: int) -> np.ndarray:
     """Class 1..n of n equal-width bins on [0, 1], class 1 = lowest SSIM (Table III)."""
-    if n < 1:
-        raise ValueError(f"number of classes must be >= 1, got {n}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise SettingsError(f"number of classes must be an integer >= 1, got {n!r}")
     s = np.clip(np.asarray(ssim, dtype=np.float64), 0.0, 1.0)
     return np.minimum(np.floor(s * n).astype(int), n - 1) + 1

@@ -11,3 +11,8 @@ class InputError(MotionSSIMError):
 
 class CheckpointError(MotionSSIMError):
     """A model file that is not a valid MotionSSIM checkpoint."""
+
+
+class SettingsError(MotionSSIMError, ValueError):
+    """A setting out of range or of the wrong type (orientation, thresholds, spacing, batch
+    size...). Also a ValueError, so callers that caught ValueError before still do."""

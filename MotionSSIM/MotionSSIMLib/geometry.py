@@ -14,11 +14,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from .errors import InputError, SettingsError
 from .intensity import minmax
 
 ORIENTATIONS = ("axial", "coronal", "sagittal")
 ANISOTROPY_RATIO = 1.5
+# Fewer voxels than this along an axis: the volume is a stack of slices across that axis (a
+# 2D image, a few thick slices); cutting it another way would give strips a few pixels wide.
+THIN_AXIS = 8
+# A slice whose standard deviation is below this share of the volume's robust intensity range
+# (p0.5 - p99.5) has no structure to assess (constant, or a faint noise floor): it is flagged
+# like an empty slice. Real head slices measure 0.04 - 0.3 (the sample, the MNI template).
+BLANK_CONTRAST = 0.01
 MODEL_SIZE = 256
 
 # Anatomical axis (0 = R, 1 = A, 2 = S) normal to each slice plane.
@@ -64,14 +71,23 @@ def volume(array: np.ndarray, spacing=(1.0, 1.0, 1.0), directions=None,
     a = np.asarray(array)
     if a.ndim != 3:
         raise InputError(f"{name}: expected a 3D volume, got array shape {a.shape}")
-    sp = tuple(float(s) for s in np.asarray(spacing, float).reshape(-1))
+    if a.size == 0:
+        raise InputError(f"{name}: the volume is empty (array shape {a.shape})")
+    if (a.dtype != bool and not np.issubdtype(a.dtype, np.number)) or np.iscomplexobj(a):
+        raise InputError(f"{name}: unsupported voxel type {a.dtype}")
+    try:
+        sp = tuple(float(s) for s in np.asarray(spacing, float).reshape(-1))
+        d = np.eye(3) if directions is None else np.asarray(directions, float).reshape(3, 3)
+        o = tuple(float(v) for v in np.asarray(origin, float).reshape(3))
+    except (TypeError, ValueError) as exc:  # strings, wrong lengths: the user's one-line error
+        raise InputError(f"{name}: invalid geometry ({str(exc)[:100]})") from None
     if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-        raise InputError(f"{name}: invalid voxel spacing {spacing}")
-    d = np.eye(3) if directions is None else np.asarray(directions, float).reshape(3, 3)
+        raise InputError(f"{name}: invalid voxel spacing {str(spacing)[:100]}")
     norms = np.linalg.norm(d, axis=0)
     if not np.all(np.isfinite(d)) or np.any(norms < 1e-6) or abs(np.linalg.det(d / norms)) < 1e-3:
         raise InputError(f"{name}: degenerate direction matrix")
-    o = tuple(float(v) for v in np.asarray(origin, float).reshape(3))
+    if not all(np.isfinite(o)):
+        raise InputError(f"{name}: invalid origin {o}")
     return Volume(a, sp, d / norms, o)
 
 
@@ -79,19 +95,35 @@ def _nearest_voxel_axis(directions: np.ndarray, ras_axis: int) -> int:
     return int(np.argmax(np.abs(directions[ras_axis, :])))
 
 
+def _plane_of_voxel_axis(directions: np.ndarray, axis: int) -> str:
+    """The anatomical plane normal to voxel axis `axis` (its nearest RAS axis)."""
+    ras_axis = int(np.argmax(np.abs(np.asarray(directions)[:, axis])))
+    return {0: "sagittal", 1: "coronal", 2: "axial"}[ras_axis]
+
+
+def _thin_axis(vol: Volume) -> int | None:
+    """The voxel axis (0 = i, 1 = j, 2 = k) with fewest voxels when it has < THIN_AXIS."""
+    shape_ijk = vol.array.shape[::-1]
+    thin = int(np.argmin(shape_ijk))
+    return thin if shape_ijk[thin] < THIN_AXIS else None
+
+
 def resolve_orientation(vol: Volume, orientation: str = "auto") -> str:
-    """The slice plane: as asked, or for `auto` the acquisition plane (the plane normal to the
-    coarsest voxel axis) when largest/smallest spacing > 1.5, else axial."""
+    """The slice plane: as asked, or for `auto` the acquisition plane: the plane normal to a
+    thin axis (fewer than THIN_AXIS voxels: a stack of slices, or one 2D image), else the plane
+    normal to the coarsest voxel axis when largest/smallest spacing > 1.5, else axial."""
+    if not isinstance(orientation, str) or orientation not in (*ORIENTATIONS, "auto"):
+        raise SettingsError(f"orientation must be auto, axial, coronal or sagittal, not "
+                            f"{str(orientation)[:40]!r}")
     if orientation in ORIENTATIONS:
         return orientation
-    if orientation != "auto":
-        raise ValueError(f"orientation must be auto or one of {ORIENTATIONS}, not {orientation!r}")
+    thin = _thin_axis(vol)
+    if thin is not None:
+        return _plane_of_voxel_axis(vol.directions, thin)
     sp = np.asarray(vol.spacing, float)
     if sp.max() / sp.min() <= ANISOTROPY_RATIO:
         return "axial"
-    coarse = int(np.argmax(sp))
-    ras_axis = int(np.argmax(np.abs(np.asarray(vol.directions)[:, coarse])))
-    return {0: "sagittal", 1: "coronal", 2: "axial"}[ras_axis]
+    return _plane_of_voxel_axis(vol.directions, int(np.argmax(sp)))
 
 
 @dataclass
@@ -105,6 +137,14 @@ class SliceStack:
     axis: str
     positions_mm: np.ndarray
     foreground: np.ndarray
+    contrast: np.ndarray | None = None  # slice_contrast; below BLANK_CONTRAST: blank
+
+    @property
+    def blank(self) -> np.ndarray:
+        """Slices with no structure to assess (constant or nearly so): flagged, not scored."""
+        if self.contrast is None:
+            return np.zeros(len(self.images), dtype=bool)
+        return np.asarray(self.contrast) < BLANK_CONTRAST
 
 
 def _slice_axes(directions: np.ndarray, orientation: str) -> tuple[int, int, int, bool, bool]:
@@ -165,6 +205,23 @@ def foreground_fraction(images: np.ndarray, threshold: float) -> np.ndarray:
     return (np.asarray(images) > threshold).mean(axis=(-2, -1))
 
 
+def slice_contrast(images: np.ndarray, array: np.ndarray) -> np.ndarray:
+    """Standard deviation of each slice of `images` over the robust intensity range (p0.5 to
+    p99.5, else min to max) of `array`, the whole volume: 0 for a constant slice."""
+    flat = np.asarray(array).reshape(-1)
+    v = flat[::max(1, flat.size // 1_000_000)].astype(np.float64)
+    v = v[np.isfinite(v)]
+    spread = 0.0
+    if v.size:
+        lo, hi = np.percentile(v, [0.5, 99.5])
+        spread = float(hi - lo) or float(v.max() - v.min())
+    # one slice at a time: a float64 copy of the whole stack would double the memory
+    sd = np.array([float(np.std(s, dtype=np.float64)) for s in images], dtype=np.float64)
+    if spread <= 0 or not np.isfinite(spread):
+        return np.zeros(len(sd))
+    return sd / spread
+
+
 def extract_slices(vol: Volume, orientation: str = "auto") -> SliceStack:
     """Every slice of `vol` in the anatomical plane `orientation`, in display orientation.
 
@@ -174,6 +231,15 @@ def extract_slices(vol: Volume, orientation: str = "auto") -> SliceStack:
     plane = resolve_orientation(vol, orientation)
     d = np.asarray(vol.directions, float)
     through, row, col, flip_row, flip_col = _slice_axes(d, plane)
+    shape_ijk = vol.array.shape[::-1]
+    if min(shape_ijk[row], shape_ijk[col]) < THIN_AXIS:  # never cut a stack into strips
+        thin = row if shape_ijk[row] < shape_ijk[col] else col
+        size = "x".join(str(v) for v in shape_ijk)
+        raise InputError(
+            f"volume {size} (i x j x k) has only {shape_ijk[thin]} voxel(s) along "
+            f"{_AXIS_NAMES[thin]}: {plane} slices would be strips "
+            f"{shape_ijk[row]}x{shape_ijk[col]} pixels; assess it as "
+            f"{_plane_of_voxel_axis(d, thin)} slices (orientation auto)")
     # array axis of voxel axis c is 2 - c ([k, j, i] order)
     images = np.transpose(vol.array, (2 - through, 2 - row, 2 - col))
     if flip_row:
@@ -198,6 +264,7 @@ def extract_slices(vol: Volume, orientation: str = "auto") -> SliceStack:
         axis=_AXIS_NAMES[through],
         positions_mm=positions,
         foreground=fg.astype(np.float32),
+        contrast=slice_contrast(images, vol.array),
     )
 
 

@@ -5,8 +5,10 @@ Volume verdict (documented in README): the worst clinical class among the non-em
 "insufficient: re-scan" as soon as one assessed slice is insufficient. One slice with gross
 motion is enough to call for a re-scan of that sequence; the summary also gives the share of
 slices per class so that a reader can weigh a single bad slice. Empty slices (foreground share
-below `min_foreground`: the air at the edges of the field of view) are predicted and reported,
-but left out of the statistics and the verdict, since their SSIM means nothing.
+below `min_foreground`: the air at the edges of the field of view) and blank slices (constant
+or nearly so: a constant image would read SSIM 1.0) are predicted and reported, but left out of
+the statistics and the verdict, since their SSIM means nothing; a volume with none left is
+refused. A model whose raw outputs lie far outside [0, 1] is refused as broken.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import nn
 
 from .checkpoint import LoadedModel, default_model_path, load_checkpoint
 from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class
-from .errors import MotionSSIMError
+from .errors import CheckpointError, InputError, MotionSSIMError, SettingsError
 from .geometry import MODEL_SIZE, Volume, extract_slices, to_model_input, volume
 
 # typing.Union, not `|`: this alias is evaluated at import, and Slicer 5.8 has Python 3.9
@@ -41,6 +43,10 @@ VERDICT_RULE = ("worst clinical class among non-empty slices: good (all slices g
 # float16 forward overflows (inf/NaN) is recomputed in bfloat16, which has float32's range.
 CUDA_AMP_DTYPES = (torch.float16, torch.bfloat16)
 MODEL_CACHE_SIZE = 4  # loaded checkpoints kept (a GPU holds a few ResNets easily)
+# A trained model's raw output stays near [0, 1] (the bundled one: 0.39 - 1.06 on real slices,
+# noise, strips and constant images); far outside it the weights are broken (e.g. a last layer
+# scaled by 60000 gives 1e7, which clamping would turn into "good"), so the run is refused.
+RAW_OUTPUT_RANGE = (-0.5, 1.5)
 
 
 class Cancelled(MotionSSIMError):
@@ -131,6 +137,9 @@ def _as_slices(images) -> tuple[np.ndarray | list[np.ndarray], int]:
     if isinstance(images, Sequence) and not isinstance(images, np.ndarray) and images and all(
             np.ndim(im) == 2 for im in images):
         slices = [np.asarray(im) for im in images]
+        empty = next((s.shape for s in slices if s.size == 0), None)
+        if empty is not None:
+            raise InputError(f"predict_slices: a zero-size slice (shape {empty})")
         if len({s.shape for s in slices}) > 1:
             return slices, len(slices)
         images = np.stack(slices)
@@ -138,8 +147,10 @@ def _as_slices(images) -> tuple[np.ndarray | list[np.ndarray], int]:
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise MotionSSIMError(f"predict_slices: expected (N, H, W), (H, W) or a list of 2D "
-                              f"slices, got shape {arr.shape}")
+        raise InputError(f"predict_slices: expected (N, H, W), (H, W) or a list of 2D "
+                         f"slices, got shape {arr.shape}")
+    if len(arr) and 0 in arr.shape[1:]:
+        raise InputError(f"predict_slices: zero-size slices (shape {arr.shape})")
     return arr, len(arr)
 
 
@@ -176,8 +187,8 @@ def predict_slices(images, model: ModelLike = None, device: str | torch.device =
     total)` after each batch; `cancel()` returning True raises Cancelled.
     """
     slices, n = _as_slices(images)
-    if batch_size < 1:
-        raise MotionSSIMError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
+    pixel_spacing = check_pixel_spacing(pixel_spacing)
     dev = resolve_device(device)
     loaded = get_model(model, dev)
     out = np.empty(n, dtype=np.float64)
@@ -190,24 +201,58 @@ def predict_slices(images, model: ModelLike = None, device: str | torch.device =
     try:
         with torch.inference_mode():
             for idx, chunk in _chunks(slices, batch_size):
-                if not np.issubdtype(chunk.dtype, np.number) and chunk.dtype != bool:
-                    raise MotionSSIMError(f"predict_slices: non-numeric slices ({chunk.dtype})")
+                if (not np.issubdtype(chunk.dtype, np.number) and chunk.dtype != bool) or \
+                        np.iscomplexobj(chunk):
+                    raise InputError(f"predict_slices: non-numeric slices ({chunk.dtype})")
                 if not np.isfinite(chunk).all():
-                    raise MotionSSIMError("predict_slices: slices contain NaN or infinite "
-                                          f"values (slice {int(idx[0])} onwards)")
+                    raise InputError("predict_slices: slices contain NaN or infinite "
+                                     f"values (slice {int(idx[0])} onwards)")
                 x = torch.from_numpy(to_model_input(chunk, pixel_spacing, size=MODEL_SIZE))
                 raw, net, dev, batch_size = _predict_chunk(net, x[:, None], dev, batch_size,
                                                            cancel, lambda: _cpu_copy(loaded))
+                check_raw_outputs(raw, idx, loaded)
                 out[idx] = raw
                 done += len(idx)
                 if progress is not None:
                     progress(done, n)
     finally:
         loaded.model.train(was_training)
-    if not np.isfinite(out).all():
-        raise MotionSSIMError("predict_slices: the model produced NaN/inf predictions "
-                              "(broken weights?)")
     return np.clip(out, 0.0, 1.0)
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """`batch_size` as an int >= 1, else SettingsError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise SettingsError(f"batch size must be an integer >= 1, got {str(batch_size)[:40]}")
+    return int(batch_size)
+
+
+def check_pixel_spacing(pixel_spacing: Any) -> tuple[float, float]:
+    """(row, column) spacing in mm as two finite positive floats, else SettingsError."""
+    try:
+        values = tuple(float(v) for v in np.asarray(pixel_spacing, dtype=float).reshape(-1))
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise SettingsError(f"pixel spacing must be two positive numbers (mm), got "
+                            f"{str(pixel_spacing)[:60]}")
+    return values
+
+
+def check_raw_outputs(raw: np.ndarray, idx: np.ndarray, loaded: LoadedModel) -> None:
+    """CheckpointError naming the model file when its raw outputs are not finite or lie far
+    outside [0, 1] (RAW_OUTPUT_RANGE): such a model is broken, and clamping would hide it."""
+    lo, hi = RAW_OUTPUT_RANGE
+    bad = ~np.isfinite(raw) | (raw < lo) | (raw > hi)
+    if not bad.any():
+        return
+    first = int(np.flatnonzero(bad)[0])
+    name = loaded.path or "the model (a torch module)"
+    what = "NaN or infinite" if not np.isfinite(raw[first]) else f"{raw[first]:.3g}"
+    raise CheckpointError(f"{name}: broken model: its raw output on slice {int(idx[first])} is "
+                          f"{what}, far outside the SSIM range [0, 1] (accepted {lo} to {hi}); "
+                          "refusing its predictions")
 
 
 def _cpu_copy(loaded: LoadedModel) -> nn.Module:
@@ -252,7 +297,8 @@ class SliceRecord:
     ssim: float
     clinical_class: int
     foreground: float
-    empty: bool
+    empty: bool  # not counted: too little foreground, or blank
+    blank: bool = False  # no contrast (constant or nearly so): flagged empty
 
 
 @dataclass
@@ -311,12 +357,45 @@ MODEL_SUMMARY_KEYS = ("architecture", "name", "dtype", "epoch", "step", "motions
                       "trained_on")
 
 
+MAX_FIELD_CHARS = 200  # a model metadata string copied into a report is cut to this
+MAX_FIELD_ITEMS = 20   # ... a list or object to this many items
+MAX_FIELD_DEPTH = 3    # ... and nested objects to this depth
+
+
+def bounded(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy of `value` bounded in size: strings cut to MAX_FIELD_CHARS, lists and
+    objects to MAX_FIELD_ITEMS items and MAX_FIELD_DEPTH levels, huge or non-finite numbers
+    as short text. Model metadata is the model author's text, not ours: a report must not
+    grow without bound (or fail) because of it."""
+    def cut(text: str) -> str:
+        return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + "..."
+
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value) if abs(int(value)) < 10**15 else "(a huge integer)"
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else str(float(value))
+    if isinstance(value, str):
+        return cut(value)
+    if depth >= MAX_FIELD_DEPTH:
+        return "(nested too deep)"
+    if isinstance(value, dict):
+        return {cut(str(k)): bounded(v, depth + 1)
+                for k, v in list(value.items())[:MAX_FIELD_ITEMS]}
+    if isinstance(value, (list, tuple)):
+        return [bounded(v, depth + 1) for v in list(value)[:MAX_FIELD_ITEMS]]
+    return cut(type(value).__name__)
+
+
 def describe_model(loaded: LoadedModel) -> dict[str, Any]:
-    """The few metadata items a report shows about the model."""
-    meta = {k: loaded.metadata[k] for k in MODEL_SUMMARY_KEYS if k in loaded.metadata}
+    """The few metadata items a report shows about the model, bounded in size (`bounded`)."""
+    meta = {k: bounded(loaded.metadata[k]) for k in MODEL_SUMMARY_KEYS
+            if k in loaded.metadata}
     evaluation = loaded.metadata.get("evaluation")
     if isinstance(evaluation, dict):  # its headline figures only (residual SD, MAE, ...)
-        meta["evaluation"] = {k: v for k, v in evaluation.items()
+        meta["evaluation"] = {bounded(str(k)): bounded(v)
+                              for k, v in list(evaluation.items())[:MAX_FIELD_ITEMS]
                               if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     if loaded.path:
         meta["path"] = loaded.path
@@ -331,27 +410,42 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
     """Predict every slice of a volume and summarise: per-slice records and a verdict.
 
     A bare array is taken as [k, j, i] with 1 mm isotropic voxels and identity directions.
-    Slices whose foreground share is below `min_foreground` are predicted but flagged empty,
-    and left out of the summary and the verdict (see the module docstring for the rule).
+    Slices whose foreground share is below `min_foreground`, and blank slices (no contrast:
+    `geometry.BLANK_CONTRAST`), are predicted but flagged empty, and left out of the summary
+    and the verdict (see the module docstring for the rule). A volume with no slice left to
+    assess is refused (InputError): it has no verdict.
     """
-    if not 0.0 <= min_foreground <= 1.0:
-        raise MotionSSIMError(f"min_foreground must lie in [0, 1], got {min_foreground}")
+    if isinstance(min_foreground, bool) or not isinstance(min_foreground, (int, float,
+                                                                           np.number)) \
+            or not 0.0 <= min_foreground <= 1.0:
+        raise SettingsError(f"min_foreground must be a number in [0, 1], got "
+                            f"{str(min_foreground)[:40]}")
+    if not isinstance(thresholds, ClinicalThresholds):
+        raise SettingsError("thresholds must be a ClinicalThresholds(good=..., sufficient=...), "
+                            f"not {type(thresholds).__name__}")
+    batch_size = check_batch_size(batch_size)
     if not isinstance(vol, Volume):
         vol = volume(vol)
     if cancel is not None and cancel():
         raise Cancelled("assessment cancelled")
     stack = extract_slices(vol, orientation)
+    foreground = np.asarray(stack.foreground, dtype=float)
+    blank = np.asarray(stack.blank, dtype=bool)
+    empty = (foreground < min_foreground) | blank
+    if empty.all():  # refused before the model runs: nothing here could be scored
+        raise InputError(f"no assessable slice: all {len(empty)} {stack.orientation} slices "
+                         f"are empty (foreground share < {min_foreground}) or blank "
+                         f"({int(blank.sum())} constant or nearly so)")
     dev = resolve_device(device)
     loaded = get_model(model, dev)
     pred = predict_slices(stack.images, loaded, dev, batch_size, stack.pixel_spacing,
                           progress=progress, cancel=cancel)
     classes = clinical_class(pred, thresholds)
-    foreground = np.asarray(stack.foreground, dtype=float)
-    empty = foreground < min_foreground
-    records = [SliceRecord(int(i), float(p), float(s), int(c), float(f), bool(e))
-               for i, p, s, c, f, e in zip(stack.indices, stack.positions_mm, pred, classes,
-                                           foreground, empty)]
+    records = [SliceRecord(int(i), float(p), float(s), int(c), float(f), bool(e), bool(b))
+               for i, p, s, c, f, e, b in zip(stack.indices, stack.positions_mm, pred, classes,
+                                              foreground, empty, blank)]
     summary = summarize(pred, classes, empty, np.asarray(stack.indices), thresholds)
     summary["min_foreground"] = float(min_foreground)
+    summary["n_blank"] = int(blank.sum())
     return Assessment(records, summary, stack.orientation, stack.axis,
                       tuple(float(v) for v in stack.pixel_spacing), describe_model(loaded))
