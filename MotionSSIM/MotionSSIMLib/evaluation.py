@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,15 @@ def evaluate_checkpoints(
                      "residuals": "predicted - true"},
         "models": models,
     }
+    test_files = result["protocol"]["test_data"].get("files", [])
+    overlap = {nm: trained_on(loaded[j].metadata, test_files) for j, nm in enumerate(names)}
+    overlap = {nm: v for nm, v in overlap.items() if v}
+    if overlap:
+        result["protocol"]["trained_on_test_volumes"] = overlap
+        for nm, v in overlap.items():
+            print(f"motionssim: warning: {nm} was trained on {len(v)} of the test volumes "
+                  f"({', '.join(v[:5])}{', ...' if len(v) > 5 else ''}): the figures overstate "
+                  "its accuracy", file=sys.stderr, flush=True)
     write_report(result, out_dir, true)
     for m in models.values():
         m.pop("_pred", None)
@@ -362,11 +372,23 @@ def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray) 
         for i, tv in enumerate(true):
             w.writerow([i, f"{tv:.6f}", *[f"{c[i]:.6f}" for c in cols]])
 
-    _plots(result, out, true)
-    (out / "report.md").write_text(_markdown(result), encoding="utf-8")
+    # The text report comes first: the plots need matplotlib, which a stock Slicer lacks, and
+    # drawing them can fail (fonts, backends) without making the figures above wrong.
+    (out / "report.md").write_text(_markdown(result, plots=None), encoding="utf-8")
+    try:
+        _plots(result, out, true)
+        plots = "drawn"
+    except ImportError as exc:
+        plots = f"not drawn: {exc.name or 'matplotlib'} is not installed"
+    except Exception as exc:  # a plot must never cost the report
+        plots = f"not drawn: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    result["protocol"]["plots"] = plots
+    (out / "report.md").write_text(_markdown(result, plots=plots), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(_json_clean(result), indent=1), encoding="utf-8")
 
 
-def _markdown(result: dict[str, Any]) -> str:
+def _markdown(result: dict[str, Any], plots: str | None = "drawn") -> str:
+    """The report as Markdown; `plots`: "drawn", None (not yet) or why they were not drawn."""
     models = result["models"]
     names = list(models)
     p = result["protocol"]
@@ -379,6 +401,9 @@ def _markdown(result: dict[str, Any]) -> str:
         f"{p.get('slices', 'central')} slices. "
         "Residual = predicted − true SSIM.",
         "",
+    ]
+    lines += _tested_subjects_lines(p)
+    lines += [
         "## Regression",
         "",
         "| model | residual μ | residual σ (normal fit) | MAE | RMSE | r | slope | intercept |",
@@ -418,12 +443,62 @@ def _markdown(result: dict[str, Any]) -> str:
                                f"{_f(t[avg]['f1'], 2)}" for t in tables)
             lines.append(f"| {avg.replace('_', ' ')} | {cells} | {tables[0]['n']} |")
     lines += ["", "## Plots", ""]
+    if plots != "drawn":
+        lines += ["Plots " + (plots or "are being drawn") + ".", ""]
+        return "\n".join(lines) + "\n"
     for nm in names:
         slug = _slug(nm)
         lines += [f"### {nm}", "", f"![scatter](scatter_{slug}.png) "
                   f"![residuals](residuals_{slug}.png)", "", f"![confusion](confusion_{slug}.png)",
                   ""]
     return "\n".join(lines) + "\n"
+
+
+def _tested_subjects_lines(protocol: dict[str, Any]) -> list[str]:
+    """Which volumes were tested, and a warning when any of them was trained on."""
+    files = protocol.get("test_data", {}).get("files", [])
+    lines = []
+    overlap = protocol.get("trained_on_test_volumes") or {}
+    for model, names in overlap.items():
+        lines += [f"**Warning: {model} was trained on {len(names)} of these test volumes** "
+                  f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}): its figures "
+                  "overstate how it does on new data. Test on held-out volumes (a split file, "
+                  "or train/ and test/ sub-folders).", ""]
+    if files:
+        shown = ", ".join(files[:50]) + (f", ... ({len(files)} in all)" if len(files) > 50 else "")
+        lines += [f"Tested volumes: {shown}.", ""]
+    return lines
+
+
+def trained_on(metadata: dict[str, Any], test_files: Sequence[str]) -> list[str]:
+    """Test file names that also appear among a checkpoint's training volumes (its metadata
+    records the file names of its training split)."""
+    data = metadata.get("training_data") or {}
+    train = data.get("train", {}) if isinstance(data, dict) else {}
+    names = set(train.get("files", []) if isinstance(train, dict) else [])
+    return sorted(set(test_files) & names)
+
+
+def held_out_test_volumes(source: str | Path) -> list[Path]:
+    """The test split of a data source, refused when it shares volumes with the training split.
+
+    A plain folder of volumes (no split.json, no train/ and test/ sub-folders) puts every volume
+    in every split, so evaluating on its "test split" would test on training data.
+    """
+    from .data import resolve_split
+
+    test = resolve_split(source, "test")
+    try:
+        train = resolve_split(source, "train")
+    except InputError:
+        train = []
+    shared = sorted({p.resolve() for p in test} & {p.resolve() for p in train})
+    if shared:
+        raise InputError(
+            f"{source}: the test split shares {len(shared)} of {len(test)} volumes with the "
+            f"training split (e.g. {shared[0].name}); a plain folder puts every volume in every "
+            "split: give a split file or train/ and test/ sub-folders to evaluate on held-out data")
+    return test
 
 
 def _slug(name: str) -> str:
