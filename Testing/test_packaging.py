@@ -191,3 +191,54 @@ def test_license_is_apache_2():
                     "END OF TERMS AND CONDITIONS"):
         assert section in text, section
     assert re.search(r"license\s*=\s*\{\s*text\s*=\s*\"Apache-2.0\"", (ROOT / "pyproject.toml").read_text())
+
+
+# Provided inside Slicer without pip: Slicer's own Python packages and modules, the PyTorch
+# extension (torch/torchvision through PyTorchUtils), and this extension's own code.
+SLICER_PROVIDED = {"slicer", "qt", "ctk", "vtk", "PythonQt", "SampleData", "PyTorchUtils",
+                   "numpy", "scipy", "SimpleITK", "torch", "torchvision",
+                   "MotionSSIM", "MotionSSIMLib", "MotionSSIMTraining"}
+
+
+def third_party_imports() -> dict[str, set[str]]:
+    """Import roots (not stdlib, not provided by Slicer) -> files, over every file that runs in
+    Slicer, lazy imports inside functions included."""
+    import ast
+    import sys
+
+    found: dict[str, set[str]] = {}
+    for module in MODULE_DIRS:
+        for path in (ROOT / module).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    roots = [a.name.split(".")[0] for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    roots = [node.module.split(".")[0]]
+                else:
+                    continue
+                for root in roots:
+                    if root in sys.stdlib_module_names or root in SLICER_PROVIDED:
+                        continue
+                    found.setdefault(root, set()).add(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def test_slicer_requirements_cover_every_import_of_the_engine():
+    """One requirements file (MotionSSIM/Resources/requirements.txt) installs everything the
+    code that runs in Slicer imports, and lists nothing it does not import."""
+    from MotionSSIMLib import dependencies
+
+    required = {dependencies.normalize(r.name)
+                for r in dependencies.read_requirements(
+                    ROOT / "MotionSSIM" / "Resources" / "requirements.txt")}
+    imports = third_party_imports()
+    needed = {dependencies.normalize(dependencies.IMPORT_TO_DISTRIBUTION.get(m, m)): files
+              for m, files in imports.items()}
+    missing = {name: sorted(files) for name, files in needed.items() if name not in required}
+    assert not missing, f"imported in Slicer but not in requirements.txt: {missing}"
+    unused = required - set(needed)
+    assert not unused, f"requirements.txt lists packages nothing imports: {sorted(unused)}"
+    assert {"matplotlib", "nibabel", "torchio", "safetensors", "scikit-image"} <= required
+    # Slicer's own packages and torch are never pip-installed by us
+    assert not required & (dependencies.SLICER_BUNDLED | {"torch", "torchvision"})
