@@ -326,3 +326,68 @@ def test_calibrate_batchnorm_sets_the_average_statistics_of_the_batches():
         net.train()
         tr = net(batches[1])
     assert (ev - tr).abs().max() < 0.5 * tr.abs().max()
+
+
+def test_cosine_schedule_warms_up_decays_and_resumes_on_the_same_curve(toy, tmp_path):
+    s = small(lr_schedule="cosine", warmup=0.2, epochs=5, samples_per_epoch=16, batch_size=8)
+    lrs = [trainer.learning_rate(s, t) for t in range(10)]  # 5 epochs x 2 steps
+    assert lrs[0] == pytest.approx(s.lr / 2) and lrs[1] == pytest.approx(s.lr), "warm-up ramp"
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:])), "decays after the warm-up"
+    assert lrs[-1] == pytest.approx(trainer.COSINE_FLOOR * s.lr, rel=0.05)
+    assert trainer.learning_rate(small(), 123) == small().lr, "constant is the paper's"
+    # the logged learning rate follows the curve, and a stopped run resumes on it exactly
+    full = tmp_path / "full"
+    train(s, full, toy["train"], toy["val"])
+    logged = [float(r["lr"]) for r in log_rows(full)]
+    assert logged == pytest.approx([lrs[2 * e + 1] for e in range(5)])
+    part = tmp_path / "part"
+
+    def press_stop(event):
+        if event["step"] == 3:
+            (part / "stop").write_text("")
+
+    assert train(s, part, toy["train"], toy["val"], callback=press_stop).status == "stopped"
+    train(s, part, resume=True)
+    assert same_weights(weights(part), weights(full))
+    with pytest.raises(InputError, match="lr_schedule"):
+        train(small(lr_schedule="step"), tmp_path / "bad", toy["train"])
+
+
+def test_time_limit_stops_a_run_resumably(toy, tmp_path):
+    res = train(small(max_time=1e-6), tmp_path, toy["train"], toy["val"])
+    assert res.status == "stopped" and res.step == 1, "stops after the first step"
+    st = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert (st["step"], st["next_batch"]) == (1, 1)
+    assert train(small(), tmp_path, resume=True).status == "finished"
+
+
+def test_cpu_training_uses_channels_last_by_default(toy, tmp_path):
+    seen = []
+
+    def hook(module, args):
+        # a 1-channel batch is contiguous in both layouts: look at a 64-channel weight
+        w = next(p for p in module.parameters() if p.ndim == 4 and p.shape[1] > 1)
+        seen.append(w.is_contiguous(memory_format=torch.channels_last)
+                    and not w.is_contiguous())
+
+    from MotionSSIMLib.model import build_model
+
+    orig = build_model
+
+    def spy(name):
+        net = orig(name)
+        net.register_forward_pre_hook(hook)
+        return net
+
+    import MotionSSIMLib.model as model_mod
+
+    model_mod.build_model, saved = spy, model_mod.build_model
+    try:
+        train(small(epochs=1, val_samples=0, bn_calibration=0), tmp_path / "a", toy["train"])
+        assert seen and all(seen), "the batches reach the model channels-last on the CPU"
+        seen.clear()
+        train(small(epochs=1, val_samples=0, bn_calibration=0, channels_last=False),
+              tmp_path / "b", toy["train"])
+        assert seen and not any(seen)
+    finally:
+        model_mod.build_model = saved

@@ -45,6 +45,7 @@ __all__ = [
     "TrainResult",
     "TrainSettings",
     "TrainingDiverged",
+    "learning_rate",
     "train",
 ]
 
@@ -55,7 +56,9 @@ STATE_VERSION = 1
 # Settings that fix the random stream or the model: on resume the saved values win.
 RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
              "p_torchio", "val_samples", "seed", "slices",
-             "bn_calibration")
+             "bn_calibration", "lr_schedule", "warmup")
+LR_SCHEDULES = ("constant", "cosine")
+COSINE_FLOOR = 0.01  # the cosine schedule decays to this share of the peak learning rate
 
 
 class TrainingDiverged(MotionSSIMError):
@@ -81,7 +84,10 @@ class TrainSettings:
     device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", ...
     pipeline: str = "auto"         # where corruption runs: "device" (GPU), "workers", "auto"
     amp: bool = True               # mixed precision (CUDA; bf16 on CPUs with native bf16)
-    channels_last: bool = True     # (CUDA only)
+    channels_last: bool = True     # model and batches in channels-last layout (CPU and CUDA)
+    threads: int | None = None     # torch threads of the training process; None = all cores
+    max_time: float = 0.0          # stop (resumable) after this many seconds of training in
+                                   # this session; 0 = no limit
     checkpoint_every: int = 50     # steps between mid-epoch state saves (0 = epoch ends only)
     cache_mb: int = 2048           # volume cache per process
     progress: bool = True          # tqdm progress bar
@@ -90,6 +96,9 @@ class TrainSettings:
     slices: str = "central"        # slices drawn: "central" half (paper) or "all" non-empty
     bn_calibration: int = 320      # training samples that set the BatchNorm statistics saved
                                    # with each epoch (0 = keep the running averages)
+    lr_schedule: str = "constant"  # "constant" (paper) or "cosine": linear warm-up, then cosine
+                                   # decay to COSINE_FLOOR x lr at the last step of `epochs`
+    warmup: float = 0.02           # share of all steps spent warming up (cosine only)
 
     def validate(self) -> None:
         from .model import ARCHITECTURES
@@ -110,6 +119,12 @@ class TrainSettings:
                              "negative")
         if self.slices not in SLICE_RANGES:
             raise InputError(f"slices: {self.slices!r} is not one of {SLICE_RANGES}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"lr_schedule: {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+        if not (0.0 <= self.warmup < 1.0):
+            raise InputError(f"warmup: must lie in [0, 1), got {self.warmup}")
+        if self.max_time < 0 or (self.threads is not None and self.threads < 1):
+            raise InputError("max_time must not be negative and threads must be at least 1")
         if self.pipeline not in ("auto", "device", "workers"):
             raise InputError(f"pipeline: {self.pipeline!r} is not auto, device or workers")
 
@@ -137,6 +152,25 @@ def _resolve_device(device: str, local_rank: int = 0) -> torch.device:
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     return dev
+
+
+def learning_rate(settings: TrainSettings, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) under the run's schedule.
+
+    "cosine": linear warm-up over the first `warmup` share of all steps (Adam's early updates
+    from random or foreign weights are large; a ramp avoids wrecking a fine-tuned start), then
+    cosine decay to COSINE_FLOOR x lr at the last step. A pure function of the step, so a
+    resumed run continues on the same curve; extending `epochs` stretches the curve."""
+    if settings.lr_schedule == "constant":
+        return float(settings.lr)
+    per_epoch = -(-settings.samples_per_epoch // settings.batch_size)  # ceil division
+    total = max(1, settings.epochs * per_epoch)
+    warm = int(settings.warmup * total)
+    if step < warm:
+        return float(settings.lr) * (step + 1) / warm
+    t = min(1.0, (step - warm + 1) / max(1, total - warm))  # 1 at the last step
+    floor = COSINE_FLOOR * settings.lr
+    return float(floor + (settings.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 def _default_workers() -> int:
@@ -291,7 +325,10 @@ class _Run:
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             torch.cuda.set_device(self.device)
-        self.channels_last = bool(settings.channels_last and self.cuda)
+        # Channels-last is what oneDNN's and cuDNN's fast convolutions want: measured here on a
+        # 2-core CPU, a bf16 ResNet-18 training step runs 32 samples/s channels-last against 22
+        # in the default layout.
+        self.channels_last = bool(settings.channels_last)
         self.amp_dtype: torch.dtype | None = None
         if settings.amp and self.cuda:
             self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported()
@@ -657,6 +694,7 @@ def train(
         raise InputError("no training volumes given")
     dist = _init_distributed(settings)
     stop = _StopFlag(out / "stop")
+    threads_before = torch.get_num_threads()
     try:
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -675,6 +713,8 @@ def train(
             run.data_summary = saved.get("data", run.data_summary)
             saved = None  # free the copy of the weights
         stop.install()
+        if settings.threads:
+            torch.set_num_threads(int(settings.threads))
         return _loop(run, stop, callback)
     except torch.OutOfMemoryError:
         raise MotionSSIMError(
@@ -682,6 +722,8 @@ def train(
             f"(e.g. {max(1, settings.batch_size // 2)})") from None
     finally:
         stop.restore()
+        if settings.threads:
+            torch.set_num_threads(threads_before)
         if dist.owned:
             torch.distributed.destroy_process_group()
 
@@ -698,6 +740,8 @@ def _step(run: _Run, images: torch.Tensor, labels: torch.Tensor, n_global: int) 
     if not math.isfinite(batch_se):
         raise _diverged(run, f"the loss became {batch_se}")
     run.optimizer.zero_grad(set_to_none=True)
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(run.s, run.step)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
     run.scaler.update()
@@ -724,6 +768,11 @@ def _loop(run: _Run, stop: _StopFlag,
                    unit="batch", dynamic_ncols=True, desc="training")
     status = "finished"
     session_samples, session_time = 0, 0.0
+    t_start = time.perf_counter()
+
+    def session_clock() -> float:
+        return time.perf_counter() - t_start
+
     try:
         if run.epoch < s.epochs and run.next_batch >= n_batches:  # saved just before validation
             _end_epoch(run, val_set, 0, 1.0)
@@ -763,13 +812,15 @@ def _loop(run: _Run, stop: _StopFlag,
                     bar.set_postfix(epoch=h["epoch"], loss=f"{h['train_loss']:.4g}",
                                     val=f"{h['val_loss']}", refresh=True)
                 t_last = time.perf_counter()
-            if run.dist.any(stop.requested(), run.device):
+            out_of_time = bool(s.max_time) and session_clock() > s.max_time
+            if run.dist.any(stop.requested() or out_of_time, run.device):
                 run.save_state()
                 status = "stopped"
                 if run.dist.main:
                     with contextlib.suppress(FileNotFoundError):
                         (run.out / "stop").unlink()
-                    print(f"MotionSSIM: training stopped at epoch {run.epoch + 1}, step "
+                    why = "time limit reached" if out_of_time else "stopped"
+                    print(f"MotionSSIM: training {why} at epoch {run.epoch + 1}, step "
                           f"{run.step}; continue with --resume", file=sys.stderr, flush=True)
                 break
     except TrainingDiverged:
