@@ -102,7 +102,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="random slices per epoch (default 200: one per volume of the paper's "
                         "200 training volumes)")
     g.add_argument("--batch-size", type=_positive_int, default=100)
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the peak of a "
+                   "schedule)")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant (the paper's) or cosine: linear warm-up, then cosine decay to "
+                        "1 %% of --lr at the last epoch")
+    g.add_argument("--warmup", type=float, default=0.02, metavar="SHARE",
+                   help="share of all steps spent warming up with --lr-schedule cosine "
+                        "(default 0.02)")
     g.add_argument("--no-contrast", dest="contrast", action="store_false",
                    help="no contrast augmentation")
     g.add_argument("--p-torchio", type=_probability, default=0.5,
@@ -127,6 +134,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pipeline", choices=("auto", "device", "workers"), default="auto",
                    help="where slices are corrupted: on the GPU (device) or in the loader "
                         "processes (workers); auto: GPU when training on one")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads of the training process (default: all cores)")
+    g.add_argument("--max-time", type=float, default=0.0, metavar="SECONDS",
+                   help="stop after this much training time, resumable (default: no limit)")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="default memory layout instead of channels-last (slower)")
     g.add_argument("--no-amp", dest="amp", action="store_false",
                    help="no mixed precision (bf16/fp16 on CUDA, bf16 on CPUs with native bf16)")
     g.add_argument("--checkpoint-every", type=_nonneg_int, default=50, metavar="STEPS",
@@ -188,7 +201,9 @@ def run_train(args: argparse.Namespace) -> int:
             device=args.device, pipeline=args.pipeline, amp=args.amp,
             checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb,
             progress=args.progress, init_from=args.init_from, slices=args.slices,
-            bn_calibration=args.bn_calibration)
+            bn_calibration=args.bn_calibration, lr_schedule=args.lr_schedule,
+            warmup=args.warmup, threads=args.threads, max_time=args.max_time,
+            channels_last=args.channels_last)
         train_paths: list = []
         val_paths: list = []
         if not args.resume:
