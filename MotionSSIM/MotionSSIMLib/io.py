@@ -24,6 +24,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import hashlib
 import logging
 import os
 import re
@@ -246,13 +247,30 @@ def _corrupted(path: Path, detail: str) -> InputError:
     return InputError(f"{path}: corrupted file ({detail})")
 
 
+class _Digest:
+    """BLAKE2b of the decompressed bytes [skip, skip + length): what the voxels must be."""
+
+    def __init__(self, skip: int, length: int):
+        self.h, self.pos, self.lo, self.hi = hashlib.blake2b(digest_size=16), 0, skip, skip + length
+
+    def update(self, chunk: bytes) -> int:
+        a, b = max(self.lo - self.pos, 0), min(self.hi - self.pos, len(chunk))
+        if b > a:
+            self.h.update(chunk[a:b])
+        self.pos += len(chunk)
+        return len(chunk)
+
+
 def _verify_stream(path: Path, f, offset: int, kind: str, expected: int | None,
-                   exact: bool = True, compressed_size: int | None = None) -> None:
+                   exact: bool = True, compressed_size: int | None = None,
+                   skip: int = 0) -> bytes:
     """Decompress `f` from `offset` to the end of its stream, verifying the checksum (gzip's
     CRC-32, zlib's Adler-32, bzip2's CRCs) and the decompressed length (`expected` bytes, or
     at least that many when not `exact`). Memory: one chunk at a time. A stream decompressing to
-    far more than expected (a bomb) is cut short and refused."""
+    far more than expected (a bomb) is cut short and refused. Returns the digest of the
+    `expected - skip` bytes after the first `skip`: the voxels, to compare with what ITK read."""
     limit = (expected or 0) + 64 * _CHUNK
+    digest = _Digest(skip, (expected or 0) - skip)
     f.seek(offset)
     total = 0
     try:
@@ -260,7 +278,7 @@ def _verify_stream(path: Path, f, offset: int, kind: str, expected: int | None,
             opener = gzip.GzipFile if kind == "gzip" else bz2.BZ2File
             with opener(fileobj=f, mode="rb") as g:
                 while chunk := g.read(_CHUNK):
-                    total += len(chunk)
+                    total += digest.update(chunk)
                     if total > limit:
                         break
         else:  # zlib (MetaImage): Adler-32 checked at the end of the stream
@@ -270,10 +288,10 @@ def _verify_stream(path: Path, f, offset: int, kind: str, expected: int | None,
                 if compressed_size is not None:
                     raw = raw[: max(0, compressed_size - consumed)]
                 consumed += len(raw)
-                total += len(d.decompress(raw))
+                total += digest.update(d.decompress(raw))
                 if d.eof or total > limit or not raw:
                     break
-            total += len(d.flush())
+            total += digest.update(d.flush())
             if not d.eof:
                 raise _corrupted(path, "the zlib stream ends early: truncated or damaged")
             if compressed_size is not None and consumed - len(d.unused_data) != compressed_size:
@@ -287,23 +305,43 @@ def _verify_stream(path: Path, f, offset: int, kind: str, expected: int | None,
     if expected is not None and (total < expected or (exact and total != expected)):
         raise _corrupted(path, f"{kind} data decompresses to {total} bytes, the header "
                          f"declares {expected}")
+    return digest.h.digest()
+
+
+def _voxel_digest(img, dtype: np.dtype) -> bytes:
+    """BLAKE2b of the voxels ITK read, laid out as the file stores them (`dtype`, with its byte
+    order), one slice at a time."""
+    import SimpleITK as sitk
+
+    h = hashlib.blake2b(digest_size=16)
+    view = sitk.GetArrayViewFromImage(img)
+    for k in range(view.shape[0] if view.ndim > 2 else 1):
+        part = np.ascontiguousarray(view[k] if view.ndim > 2 else view)
+        if np.iscomplexobj(part):
+            part = part.view(part.real.dtype)
+        h.update(part.astype(dtype, copy=False).tobytes())
+    return h.digest()
 
 
 # -- MetaImage and NRRD headers, read here for what ITK does not check -------------------------
 
-_MET_TYPES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
-              "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8,
-              "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
-_NRRD_TYPES = {1: ("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8",
-                   "uint8_t"),
-               2: ("short", "short int", "signed short", "signed short int", "int16", "int16_t",
-                   "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"),
-               4: ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
-                   "uint32_t", "float"),
-               8: ("longlong", "long long", "long long int", "signed long long",
-                   "signed long long int", "int64", "int64_t", "ulonglong",
-                   "unsigned long long", "unsigned long long int", "uint64", "uint64_t",
-                   "double")}
+_MET_DTYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2",
+               "MET_INT": "i4", "MET_UINT": "u4", "MET_LONG": "i4", "MET_ULONG": "u4",
+               "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8", "MET_FLOAT": "f4",
+               "MET_DOUBLE": "f8"}
+_NRRD_DTYPES = {"i1": ("signed char", "int8", "int8_t"),
+                "u1": ("uchar", "unsigned char", "uint8", "uint8_t"),
+                "i2": ("short", "short int", "signed short", "signed short int", "int16",
+                       "int16_t"),
+                "u2": ("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"),
+                "i4": ("int", "signed int", "int32", "int32_t"),
+                "u4": ("uint", "unsigned int", "uint32", "uint32_t"),
+                "f4": ("float",),
+                "i8": ("longlong", "long long", "long long int", "signed long long",
+                       "signed long long int", "int64", "int64_t"),
+                "u8": ("ulonglong", "unsigned long long", "unsigned long long int", "uint64",
+                       "uint64_t"),
+                "f8": ("double",)}
 _MAX_HEADER = 1 << 20
 
 
@@ -359,7 +397,10 @@ def _data_files(header: Path, spec: str, rest: list[str]) -> list[Path]:
     return out
 
 
-def _check_metaimage(path: Path) -> Callable[[], None] | None:
+_Verify = Callable[[], "tuple[bytes, np.dtype] | None"]
+
+
+def _check_metaimage(path: Path) -> _Verify | None:
     """A MetaImage (.mha/.mhd): detached data files must be regular files in the header's
     folder (checked now, before ITK opens anything); raw data must be complete, compressed data
     must decompress intact (checked by the function returned, once the header's size has
@@ -381,7 +422,8 @@ def _check_metaimage(path: Path) -> Callable[[], None] | None:
         channels = int(fields.get("elementnumberofchannels", "1"))
     except ValueError:
         raise InputError(f"{path}: unreadable DimSize or ElementNumberOfChannels") from None
-    itemsize = _MET_TYPES.get(fields.get("elementtype", "").upper())
+    met = _MET_DTYPES.get(fields.get("elementtype", "").upper())
+    itemsize = np.dtype(met).itemsize if met else None
     if not dims or itemsize is None or fields.get("binarydata", "true").lower() == "false":
         return None  # ASCII data or an unknown type: ITK reads and checks those itself
     expected = int(np.prod(dims, dtype=np.int64)) * channels * itemsize
@@ -407,19 +449,26 @@ def _check_metaimage(path: Path) -> Callable[[], None] | None:
         raise InputError(f"{path}: compressed data split over {len(files)} files is not "
                          "supported")
 
-    def verify() -> None:
+    if compressed and csize_n is None:
+        raise _corrupted(path, "compressed data without CompressedDataSize")
+    msb = any(fields.get(k, "false").lower() in ("true", "1")
+              for k in ("binarydatabyteordermsb", "elementbyteordermsb"))
+    dtype = np.dtype(met).newbyteorder(">" if msb else "<")
+
+    def verify() -> tuple[bytes, np.dtype] | None:
         if compressed:
             with open(files[0], "rb") as f:
-                _verify_stream(files[0], f, start, "zlib", expected, compressed_size=csize_n)
-            return
+                return _verify_stream(files[0], f, start, "zlib", expected,
+                                      compressed_size=csize_n), dtype
         have = sum(q.stat().st_size for q in files) - start - max(skip, 0)
         if have < expected:
             raise InputError(f"{files[0]}: truncated file (its data holds {have} bytes, the "
                              f"header {path.name} declares {expected})")
+        return None
     return verify
 
 
-def _check_nrrd(path: Path) -> Callable[[], None] | None:
+def _check_nrrd(path: Path) -> _Verify | None:
     """A NRRD (.nrrd/.nhdr): the same checks as `_check_metaimage` (gzip and bzip2 encodings
     verified to the end of the stream)."""
     lines, offset = _read_text_header(path, lambda ln: ln.strip() == "")
@@ -441,8 +490,9 @@ def _check_nrrd(path: Path) -> Callable[[], None] | None:
         byte_skip = int(fields.get("byteskip", "0"))
     except ValueError:
         raise InputError(f"{path}: unreadable NRRD sizes, line skip or byte skip") from None
-    itemsize = next((n for n, names in _NRRD_TYPES.items()
-                     if fields.get("type", "").lower() in names), None)
+    base = next((d for d, names in _NRRD_DTYPES.items()
+                 if fields.get("type", "").lower() in names), None)
+    itemsize = np.dtype(base).itemsize if base else None
     encoding = {"gz": "gzip", "gzip": "gzip", "bz2": "bzip2", "bzip2": "bzip2",
                 "raw": "raw"}.get(fields.get("encoding", "").lower())
     if "datafile" in fields:
@@ -459,7 +509,10 @@ def _check_nrrd(path: Path) -> Callable[[], None] | None:
         return None  # text encodings, odd types, one file per slice: ITK checks those
     expected = int(np.prod(sizes, dtype=np.int64)) * itemsize
 
-    def verify() -> None:
+    dtype = np.dtype(base).newbyteorder(">" if fields.get("endian", "").lower() == "big"
+                                        else "<")
+
+    def verify() -> tuple[bytes, np.dtype] | None:
         with open(files[0], "rb") as f:
             f.seek(start)
             for _ in range(max(0, line_skip)):
@@ -471,9 +524,12 @@ def _check_nrrd(path: Path) -> Callable[[], None] | None:
                 if have < expected:
                     raise InputError(f"{files[0]}: truncated file (its data holds {have} bytes, "
                                      f"the header {path.name} declares {expected})")
-                return
-            _verify_stream(files[0], f, begin, encoding, expected + max(byte_skip, 0),
-                           exact=byte_skip >= 0)
+                return None
+            if byte_skip < 0:  # data at the end of the stream: checksum and length only
+                _verify_stream(files[0], f, begin, encoding, expected, exact=False)
+                return None
+            return _verify_stream(files[0], f, begin, encoding, expected + byte_skip,
+                                  skip=byte_skip), dtype
     return verify
 
 
@@ -537,11 +593,15 @@ def _read_sitk_file(path: Path) -> Volume:
         reader.SetFileName(str(path))
         reader.ReadImageInformation()
         _check_header_size(path, reader.GetSize(), reader.GetSpacing())
-        if verify is not None:
-            verify()
+        checked = verify() if verify is not None else None
         img = reader.Execute()
     except RuntimeError as exc:
         raise _sitk_error(path, exc) from None
+    if checked is not None and _voxel_digest(img, checked[1]) != checked[0]:
+        # the stream is intact but ITK read other values from it: the header (not covered by
+        # any checksum) was altered, e.g. its type, byte order or matrix
+        raise _corrupted(path, "the voxels read differ from the verified compressed data: "
+                         "damaged header")
     return _sitk_to_volume(path, img, suffix in IMAGE_SUFFIXES)
 
 
