@@ -1,4 +1,4 @@
-"""Motion artefact simulators for 2D slices: batched torch k-space lines, and a TorchIO wrapper.
+"""Motion artefact simulators for 2D slices, batched in torch: k-space lines and TorchIO's.
 
 Both simulators corrupt a clean slice the way rigid head motion during a Cartesian acquisition
 does: k-space is filled line by line along the phase-encoding (PE) axis, and the lines acquired
@@ -8,6 +8,19 @@ magnitude image, min-max normalised to [0, 1].
 Both keep the centre of k-space (the lines around k = 0, which carry the image contrast and
 position) from the unmoved image. Otherwise the result is mostly a displaced copy of the slice:
 its SSIM drops without any visible artefact, which no reference-free model can see.
+
+* ``kspace_motion``: the paper's "in-house" k-space line algorithm.
+* ``tio_motion``: TorchIO's ``Motion`` (Shaw et al., TorchIO 1.2.1) re-implemented in batched
+  torch (``backend="torch"``, the default, CPU or GPU, no TorchIO or SimpleITK import), or run
+  through TorchIO itself one slice at a time (``backend="torchio"``, for checks). The torch
+  version reproduces TorchIO's conventions exactly (see ``_tio_apply_torch``); it agrees with
+  ``tio.Motion`` to float32 rounding (Testing/test_motion.py states the tolerance).
+
+Each simulator follows TorchIO's make_params / apply_transform split: ``draw_*_params`` draws
+every random number (CPU ``torch.Generator``, fixed order and sizes, so a seed gives the same
+motion on any device and whatever the other samples draw), ``apply_*`` is deterministic. The
+parameter dataclasses hold per-sample CPU tensors and can say what one sample went through
+(``describe(i)``).
 
 ``severity`` in [0, 1] scales everything at once (rotation and translation amplitude, number of
 motion poses, share of corrupted lines): 0 returns the input unchanged (SSIM 1); 1 is gross
@@ -19,15 +32,24 @@ SSIM labels over ~0.35 - 1 without a pile-up at 1 (see the README section on mot
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import MotionSSIMError
 from .intensity import minmax
 
-__all__ = ["kspace_motion", "torchio_motion", "random_motion_batch"]
+__all__ = [
+    "KspaceMotionParams", "TioMotionParams", "MotionParams",
+    "draw_kspace_params", "apply_kspace_motion", "kspace_motion",
+    "draw_tio_params", "apply_tio_motion", "tio_motion", "torchio_motion", "tio_motion_call",
+    "draw_motion_params", "apply_motion", "random_motion_batch", "TIO_BACKENDS",
+]
 
 # Settings at severity 1. Amplitudes scale linearly with severity; the counts and the share of
 # corrupted lines grow with it. Calibrated on MNI152 slices (README, motion section): mean
@@ -44,6 +66,14 @@ KS_CENTRE_FRACTION = 0.03  # share of PE lines around k = 0 always taken from th
 TIO_MAX_TRANSFORMS = 20
 TIO_MAX_DEGREES = 25.0
 TIO_MAX_SHIFT = 25.0  # pixels of a 256-pixel slice (scaled with size; 1 mm pixels)
+TIO_BACKENDS = ("torch", "torchio")
+# Poses resampled and transformed at once by the torch TorchIO simulator (bounds memory:
+# ~1 MB per pose at 256 x 256).
+_TIO_POSE_CHUNK = 96
+
+
+class MotionBackendError(MotionSSIMError):
+    """The installed TorchIO does not take the arguments this adapter passes to Motion."""
 
 
 def _severity_vector(severity: torch.Tensor | float, batch: int) -> torch.Tensor:
@@ -54,7 +84,7 @@ def _severity_vector(severity: torch.Tensor | float, batch: int) -> torch.Tensor
         raise ValueError(f"severity: expected a scalar or {batch} values, got {s.numel()}")
     if not torch.isfinite(s).all():
         raise ValueError("severity: must be finite")
-    return s.clamp(0.0, 1.0)
+    return s.clamp(0.0, 1.0).contiguous()
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
@@ -68,6 +98,104 @@ def _check_batch(images: torch.Tensor, name: str) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name}: expected a (B,1,H,W) tensor, got {shape}")
+
+
+def _check_params(images: torch.Tensor, params: Any, name: str) -> None:
+    _check_batch(images, name)
+    if params.batch != images.shape[0]:
+        raise ValueError(f"{name}: parameters for {params.batch} samples, "
+                         f"images for {images.shape[0]}")
+
+
+class _Params:
+    """Per-sample parameter tensors (first dimension B, on the CPU): selection by index."""
+
+    @property
+    def batch(self) -> int:
+        return int(self.severity.shape[0])  # type: ignore[attr-defined]
+
+    def select(self, index: torch.Tensor | list[int]) -> Any:
+        """The parameters of samples `index` (a new object of the same class)."""
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        return dataclasses.replace(self, **{  # type: ignore[arg-type]
+            f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# k-space line simulator
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KspaceMotionParams(_Params):
+    """What the k-space line simulator drew, per sample (CPU tensors, first dimension B).
+
+    severity (B,) float32; pe_rows (B,) bool: True = each k-space line is a row (PE along y);
+    n_poses (B,) int64 rigid poses; radians (B, KS_MAX_POSES) float32 rotation of each pose
+    about the slice centre; shift (B, KS_MAX_POSES, 2) float32 (y, x) translation in pixels;
+    n_groups (B,) int64 groups of consecutive PE lines; offset (B,) float32 shift of the group
+    boundaries, in groups; group_pose (B, KS_MAX_GROUPS + 1) int64: the pose each group takes
+    its lines from, -1 = unmoved (the central KS_CENTRE_FRACTION of the lines is always unmoved).
+    """
+
+    severity: torch.Tensor
+    pe_rows: torch.Tensor
+    n_poses: torch.Tensor
+    radians: torch.Tensor
+    shift: torch.Tensor
+    n_groups: torch.Tensor
+    offset: torch.Tensor
+    group_pose: torch.Tensor
+
+    def describe(self, i: int) -> dict[str, Any]:
+        """Sample i as plain Python values (JSON-serialisable)."""
+        n = int(self.n_poses[i])
+        g = int(self.n_groups[i])
+        return {
+            "simulator": "kspace", "severity": float(self.severity[i]),
+            "pe_axis": "y" if bool(self.pe_rows[i]) else "x",
+            "poses_degrees": [math.degrees(float(a)) for a in self.radians[i, :n]],
+            "poses_shift_yx_px": self.shift[i, :n].tolist(),
+            "line_groups": g, "group_offset": float(self.offset[i]),
+            "group_pose": self.group_pose[i, : g + 1].tolist(),
+        }
+
+
+def draw_kspace_params(
+    batch: int,
+    severity: torch.Tensor | float,
+    size: tuple[int, int],
+    generator: torch.Generator | None = None,
+) -> KspaceMotionParams:
+    """Draw the k-space simulator's parameters for `batch` slices of `size` (H, W).
+
+    All random numbers are drawn up front with fixed shapes, in a fixed order, so a seed fixes
+    the result (and the draws do not depend on the severities)."""
+    s = _severity_vector(severity, batch)
+    h, w = size
+    u_axis = _uniform((batch,), generator)
+    u_count = _uniform((batch, 4), generator)
+    u_pose = _uniform((batch, KS_MAX_POSES, 4), generator)
+    u_group = _uniform((batch, KS_MAX_GROUPS + 1, 2), generator)
+
+    # Motion states (rigid poses) and line groups; counts grow with severity.
+    n_states = torch.ceil(s * KS_MAX_POSES * (0.5 + 0.5 * u_count[:, 0])).clamp(1, KS_MAX_POSES)
+    n_groups = torch.ceil(s * KS_MAX_GROUPS * (0.5 + 0.5 * u_count[:, 1])).clamp(1, KS_MAX_GROUPS)
+    fraction = s * KS_MAX_FRACTION * (0.6 + 0.4 * u_count[:, 2])  # share of lines to corrupt
+    sign = torch.where(u_pose[..., 0] < 0.5, -1.0, 1.0)
+    angle = sign * math.radians(KS_MAX_DEGREES) * s[:, None] * (0.25 + 0.75 * u_pose[..., 1])
+    # Translations scale with the slice so that a severity looks the same at any matrix size.
+    scale = min(h, w) / REFERENCE_SIZE
+    shift = KS_MAX_SHIFT * scale * s[:, None] * (0.25 + 0.75 * u_pose[..., 2])
+    direction = 2 * math.pi * u_pose[..., 3]
+    corrupt = (u_group[..., 0] < fraction[:, None]) & (s > 0)[:, None]
+    state = (u_group[..., 1] * n_states[:, None]).long()
+    return KspaceMotionParams(
+        severity=s, pe_rows=u_axis < 0.5, n_poses=n_states.long(), radians=angle,
+        shift=torch.stack([shift * torch.sin(direction), shift * torch.cos(direction)], dim=-1),
+        n_groups=n_groups.long(), offset=u_count[:, 3].clone(),
+        group_pose=torch.where(corrupt, state, torch.full_like(state, -1)),
+    )
 
 
 def _rotate(x: torch.Tensor, radians: torch.Tensor) -> torch.Tensor:
@@ -86,81 +214,50 @@ def _rotate(x: torch.Tensor, radians: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
 
 
-def kspace_motion(
-    images: torch.Tensor,
-    severity: torch.Tensor | float,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Batched k-space line motion simulator (the paper's "in-house" algorithm).
+def apply_kspace_motion(images: torch.Tensor, params: KspaceMotionParams) -> torch.Tensor:
+    """Apply drawn k-space line motion (deterministic). images (B,1,H,W) on any device.
 
-    images: (B,1,H,W) float in [0,1] on any device. severity: scalar or (B,) in [0,1].
-    Model, per sample: a random PE axis (k-space rows or columns), acquired in linear order
-    (k = -N/2 first), so a stretch of scan time is a group of consecutive PE lines. The head
-    takes up to KS_MAX_POSES rigid in-plane poses (rotation about the centre, and a
-    translation applied exactly with the Fourier shift theorem). The PE lines are cut into G
-    equal groups (G grows with severity, random offset); each group is corrupted with
-    probability `fraction` (grows with severity) and then takes its lines from the moved copy
-    of one pose drawn at random, else from the unmoved image. The central KS_CENTRE_FRACTION of
-    the PE lines always comes from the unmoved image. Returns the magnitude of the inverse
-    FFT, min-max normalised per slice: (B,1,H,W) float32 on the input device. Cost: one FFT
-    plus one rotation and FFT per pose used; no loop over lines or samples.
+    Model, per sample: k-space acquired in linear order along the PE axis (k = -N/2 first), so
+    a stretch of scan time is a group of consecutive PE lines. Each pose is a rotation about
+    the centre plus a translation applied exactly with the Fourier shift theorem. Returns the
+    magnitude of the inverse FFT, min-max normalised per slice: (B,1,H,W) float32 on the input
+    device. Cost: one FFT plus one rotation and FFT per pose used; no loop over lines/samples.
     """
-    _check_batch(images, "kspace_motion")
+    _check_params(images, params, "apply_kspace_motion")
     b, _, h, w = images.shape
     device = images.device
     x = images.float()
-    s = _severity_vector(severity, b)
-
-    # All random draws up front, in a fixed order (reproducible for a seed).
-    u_axis = _uniform((b,), generator)
-    u_count = _uniform((b, 4), generator)
-    u_pose = _uniform((b, KS_MAX_POSES, 4), generator)
-    u_group = _uniform((b, KS_MAX_GROUPS + 1, 2), generator)
-
-    pe_rows = u_axis < 0.5  # True: each k-space line is a row (fixed k_y); PE axis = y
-    # Motion states (rigid poses) and line groups; counts grow with severity.
-    n_states = torch.ceil(s * KS_MAX_POSES * (0.5 + 0.5 * u_count[:, 0])).clamp(1, KS_MAX_POSES)
-    n_groups = torch.ceil(s * KS_MAX_GROUPS * (0.5 + 0.5 * u_count[:, 1])).clamp(1, KS_MAX_GROUPS)
-    fraction = s * KS_MAX_FRACTION * (0.6 + 0.4 * u_count[:, 2])  # share of lines to corrupt
-    sign = torch.where(u_pose[..., 0] < 0.5, -1.0, 1.0)
-    angle = sign * math.radians(KS_MAX_DEGREES) * s[:, None] * (0.25 + 0.75 * u_pose[..., 1])
-    # Translations scale with the slice so that a severity looks the same at any matrix size.
-    scale = min(h, w) / REFERENCE_SIZE
-    shift = KS_MAX_SHIFT * scale * s[:, None] * (0.25 + 0.75 * u_pose[..., 2])
-    direction = 2 * math.pi * u_pose[..., 3]
-    shift_y, shift_x = shift * torch.sin(direction), shift * torch.cos(direction)
+    if b == 0:
+        return x.clone()
 
     # Line coordinate of every k-space sample in acquisition order: fftfreq + 0.5 runs from 0
     # (k = -N/2) to 1 (k = N/2), so k = 0 sits at 0.5 and groups are contiguous in k.
     fy = torch.fft.fftfreq(h, device=device)  # cycles / pixel
     fx = torch.fft.fftfreq(w, device=device)
     line = torch.where(
-        pe_rows.to(device)[:, None, None], fy[None, :, None] + 0.5, fx[None, None, :] + 0.5
+        params.pe_rows.to(device)[:, None, None], fy[None, :, None] + 0.5, fx[None, None, :] + 0.5
     )  # (B, H, W)
     centre = (line - 0.5).abs() < KS_CENTRE_FRACTION / 2
-    offset = u_count[:, 3].to(device)[:, None, None]  # random group boundaries
-    group = (line * n_groups.to(device)[:, None, None] + offset).long().clamp(max=KS_MAX_GROUPS)
-    ug = u_group.to(device)
-    g_corrupt = torch.gather(ug[..., 0], 1, group.flatten(1)).view_as(line)
-    g_state = torch.gather(ug[..., 1], 1, group.flatten(1)).view_as(line)
-    state = (g_state * n_states.to(device)[:, None, None]).long()
-    moving = (s > 0).to(device)[:, None, None]
-    corrupt = (g_corrupt < fraction.to(device)[:, None, None]) & ~centre & moving
+    offset = params.offset.to(device)[:, None, None]  # random group boundaries
+    n_groups = params.n_groups.float().to(device)[:, None, None]
+    group = (line * n_groups + offset).long().clamp(max=KS_MAX_GROUPS)
+    pose = torch.gather(params.group_pose.to(device), 1, group.flatten(1)).view_as(line)
+    pose = torch.where(centre, torch.full_like(pose, -1), pose)
 
     kspace = torch.fft.fft2(x)
-    n_max = int(n_states.max()) if b else 0
+    n_max = int(params.n_poses.max())
     for e in range(n_max):
-        take = corrupt & (state == e)
+        take = pose == e
         # Only the samples that use this motion state pay for its moved copy.
         rows = torch.nonzero(take.flatten(1).any(dim=1)).flatten()
         if rows.numel() == 0:
             continue
         rows_cpu = rows.cpu()
-        moved = _rotate(x[rows], angle[rows_cpu, e].to(device))
+        moved = _rotate(x[rows], params.radians[rows_cpu, e].to(device))
         # Translation by the shift theorem: exact sub-pixel, and it keeps the high frequencies
         # (which interpolation would blur) intact. The phase ramp is separable.
-        ty = shift_y[rows_cpu, e].to(device)[:, None, None]
-        tx = shift_x[rows_cpu, e].to(device)[:, None, None]
+        ty = params.shift[rows_cpu, e, 0].to(device)[:, None, None]
+        tx = params.shift[rows_cpu, e, 1].to(device)[:, None, None]
         ramp = torch.exp(-2j * math.pi * fy[None, :, None] * ty) * torch.exp(
             -2j * math.pi * fx[None, None, :] * tx
         )
@@ -170,20 +267,312 @@ def kspace_motion(
     return minmax(out).float()
 
 
-def torchio_motion(image: np.ndarray, severity: float, rng: np.random.Generator) -> np.ndarray:
-    """Motion artefact on one 2D slice with TorchIO's ``Motion`` (Shaw et al.).
+def kspace_motion(
+    images: torch.Tensor,
+    severity: torch.Tensor | float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Batched k-space line motion simulator (the paper's "in-house" algorithm): draw
+    (:func:`draw_kspace_params`) then apply (:func:`apply_kspace_motion`).
 
-    The slice (min-max normalised first) is stored as a (1, 1, H, W) ScalarImage with 1 mm
-    pixels, so TorchIO's k-space split runs along the last axis (a (1, H, W, 1) tensor would be
-    split along its length-1 axis: a plain rigid shift, TorchIO issue 81). Motions are rotations
-    about the through-plane axis and in-plane translations; the PE axis is chosen at random (the
-    slice is transposed for the other one). TorchIO fills the k-space segment that contains the
-    centre from the unmoved image and returns the real part; we take its absolute value (MR
-    images are magnitudes; the signed real part would turn the background grey) and min-max
-    normalise. Returns float32 (H, W) in [0, 1].
+    images: (B,1,H,W) float in [0,1] on any device. severity: scalar or (B,) in [0,1]. Per
+    sample: a random PE axis, up to KS_MAX_POSES rigid poses, the PE lines cut into G equal
+    groups (G grows with severity, random offset); each group is corrupted with probability
+    `fraction` (grows with severity) and then takes its lines from one pose drawn at random,
+    else from the unmoved image. Returns (B,1,H,W) float32 in [0, 1] on the input device.
     """
+    _check_batch(images, "kspace_motion")
+    params = draw_kspace_params(images.shape[0], severity, tuple(images.shape[-2:]), generator)
+    return apply_kspace_motion(images, params)
+
+
+# --------------------------------------------------------------------------------------------
+# TorchIO's Motion, batched in torch
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TioMotionParams(_Params):
+    """What the TorchIO simulator drew, per sample (CPU tensors, first dimension B), in the
+    terms of ``tio.Motion`` on the slice stored as a (1, 1, H, W) image with 1 mm pixels.
+
+    severity (B,) float32; transpose (B,) bool: the slice is transposed before the motion (so
+    k-space is split along y instead of x: the PE axis); n_poses (B,) int64, 1..T with
+    T = TIO_MAX_TRANSFORMS; degrees (B, T) float32: rotation about TorchIO's first axis (the
+    through-plane one); translation (B, T, 2) float32: TorchIO's second and third components
+    in mm (the first is 0); times (B, T) float32 in (0, 1), increasing: when each movement
+    happens, as a share of the acquisition. Entries past n_poses are unused (zero).
+    """
+
+    severity: torch.Tensor
+    transpose: torch.Tensor
+    n_poses: torch.Tensor
+    degrees: torch.Tensor
+    translation: torch.Tensor
+    times: torch.Tensor
+
+    def describe(self, i: int) -> dict[str, Any]:
+        """Sample i as plain Python values (JSON-serialisable)."""
+        n = int(self.n_poses[i])
+        return {
+            "simulator": "torchio", "severity": float(self.severity[i]),
+            "pe_axis": "y" if bool(self.transpose[i]) else "x",
+            "poses_degrees": self.degrees[i, :n].tolist(),
+            "poses_translation_mm": self.translation[i, :n].tolist(),
+            "times": self.times[i, :n].tolist(),
+        }
+
+
+def draw_tio_params(
+    batch: int,
+    severity: torch.Tensor | float,
+    size: tuple[int, int],
+    generator: torch.Generator | None = None,
+) -> TioMotionParams:
+    """Draw the TorchIO simulator's parameters for `batch` slices of `size` (H, W).
+
+    Per sample: transposed with probability 1/2 (random PE axis); n = ceil(s T U(0.5, 1))
+    poses (at least 1); each pose a rotation of s * TIO_MAX_DEGREES * U(0.25, 1) degrees of
+    random sign and a translation of s * TIO_MAX_SHIFT * U(0.25, 1) pixels of a 256 slice
+    (scaled with the slice) in a uniform direction; movement times as RandomMotion draws them:
+    evenly spaced, jittered by up to 30 % of a step. Fixed shapes and order: a seed fixes it."""
+    s = _severity_vector(severity, batch)
+    t = TIO_MAX_TRANSFORMS
+    u_axis = _uniform((batch,), generator)
+    u_count = _uniform((batch,), generator)
+    u_pose = _uniform((batch, t, 5), generator)
+    n = torch.ceil(s * t * (0.5 + 0.5 * u_count)).clamp(1, t).long()
+    used = torch.arange(t)[None, :] < n[:, None]
+    sign = torch.where(u_pose[..., 0] < 0.5, -1.0, 1.0)
+    degrees = s[:, None] * TIO_MAX_DEGREES * (0.25 + 0.75 * u_pose[..., 1]) * sign
+    shift = s[:, None] * TIO_MAX_SHIFT * min(size) / REFERENCE_SIZE * (0.25 + 0.75 * u_pose[..., 2])
+    direction = 2 * math.pi * u_pose[..., 3]
+    translation = torch.stack([shift * torch.sin(direction), shift * torch.cos(direction)], -1)
+    step = 1.0 / (n.float() + 1)[:, None]
+    k = torch.arange(1, t + 1, dtype=torch.float32)[None, :]
+    times = step * k + (u_pose[..., 4] * 2 - 1) * 0.3 * step
+    zero = torch.zeros(())
+    return TioMotionParams(
+        severity=s, transpose=u_axis < 0.5, n_poses=n,
+        degrees=torch.where(used, degrees, zero),
+        translation=torch.where(used[..., None], translation, zero),
+        times=torch.where(used, times, zero),
+    )
+
+
+def _tio_resample(x: torch.Tensor, degrees: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """The moved copies TorchIO 1.2.1 makes with SimpleITK, for P poses at once.
+
+    x (P, H, W) float32 (each pose's own slice), degrees (P,), translation (P, 2) mm (CPU).
+    TorchIO's conventions, reproduced exactly: the slice is a (1, H, W) volume with an identity
+    RAS affine, i.e. LPS physical point (-i, -j, k) for index (i, j, k) with j the row and k
+    the column. Each pose is an Euler3DTransform with rotation (a, 0, 0) and translation
+    (0, ty, tz); TorchIO sets its centre to the image centre but then rebuilds the transform
+    from (matrix, translation) with the default centre 0, so in 1.2.1 the rotation is about
+    the physical origin, the first pixel (j, k) = (0, 0), not about the centre. SimpleITK
+    resamples output point p at input point R p + t. In indices:
+        j_src =  cos(a) j + sin(a) k - ty,     k_src = -sin(a) j + cos(a) k + tz.
+    ITK's linear interpolation: a point is inside if -0.5 <= index < size - 0.5 on each axis
+    (else the default value, the image minimum), and neighbours past the edge repeat the edge
+    pixel, which is grid_sample's bilinear with border padding plus that inside mask."""
+    p, h, w = x.shape
+    dev = x.device
+    rad = degrees.double() * (math.pi / 180)  # angles in float64 like SimpleITK
+    c, s = rad.cos(), rad.sin()
+    ty, tz = translation[:, 0].double(), translation[:, 1].double()
+    # The same map in grid_sample's normalised coordinates (align_corners=True: -1 and 1 are
+    # the first and last pixel centres, u = k / aw - 1, v = j / ah - 1). Each grid component
+    # is an outer sum of a row term and a column term: two broadcast adds (affine_grid's bmm
+    # is several times slower on the CPU).
+    aw, ah = max(w - 1, 1) / 2, max(h - 1, 1) / 2
+    u = torch.linspace(-1, 1, w, dtype=torch.float64)[None, :]
+    v = torch.linspace(-1, 1, h, dtype=torch.float64)[None, :]
+    cc, ss = c[:, None], s[:, None]
+    gx_u = cc * u + (cc - ss * ah / aw + tz[:, None] / aw - 1)  # (P, W)
+    gx_v = -ss * ah / aw * v  # (P, H)
+    gy_u = ss * aw / ah * u
+    gy_v = cc * v + (cc + ss * aw / ah - ty[:, None] / ah - 1)
+    g_u = torch.stack([gx_u, gy_u], -1).float().to(dev)  # (P, W, 2)
+    g_v = torch.stack([gx_v, gy_v], -1).float().to(dev)  # (P, H, 2)
+    grid = g_v[:, :, None, :] + g_u[:, None, :, :]  # (P, H, W, 2)
+    moved = F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="border",
+                          align_corners=True)[:, 0]
+    # ITK's inside test, -0.5 <= index < size - 0.5 on both axes, cuts each output row j to
+    # one interval of columns k (the two conditions are linear in k): computed per row, then
+    # one comparison per pixel (the open/closed ends differ only on a null set).
+    j = torch.arange(h, dtype=torch.float64)[None, :]
+    lo = torch.full((p, h), -math.inf, dtype=torch.float64)
+    hi = torch.full((p, h), math.inf, dtype=torch.float64)
+    # a k + b in [-0.5, size - 0.5): j_src = s k + (c j - ty), k_src = c k + (tz - s j)
+    for a_, b_, size in ((ss.expand(p, h), cc * j - ty[:, None], h),
+                         (cc.expand(p, h), tz[:, None] - ss * j, w)):
+        safe = torch.where(a_ == 0, torch.ones_like(a_), a_)
+        k1, k2 = (-0.5 - b_) / safe, (size - 0.5 - b_) / safe
+        inside_b = (b_ >= -0.5) & (b_ < size - 0.5)
+        lo = torch.where(a_ == 0, torch.where(inside_b, lo, math.inf),
+                         torch.maximum(lo, torch.minimum(k1, k2)))
+        hi = torch.where(a_ == 0, torch.where(inside_b, hi, -math.inf),
+                         torch.minimum(hi, torch.maximum(k1, k2)))
+    k = torch.arange(w, dtype=torch.float32, device=dev)
+    lo_d = lo.clamp(-1, w).float().to(dev)[:, :, None]
+    hi_d = hi.clamp(-1, w).float().to(dev)[:, :, None]
+    outside = (k < lo_d) | (k >= hi_d)
+    # the default value is the image minimum: 0 for the min-max normalised slices used here
+    return torch.where(outside, x.flatten(1).amin(dim=1)[:, None, None], moved)
+
+
+def _tio_apply_torch(x: torch.Tensor, params: TioMotionParams) -> torch.Tensor:
+    """TorchIO's Motion.add_artifact on a batch: x (N, H, W) float32 -> real part (N, H, W).
+
+    TorchIO takes the centred 3D FFT of the unmoved image and of each moved copy, splits the
+    last axis (k-space columns, in fftshift order) into segments at floor(W * times), fills
+    segment s from spectrum s (0 = unmoved, s >= 1 = pose s), but first swaps the unmoved
+    spectrum with the one of the segment that contains the k-space centre (the first time
+    > 0.5; the last segment if none), then takes the real part of the inverse FFT. Segments
+    run along the last axis only, so the FFT along the other axes cancels: one FFT along the
+    rows per image (rfft: real images have Hermitian rows) and one inverse FFT per sample."""
+    n_img, h, w = x.shape
+    dev = x.device
+    n = params.n_poses
+    t_used = int(n.max())
+    used = torch.arange(t_used)[None, :] < n[:, None]  # (N, T) CPU
+    owner, pose = torch.nonzero(used, as_tuple=True)  # the P poses, sample-major
+    flat = torch.full((n_img, t_used), -1, dtype=torch.long)
+    flat[owner, pose] = torch.arange(owner.numel())
+
+    # Which spectrum fills each k-space column. Column c (fftshift order) is in segment
+    # s = #{movements with floor(W * time) <= c}; float64 like TorchIO's numpy arithmetic.
+    times = params.times[:, :t_used].double()
+    cut = torch.where(used, torch.floor(w * times), torch.full_like(times, float("inf")))
+    col = torch.arange(w, dtype=torch.float64)
+    seg = (cut[:, None, :] <= col[None, :, None]).sum(-1)  # (N, W)
+    late = used & (times > 0.5)
+    centre = torch.where(late.any(1), late.float().argmax(1), n)  # TorchIO's sort_spectra
+    spectrum = torch.where(seg == 0, centre[:, None], torch.where(seg == centre[:, None], 0, seg))
+    # spectrum 0 is the unmoved image (row b of the identity block), spectrum e >= 1 pose e-1
+    pose_row = flat.gather(1, (spectrum - 1).clamp(min=0))
+    src = torch.where(spectrum == 0, torch.arange(n_img)[:, None], n_img + pose_row)
+
+    # Column c of the shifted spectrum is frequency f = (c - W//2) mod W; rfft holds f <= W//2,
+    # the others are conj(X[W - f]).
+    f = (torch.arange(w) - w // 2) % w
+    conj = f > w // 2
+    f_r = torch.where(conj, w - f, f)
+
+    # Spectra of the unmoved images (rows 0..N-1) and of the moved copies (rows N..N+P-1),
+    # written in place: one rfft along the rows each.
+    spectra = torch.empty((n_img + owner.numel(), h, w // 2 + 1), dtype=torch.complex64,
+                          device=dev)
+    torch.fft.rfft(x, dim=-1, out=spectra[:n_img])
+    for lo in range(0, owner.numel(), _TIO_POSE_CHUNK):
+        sl = slice(lo, lo + _TIO_POSE_CHUNK)
+        own = owner[sl]
+        imgs = _tio_resample(x[own.to(dev)], params.degrees[own, pose[sl]],
+                             params.translation[own, pose[sl]])
+        torch.fft.rfft(imgs, dim=-1, out=spectra[n_img + lo: n_img + lo + own.numel()])
+    # (N, W, H): advanced indices first, then the sliced row axis
+    cols = spectra[src.to(dev), :, f_r.to(dev)[None, :].expand(n_img, w)]
+    cols = torch.where(conj.to(dev)[None, :, None], cols.conj(), cols)
+    # Inverse FFT along the columns, in fftshift order: undo the shift by putting column c at
+    # frequency f before the plain inverse FFT.
+    k_unshifted = torch.empty_like(cols)
+    k_unshifted[:, f.to(dev)] = cols
+    return torch.fft.ifft(k_unshifted, dim=1).real.transpose(1, 2)
+
+
+def tio_motion_call(image: np.ndarray, degrees: np.ndarray, translation: np.ndarray,
+                    times: np.ndarray) -> np.ndarray:
+    """The adapter around ``tio.Motion`` (TorchIO 1.x): one (H, W) slice, n poses.
+
+    degrees (n,) about the through-plane axis, translation (n, 2) in mm (TorchIO's 2nd and 3rd
+    components), times (n,). The slice is stored as a (1, 1, H, W) ScalarImage (identity
+    affine, 1 mm pixels) so TorchIO splits k-space along an in-plane axis (a (1, H, W, 1)
+    tensor would be split along its length-1 axis: a plain rigid shift, TorchIO issue 81).
+    Returns TorchIO's output, the real part, float32 (H, W). TorchIO 2.0 changes Motion's
+    arguments: any other major version, or a call it refuses, raises MotionBackendError."""
     import torchio as tio
 
+    major = str(getattr(tio, "__version__", "0")).split(".")[0]
+    if major != "1":
+        raise MotionBackendError(
+            f"torchio {tio.__version__}: motion adapter written for TorchIO 1.x "
+            "(requirements.txt pins 1.2.1); use backend='torch'")
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    n = len(degrees)
+    rot = np.zeros((n, 3))
+    rot[:, 0] = np.asarray(degrees, dtype=np.float64)  # about the (length-1) first axis
+    trans = np.zeros((n, 3))
+    trans[:, 1:] = np.asarray(translation, dtype=np.float64).reshape(n, 2)
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(img)[None, None]))
+    try:
+        motion = tio.Motion(degrees=rot, translation=trans,
+                            times=np.asarray(times, dtype=np.float64),
+                            image_interpolation="linear")
+        out = motion(subject)["image"].data
+    except TypeError as err:  # an argument renamed or removed
+        raise MotionBackendError(f"torchio {tio.__version__}: Motion refused the adapter's "
+                                 f"arguments ({err})") from err
+    if tuple(out.shape) != (1, 1) + img.shape:
+        raise MotionBackendError(f"torchio {tio.__version__}: Motion returned shape "
+                                 f"{tuple(out.shape)} for {(1, 1) + img.shape}")
+    return out[0, 0].numpy().astype(np.float32, copy=False)
+
+
+def apply_tio_motion(images: torch.Tensor, params: TioMotionParams,
+                     backend: str = "torch") -> torch.Tensor:
+    """Apply drawn TorchIO motion (deterministic). images (B,1,H,W) on any device.
+
+    Each slice is min-max normalised, transposed where params.transpose says, corrupted by
+    TorchIO's algorithm (backend "torch": batched here, on the images' device; "torchio": the
+    real ``tio.Motion`` through :func:`tio_motion_call`, on the CPU one slice at a time),
+    transposed back; then the absolute value of TorchIO's real part (MR images are magnitudes:
+    the signed real part would turn the background grey) and min-max. Severity 0: the
+    normalised slice unchanged. Returns (B,1,H,W) float32 in [0, 1] on the input device."""
+    _check_params(images, params, "apply_tio_motion")
+    if backend not in TIO_BACKENDS:
+        raise ValueError(f"apply_tio_motion: backend must be one of {TIO_BACKENDS}, got {backend!r}")
+    x = minmax(images.float()[:, 0])
+    out = x.clone()
+    for flip in (False, True):
+        idx = torch.nonzero((params.transpose == flip) & (params.severity > 0)).flatten()
+        if idx.numel() == 0:
+            continue
+        idx_dev = idx.to(x.device)
+        xs = x[idx_dev].transpose(1, 2) if flip else x[idx_dev]
+        p = params.select(idx)
+        if backend == "torch":
+            # chunks of whole samples with about _TIO_POSE_CHUNK poses each (bounds memory)
+            ends = torch.cumsum(p.n_poses, 0)
+            chunk = (ends - 1) // _TIO_POSE_CHUNK
+            res = torch.cat([
+                _tio_apply_torch(xs[(chunk == c).to(xs.device)].contiguous(), p.select(
+                    torch.nonzero(chunk == c).flatten()))
+                for c in torch.unique(chunk).tolist()])
+        else:
+            arr = xs.detach().cpu().numpy()
+            res = torch.from_numpy(np.stack([
+                tio_motion_call(arr[i], p.degrees[i, : int(p.n_poses[i])].numpy(),
+                                p.translation[i, : int(p.n_poses[i])].numpy(),
+                                p.times[i, : int(p.n_poses[i])].numpy())
+                for i in range(len(arr))])).to(x.device)
+        res = res.abs()
+        out[idx_dev] = res.transpose(1, 2) if flip else res
+    return minmax(out)[:, None].float()
+
+
+def tio_motion(images: torch.Tensor, severity: torch.Tensor | float,
+               generator: torch.Generator | None = None, backend: str = "torch") -> torch.Tensor:
+    """TorchIO's motion simulator on a batch: draw (:func:`draw_tio_params`) then apply
+    (:func:`apply_tio_motion`). images (B,1,H,W) in [0, 1]; severity scalar or (B,)."""
+    _check_batch(images, "tio_motion")
+    params = draw_tio_params(images.shape[0], severity, tuple(images.shape[-2:]), generator)
+    return apply_tio_motion(images, params, backend)
+
+
+def torchio_motion(image: np.ndarray, severity: float, rng: np.random.Generator) -> np.ndarray:
+    """The previous per-slice TorchIO path (numpy Generator draws, the real ``tio.Motion``):
+    one 2D slice -> float32 (H, W) in [0, 1]. Kept for checks and benchmarks; training uses
+    :func:`random_motion_batch` (the batched torch version of the same algorithm)."""
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"torchio_motion: expected a 2D slice, got shape {img.shape}")
@@ -195,26 +584,77 @@ def torchio_motion(image: np.ndarray, severity: float, rng: np.random.Generator)
     degrees = s * TIO_MAX_DEGREES * rng.uniform(0.25, 1.0, n) * rng.choice([-1.0, 1.0], n)
     shift = s * TIO_MAX_SHIFT * min(img.shape) / REFERENCE_SIZE * rng.uniform(0.25, 1.0, n)
     direction = rng.uniform(0, 2 * math.pi, n)
-    # Movement times as RandomMotion draws them: evenly spaced, jittered by 30 % of a step.
     step = 1.0 / (n + 1)
     times = step * np.arange(1, n + 1) + rng.uniform(-0.3 * step, 0.3 * step, n)
     if s <= 0:
         return img
     if transpose:
         img = np.ascontiguousarray(img.T)
-    rot = np.zeros((n, 3))
-    rot[:, 0] = degrees  # about the first (length-1, through-plane) axis
-    trans = np.zeros((n, 3))
-    trans[:, 1] = shift * np.sin(direction)
-    trans[:, 2] = shift * np.cos(direction)
-    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(img)[None, None]))
-    motion = tio.Motion(
-        degrees=rot, translation=trans, times=times, image_interpolation="linear"
-    )
-    out = np.abs(motion(subject)["image"].data[0, 0].numpy())
+    trans = np.stack([shift * np.sin(direction), shift * np.cos(direction)], axis=1)
+    out = np.abs(tio_motion_call(img, degrees, trans, times))
     if transpose:
         out = out.T
     return minmax(np.ascontiguousarray(out))
+
+
+# --------------------------------------------------------------------------------------------
+# Both simulators on one batch
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MotionParams(_Params):
+    """What :func:`random_motion_batch` drew: per sample the simulator (use_tio (B,) bool) and
+    severity (B,), and both simulators' parameters for every sample (each sample uses one)."""
+
+    severity: torch.Tensor
+    use_tio: torch.Tensor
+    kspace: KspaceMotionParams
+    tio: TioMotionParams
+
+    def select(self, index: torch.Tensor | list[int]) -> MotionParams:
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        return MotionParams(self.severity[idx], self.use_tio[idx], self.kspace.select(idx),
+                            self.tio.select(idx))
+
+    def describe(self, i: int) -> dict[str, Any]:
+        """Sample i as plain Python values: the simulator it went through and its draw."""
+        return self.tio.describe(i) if bool(self.use_tio[i]) else self.kspace.describe(i)
+
+
+def draw_motion_params(
+    batch: int,
+    size: tuple[int, int],
+    generator: torch.Generator | None = None,
+    p_torchio: float = 0.5,
+    severity: torch.Tensor | float | None = None,
+) -> MotionParams:
+    """Draw, per sample, the simulator (TorchIO with probability p_torchio, else k-space
+    lines), the severity (uniform on [0, 1] when None) and both simulators' parameters (all
+    drawn for every sample, fixed sizes and order: the stream never depends on the choices)."""
+    use_tio = _uniform((batch,), generator) < p_torchio
+    s = _sample_severity(batch, generator) if severity is None else _severity_vector(severity, batch)
+    ks = draw_kspace_params(batch, s, size, generator)
+    tp = draw_tio_params(batch, s, size, generator)
+    return MotionParams(severity=s, use_tio=use_tio, kspace=ks, tio=tp)
+
+
+def apply_motion(images: torch.Tensor, params: MotionParams,
+                 tio_backend: str = "torch") -> torch.Tensor:
+    """Apply drawn motion: each sample through the simulator its parameters name. Returns
+    (B,1,H,W) float32 in [0,1] on the input device."""
+    _check_params(images, params, "apply_motion")
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    for tio_flag in (False, True):
+        idx = torch.nonzero(params.use_tio == tio_flag).flatten()
+        if idx.numel() == 0:
+            continue
+        dev_idx = idx.to(images.device)
+        if tio_flag:
+            out[dev_idx] = apply_tio_motion(images[dev_idx], params.tio.select(idx), tio_backend)
+        else:
+            out[dev_idx] = apply_kspace_motion(images[dev_idx], params.kspace.select(idx))
+    return out
 
 
 def _sample_severity(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -230,28 +670,19 @@ def random_motion_batch(
     generator: torch.Generator | None = None,
     p_torchio: float = 0.5,
     severity: torch.Tensor | float | None = None,
-) -> torch.Tensor:
-    """Corrupt each (1,H,W) slice of a (B,1,H,W) batch with one of the two simulators: TorchIO
-    with probability p_torchio (CPU, one slice at a time), else the batched k-space one.
-    severity: scalar, (B,) or None (drawn per sample, uniform on [0, 1]). Returns
-    (B,1,H,W) float32 in [0,1] on the input device."""
+    tio_backend: str = "torch",
+    return_params: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, MotionParams]:
+    """Corrupt each (1,H,W) slice of a (B,1,H,W) batch with one of the two simulators: TorchIO's
+    algorithm with probability p_torchio (batched torch by default; tio_backend="torchio" runs
+    the real TorchIO, CPU, one slice at a time), else the k-space one. severity: scalar, (B,)
+    or None (drawn per sample, uniform on [0, 1]). Returns (B,1,H,W) float32 in [0,1] on the
+    input device, and with return_params=True also the MotionParams drawn."""
     _check_batch(images, "random_motion_batch")
-    b = images.shape[0]
-    use_tio = _uniform((b,), generator) < p_torchio
-    s = _sample_severity(b, generator) if severity is None else _severity_vector(severity, b)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator,
-                             device=generator.device if generator is not None else "cpu"))
-    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
-    k_idx = torch.nonzero(~use_tio).flatten()
-    if k_idx.numel():
-        dev_idx = k_idx.to(images.device)
-        out[dev_idx] = kspace_motion(images[dev_idx], s[k_idx], generator)
-    t_idx = torch.nonzero(use_tio).flatten().tolist()
-    if t_idx:
-        rng = np.random.default_rng(seed)
-        cpu = images[t_idx, 0].detach().float().cpu().numpy()
-        res = np.stack([torchio_motion(cpu[j], float(s[i]), rng) for j, i in enumerate(t_idx)])
-        out[torch.as_tensor(t_idx, device=images.device)] = torch.from_numpy(res)[:, None].to(
-            images.device
-        )
-    return out
+    if tio_backend not in TIO_BACKENDS:
+        raise ValueError(f"random_motion_batch: tio_backend must be one of {TIO_BACKENDS}, "
+                         f"got {tio_backend!r}")
+    params = draw_motion_params(images.shape[0], tuple(images.shape[-2:]), generator,
+                                p_torchio, severity)
+    out = apply_motion(images, params, tio_backend)
+    return (out, params) if return_params else out
