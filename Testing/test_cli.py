@@ -16,6 +16,7 @@ import torch
 from MotionSSIMLib.checkpoint import save_checkpoint
 from MotionSSIMLib.cli import main
 from MotionSSIMLib.model import build_model
+from MotionSSIMLib.report import report_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,13 +57,18 @@ def test_assess_writes_reports(ckpt, inputs, tmp_path, capsys):
     assert rc == 0, out.err
     lines = [ln for ln in out.out.splitlines() if ln.strip()]
     assert len(lines) == 2 and "head.nii.gz:" in lines[0] and "->" in lines[0]
-    with open(tmp_path / "head_slices.csv") as f:
+    head = report_name(inputs / "head.nii.gz")
+    assert head.startswith("head_") and len(head) == len("head_") + 8
+    with open(tmp_path / f"{head}_slices.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and set(rows[0]) >= {"index", "position_mm", "ssim", "class", "empty"}
-    summary = json.loads((tmp_path / "head_summary.json").read_text())
+    summary = json.loads((tmp_path / f"{head}_summary.json").read_text())
     assert summary["n_slices"] == 6 and summary["orientation"] == "axial"
-    assert (tmp_path / "head_chart.png").stat().st_size > 5000
-    assert json.loads((tmp_path / "slice_summary.json").read_text())["n_slices"] == 1
+    assert (tmp_path / f"{head}_chart.png").stat().st_size > 5000
+    slice_json = tmp_path / f"{report_name(inputs / 'slice.png')}_summary.json"
+    assert json.loads(slice_json.read_text())["n_slices"] == 1
+    # nothing else: no temporary file left behind
+    assert len(list(tmp_path.iterdir())) == 6
 
 
 def test_bad_inputs_exit_2_one_line_each_and_others_still_assessed(ckpt, inputs, tmp_path,
@@ -78,7 +84,7 @@ def test_bad_inputs_exit_2_one_line_each_and_others_still_assessed(ckpt, inputs,
     for name, line in zip(bad, errors, strict=True):
         assert name in line
     assert "Traceback" not in out.err
-    assert (tmp_path / "head_summary.json").exists()
+    assert (tmp_path / f"{report_name(inputs / 'head.nii.gz')}_summary.json").exists()
 
 
 def test_bad_model_is_one_line(inputs, tmp_path, capsys):
@@ -111,13 +117,14 @@ def test_true_ssim_goes_into_csv_json_and_chart(ckpt, inputs, tmp_path, capsys):
     rc = main(["assess", str(inputs / "head.nii.gz"), "--model", str(ckpt), "--device", "cpu",
                "--out", str(out), "--true-ssim", str(truth)])
     assert rc == 0, capsys.readouterr().err
-    with open(out / "head_slices.csv") as f:
+    head = report_name(inputs / "head.nii.gz")
+    with open(out / f"{head}_slices.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["index", "position_mm", "ssim", "class", "class_name",
                              "foreground", "empty", "true_ssim"]
     assert [float(r["true_ssim"]) for r in rows] == pytest.approx(
         [0.5 + 0.05 * int(r["index"]) for r in rows])
-    summary = json.loads((out / "head_summary.json").read_text())
+    summary = json.loads((out / f"{head}_summary.json").read_text())
     cmp = summary["against_true_ssim"]
     kept = [r for r in rows if r["empty"] == "0"]
     assert cmp["n_slices"] == len(kept)

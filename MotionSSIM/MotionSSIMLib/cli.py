@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 from pathlib import Path
 
-from .errors import MotionSSIMError
+from .errors import CheckpointError, MotionSSIMError
 
 ASSESS_EPILOG = """\
 examples:
@@ -22,26 +21,26 @@ examples:
   motionssim assess dicom_series_folder/ --orientation axial --model my_model.safetensors
 
 For every input, OUT/<name>_slices.csv (one row per slice), OUT/<name>_summary.json (verdict,
-mean/min SSIM, class counts, worst slices) and OUT/<name>_chart.png are written, and one line
-with the verdict is printed. The verdict is the worst clinical class among non-empty slices:
+mean/min SSIM, class counts, worst slices) and OUT/<name>_chart.png are written (atomically),
+and one line with the verdict is printed. <name> is the input's file name without extension,
+then _ and 8 hex digits of the SHA-256 of its resolved absolute path: the same input always
+gets the same name. The verdict is the worst clinical class among non-empty slices:
 good (SSIM >= 0.85), sufficient (>= 0.60) or insufficient: re-scan.
 """
 
 
-def _stem(path: Path, used: set[str]) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".png", ".tif",
-                   ".tiff"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "input"
-    base, n = stem, 1
-    while stem in used:  # two inputs with the same name in different folders
-        n += 1
-        stem = f"{base}_{n}"
-    used.add(stem)
-    return stem
+def _say(text: object, file=None) -> None:
+    """Print one line, printable whatever the file names hold (report.printable)."""
+    from .report import printable
+
+    print(printable(text), file=file or sys.stdout, flush=True)
+
+
+def _about(path: Path, exc: BaseException) -> str:
+    """The error line of an input: the message, prefixed with the input when it does not
+    already name it (errors raised on a volume, not a file)."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return msg if msg.startswith(str(path)) else f"{path}: {msg}"
 
 
 def add_assess_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,7 +80,7 @@ def run_assess(args: argparse.Namespace) -> int:
     from .classes import ClinicalThresholds
     from .inference import assess_volume, get_model, resolve_device
     from .io import read_input
-    from .report import read_true_ssim, write_report
+    from .report import check_writable, printable, read_true_ssim, report_name, write_report
 
     try:
         if args.batch_size < 1:
@@ -89,16 +88,16 @@ def run_assess(args: argparse.Namespace) -> int:
         if not 0.0 <= args.min_foreground <= 1.0:
             raise ValueError(f"--min-foreground must lie in [0, 1], got {args.min_foreground}")
         thresholds = ClinicalThresholds(args.good, args.sufficient)
+        if args.true_ssim and len(args.inputs) != 1:
+            raise ValueError("--true-ssim goes with exactly one input")
+        check_writable(args.out)  # before any work: a report that cannot be written is lost
         device = resolve_device(args.device)
         model = get_model(args.model, device)  # once for every input, refused before any work
         truth = read_true_ssim(args.true_ssim) if args.true_ssim else None
     except (MotionSSIMError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}", sys.stderr)
         return 2
-    if truth is not None and len(args.inputs) != 1:
-        print("error: --true-ssim goes with exactly one input", file=sys.stderr)
-        return 2
-    unusable, internal, used = 0, 0, set()
+    unusable, internal = 0, 0
     bar = tqdm(args.inputs, unit="input", disable=not args.progress or len(args.inputs) < 2,
                file=sys.stderr)
     for raw in bar:
@@ -108,25 +107,31 @@ def run_assess(args: argparse.Namespace) -> int:
             a = assess_volume(vol, model=model, orientation=args.orientation, device=device,
                               batch_size=args.batch_size, thresholds=thresholds,
                               min_foreground=args.min_foreground)
-            paths = write_report(a, args.out, _stem(path, used), true_ssim=truth,
+            paths = write_report(a, args.out, report_name(path), true_ssim=truth,
                                  source=str(path))
+        except CheckpointError as exc:  # the model is broken: every input would fail alike
+            bar.close()
+            _say(f"error: {exc}", sys.stderr)
+            return 2
         except MotionSSIMError as exc:
             unusable += 1
-            tqdm.write(f"error: {exc}", file=sys.stderr)
+            tqdm.write(printable(f"error: {_about(path, exc)}"), file=sys.stderr)
             continue
-        except OSError as exc:  # the report folder is not writable, the disk is full...
+        except OSError as exc:  # the disk is full, the folder was removed meanwhile...
             unusable += 1
-            tqdm.write(f"error: {path}: cannot write the report ({exc})", file=sys.stderr)
+            tqdm.write(printable(f"error: {path}: cannot write the report "
+                                 f"({exc.strerror or exc})"), file=sys.stderr)
             continue
         except Exception as exc:  # a bug: report it in one line and go on with the others
             if args.debug:
                 raise
             internal += 1
-            tqdm.write(f"error: {path}: internal error ({type(exc).__name__}: "
-                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                       "rerun with --debug for the traceback", file=sys.stderr)
+            tqdm.write(printable(
+                f"error: {path}: internal error ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                "rerun with --debug for the traceback"), file=sys.stderr)
             continue
-        tqdm.write(assess_line(path, a, paths["json"]))
+        tqdm.write(printable(assess_line(path, a, paths["json"])))
     return 1 if internal else 2 if unusable else 0
 
 
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except MotionSSIMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}", sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,10 +1,24 @@
-"""Assessment reports: a CSV of slices, a JSON summary and a PNG chart per input."""
+"""Assessment reports: a CSV of slices, a JSON summary and a PNG chart per input.
+
+Each report set is written atomically: every file goes to a fresh temporary name in the report
+folder first (created exclusively, never through a symlink), and only when all three are
+complete are they renamed over their final names (`os.replace` replaces a symlink found there,
+never its target). An interrupted run or a full disk leaves the previous report set, or none,
+never a half-written file; two runs writing into one folder do not mix their files.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import io
 import json
+import os
 import platform
+import re
+import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +30,111 @@ from .inference import Assessment
 
 CLASS_COLOURS = {1: "#2ca02c", 2: "#e6a700", 3: "#d62728"}
 CSV_COLUMNS = ("index", "position_mm", "ssim", "class", "class_name", "foreground", "empty")
+# --true-ssim: slice indices up to this (an array of that many floats, 8 MB), files up to this
+MAX_TRUE_SSIM_INDEX = 1_000_000
+MAX_TRUE_SSIM_BYTES = 64 * 2**20
+NAME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".png", ".tif",
+                 ".tiff", ".jpg", ".jpeg", ".bmp", ".dcm")
+MAX_STEM_CHARS = 80
+
+
+def printable(text: Any) -> str:
+    """`text` safe to print on any terminal and to draw: the bytes of a file name that is not
+    UTF-8 (kept by Python as surrogate escapes) shown as \\xNN, control characters (a new
+    line in a file name) as escapes, so that every message stays one line."""
+    text = str(text)
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # lone surrogates that are not escaped bytes
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+
+
+def report_name(path: str | os.PathLike) -> str:
+    """The report name of an input: its file name without the extension (letters, digits,
+    `.`, `_`, `-`; anything else becomes `_`), then `_` and the first 8 hex digits of the
+    SHA-256 of its absolute path with symlinks resolved. A pure function of the path: the same
+    input gets the same name in every run, whatever else is assessed with it, and two inputs
+    with one file name in different folders (A/T2.nii.gz, B/T2.nii.gz) get different names."""
+    p = Path(os.fspath(path))
+    try:
+        full = p.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: the absolute path as given
+        full = Path(os.path.abspath(p))
+    name = full.name or p.name
+    for suffix in NAME_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "input"
+    digest = hashlib.sha256(os.fsencode(str(full))).hexdigest()[:8]
+    return f"{stem[:MAX_STEM_CHARS]}_{digest}"
+
+
+def check_writable(out_dir: str | Path) -> Path:
+    """Create the report folder if needed and check that files can be created in it (before
+    any input is assessed). InputError naming the folder otherwise."""
+    out = Path(out_dir)
+    try:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"{printable(out)}: exists and is not a folder; give a report "
+                             "folder with --out")
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".motionssim-write-test-{secrets.token_hex(6)}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                     0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except InputError:
+        raise
+    except OSError as exc:
+        raise InputError(f"{printable(out)}: the report folder is not writable "
+                         f"({exc.strerror or exc})") from None
+    return out
+
+
+@contextlib.contextmanager
+def _atomic_files(paths: dict[str, Path]):
+    """Open a new temporary file (binary) beside each of `paths`; on success rename them all
+    over their final names, on any error remove them."""
+    tmps: dict[str, Path] = {}
+    files: dict[str, Any] = {}
+    try:
+        for key, final in paths.items():
+            tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
+            # O_EXCL: a fresh file, never an existing one or a symlink planted at its name;
+            # 0o666 less the umask, as an ordinary file would get
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            tmps[key] = tmp
+            files[key] = os.fdopen(fd, "wb")
+        yield files
+        for f in files.values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        for key in ("csv", "png", "json"):  # the summary last: it names the other two
+            if key in tmps:
+                os.replace(tmps.pop(key), paths[key])
+        for key in list(tmps):
+            os.replace(tmps.pop(key), paths[key])
+    finally:
+        for f in files.values():
+            if not f.closed:
+                f.close()
+        for tmp in tmps.values():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def read_true_ssim(path: str | Path) -> np.ndarray:
     """Per-slice true SSIM from a CSV with columns index,true_ssim (the sample's sidecar):
-    an array indexed by slice index, NaN for slices the file does not list."""
+    an array indexed by slice index, NaN for slices the file does not list. Indices run from
+    0 to MAX_TRUE_SSIM_INDEX, values are finite SSIMs in [-1, 1]."""
+    shown = printable(path)
     try:
+        if os.stat(path).st_size > MAX_TRUE_SSIM_BYTES:
+            raise ValueError(f"larger than {MAX_TRUE_SSIM_BYTES // 2**20} MB")
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         if not rows or "true_ssim" not in rows[0] or "index" not in rows[0]:
@@ -29,8 +142,16 @@ def read_true_ssim(path: str | Path) -> np.ndarray:
         pairs = [(int(r["index"]), float(r["true_ssim"])) for r in rows]
         if min(i for i, _ in pairs) < 0:
             raise ValueError("negative slice index")
+        top = max(i for i, _ in pairs)
+        if top > MAX_TRUE_SSIM_INDEX:
+            raise ValueError(f"slice index {str(top)[:20]} is beyond any volume (at most "
+                             f"{MAX_TRUE_SSIM_INDEX})")
+        wrong = next((v for _, v in pairs if not -1.0 <= v <= 1.0), None)  # NaN too
+        if wrong is not None:
+            raise ValueError(f"true SSIM {wrong} is not a number in [-1, 1]")
     except (OSError, ValueError, TypeError, csv.Error) as exc:
-        raise InputError(f"{path}: cannot read true SSIM ({exc})") from None
+        detail = printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise InputError(f"{shown}: cannot read true SSIM ({detail[:160]})") from None
     out = np.full(max(i for i, _ in pairs) + 1, np.nan)
     for i, v in pairs:
         out[i] = v
@@ -58,14 +179,18 @@ def _plain(value: Any) -> Any:
 def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
                  true_ssim: np.ndarray | None = None, source: str | None = None,
                  ) -> dict[str, Path]:
-    """Write OUT/STEM_slices.csv, OUT/STEM_summary.json and OUT/STEM_chart.png.
+    """Write OUT/STEM_slices.csv, OUT/STEM_summary.json and OUT/STEM_chart.png, atomically
+    (see the module docstring): all three are complete before any replaces an older one.
 
-    `true_ssim`: optional known SSIM per slice index (NaN where unknown), written as an extra
-    CSV column, compared in the JSON and drawn beside the prediction. `source`: the input path
-    recorded in the JSON. Returns {"csv": path, "json": path, "png": path}.
+    `stem`: the report name (the command line uses `report_name(input)`); characters other
+    than letters, digits, `.`, `_` and `-` become `_`. `true_ssim`: optional known SSIM per
+    slice index (NaN where unknown), written as an extra CSV column, compared in the JSON and
+    drawn beside the prediction. `source`: the input path recorded in the JSON and the chart
+    title. Returns {"csv": path, "json": path, "png": path}.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(stem)).lstrip(".") or "input"
     paths = {"csv": out / f"{stem}_slices.csv", "json": out / f"{stem}_summary.json",
              "png": out / f"{stem}_chart.png"}
     recs = assessment.records
@@ -74,16 +199,17 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
         known = np.asarray(true_ssim, dtype=float).reshape(-1)
         truth = np.array([known[r.index] if 0 <= r.index < len(known) else np.nan
                           for r in recs])
-    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_COLUMNS + (("true_ssim",) if truth is not None else ()))
-        for n, r in enumerate(recs):
-            row = [r.index, f"{r.position_mm:.3f}", f"{r.ssim:.4f}", r.clinical_class,
-                   CLINICAL_NAMES[r.clinical_class], f"{r.foreground:.4f}", int(r.empty)]
-            if truth is not None:
-                row.append(f"{truth[n]:.4f}")
-            w.writerow(row)
-    summary: dict[str, Any] = {"input": source, "orientation": assessment.orientation,
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(CSV_COLUMNS + (("true_ssim",) if truth is not None else ()))
+    for n, r in enumerate(recs):
+        row = [r.index, f"{r.position_mm:.3f}", f"{r.ssim:.4f}", r.clinical_class,
+               CLINICAL_NAMES[r.clinical_class], f"{r.foreground:.4f}", int(r.empty)]
+        if truth is not None:
+            row.append(f"{truth[n]:.4f}")
+        w.writerow(row)
+    shown = printable(source) if source is not None else None
+    summary: dict[str, Any] = {"input": shown, "orientation": assessment.orientation,
                                "axis": assessment.axis,
                                "pixel_spacing_mm": list(assessment.pixel_spacing),
                                **assessment.summary, "model": assessment.model,
@@ -98,14 +224,27 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
                 "mean_abs_error": float(np.abs(err).mean()),
                 "mean_residual": float(err.mean()), "residual_sd": float(err.std()),
                 "n_slices": int(keep.sum())}
-    paths["json"].write_text(json.dumps(summary, indent=2, default=_plain), encoding="utf-8")
-    plot_chart(assessment, paths["png"], title=source or stem, true_ssim=truth)
+    body = json.dumps(summary, indent=2, default=_plain)
+    with _atomic_files(paths) as files:
+        files["csv"].write(text.getvalue().encode("utf-8"))
+        files["json"].write(body.encode("utf-8"))
+        plot_chart(assessment, files["png"], title=shown or stem, true_ssim=truth)
     return paths
 
 
-def plot_chart(assessment: Assessment, path: Path, title: str = "",
+def _short(text: str, limit: int = 110) -> str:
+    """`text` cut in the middle to `limit` characters (a deep path keeps both ends)."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 3) // 2
+    return f"{text[:half]}...{text[-half:]}"
+
+
+def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
                true_ssim: np.ndarray | None = None) -> None:
-    """SSIM per slice, points coloured by class, empty slices hollow grey, thresholds dashed."""
+    """SSIM per slice, points coloured by class, empty slices hollow grey, thresholds dashed.
+    `path`: a file name or a binary file object. The title is drawn as plain text (a `$` in a
+    file name is not mathtext), non-UTF-8 bytes shown as escapes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,25 +257,31 @@ def plot_chart(assessment: Assessment, path: Path, title: str = "",
     empty = np.array([r.empty for r in recs], dtype=bool)
     th = assessment.summary.get("thresholds", {"good": 0.85, "sufficient": 0.60})
     fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
-    ax.plot(x, y, color="0.7", lw=1, zorder=1)
-    for k, name in CLINICAL_NAMES.items():
-        m = (cls == k) & ~empty
-        ax.scatter(x[m], y[m], s=28, color=CLASS_COLOURS[k], label=f"{name} ({m.sum()})",
-                   zorder=3)
-    if empty.any():
-        ax.scatter(x[empty], y[empty], s=28, facecolors="none", edgecolors="0.5",
-                   label=f"empty ({empty.sum()})", zorder=2)
-    if true_ssim is not None:
-        ax.plot(x, true_ssim, color="k", marker="x", ms=4, lw=0.6, label="true SSIM", zorder=2)
-    ax.axhline(th["good"], color=CLASS_COLOURS[1], ls="--", lw=1)
-    ax.axhline(th["sufficient"], color=CLASS_COLOURS[3], ls="--", lw=1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel(f"{assessment.orientation} slice index ({assessment.axis})")
-    ax.set_ylabel("predicted SSIM")
-    verdict = assessment.summary.get("verdict", "")
-    ax.set_title(f"{title}\nverdict: {verdict}", fontsize=10)
-    ax.legend(loc="lower left", fontsize=8, ncol=5)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        ax.plot(x, y, color="0.7", lw=1, zorder=1)
+        for k, name in CLINICAL_NAMES.items():
+            m = (cls == k) & ~empty
+            ax.scatter(x[m], y[m], s=28, color=CLASS_COLOURS[k], label=f"{name} ({m.sum()})",
+                       zorder=3)
+        if empty.any():
+            ax.scatter(x[empty], y[empty], s=28, facecolors="none", edgecolors="0.5",
+                       label=f"empty ({empty.sum()})", zorder=2)
+        if true_ssim is not None:
+            ax.plot(x, true_ssim, color="k", marker="x", ms=4, lw=0.6, label="true SSIM",
+                    zorder=2)
+        ax.axhline(th["good"], color=CLASS_COLOURS[1], ls="--", lw=1)
+        ax.axhline(th["sufficient"], color=CLASS_COLOURS[3], ls="--", lw=1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"{assessment.orientation} slice index ({assessment.axis})")
+        ax.set_ylabel("predicted SSIM")
+        verdict = assessment.summary.get("verdict", "")
+        ax.set_title(f"{_short(printable(title))}\nverdict: {verdict}", fontsize=10,
+                     parse_math=False)
+        ax.legend(loc="lower left", fontsize=8, ncol=5)
+        ax.grid(alpha=0.3)
+        with warnings.catch_warnings():  # a glyph the font lacks: drawn as a box, no warning
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+            fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
