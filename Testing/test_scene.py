@@ -516,3 +516,91 @@ def test_cancel_leaves_the_scene_unchanged(mrml, tmp_path, loaded_model):
         ms.assess_volume_node(node, model=loaded_model, device="cpu", cancel=lambda: True)
     assert scene.GetNumberOfNodes() == before
     assert ms.find_result(node) is None
+
+
+# --------------------------------------------------------------------------- panel: validation
+
+
+def test_settings_are_validated_before_apply(mrml):
+    scene, _ = mrml
+    volume = slicer.util.addVolumeFromArray(phantom((4, 20, 20)), name="mr")
+    label = slicer.util.addVolumeFromArray(
+        np.ones((4, 20, 20), np.uint8), nodeClassName="vtkMRMLLabelMapVolumeNode", name="seg"
+    )
+    assert ms.validate_settings(volume, 0.85, 0.60) == []
+    problems = ms.validate_settings(label, 0.85, 0.60)
+    assert len(problems) == 1 and "seg is a labelmap" in problems[0]
+    assert ms.validate_settings(None) == ["Select an input volume"]
+    for good, sufficient in ((0.6, 0.6), (0.5, 0.7), (1.2, 0.6), (0.85, -0.1)):
+        problems = ms.validate_settings(volume, good, sufficient)
+        assert len(problems) == 1 and "must be below" in problems[0], (good, sufficient)
+
+
+# --------------------------------------------------------------------------- panel: background job
+
+
+def test_background_job_writes_results_on_finish_and_records_device(mrml, tmp_path, loaded_model):
+    scene, volumes_logic = mrml
+    node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
+    before = scene.GetNumberOfNodes()
+    job = ms.AssessmentJob(node, model=loaded_model, device="auto", batch_size=2)
+    assert job.wait(timeout=300)
+    # the worker wrote nothing into the scene: that is finish()'s job, on the main thread
+    assert scene.GetNumberOfNodes() == before and ms.find_result(node) is None
+    assert job.error is None and job.stage == "done"
+    assert job.total_slices == 7 and job.done_slices == 7  # progress reached the last slice
+    result = job.finish()
+    assert result is not None and result.table.GetNumberOfRows() == 7
+    assert result.summary["device"] == "cpu"  # what "auto" chose on this machine
+    found = ms.find_result(node)
+    assert found.summary["device"] == "cpu"
+    assert job.elapsed_s > 0
+
+
+def test_background_job_progress_is_reported_per_batch(mrml, tmp_path, loaded_model):
+    _, volumes_logic = mrml
+    node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
+    job = ms.AssessmentJob(node, model=loaded_model, device="cpu", batch_size=1)
+    seen = set()
+    while not job.done:
+        seen.add(job.done_slices)
+        job.wait(0.005)
+    assert job.done_slices == 7 and job.finish() is not None
+    assert len(seen) >= 2, seen  # the main thread saw intermediate states, not only 0 and 7
+
+
+def test_background_job_cancel_writes_nothing(mrml, tmp_path, loaded_model):
+    scene, volumes_logic = mrml
+    node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
+    before = scene.GetNumberOfNodes()
+    job = ms.AssessmentJob(node, model=loaded_model, device="cpu", batch_size=1)
+    job.cancel()
+    assert job.wait(timeout=300)
+    assert job.cancelled and job.finish() is None
+    assert scene.GetNumberOfNodes() == before and ms.find_result(node) is None
+
+
+def test_background_job_survives_node_deletion_and_scene_close(mrml, tmp_path, loaded_model):
+    scene, volumes_logic = mrml
+    node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
+    job = ms.AssessmentJob(node, model=loaded_model, device="cpu", batch_size=1)
+    scene.RemoveNode(node)  # deleted while the worker runs on its copy of the voxels
+    assert job.wait(timeout=300)
+    assert job.error is None  # the copy was assessed without touching the node
+    assert job.finish() is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
+
+    other, _, _, _ = case_volume(volumes_logic, tmp_path, "oblique")
+    job = ms.AssessmentJob(other, model=loaded_model, device="cpu", batch_size=1)
+    scene.Clear(0)  # File > Close Scene
+    assert job.wait(timeout=300)
+    assert job.finish() is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
+
+
+def test_background_job_reports_engine_errors_on_finish(mrml):
+    volume = slicer.util.addVolumeFromArray(np.zeros((4, 20, 20), np.float32), name="blank")
+    job = ms.AssessmentJob(volume, model=None, device="cpu")
+    assert job.wait(timeout=300) and job.stage == "failed"
+    with pytest.raises(InputError, match="no assessable slice"):
+        job.finish()

@@ -470,6 +470,132 @@ def _jsonable(value):
     return value
 
 
+def validate_settings(volumeNode, good: float = 0.85, sufficient: float = 0.60) -> list[str]:
+    """What stops an assessment with these settings (empty list = ready). The panel shows the
+    first problem on the disabled Apply button, before anything runs."""
+    problems = []
+    if volumeNode is None:
+        problems.append("Select an input volume")
+    elif volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+        problems.append(f"{volumeNode.GetName()} is a labelmap (segmentation), not an MR image: "
+                        "select a scalar volume")
+    elif not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
+        problems.append(f"{volumeNode.GetName()} is not a scalar volume")
+    elif volumeNode.GetImageData() is None:
+        problems.append(f"{volumeNode.GetName()} has no voxels")
+    if not (0.0 <= float(sufficient) < float(good) <= 1.0):
+        problems.append(f"thresholds: 'sufficient' ({float(sufficient):.2f}) must be below "
+                        f"'good' ({float(good):.2f}), both in [0, 1]")
+    return problems
+
+
+def _record_device(assessment, device) -> None:
+    """The device the assessment ran on ('auto' resolved), kept in the summary (table, JSON)."""
+    assessment.summary["device"] = str(device)
+
+
+class AssessmentJob:
+    """One assessment running on a worker thread, so that the GUI stays responsive.
+
+    Created on the main thread: the voxels are copied there (so later edits of the node cannot
+    reach the running job) and the worker only runs the engine on that copy; it never touches
+    MRML, VTK or Qt. `finish()`, called again on the main thread once `done`, writes the results
+    into the scene, unless the volume left the scene (node deleted, scene closed) meanwhile.
+    """
+
+    def __init__(self, volumeNode, model=None, orientation: str = "auto", device: str = "auto",
+                 thresholds=None, min_foreground: float = 0.05, batch_size: int = 4,
+                 overlay_style: str = "frame") -> None:
+        import threading
+
+        from .classes import ClinicalThresholds
+
+        self.volume = volumeNode
+        self.scene = _scene()
+        self.volume_id = volumeNode.GetID()
+        self.name = volumeNode.GetName()
+        self.thresholds = thresholds if thresholds is not None else ClinicalThresholds()
+        self.overlay_style = overlay_style
+        self._vol = volume_from_node(volumeNode)  # main thread: MRML read here only
+        self._args = dict(model=model, orientation=orientation, device=device,
+                          batch_size=batch_size, min_foreground=min_foreground)
+        self.done_slices = 0
+        self.total_slices = 0
+        self.stage = "starting"
+        self.device = None
+        self.assessment = None
+        self.error: BaseException | None = None
+        self.elapsed_s = 0.0
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="MotionSSIM assessment",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- worker thread -------------------------------------------------------------------
+
+    def _progress(self, done: int, total: int) -> None:
+        self.done_slices, self.total_slices = int(done), int(total)
+        self.stage = "predicting"
+
+    def _run(self) -> None:
+        import time
+
+        start = time.monotonic()
+        try:
+            from .inference import assess_volume, resolve_device
+
+            self.stage = "loading the model"
+            self.device = resolve_device(self._args["device"])
+            self.assessment = assess_volume(
+                self._vol, model=self._args["model"], orientation=self._args["orientation"],
+                device=self.device, batch_size=self._args["batch_size"],
+                thresholds=self.thresholds, min_foreground=self._args["min_foreground"],
+                progress=self._progress, cancel=self._cancel.is_set)
+            _record_device(self.assessment, self.device)
+            self.stage = "done"
+        except BaseException as exc:  # reported on the main thread by finish()
+            self.error = exc
+            self.stage = "cancelled" if self._cancel.is_set() else "failed"
+        finally:
+            self.elapsed_s = time.monotonic() - start
+            self._vol = None
+            self._done.set()
+
+    # -- main thread ---------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Ask the worker to stop at the next batch; nothing will be written."""
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def volume_still_present(self) -> bool:
+        scene = getattr(slicer, "mrmlScene", None)
+        return (scene is self.scene and self.volume.GetScene() is scene
+                and scene.GetNodeByID(self.volume_id) is self.volume)
+
+    def finish(self) -> SceneResult | None:
+        """Write the results into the scene (main thread, once `done`). Returns None when the
+        job was cancelled or its volume is gone; raises the worker's error if it failed."""
+        if not self.done:
+            raise RuntimeError("the assessment is still running")
+        if self.cancelled or not self.volume_still_present():
+            return None
+        if self.error is not None:
+            raise self.error
+        return write_assessment(self.volume, self.assessment, self.thresholds, self.overlay_style)
+
+
 def assess_volume_node(
     volumeNode,
     model=None,
@@ -489,21 +615,23 @@ def assess_volume_node(
     engine; when cancelled, nothing is written to the scene.
     """
     from .classes import ClinicalThresholds
-    from .inference import assess_volume
+    from .inference import assess_volume, resolve_device
 
     thresholds = thresholds if thresholds is not None else ClinicalThresholds()
     vol = volume_from_node(volumeNode)
+    dev = resolve_device(device)
     assessment = assess_volume(
         vol,
         model=model,
         orientation=orientation,
-        device=device,
+        device=dev,
         batch_size=batch_size,
         thresholds=thresholds,
         min_foreground=min_foreground,
         progress=progress,
         cancel=cancel,
     )
+    _record_device(assessment, dev)
     return write_assessment(volumeNode, assessment, thresholds, overlay_style)
 
 
