@@ -22,9 +22,12 @@ import torch
 
 __all__ = [
     "Collate",
+    "CorruptionParams",
+    "apply_corruption",
     "batch_generator",
     "batch_keys",
     "corrupt_batch",
+    "draw_corruption",
     "fixed_set",
     "make_loader",
     "to_device_batch",
@@ -45,33 +48,109 @@ def batch_generator(seed: int, key: Sequence[int]) -> torch.Generator:
 P_CLEAN = 0.15
 
 
+@dataclass
+class CorruptionParams:
+    """Everything :func:`corrupt_batch` drew for a batch (CPU tensors): the contrast choice
+    per sample (names and the parameter draw of ``intensity.sample_contrast_batch``; None when
+    contrast augmentation was off) and the motion (``motion.MotionParams``: simulator,
+    severity, poses, times, line groups, PE axis). ``apply_corruption`` replays it exactly."""
+
+    contrast_names: list[str] | None
+    contrast_params: dict[str, torch.Tensor] | None
+    motion: Any  # motion.MotionParams (imported lazily, like the simulators)
+
+    @property
+    def batch(self) -> int:
+        return self.motion.batch
+
+    def select(self, index: torch.Tensor | list[int]) -> CorruptionParams:
+        """The draws of samples `index` (replay a few samples of a batch)."""
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        names = None if self.contrast_names is None else [self.contrast_names[i]
+                                                          for i in idx.tolist()]
+        cparams = None if self.contrast_params is None else {
+            k: v[idx.to(v.device)] for k, v in self.contrast_params.items()}
+        return CorruptionParams(names, cparams, self.motion.select(idx))
+
+    def describe(self, i: int) -> dict[str, Any]:
+        """What sample i went through, as plain Python values (JSON-serialisable)."""
+        from . import intensity
+
+        out: dict[str, Any] = {"contrast": None, "contrast_params": {}}
+        if self.contrast_names is not None and self.contrast_params is not None:
+            out["contrast"] = self.contrast_names[i]
+            out["contrast_params"] = intensity.sample_params(self.contrast_names,
+                                                             self.contrast_params, i)
+        out.update(self.motion.describe(i))
+        return out
+
+
+def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generator | None,
+                    contrast: bool = True, p_torchio: float = 0.5,
+                    p_clean: float = P_CLEAN) -> CorruptionParams:
+    """Draw a batch's corruption (TorchIO's make_params step), in a fixed order: contrast
+    names and parameters, then the severities (a share p_clean motion-free), then the motion
+    of both simulators for every sample. Deterministic for a seeded generator."""
+    from . import intensity, motion
+
+    names, cparams = (intensity.sample_contrast_batch(batch, generator) if contrast
+                      else (None, None))
+    gen_device = generator.device if generator is not None else "cpu"
+    u = torch.rand((2, batch), generator=generator, device=gen_device).cpu()
+    severity = torch.where(u[0] < p_clean, torch.zeros_like(u[1]), u[1])
+    mparams = motion.draw_motion_params(batch, size, generator, p_torchio=p_torchio,
+                                        severity=severity)
+    return CorruptionParams(names, cparams, mparams)
+
+
+def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
+                     tio_backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply drawn corruption (deterministic): clean (B, 1, S, S) in [0, 1] -> (corrupted,
+    labels), on the device of `clean`. The label is the SSIM between the contrast-augmented
+    clean slice and its corrupted version."""
+    from . import intensity, motion, ssim
+
+    if clean.ndim != 4 or clean.shape[1] != 1:
+        raise ValueError(f"corrupt_batch: expected (B, 1, H, W), got {tuple(clean.shape)}")
+    if params.batch != clean.shape[0]:
+        raise ValueError(f"apply_corruption: parameters for {params.batch} samples, "
+                         f"images for {clean.shape[0]}")
+    x = clean.float()
+    if params.contrast_names is not None:
+        x = intensity.apply_contrast_batch(x, params.contrast_names, params.contrast_params)
+    corrupted = motion.apply_motion(x, params.motion, tio_backend)
+    labels = ssim.ssim_label(x, corrupted)
+    return corrupted.float(), labels.float()
+
+
 def corrupt_batch(
     clean: torch.Tensor,
     generator: torch.Generator | None,
     contrast: bool = True,
     p_torchio: float = 0.5,
     p_clean: float = P_CLEAN,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    tio_backend: str = "torch",
+    return_params: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, CorruptionParams]:
     """Clean slices (B, 1, S, S) in [0, 1] -> (corrupted (B, 1, S, S), labels (B,)), on the
     device of `clean`: optional random contrast (one of the paper's five per sample), motion
-    with TorchIO (probability p_torchio) or the k-space line simulator, then the SSIM label
-    between the (contrast-augmented) clean slice and its corrupted version. A share p_clean
-    of the samples gets no motion (severity 0, label 1); the others a severity uniform on
-    [0, 1]."""
-    from . import intensity, motion, ssim
-
+    with TorchIO's algorithm (probability p_torchio; batched torch unless
+    tio_backend="torchio", the real TorchIO on the CPU) or the k-space line simulator, then
+    the SSIM label between the (contrast-augmented) clean slice and its corrupted version. A
+    share p_clean of the samples gets no motion (severity 0, label 1); the others a severity
+    uniform on [0, 1]. Draw (:func:`draw_corruption`) then apply (:func:`apply_corruption`);
+    return_params=True also returns the CorruptionParams drawn."""
     if clean.ndim != 4 or clean.shape[1] != 1:
         raise ValueError(f"corrupt_batch: expected (B, 1, H, W), got {tuple(clean.shape)}")
-    x = clean.float()
-    if contrast:
-        x = intensity.random_contrast_batch(x, generator)
-    b = x.shape[0]
-    gen_device = generator.device if generator is not None else "cpu"
-    u = torch.rand((2, b), generator=generator, device=gen_device)
-    severity = torch.where(u[0] < p_clean, torch.zeros_like(u[1]), u[1])
-    corrupted = motion.random_motion_batch(x, generator, p_torchio=p_torchio, severity=severity)
-    labels = ssim.ssim_label(x, corrupted)
-    return corrupted.float(), labels.float()
+    from . import motion
+
+    if tio_backend not in motion.TIO_BACKENDS:
+        raise ValueError(f"corrupt_batch: tio_backend must be one of {motion.TIO_BACKENDS}, "
+                         f"got {tio_backend!r}")
+    params = draw_corruption(clean.shape[0], tuple(clean.shape[-2:]), generator, contrast,
+                             p_torchio, p_clean)
+    corrupted, labels = apply_corruption(clean, params, tio_backend)
+    return (corrupted, labels, params) if return_params else (corrupted, labels)
 
 
 @dataclass
@@ -83,6 +162,7 @@ class Collate:
     contrast: bool = True
     p_torchio: float = 0.5
     corrupt: bool = True
+    tio_backend: str = "torch"  # "torchio": the real TorchIO, one slice at a time (checks)
 
     def __call__(self, items: list[tuple[torch.Tensor, tuple[int, int, int]]]) -> dict[str, Any]:
         clean = torch.stack([img for img, _ in items])
@@ -90,7 +170,8 @@ class Collate:
         if not self.corrupt:
             return {"clean": clean, "key": key}
         corrupted, labels = corrupt_batch(clean, batch_generator(self.seed, key),
-                                          self.contrast, self.p_torchio)
+                                          self.contrast, self.p_torchio,
+                                          tio_backend=self.tio_backend)
         return {"images": corrupted, "labels": labels, "key": key}
 
 
@@ -105,7 +186,8 @@ def to_device_batch(batch: dict[str, Any], device: torch.device | str, collate: 
     else:
         clean = batch["clean"].to(device, non_blocking=True)
         images, labels = corrupt_batch(clean, batch_generator(collate.seed, batch["key"]),
-                                       collate.contrast, collate.p_torchio)
+                                       collate.contrast, collate.p_torchio,
+                                       tio_backend=collate.tio_backend)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, labels

@@ -1,0 +1,111 @@
+"""corrupt_batch: drawn, then applied, and recorded (issue 10, point 3); TorchIO backends."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from MotionSSIMLib import intensity, motion, pipeline, ssim
+
+
+def _clean(n=8, size=64, seed=0):
+    """Head-like slices: a bright ellipse with textured inside on a black background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size - 0.5
+    out = []
+    for _ in range(n):
+        r = (yy / rng.uniform(0.3, 0.4)) ** 2 + (xx / rng.uniform(0.25, 0.35)) ** 2
+        img = np.where(r < 1, 0.6 + 0.3 * np.sin(25 * xx + rng.uniform(0, 6)) * np.cos(20 * yy), 0)
+        out.append(img + 0.01 * rng.random((size, size)) * (r < 1))
+    x = torch.tensor(np.stack(out), dtype=torch.float32)[:, None]
+    return x / x.amax(dim=(2, 3), keepdim=True)
+
+
+def test_recorded_parameters_replay_the_batch_exactly():
+    clean = _clean()
+    gen = pipeline.batch_generator(3, (0, 1, 40))
+    images, labels, params = pipeline.corrupt_batch(clean, gen, contrast=True, p_torchio=0.5,
+                                                    return_params=True)
+    # the same draw with or without recording
+    again = pipeline.corrupt_batch(clean, pipeline.batch_generator(3, (0, 1, 40)))
+    assert len(again) == 2
+    assert torch.equal(again[0], images) and torch.equal(again[1], labels)
+    # replaying the recorded parameters reproduces every sample exactly
+    replay_images, replay_labels = pipeline.apply_corruption(clean, params)
+    assert torch.equal(replay_images, images) and torch.equal(replay_labels, labels)
+    # a few samples alone, from the record
+    sub = [2, 5]
+    few_images, few_labels = pipeline.apply_corruption(clean[sub], params.select(sub))
+    torch.testing.assert_close(few_images, images[sub], atol=1e-5, rtol=0)
+    torch.testing.assert_close(few_labels, labels[sub], atol=1e-4, rtol=0)
+    # the record says what each sample went through, as JSON
+    for i in range(len(clean)):
+        d = json.loads(json.dumps(params.describe(i)))
+        assert d["contrast"] in intensity.CONTRASTS
+        assert d["simulator"] in ("torchio", "kspace")
+        assert d["pe_axis"] in ("x", "y")
+        assert d["severity"] == pytest.approx(float(params.motion.severity[i]))
+        if d["severity"] == 0:
+            assert labels[i] == pytest.approx(1.0, abs=1e-4)
+    assert set(params.contrast_names) <= set(intensity.CONTRASTS)
+
+
+def test_contrast_record_matches_the_intensity_draw():
+    """The contrast part of the record is intensity.sample_contrast_batch's draw for that
+    generator state, and applying it gives the label's reference slice."""
+    clean = _clean(n=6, seed=4)
+    _, labels, params = pipeline.corrupt_batch(clean, torch.Generator().manual_seed(8),
+                                               return_params=True)
+    names, cparams = intensity.sample_contrast_batch(6, torch.Generator().manual_seed(8))
+    assert names == params.contrast_names
+    for key, value in cparams.items():
+        assert torch.equal(value, params.contrast_params[key])
+    reference = intensity.apply_contrast_batch(clean, names, cparams)
+    corrupted = motion.apply_motion(reference, params.motion)
+    assert torch.allclose(ssim.ssim_label(reference, corrupted), labels, atol=1e-6)
+    # without contrast augmentation nothing is recorded for it
+    _, _, plain = pipeline.corrupt_batch(clean, torch.Generator().manual_seed(8), contrast=False,
+                                         return_params=True)
+    assert plain.contrast_names is None and plain.describe(0)["contrast"] is None
+
+
+def test_draw_order_is_deterministic_for_a_seed():
+    a = pipeline.draw_corruption(16, (64, 64), pipeline.batch_generator(1, (0, 0, 0)))
+    b = pipeline.draw_corruption(16, (64, 64), pipeline.batch_generator(1, (0, 0, 0)))
+    c = pipeline.draw_corruption(16, (64, 64), pipeline.batch_generator(1, (0, 0, 16)))
+    assert a.contrast_names == b.contrast_names
+    for x, y in ((a.motion.severity, b.motion.severity), (a.motion.use_tio, b.motion.use_tio),
+                 (a.motion.tio.times, b.motion.tio.times),
+                 (a.motion.kspace.group_pose, b.motion.kspace.group_pose)):
+        assert torch.equal(x, y)
+    assert not torch.equal(a.motion.tio.degrees, c.motion.tio.degrees)
+    # about P_CLEAN of the samples are motion-free, severity 0
+    many = pipeline.draw_corruption(2000, (64, 64), torch.Generator().manual_seed(0))
+    share = float((many.motion.severity == 0).float().mean())
+    assert abs(share - pipeline.P_CLEAN) < 0.03
+
+
+def test_torchio_backend_gives_the_same_batch():
+    """tio_backend="torchio" runs the real TorchIO on the same recorded draw: same images and
+    labels as the batched default, to float32 rounding."""
+    clean = _clean(n=6, seed=2)
+    a_img, a_lab = pipeline.corrupt_batch(clean, torch.Generator().manual_seed(5), p_torchio=1.0)
+    b_img, b_lab = pipeline.corrupt_batch(clean, torch.Generator().manual_seed(5), p_torchio=1.0,
+                                          tio_backend="torchio")
+    assert (a_img - b_img).abs().max() < 1e-5
+    assert (a_lab - b_lab).abs().max() < 1e-4
+    assert float(a_lab.min()) < 0.95
+    collate = pipeline.Collate(seed=5, p_torchio=1.0, tio_backend="torchio")
+    out = collate([(clean[i], (0, 0, i)) for i in range(2)])
+    ref = pipeline.corrupt_batch(clean[:2], pipeline.batch_generator(5, (0, 0, 0)), p_torchio=1.0)
+    assert (out["images"] - ref[0]).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="tio_backend"):
+        pipeline.corrupt_batch(clean, torch.Generator().manual_seed(5), tio_backend="simpleitk")
+
+
+def test_apply_corruption_refuses_mismatched_batches():
+    clean = _clean(n=4)
+    params = pipeline.draw_corruption(3, (64, 64), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="parameters for 3"):
+        pipeline.apply_corruption(clean, params)
