@@ -1,12 +1,21 @@
 """Reading every supported format with its geometry, and clear one-line refusals."""
 
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MotionSSIMLib import io as io_module
 from MotionSSIMLib.errors import InputError
-from MotionSSIMLib.io import read_input, read_volume
+from MotionSSIMLib.io import check_budget, read_input, read_volume
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _head(shape=(12, 40, 36), seed=0):
@@ -157,8 +166,164 @@ def test_size_is_checked_on_the_header_before_the_voxels_are_read(tmp_path):
     nrrd4d.write_text("NRRD0004\ntype: short\ndimension: 4\nsizes: 64 64 20 30\n"
                       "encoding: raw\nendian: little\ndata file: series.raw\n")
     (tmp_path / "series.raw").write_bytes(b"")  # ITK opens it, but reads nothing yet
-    for path, pattern in ((nii, "too large"), (mha, "too large"), (nrrd4d, "4D image with 30")):
+    for path, pattern in ((nii, "too large"), (mha, "too large"), (nrrd4d, "4D image with 30 volumes")):
         with pytest.raises(InputError) as info:
             read_volume(path)
         msg = str(info.value)
         assert pattern in msg and str(path) in msg and "\n" not in msg, msg
+
+
+# --- issue 12: integrity, bounded memory, multi-component images, messages -------------------
+
+def _refused(path, *patterns, **kw):
+    with pytest.raises(InputError) as info:
+        read_volume(path, **kw)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg, msg
+    for pat in patterns:
+        assert pat in msg, msg
+    return msg
+
+
+def test_complex_voxels_read_as_magnitude_with_a_note(tmp_path, caplog):
+    rng = np.random.default_rng(3)
+    mag = _head()
+    phase = rng.uniform(-np.pi, np.pi, mag.shape)
+    z = (mag * np.exp(1j * phase)).astype(np.complex64)
+    paths = []
+    for suffix in (".mha", ".nrrd"):
+        p = tmp_path / f"c{suffix}"
+        sitk.WriteImage(sitk.GetImageFromArray(z), str(p), useCompression=True)
+        paths.append(p)
+    nib.save(nib.Nifti1Image(np.transpose(z, (2, 1, 0)), np.eye(4)), tmp_path / "c.nii.gz")
+    np.save(tmp_path / "c.npy", z)
+    paths += [tmp_path / "c.nii.gz", tmp_path / "c.npy"]
+    for p in paths:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="MotionSSIMLib.io"):
+            vol = read_volume(p)
+        assert np.allclose(vol.array, mag, rtol=1e-4, atol=1e-3), p  # not the real part
+        assert any("magnitude" in r.getMessage() and str(p) in r.getMessage()
+                   for r in caplog.records), p
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_vector_images_refused(tmp_path, suffix):
+    v = np.stack([_head(), _head(seed=1), _head(seed=2)], axis=-1)
+    p = tmp_path / f"v{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(v, isVector=True), str(p))
+    _refused(p, "vector image (3 components")
+
+
+def test_resampling_budget_refused_on_the_header(tmp_path):
+    # 287 KB: 2048 x 16 x 8 int16 with in-plane spacings 1e-4 and 1 mm would be resampled to
+    # 2048 x 160000 pixels per slice (the issue's 10 GB); refused before any voxel is read
+    a = np.random.default_rng(0).integers(0, 1000, (2048, 16, 8)).astype(np.int16)
+    p = tmp_path / "thin.nii"
+    nib.save(nib.Nifti1Image(a, np.diag([1e-4, 1.0, 1.0, 1.0])), p)
+    _refused(p, "would resample", "GB")
+    check_budget("ok", (256, 256, 180), (1.0, 1.0, 1.2))  # an ordinary head passes
+    check_budget("ok", (512, 512, 40), (0.45, 0.45, 5.0))  # and a thick-slice one
+    with pytest.raises(InputError, match="too large"):
+        check_budget("x", (2048, 2048, 64))  # 2^28 voxels: above MAX_VOXELS
+
+
+def test_data_file_must_be_a_regular_file_in_the_header_folder(tmp_path):
+    hdr = ("NRRD0004\ntype: short\ndimension: 3\nsizes: 2048 2048 256\nencoding: raw\n"
+           "endian: little\ndata file: {}\n")
+    dev = tmp_path / "urandom.nhdr"  # the issue's 231-byte header: 8 GB from /dev/urandom
+    dev.write_text(hdr.format("/dev/urandom"))
+    _refused(dev, "outside the header's folder")
+    (tmp_path / "zero.raw").symlink_to("/dev/zero")
+    link = tmp_path / "link.nhdr"
+    link.write_text(hdr.format("zero.raw"))
+    _refused(link, "outside the header's folder")
+    up = tmp_path / "sub"
+    up.mkdir()
+    (tmp_path / "secret.raw").write_bytes(b"\0" * 64)
+    (up / "up.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 2\n"
+                               "ElementType = MET_SHORT\nElementDataFile = ../secret.raw\n")
+    _refused(up / "up.mhd", "outside the header's folder")
+    os.mkfifo(tmp_path / "pipe.raw")
+    fifo = tmp_path / "fifo.mhd"
+    fifo.write_text("ObjectType = Image\nNDims = 3\nDimSize = 40 40 8\n"
+                    "ElementType = MET_SHORT\nElementDataFile = pipe.raw\n")
+    _refused(fifo, "FIFO")
+    # a detached file that is short: refused as truncated, by name
+    (tmp_path / "short.raw").write_bytes(b"\0" * 100)
+    short = tmp_path / "short.mhd"
+    short.write_text("ObjectType = Image\nNDims = 3\nDimSize = 40 40 8\n"
+                     "ElementType = MET_SHORT\nElementDataFile = short.raw\n")
+    with pytest.raises(InputError, match="short.raw: truncated"):
+        read_volume(short)
+    # and an ordinary detached pair still reads
+    a = _head().astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / "pair.mhd"))
+    assert np.array_equal(read_volume(tmp_path / "pair.mhd").array, a)
+
+
+def test_fifo_input_refused_without_hanging(tmp_path):
+    fifo = tmp_path / "scan.nii"
+    os.mkfifo(fifo)
+    code = ("import sys; sys.path.insert(0, 'MotionSSIM'); from MotionSSIMLib.io import "
+            f"read_volume\ntry:\n read_volume({str(fifo)!r})\nexcept Exception as e:\n print(e)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         encoding="utf-8", timeout=60)
+    assert "FIFO" in out.stdout and str(fifo) in out.stdout, out
+
+
+def test_npy_checked_on_its_header(tmp_path):
+    # a 4D .npy (two volumes) and a .npy declaring 2^33 voxels with 1 KB behind it: refused
+    # from the header, without reading (or mapping) the data
+    p = tmp_path / "t.npy"
+    np.save(p, np.zeros((2, 4, 32, 32), np.float32))
+    _refused(p, "2D or 3D", "(2, 4, 32, 32)")
+    big = tmp_path / "big.npy"
+    with open(big, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (2048, 2048, 2048)})
+        f.write(b"\0" * 1024)
+    _refused(big, "too large")
+    short = tmp_path / "short.npy"
+    with open(short, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<i2", "fortran_order": False, "shape": (20, 64, 64)})
+        f.write(b"\1" * 1024)
+    _refused(short, "truncated")
+
+
+def test_messages_name_the_real_cause(tmp_path):
+    huge = _head().astype(np.float64)
+    huge[3, 3, 3] = 1e300
+    _write_nifti(tmp_path / "e300.nii", np.transpose(huge, (2, 1, 0)))
+    _refused(tmp_path / "e300.nii", "voxel values reach 1e+300")
+    img = nib.Nifti1Image(np.transpose(_head().astype(np.int16), (2, 1, 0)), np.eye(4))
+    img.header.set_slope_inter(1e37, 0)
+    nib.save(img, tmp_path / "slope.nii")
+    _refused(tmp_path / "slope.nii", "scl_slope 1e+37")
+    five = np.random.default_rng(0).random((20, 20, 8, 1, 3)).astype(np.float32)
+    _write_nifti(tmp_path / "5d.nii", five)
+    _refused(tmp_path / "5d.nii", "5D image with 3 volumes of 20x20x8")
+    link = tmp_path / "gone.nii"
+    link.symlink_to(tmp_path / "deleted.nii")
+    _refused(link, "dangling symlink")
+    with pytest.raises(InputError, match="empty path"):
+        read_volume("")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_permission_denied_is_not_missing(tmp_path):
+    p = _write_nifti(tmp_path / "locked.nii", np.transpose(_head(), (2, 1, 0)))
+    p.chmod(0)
+    _refused(p, "permission denied")
+
+
+def test_library_output_captured_and_logged_at_debug(tmp_path, capfd, caplog):
+    p = tmp_path / "x.nii"
+    with caplog.at_level("DEBUG", logger="MotionSSIMLib.io"):
+        with io_module._captured(p):
+            os.write(2, b"WARNING: In itkSomething.cxx, line 42: chatter\n")
+            warnings.warn("nibabel says something", UserWarning, stacklevel=1)
+    assert capfd.readouterr().err == ""
+    text = " ".join(r.getMessage() for r in caplog.records if r.levelname == "DEBUG")
+    assert "chatter" in text and "nibabel says something" in text and str(p) in text

@@ -139,8 +139,7 @@ def _check_values(path: Path, arr: np.ndarray) -> None:
             bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
             raise InputError(f"{path}: {bad} voxels are NaN or infinite")
     if max(abs(float(lo)), abs(float(hi))) > MAX_ABS_VALUE:
-        raise InputError(f"{path}: voxel values reach {max(abs(float(lo)), abs(float(hi))):.3g}, "
-                         f"beyond what MotionSSIM computes with (|value| <= {MAX_ABS_VALUE:.0e})")
+        raise _extreme(path, max(abs(float(lo)), abs(float(hi))))
     if lo == hi:
         raise InputError(f"{path}: the image is constant (every voxel is {arr.flat[0]})")
 
@@ -160,12 +159,24 @@ def _squeeze_to_3d(path: Path, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _compact(arr: np.ndarray) -> np.ndarray:
+def _compact(path: Path, arr: np.ndarray) -> np.ndarray:
     """Voxels as stored when that is at most 4 bytes each, else float32 (what the assessment
-    computes in): a float64 volume never exists twice in memory."""
+    computes in): a float64 volume never exists twice in memory. Values beyond float32's
+    reach are refused here, before the conversion would turn them into infinities."""
     if arr.dtype.itemsize <= 4 and arr.dtype.kind in "uif" and arr.dtype != np.float16:
         return arr
+    if arr.size and arr.dtype.kind in "uif":
+        with np.errstate(all="ignore"):
+            top = max(abs(float(np.nanmin(arr))), abs(float(np.nanmax(arr)))) \
+                if arr.dtype.kind == "f" else max(abs(float(arr.min())), abs(float(arr.max())))
+        if np.isfinite(top) and top > MAX_ABS_VALUE:
+            raise _extreme(path, top)
     return arr.astype(np.float32)
+
+
+def _extreme(path: Path, top: float, how: str = "") -> InputError:
+    return InputError(f"{path}: voxel values reach {top:.3g}{how}, beyond what MotionSSIM "
+                      f"computes with (|value| <= {MAX_ABS_VALUE:.0e})")
 
 
 def _magnitude(path: Path, arr: np.ndarray, how: str) -> np.ndarray:
@@ -387,12 +398,14 @@ def _data_files(header: Path, spec: str, rest: list[str]) -> list[Path]:
     out = []
     for name in names:
         p = Path(name) if Path(name).is_absolute() else folder / name
-        st = _stat_input(p)
         target = p.resolve()
         if target != root and root not in target.parents:
             raise InputError(f"{header}: its data file {name[:80]} lies outside the header's "
                              f"folder ({target}); keep header and data together")
-        _require_regular(p, st, "data file: ")
+        try:
+            _require_regular(p, _stat_input(p))
+        except InputError as exc:
+            raise InputError(f"{header}: data file {exc}") from None
         out.append(p)
     return out
 
@@ -567,7 +580,7 @@ def _sitk_to_volume(path: Path, img, image_format: bool) -> Volume:
         arr = _magnitude(path, arr, "complex")
     elif arr.ndim == dim + 1 and arr.shape[-1] == 2:
         arr = _magnitude(path, arr, "two-channel (complex)")
-    arr = _compact(arr)
+    arr = _compact(path, arr)
     if dim > 3:
         arr = _squeeze_to_3d(path, arr)
         d4 = d.reshape(dim, dim)[:3, :3]
@@ -703,15 +716,13 @@ def _read_nifti(path: Path) -> Volume:
             ends = np.array([lo, hi]) * slope + inter
         if np.isfinite(lo) and np.isfinite(hi) and (
                 not np.isfinite(ends).all() or np.abs(ends).max() > MAX_ABS_VALUE):
-            raise InputError(f"{path}: voxel values reach {np.abs(ends).max():.3g} after the "
-                             f"header's scaling (scl_slope {slope:.3g}, scl_inter {inter:.3g}), "
-                             f"beyond what MotionSSIM computes with (|value| <= "
-                             f"{MAX_ABS_VALUE:.0e})")
+            raise _extreme(path, float(np.abs(ends).max()), f" after the header's scaling "
+                           f"(scl_slope {slope:.3g}, scl_inter {inter:.3g})")
         arr = raw.astype(np.float32)
         arr *= np.float32(slope)
         arr += np.float32(inter)
     else:
-        arr = _compact(raw)
+        arr = _compact(path, raw)
     del raw
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -726,30 +737,49 @@ def _read_nifti(path: Path) -> Volume:
                   tuple(aff[:3, 3]), name=str(path))
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) from a .npy header alone."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(
+                version)
+            if read is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = read(f)
+            return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype), f.tell()
+    except (ValueError, TypeError, SyntaxError, OverflowError) as exc:
+        detail = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a plain numeric .npy array ({detail})") from None
+
+
 def _read_npy(path: Path) -> Volume:
-    try:
-        arr = np.load(path, allow_pickle=False, mmap_mode="r")  # shape first, voxels after
-    except ValueError as exc:
-        raise InputError(f"{path}: not a plain numeric .npy array ({exc})") from None
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable .npy file ({exc})") from None
-    shape = tuple(arr.shape)
-    while len(shape) > 3 and shape[0] == 1:
-        shape = shape[1:]
-    if len(shape) not in (2, 3):
-        raise InputError(f"{path}: expected a 2D or 3D array, got shape {tuple(arr.shape)}")
-    if arr.dtype.names or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise InputError(f"{path}: not a plain numeric .npy array (dtype {arr.dtype})")
-    k, j, i = ((1, *shape) if len(shape) == 2 else shape)
+    """An NPY array: its shape, type and size checked on the header before a byte of data is
+    read; object arrays are refused (never unpickled)."""
+    shape, _, dtype, offset = _npy_header(path)
+    if dtype.hasobject or dtype.names or dtype.subdtype is not None or dtype.kind not in "biufc":
+        raise InputError(f"{path}: not a plain numeric .npy array (dtype {dtype}); "
+                         "object arrays are never unpickled")
+    squeezed = shape
+    while len(squeezed) > 3 and squeezed[0] == 1:
+        squeezed = squeezed[1:]
+    if len(squeezed) not in (2, 3):
+        raise InputError(f"{path}: expected a 2D or 3D array, got shape {shape}")
+    k, j, i = ((1, *squeezed) if len(squeezed) == 2 else squeezed)
     check_budget(path, (i, j, k))
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    have = path.stat().st_size - offset
+    if have < need:
+        raise InputError(f"{path}: truncated .npy file (holds {have} data bytes, its header "
+                         f"declares {need})")
     try:
-        data = np.array(arr).reshape(shape)  # the voxels, read only now
+        data = np.load(path, allow_pickle=False).reshape(squeezed)
     except (ValueError, OSError) as exc:
         raise InputError(f"{path}: not a readable .npy file ({exc})") from None
-    del arr
     if np.iscomplexobj(data):
         data = _magnitude(path, data, "complex")
-    data = _compact(data.astype(np.uint8) if data.dtype == bool else data)
+    data = _compact(path, data.astype(np.uint8) if data.dtype == bool else data)
     if data.ndim == 2:
         data = data[None]
     return volume(data, name=str(path))
