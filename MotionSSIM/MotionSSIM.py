@@ -15,20 +15,28 @@ import importlib.util
 import logging
 import os
 import pathlib
-from typing import Annotated
+import sys
 
-import qt
-import slicer
-import vtk
-from slicer import vtkMRMLScalarVolumeNode
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
+# Supported: 3D Slicer 5.8 (Python 3.9) and later. An older Slicer gets this one line in the
+# module-loading error instead of a failure on the first Apply.
+if sys.version_info < (3, 9):  # noqa: UP036 (ruff assumes 3.9; Slicer 4.x has 3.6)
+    raise ImportError("MotionSSIM needs 3D Slicer 5.8 or later (Python 3.9+); this Slicer has "
+                      f"Python {sys.version_info[0]}.{sys.version_info[1]}")
+
+from typing import Annotated  # noqa: E402
+
+import qt  # noqa: E402
+import slicer  # noqa: E402
+import vtk  # noqa: E402
+from slicer import vtkMRMLScalarVolumeNode  # noqa: E402
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper  # noqa: E402
+from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
+from slicer.util import VTKObservationMixin  # noqa: E402
 
 MODEL_SOURCES = ["bundled model", "checkpoint file"]
 ORIENTATIONS = ["auto", "axial", "coronal", "sagittal"]
@@ -36,9 +44,19 @@ DEVICES = ["auto", "cpu", "cuda"]
 OVERLAY_STYLES = ["frame", "slice"]
 # QSettings key where MotionSSIMTraining stores a newly trained model chosen by the user.
 MODEL_SETTINGS_KEY = "MotionSSIM/ModelPath"
-# Versions the engine is tested with; PyTorchUtils picks the build that matches the GPU driver.
-TORCH_REQUIREMENT = ">=2.1"
-TORCHVISION_REQUIREMENT = ">=0.16"
+MINIMUM_SLICER = (5, 8)
+POLL_INTERVAL_MS = 100  # progress of a running assessment
+GUI_BATCH_SIZE = 4  # slices per batch when run from the panel: progress every few slices
+SAMPLE_FILE = "sample_t2_motion.nii.gz"
+
+
+def slicerVersionProblem():
+    """One line when this Slicer is older than the oldest supported one, else None."""
+    version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+    if version < MINIMUM_SLICER:
+        return (f"MotionSSIM needs 3D Slicer {MINIMUM_SLICER[0]}.{MINIMUM_SLICER[1]} or later; "
+                f"this is {version[0]}.{version[1]}: install a current Slicer.")
+    return None
 
 
 #
@@ -66,6 +84,29 @@ class MotionSSIM(ScriptedLoadableModule):
             "for Detection and Quantification of Motion Artefacts in Brain MR Images. "
             "Uses PyTorch (PyTorch extension), TorchIO and 3D Slicer."
         )
+        # the bundled sample in the Sample Data module (after start-up: SampleData must exist)
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Sample Data > MotionSSIM: the bundled T2 volume with simulated motion (no download: the
+    file ships with the module and is copied from its file:// address)."""
+    try:
+        import SampleData
+    except ImportError:  # Slicer built without the Sample Data module
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "Resources", "Samples", SAMPLE_FILE)
+    if not os.path.isfile(path):
+        return
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MotionSSIM",
+        sampleName="MotionSSIMSampleT2",
+        uris=pathlib.Path(path).as_uri(),
+        fileNames=SAMPLE_FILE,
+        nodeNames="MotionSSIM sample T2 (motion)",
+        thumbnailFileName=os.path.join(here, "Resources", "Icons", "MotionSSIM.png"),
+    )
 
 
 #
@@ -101,28 +142,46 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._result = None
         self._plotViews = []
         self._sliceObservations = []
+        self._job = None  # the running MotionSSIMLib.scene.AssessmentJob, if any
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onPollJob)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        problem = slicerVersionProblem()
+        if problem:
+            self.layout.addWidget(qt.QLabel(problem))
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MotionSSIM.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = MotionSSIMLogic()
+        self.logic.logCallback = self.log
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAboutToBeRemovedEvent,
+                         self.onNodeAboutToBeRemoved)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.worstSlicesListWidget.connect("itemClicked(QListWidgetItem*)", self.onWorstSliceClicked)
         self.ui.modelPathLineEdit.nameFilters = ["MotionSSIM checkpoint (*.safetensors)"]
+        self.ui.progressBar.visible = False
 
         self.initializeParameterNode()
+        # cheap: package metadata only; torch is imported on the first Apply, not here
         self.ui.torchInfoLabel.text = self.logic.torchInfo()
+        self.log(self.logic.dependencyReport().text())
 
     def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        self._timer.stop()
         self.removeObservers()
         self._removeViewConnections()
 
@@ -135,14 +194,36 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
+    def log(self, message: str) -> None:
+        """A line in the panel's status box (and the application log)."""
+        logging.info(f"MotionSSIM: {message}")
+        if hasattr(self, "ui"):
+            self.ui.statusLog.appendPlainText(message)
+
     def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self._job.cancel()  # its result must not land in the next scene
+            self.log("Scene closed: the running assessment was cancelled.")
         self._result = None
         self._removeViewConnections()
+        self._clearViewText()
+        self._showSummary()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAboutToBeRemoved(self, caller, event, node) -> None:
+        if self._job is not None and node is self._job.volume:
+            self._job.cancel()
+            self.log(f"{self._job.name} was deleted: its assessment was cancelled.")
+        if self._result is not None and node is self._result.volume:
+            self._result = None
+            self._removeViewConnections()
+            self._clearViewText()
+            self._showSummary()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -165,75 +246,109 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
 
+    def _setInputsEnabled(self, enabled: bool) -> None:
+        """Inputs are frozen while an assessment runs (the job works on a copy made at Apply)."""
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton):
+            widget.enabled = enabled
+
     def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._job is not None:  # the button is Cancel while running
+            self.ui.applyButton.text = "Cancel"
+            self.ui.applyButton.toolTip = "Stop the running assessment (the scene is unchanged)"
+            self.ui.applyButton.enabled = True
+            return
+        self.ui.applyButton.text = "Apply"
         p = self._parameterNode
+        if p is None:
+            self.ui.applyButton.enabled = False
+            return
         useFile = p.modelSource == MODEL_SOURCES[1]
         self.ui.modelPathLineEdit.enabled = useFile
-        if not p.inputVolume:
-            self.ui.applyButton.toolTip = "Select an input volume"
-            self.ui.applyButton.enabled = False
-        elif useFile and not p.modelPath.is_file():
-            self.ui.applyButton.toolTip = "Select a checkpoint file (.safetensors)"
-            self.ui.applyButton.enabled = False
-        else:
-            self.ui.applyButton.toolTip = "Predict the SSIM of every slice"
-            self.ui.applyButton.enabled = True
+        from MotionSSIMLib import scene
+
+        problems = scene.validate_settings(p.inputVolume, p.goodThreshold, p.sufficientThreshold)
+        if not problems and useFile and not p.modelPath.is_file():
+            problems.append("Select a checkpoint file (.safetensors)")
+        self.ui.applyButton.toolTip = problems[0] if problems else "Predict the SSIM of every slice"
+        self.ui.applyButton.enabled = not problems
 
     def onInputChanged(self, node) -> None:
-        """Show earlier results of the newly selected volume (or clear the results area)."""
+        """Show earlier results of the newly selected volume (or clear the results and views)."""
         from MotionSSIMLib import scene
 
         self._result = scene.find_result(node) if node else None
         self._showSummary()
-        self._connectViews()
+        if self._result is None:
+            self._removeViewConnections()
+            self._clearViewText()
+        else:
+            self._connectViews()
 
     def onApplyButton(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.applyButton.enabled = False  # until the worker has stopped
+            self.log("Cancelling...")
+            return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("MotionSSIM failed.", waitCursor=True):
-            if not self.logic.ensureDependencies(askConfirmation=True):
+            if not ensureDependenciesWithConfirmation(self.logic):
                 return
-            self.ui.torchInfoLabel.text = self.logic.torchInfo()
-            from MotionSSIMLib.inference import Cancelled
+            from MotionSSIMLib import scene
+            from MotionSSIMLib.classes import ClinicalThresholds
 
-            dialog = slicer.util.createProgressDialog(
-                labelText=f"Assessing {p.inputVolume.GetName()}...",
-                windowTitle="MotionSSIM",
-                maximum=100,
+            self._job = scene.AssessmentJob(
+                p.inputVolume,
+                model=self._modelArgument(),
+                orientation=p.orientation,
+                device=p.device,
+                thresholds=ClinicalThresholds(good=p.goodThreshold, sufficient=p.sufficientThreshold),
+                min_foreground=p.minForeground,
+                batch_size=GUI_BATCH_SIZE,
+                overlay_style=p.overlayStyle,
             )
-            dialog.setCancelButtonText("Cancel")
-            cancelled = []
+            self.log(f"Assessing {self._job.name} (device: {p.device})...")
+            self._setInputsEnabled(False)
+            self.ui.progressBar.maximum = 0  # busy until the slice count is known
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.visible = True
+            self._checkCanApply()
+            self._timer.start()
 
-            def progress(done, total):
-                dialog.value = int(100 * done / max(total, 1))
-                dialog.labelText = f"Assessing {p.inputVolume.GetName()}: slice {done} of {total}"
-                slicer.app.processEvents()  # keeps the GUI alive and lets Cancel be clicked
-
-            def cancel():
-                slicer.app.processEvents()
-                if dialog.wasCanceled:
-                    cancelled.append(True)
-                return bool(cancelled)
-
-            try:
-                self._result = self.logic.process(
-                    p.inputVolume,
-                    model=self._modelArgument(),
-                    orientation=p.orientation,
-                    device=p.device,
-                    goodThreshold=p.goodThreshold,
-                    sufficientThreshold=p.sufficientThreshold,
-                    minForeground=p.minForeground,
-                    overlayStyle=p.overlayStyle,
-                    progress=progress,
-                    cancel=cancel,
-                )
-            except Cancelled:
-                slicer.util.showStatusMessage("MotionSSIM: cancelled, the scene is unchanged", 3000)
-                return
-            finally:
-                dialog.close()
-            self._connectViews()
-            self._showSummary()
+    def onPollJob(self) -> None:
+        """Timer on the main thread: progress, then the results written into the scene."""
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        if job.total_slices:
+            self.ui.progressBar.maximum = job.total_slices
+            self.ui.progressBar.value = job.done_slices
+        if not job.done:
+            return
+        self._timer.stop()
+        self._job = None
+        self.ui.progressBar.visible = False
+        self._setInputsEnabled(True)
+        self._checkCanApply()
+        try:
+            result = job.finish()
+        except Exception as exc:
+            self.log(f"Failed after {job.elapsed_s:.1f} s: {exc}")
+            slicer.util.errorDisplay(f"MotionSSIM failed: {exc}", windowTitle="MotionSSIM")
+            return
+        if result is None:
+            self.log(f"Cancelled after {job.elapsed_s:.1f} s: the scene is unchanged.")
+            return
+        self._result = result
+        s = result.summary
+        self.log(f"{job.name}: {s.get('verdict')} (mean SSIM {_formatNumber(s.get('mean_ssim'))}"
+                 f"), {len(result.assessment.records)} slices on {s.get('device')} in "
+                 f"{job.elapsed_s:.1f} s")
+        self.ui.torchInfoLabel.text = self.logic.torchInfo(loaded=True)
+        self.logic.showResults(result)
+        self._connectViews()
+        self._showSummary()
 
     def _modelArgument(self):
         p = self._parameterNode
@@ -295,6 +410,16 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             sliceNode.RemoveObserver(tag)
         self._sliceObservations = []
 
+    def _clearViewText(self) -> None:
+        """Remove 'slice k: SSIM x, class' from every slice view (no result for what is shown)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        for name in layoutManager.sliceViewNames():
+            view = layoutManager.sliceWidget(name).sliceView()
+            view.cornerAnnotation().SetText(vtk.vtkCornerAnnotation.UpperEdge, "")
+            view.scheduleRender()
+
     def onDataSelected(self, seriesIDs, selections) -> None:
         """A point picked in the chart: move the slice views to that slice."""
         from MotionSSIMLib import scene
@@ -315,7 +440,10 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MotionSSIMLib import scene
 
         layoutManager = slicer.app.layoutManager()
-        if layoutManager is None or self._result is None:
+        if layoutManager is None:
+            return
+        if self._result is None or not self._result.volume.GetScene():
+            self._clearViewText()
             return
         for name in layoutManager.sliceViewNames():
             widget = layoutManager.sliceWidget(name)
@@ -324,6 +452,29 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # The upper edge: DataProbe's slice annotations use the corners.
             view.cornerAnnotation().SetText(vtk.vtkCornerAnnotation.UpperEdge, text)
             view.scheduleRender()
+
+
+def ensureDependenciesWithConfirmation(logic, requester: str = "MotionSSIM") -> bool:
+    """GUI side of the dependency check (both modules): ask once, listing what is missing or of
+    the wrong version, then let the Logic install it. False when the user declines."""
+    report = logic.dependencyReport()
+    if report.ok:
+        return True
+    lines = "\n".join(p.text() for p in report.problems())
+    if not slicer.util.confirmOkCancelDisplay(
+        f"{requester} needs these Python packages:\n\n{lines}\n\nInstall them now? PyTorch "
+        "comes from the PyTorch extension (a large download with GPU support, several minutes); "
+        "the others from PyPI. Slicer's numpy, SimpleITK and vtk are not changed.",
+        f"{requester}: install packages",
+    ):
+        logic.log("Installation declined: nothing was changed.")
+        return False
+    # callers run this inside slicer.util.tryWithErrorDisplay(..., waitCursor=True)
+    restart = logic.installDependencies(report)
+    if restart:
+        slicer.util.infoDisplay(restart, windowTitle=requester)
+        return False
+    return True
 
 
 def _formatNumber(value) -> str:
@@ -351,6 +502,7 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.logCallback = None  # the panel's status box; None: the application log
 
     def getParameterNode(self):
         return MotionSSIMParameterNode(super().getParameterNode())
@@ -380,8 +532,11 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
         from MotionSSIMLib import scene
         from MotionSSIMLib.classes import ClinicalThresholds
 
-        if not inputVolume:
-            raise ValueError("MotionSSIM: select an input volume")
+        problem = slicerVersionProblem()
+        problems = ([problem] if problem else []) + scene.validate_settings(
+            inputVolume, goodThreshold, sufficientThreshold)
+        if problems:
+            raise ValueError(f"MotionSSIM: {problems[0]}")
         thresholds = ClinicalThresholds(good=goodThreshold, sufficient=sufficientThreshold)
         start = time.time()
         result = scene.assess_volume_node(
@@ -395,9 +550,9 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
             min_foreground=minForeground,
             overlay_style=overlayStyle,
         )
-        logging.info(
-            f"MotionSSIM: {inputVolume.GetName()}: {result.summary.get('verdict')} "
-            f"({time.time() - start:.1f} s)"
+        self.log(
+            f"{inputVolume.GetName()}: {result.summary.get('verdict')} on "
+            f"{result.summary.get('device')} ({time.time() - start:.1f} s)"
         )
         if showResults:
             self.showResults(result)
@@ -413,100 +568,94 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
             background=result.volume, label=result.overlay, labelOpacity=1.0, fit=False
         )
 
-    # -- dependencies ---------------------------------------------------------------------
+    # -- status and dependencies (no dialogs here: the Widget asks, the Logic reports) ------
+
+    def log(self, message: str) -> None:
+        """Progress messages: the panel's status box when a widget set logCallback, else the log."""
+        callback = getattr(self, "logCallback", None)
+        if callback is not None:
+            callback(message)
+        else:
+            logging.info(f"MotionSSIM: {message}")
 
     @staticmethod
-    def torchInfo() -> str:
-        """'torch 2.x, CUDA 12.x: NVIDIA ...' or a hint that torch is not installed yet."""
-        if importlib.util.find_spec("torch") is None:
-            return "PyTorch not installed: it is offered on the first Apply."
-        try:
-            import torch
-        except Exception as exc:  # a broken install must not break the panel
-            return f"PyTorch cannot be imported: {exc}"
-        if torch.cuda.is_available():
-            return f"torch {torch.__version__}, CUDA {torch.version.cuda}: {torch.cuda.get_device_name(0)}"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return f"torch {torch.__version__}, Apple MPS"
-        return f"torch {torch.__version__}, CPU only"
+    def torchInfo(loaded: bool = False) -> str:
+        """The torch build, read from package metadata (torch is not imported: opening the panel
+        stays fast). With `loaded` (after an assessment imported torch anyway), the GPU found."""
+        from MotionSSIMLib import dependencies
+
+        text = dependencies.torch_build_info()
+        torch = sys.modules.get("torch") if loaded else None
+        if torch is not None:
+            if torch.cuda.is_available():
+                text += f": {torch.cuda.get_device_name(0)}"
+            elif getattr(getattr(torch.backends, "mps", None), "is_available", lambda: False)():
+                text += ": Apple MPS"
+            else:
+                text += ": no GPU found, CPU used"
+        return text
 
     @staticmethod
     def requirementsPath() -> str:
         return os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
-    def missingPackages(self) -> list:
-        """Requirement lines of Resources/requirements.txt whose distribution is not installed."""
-        import importlib.metadata
-        import re
+    def dependencyReport(self):
+        """What is installed, missing or of the wrong version (torch, torchvision and
+        Resources/requirements.txt): a MotionSSIMLib.dependencies.DependencyReport."""
+        from MotionSSIMLib import dependencies
 
-        missing = []
-        with open(self.requirementsPath(), encoding="utf-8") as f:
-            for line in f:
-                line = line.split("#", 1)[0].strip()
-                if not line or line.startswith("-"):
-                    continue
-                name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0]
-                try:
-                    importlib.metadata.version(name)
-                except importlib.metadata.PackageNotFoundError:
-                    missing.append(line)
-        return missing
+        return dependencies.check(dependencies.read_requirements(self.requirementsPath()))
 
-    def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install PyTorch (through the PyTorch extension) and the other packages on first use.
+    def installDependencies(self, report=None):
+        """Install what `report` (default: dependencyReport()) lists as missing or of the wrong
+        version: torch/torchvision through the PyTorch extension, the rest with pip. Never
+        touches Slicer's numpy, SimpleITK or vtk. Opens no dialog (usable from scripts).
 
-        Returns False when the user declines. Never touches Slicer's own numpy, SimpleITK, vtk.
+        Returns None when everything can be used now, or a one-line message when Slicer must be
+        restarted (an older version of a package was already imported).
         """
-        if importlib.util.find_spec("torch") is None:
+        from MotionSSIMLib import dependencies
+
+        report = report if report is not None else self.dependencyReport()
+        if report.ok:
+            return None
+        loaded = []
+        torchProblems = report.torch_problems()
+        if torchProblems:
             try:
                 import PyTorchUtils
             except ImportError:
                 raise RuntimeError(
-                    "MotionSSIM needs PyTorch. Install the 'PyTorch' extension from the "
-                    "Extensions Manager, restart Slicer and press Apply again."
+                    "MotionSSIM needs PyTorch: install the 'PyTorch' extension from the "
+                    "Extensions Manager, restart Slicer and try again."
                 ) from None
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                    "MotionSSIM needs PyTorch, which is not installed yet. Install it now? "
-                    "It is a large download (up to a few GB with GPU support) and may take "
-                    "several minutes.",
-                    "MotionSSIM: install PyTorch",
-                ):
-                    return False
-                torch = torchLogic.installTorch(
-                    askConfirmation=False,
-                    torchVersionRequirement=TORCH_REQUIREMENT,
-                    torchvisionVersionRequirement=TORCHVISION_REQUIREMENT,
-                )
-                if torch is None:
-                    raise RuntimeError("PyTorch installation failed: see the Python console.")
-        missing = self.missingPackages()
-        if not missing:
-            return True
-        try:
-            import slicer.packaging as packaging
-        except ImportError:
-            packaging = None
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            # Slicer >= 5.13: asks, installs with a progress dialog, offers a restart if needed
-            requirements = packaging.load_requirements(self.requirementsPath())
-            try:
-                packaging.pip_ensure(requirements, requester="MotionSSIM")
-            except RuntimeError:  # declined
-                return False
-            return True
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            "MotionSSIM needs these Python packages, which are not installed yet:\n\n"
-            + "\n".join(missing)
-            + "\n\nInstall them now? (needs internet; Slicer's numpy, SimpleITK and vtk are "
-            "not changed)",
-            "MotionSSIM: install packages",
-        ):
-            return False
-        slicer.util.pip_install(missing)
-        return True
+            self.log("Installing PyTorch through the PyTorch extension: "
+                     + ", ".join(p.text() for p in torchProblems))
+            loaded += [p.requirement.name for p in torchProblems if p.requirement.name in sys.modules]
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False,
+                torchVersionRequirement=dependencies.TORCH_REQUIREMENT[len("torch"):],
+                torchvisionVersionRequirement=dependencies.TORCHVISION_REQUIREMENT[len("torchvision"):],
+            )
+            if torch is None:
+                raise RuntimeError("PyTorch installation failed: see the Python console.")
+        pipProblems = report.pip_problems()
+        if pipProblems:
+            lines = [str(p.requirement) for p in pipProblems]
+            self.log("Installing with pip: " + " ".join(lines))
+            importNames = {v: k for k, v in dependencies.IMPORT_TO_DISTRIBUTION.items()}
+            loaded += [p.requirement.name for p in pipProblems if p.installed is not None
+                       and importNames.get(p.requirement.name, p.requirement.name) in sys.modules]
+            slicer.util.pip_install(lines)
+        after = self.dependencyReport()
+        self.log(after.text())
+        if not after.ok:
+            raise RuntimeError("Still missing after installation: "
+                               + "; ".join(p.text() for p in after.problems()))
+        if loaded:
+            return (f"Updated {', '.join(loaded)}, which this session had already loaded: "
+                    "restart Slicer to use the new versions.")
+        return None
 
 
 #

@@ -3,17 +3,19 @@
 Training runs in a separate process (PythonSlicer train.py ARGS: the same arguments as
 `python -m MotionSSIMLib train`), so Slicer stays responsive. The panel follows the trainer's
 OUT/log.csv with a timer (live loss chart), Stop creates OUT/stop (the trainer saves a resumable
-state and exits; it is killed only if it does not within a minute), and on success an
-evaluation report is made and the new model can be handed to the MotionSSIM module.
+state and exits; its whole process tree is ended if it does not within a minute), and on success
+an evaluation report is made and the new model can be handed to the MotionSSIM module.
+
+The process is started in a process group of its own and stopped as a tree
+(MotionSSIMLib.processes): PythonSlicer is a launcher, and ending only the launcher would leave
+the Python process training on.
 """
 
-import collections
 import logging
 import os
 import pathlib
 import shutil
 import sys
-import threading
 from typing import Annotated
 
 import ctk
@@ -32,7 +34,8 @@ from slicer.util import VTKObservationMixin
 ARCHITECTURES = ["resnet18", "resnet101"]
 DEVICES = ["auto", "cpu", "cuda"]
 MODEL_SETTINGS_KEY = "MotionSSIM/ModelPath"  # read by the MotionSSIM module
-STOP_TIMEOUT_S = 60  # after Stop: time the trainer gets to save its state before SIGTERM
+STOP_TIMEOUT_S = 60  # after Stop: time the trainer gets to save its state before the tree is ended
+KILL_GRACE_S = 10  # SIGTERM to the process group, then SIGKILL after this
 POLL_INTERVAL_MS = 2000
 
 
@@ -121,17 +124,36 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.startButton.connect("clicked(bool)", self.onStartButton)
         self.ui.stopButton.connect("clicked(bool)", self.onStopButton)
         self.ui.useModelButton.connect("clicked(bool)", self.onUseModelButton)
-        # data: a split file (.json/.csv) or a folder; output: a folder
-        dataFilters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Readable
-        self.ui.trainingDataPathLineEdit.filters = dataFilters
-        self.ui.validationDataPathLineEdit.filters = dataFilters
+        # data: a split file (.json/.csv) through the line edit's browse button, or a folder
+        # through "Folder..." (a ctkPathLineEdit with Files|Dirs opens a file dialog only, in
+        # which a folder cannot be chosen); output: a folder
+        splitFilters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
+        for lineEdit in (self.ui.trainingDataPathLineEdit, self.ui.validationDataPathLineEdit):
+            lineEdit.filters = splitFilters
+            lineEdit.nameFilters = ["Split file (*.json *.csv)", "All files (*)"]
         self.ui.outputFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.trainingDataFolderButton.connect(
+            "clicked(bool)", lambda checked=False: self.onChooseFolder("trainingData"))
+        self.ui.validationDataFolderButton.connect(
+            "clicked(bool)", lambda checked=False: self.onChooseFolder("validationData"))
         self.initializeParameterNode()
         self._updateButtons()
 
     def cleanup(self) -> None:
         self.removeObservers()
         self._timer.stop()
+
+    def onChooseFolder(self, parameterName: str) -> None:
+        """A folder of volumes (flat, or with train/validation/test sub-folders) as data."""
+        p = self._parameterNode
+        if p is None:
+            return
+        current = getattr(p, parameterName)
+        start = str(current) if _isSet(current) else ""
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), "Folder of volumes", start)
+        if folder:
+            setattr(p, parameterName, pathlib.Path(folder))
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -180,7 +202,9 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay("Could not start the training.", waitCursor=True):
             import MotionSSIM
 
-            if not MotionSSIM.MotionSSIMLogic().ensureDependencies(askConfirmation=True):
+            motionLogic = MotionSSIM.MotionSSIMLogic()
+            motionLogic.logCallback = self.ui.logTextEdit.appendPlainText
+            if not MotionSSIM.ensureDependenciesWithConfirmation(motionLogic, "MotionSSIM Training"):
                 return
             self.ui.logTextEdit.clear()
             self.ui.reportTextBrowser.clear()
@@ -212,9 +236,13 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if state["status"] == "evaluated":
             self._showReport(state.get("report"))
         elif state["status"] == "trained" and p is not None and p.evaluateAfterTraining:
-            if self.logic.startEvaluation(p):
+            started, message = self.logic.startEvaluation(p)
+            self.ui.logTextEdit.appendPlainText(message)
+            if started:
                 self.ui.statusLabel.text = "Training done; evaluating the best model..."
                 self._timer.start()
+            else:
+                self.ui.statusLabel.text = "Training finished; not evaluated: " + message
         self._updateButtons()
 
     def _updateChart(self, outputFolder) -> None:
@@ -272,9 +300,8 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._process = None
+        self._job = None  # MotionSSIMLib.processes.Job
         self._kind = None  # "train" or "evaluate"
-        self._output = collections.deque(maxlen=5000)
         self._outputFolder = None
         self._stopRequested = False
         self._killTimer = None
@@ -347,11 +374,23 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         command = [self.pythonExecutable(), self.trainScriptPath(), *self.trainingArguments(p)]
         self._start(command, "train", str(p.outputFolder))
 
-    def startEvaluation(self, p) -> bool:
-        """Evaluate best.safetensors on the test split of the training data; False if it cannot."""
+    def startEvaluation(self, p):
+        """Evaluate best.safetensors on the held-out test split of the training data.
+
+        Returns (started, message). Refused when the test split shares volumes with the
+        training split (a plain folder of volumes puts every volume in every split): that
+        would report figures on training data.
+        """
+        from MotionSSIMLib.errors import MotionSSIMError
+        from MotionSSIMLib.evaluation import held_out_test_volumes
+
         best = self.bestModelPath(p.outputFolder)
         if best is None or not _isSet(p.trainingData):
-            return False
+            return False, "no best.safetensors or no training data to take the test split from"
+        try:
+            test = held_out_test_volumes(str(p.trainingData))
+        except MotionSSIMError as exc:
+            return False, str(exc)
         command = [
             self.pythonExecutable(), "-m", "MotionSSIMLib", "evaluate",
             "--data", str(p.trainingData),
@@ -362,52 +401,51 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
             "--no-progress",
         ]
         self._start(command, "evaluate", str(p.outputFolder))
-        return True
+        names = ", ".join(path.name for path in test[:20]) + (", ..." if len(test) > 20 else "")
+        return True, f"Evaluating on {len(test)} held-out test volumes: {names}"
 
     def _start(self, command, kind, outputFolder) -> None:
+        from MotionSSIMLib import processes
+
         if self.isRunning():
             raise RuntimeError("A training or evaluation process is already running")
         logging.info("MotionSSIMTraining: " + " ".join(command))
-        # The engine folder (MotionSSIMLib) on the path; PythonSlicer adds Slicer's own paths.
-        pythonPath = self.engineFolder()
-        self._output.clear()
+        # Slicer's start-up environment (as launchConsoleProcess uses) plus the engine folder;
+        # PythonSlicer adds Slicer's own paths. UTF-8 output whatever the locale.
+        env = dict(slicer.util.startupEnvironment())
+        env.update({"PYTHONPATH": self.engineFolder(), "PYTHONUNBUFFERED": "1",
+                    "PYTHONIOENCODING": "utf-8"})
         self._stopRequested = False
         self._kind = kind
         self._outputFolder = outputFolder
-        self._process = slicer.util.launchConsoleProcess(
-            command, updateEnvironment={"PYTHONPATH": pythonPath, "PYTHONUNBUFFERED": "1"}
-        )
-        # Drain the pipe in a thread: a full pipe would block the trainer.
-        threading.Thread(target=self._readOutput, args=(self._process,), daemon=True).start()
-
-    def _readOutput(self, process) -> None:
-        for line in process.stdout:
-            self._output.append(line.rstrip())
+        # own process group, output read by a thread that decodes with replacement
+        self._job = processes.start(command, env=env)
 
     def takeOutput(self) -> list:
-        lines = []
-        while self._output:
-            lines.append(self._output.popleft())
-        return lines
+        return self._job.take_lines() if self._job is not None else []
 
     def isRunning(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._job is not None and self._job.is_running()
 
     def poll(self) -> dict:
         """{'status': running|trained|stopped|failed|evaluated, 'message': ..., 'report': ...}."""
-        if self._process is None:
+        if self._job is None:
             return {"status": "failed", "message": "Nothing is running."}
-        code = self._process.poll()
+        code = self._job.poll()
         if code is None:
             return {"status": "running", "message": ""}
         if self._killTimer is not None:
             self._killTimer.stop()
             self._killTimer = None
-        kind, self._process = self._kind, None
+        # the launcher is gone: make sure nothing it started is left (a crashed launcher)
+        self._job.kill(grace_s=KILL_GRACE_S)
+        kind = self._kind
         if kind == "evaluate":
             report = os.path.join(self._outputFolder, "evaluation", "report.md")
             if code == 0 and os.path.isfile(report):
                 return {"status": "evaluated", "message": f"Evaluation report: {report}", "report": report}
+            if self._stopRequested:
+                return {"status": "stopped", "message": "Evaluation stopped."}
             return {"status": "failed", "message": f"Evaluation failed (exit status {code}): see the log."}
         if code == 0:
             return {"status": "trained", "message": "Training finished."}
@@ -419,15 +457,16 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         return {"status": "failed", "message": f"Training failed (exit status {code}): see the log."}
 
     def requestStop(self) -> None:
-        """Ask the trainer to checkpoint and exit (OUT/stop); terminate it if it does not."""
+        """Training: ask the trainer to checkpoint and exit (OUT/stop), and end the whole process
+        tree if it has not within STOP_TIMEOUT_S. Evaluation: end the tree now."""
         if not self.isRunning():
             return
         self._stopRequested = True
-        if self._kind == "train":
-            with open(os.path.join(self._outputFolder, "stop"), "w") as f:
-                f.write("stop requested from MotionSSIMTraining\n")
-        else:
-            self._process.terminate()
+        if self._kind != "train":
+            self._job.kill(grace_s=KILL_GRACE_S)
+            return
+        with open(os.path.join(self._outputFolder, "stop"), "w", encoding="utf-8") as f:
+            f.write("stop requested from MotionSSIMTraining\n")
         self._killTimer = qt.QTimer()
         self._killTimer.setSingleShot(True)
         self._killTimer.connect("timeout()", self._terminate)
@@ -435,8 +474,9 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
 
     def _terminate(self) -> None:
         if self.isRunning():
-            logging.warning("MotionSSIMTraining: the trainer did not stop in time; terminating it")
-            self._process.terminate()  # SIGTERM: the trainer still saves its state
+            logging.warning("MotionSSIMTraining: the trainer did not stop in time; ending it")
+            # SIGTERM to the group first (the trainer still saves its state), then SIGKILL
+            self._job.kill(grace_s=KILL_GRACE_S)
 
     def useModelInMotionSSIM(self, path) -> None:
         """Make `path` the MotionSSIM module's model (now, and as the default next time)."""

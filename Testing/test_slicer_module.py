@@ -294,19 +294,130 @@ def test_module_classes_and_self_test_structure(name):
     assert exercised, "no test_* method runs the Logic on a volume created in the scene"
 
 
+def function(tree, class_name, name):
+    cls = next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == class_name)
+    return next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == name)
+
+
+def module_function(tree, name):
+    return next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == name)
+
+
 def test_motionssim_logic_process_signature_is_the_documented_one():
     tree = parse("MotionSSIM")
-    logic = next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "MotionSSIMLogic")
-    process = next(f for f in logic.body if isinstance(f, ast.FunctionDef) and f.name == "process")
+    process = function(tree, "MotionSSIMLogic", "process")
     args = [a.arg for a in process.args.args]
     assert args[:3] == ["self", "inputVolume", "model"]
     for required in ("orientation", "device", "goodThreshold", "sufficientThreshold", "progress", "cancel"):
         assert required in args
-    # dependencies are installed on demand (Apply), never when the file is imported
-    ensure = next(f for f in logic.body if isinstance(f, ast.FunctionDef) and f.name == "ensureDependencies")
-    text = ast.unparse(ensure)
-    assert "PyTorchUtils" in text and "installTorch" in text
-    assert "pip_ensure" in text and "pip_install" in text
+    # settings are validated (labelmap, sufficient >= good, Slicer version) before any work
+    assert "scene.validate_settings" in calls_in(process)
+
+
+# slicer.util functions that open a window (Slicer's util.py), and Qt dialogs
+DIALOGS = {"confirmOkCancelDisplay", "confirmYesNoDisplay", "confirmRetryCloseDisplay",
+           "infoDisplay", "warningDisplay", "errorDisplay", "messageBox", "createProgressDialog",
+           "tryWithErrorDisplay", "QMessageBox", "QFileDialog", "QInputDialog", "QProgressDialog"}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_logic_opens_no_dialog(name):
+    """The Logic runs in batch mode (console, scripts, --no-main-window): the Widget asks."""
+    tree = parse(name)
+    logic = next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == f"{name}Logic")
+    used = {c.split(".")[-1] for c in calls_in(logic)}
+    names = {n.attr for n in ast.walk(logic) if isinstance(n, ast.Attribute)}
+    assert not (used | names) & DIALOGS, sorted((used | names) & DIALOGS)
+    assert "processEvents" not in names, "the Logic must not pump the GUI event loop"
+
+
+def test_dependencies_are_installed_by_the_logic_and_confirmed_by_the_widget():
+    tree = parse("MotionSSIM")
+    install = ast.unparse(function(tree, "MotionSSIMLogic", "installDependencies"))
+    assert "PyTorchUtils" in install and "installTorch" in install
+    assert "askConfirmation=False" in install and "pip_install" in install
+    # torch and torchvision versions are checked, not only their presence
+    assert "TORCH_REQUIREMENT" in install and "TORCHVISION_REQUIREMENT" in install
+    report = ast.unparse(function(tree, "MotionSSIMLogic", "dependencyReport"))
+    assert "dependencies.check" in report
+    confirm = module_function(tree, "ensureDependenciesWithConfirmation")
+    assert "slicer.util.confirmOkCancelDisplay" in calls_in(confirm)
+    assert "logic.installDependencies" in calls_in(confirm)
+    for name in MODULES:  # both modules go through the same confirmation
+        assert "ensureDependenciesWithConfirmation" in MODULES[name].read_text(encoding="utf-8")
+
+
+def test_opening_the_panel_does_not_import_torch():
+    tree = parse("MotionSSIM")
+    info = function(tree, "MotionSSIMLogic", "torchInfo")
+    imports = {a.name for n in ast.walk(info) if isinstance(n, ast.Import) for a in n.names}
+    assert "torch" not in imports and "dependencies.torch_build_info" in calls_in(info)
+    setup = function(tree, "MotionSSIMWidget", "setup")
+    assert "self.logic.torchInfo" in calls_in(setup)
+    assert "loaded=True" not in ast.unparse(setup)
+
+
+def test_apply_runs_off_the_gui_thread_and_turns_into_cancel():
+    tree = parse("MotionSSIM")
+    source = MODULES["MotionSSIM"].read_text(encoding="utf-8")
+    assert "processEvents" not in source, "no event pumping from inside a computation"
+    apply = function(tree, "MotionSSIMWidget", "onApplyButton")
+    text = ast.unparse(apply)
+    assert "scene.AssessmentJob" in text and "self._job.cancel" in text
+    assert "self._setInputsEnabled(False)" in text and "self._timer.start" in text
+    poll = ast.unparse(function(tree, "MotionSSIMWidget", "onPollJob"))
+    assert "job.finish()" in poll and "self._setInputsEnabled(True)" in poll
+    check = ast.unparse(function(tree, "MotionSSIMWidget", "_checkCanApply"))
+    assert "'Cancel'" in check and "validate_settings" in check
+    disable = ast.unparse(function(tree, "MotionSSIMWidget", "_setInputsEnabled"))
+    assert "inputsCollapsibleButton" in disable and "advancedCollapsibleButton" in disable
+    # a scene close or the input's deletion cancels the job (finish() then writes nothing)
+    assert "self._job.cancel" in ast.unparse(function(tree, "MotionSSIMWidget", "onSceneStartClose"))
+    removed = function(tree, "MotionSSIMWidget", "onNodeAboutToBeRemoved")
+    assert "self._job.cancel" in ast.unparse(removed)
+    assert any("calldata_type" in ast.unparse(d) for d in removed.decorator_list)
+    setup = ast.unparse(function(tree, "MotionSSIMWidget", "setup"))
+    assert "NodeAboutToBeRemovedEvent" in setup
+
+
+def test_slice_view_text_is_cleared_when_there_is_no_result():
+    tree = parse("MotionSSIM")
+    for method in ("onInputChanged", "onSceneStartClose", "onNodeAboutToBeRemoved", "onSliceModified"):
+        assert "self._clearViewText" in calls_in(function(tree, "MotionSSIMWidget", method)), method
+    clear = ast.unparse(function(tree, "MotionSSIMWidget", "_clearViewText"))
+    assert "SetText(vtk.vtkCornerAnnotation.UpperEdge, '')" in clear
+
+
+def test_training_stop_ends_the_process_tree():
+    tree = parse("MotionSSIMTraining")
+    source = MODULES["MotionSSIMTraining"].read_text(encoding="utf-8")
+    assert ".terminate()" not in source and "launchConsoleProcess(" not in source
+    start = ast.unparse(function(tree, "MotionSSIMTrainingLogic", "_start"))
+    assert "processes.start" in start and "startupEnvironment" in start
+    for method in ("requestStop", "_terminate"):
+        assert "self._job.kill" in ast.unparse(function(tree, "MotionSSIMTrainingLogic", method))
+
+
+def test_training_data_can_be_a_folder_or_a_split_file():
+    tree = parse("MotionSSIMTraining")
+    setup = ast.unparse(function(tree, "MotionSSIMTrainingWidget", "setup"))
+    assert "ctk.ctkPathLineEdit.Dirs | " not in setup  # Files|Dirs: a file dialog only
+    for name in ("trainingDataFolderButton", "validationDataFolderButton"):
+        assert f"self.ui.{name}.connect" in setup
+    choose = ast.unparse(function(tree, "MotionSSIMTrainingWidget", "onChooseFolder"))
+    assert "getExistingDirectory" in choose
+    evaluate = ast.unparse(function(tree, "MotionSSIMTrainingLogic", "startEvaluation"))
+    assert "held_out_test_volumes" in evaluate
+
+
+def test_sample_data_is_registered():
+    tree = parse("MotionSSIM")
+    module = ast.unparse(next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "MotionSSIM"))
+    assert "startupCompleted()" in module and "registerSampleData" in module
+    register = ast.unparse(module_function(tree, "registerSampleData"))
+    assert "registerCustomSampleDataSource" in register
+    constants = module_constants(tree)
+    assert (ROOT / "MotionSSIM" / "Resources" / "Samples" / constants["SAMPLE_FILE"]).is_file()
 
 
 def test_requirements_never_replace_slicer_packages():
