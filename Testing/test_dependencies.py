@@ -1,0 +1,91 @@
+"""What the Slicer modules check before installing anything (MotionSSIMLib.dependencies)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+
+import pytest
+
+from MotionSSIMLib import dependencies as dep
+from MotionSSIMLib.errors import InputError
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("2.5.1+cu121", (2, 5, 1)), ("2.6.0rc1", (2, 6, 0)), ("0.16", (0, 16)), ("1!2", (1,)),
+     ("2.14.1", (2, 14, 1))],
+)
+def test_version_tuple(text, expected):
+    assert dep.version_tuple(text) == expected
+
+
+@pytest.mark.parametrize(
+    "line, version, ok",
+    [("torch>=2.1", "2.14.1", True), ("torch>=2.1", "2.0.1+cu118", False),
+     ("torch>=2.1", "2.1.0+cpu", True), ("torchvision>=0.16", "0.15.2", False),
+     ("x>=1.2,<2", "1.9", True), ("x>=1.2,<2", "2.0", False), ("x==1.4.*", "1.4.7", True),
+     ("x==1.4.*", "1.5.0", False), ("x~=1.4.2", "1.4.9", True), ("x~=1.4.2", "1.5.0", False),
+     ("x!=1.0", "1.0.0", False), ("x", "0.0.1", True)],
+)
+def test_requirement_allows(line, version, ok):
+    assert dep.parse_requirement(line).allows(version) is ok
+
+
+def test_bad_requirement_lines_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "requirements.txt"
+    path.write_text("numpy>=1\nfoo>=one\n", encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        dep.read_requirements(path)
+    assert str(err.value).startswith(f"{path}: line 2:") and "\n" not in str(err.value)
+    for line in ("pkg @ https://x/y.whl", "pkg>=1; python_version<'3.10'"):
+        with pytest.raises(InputError, match="not a plain requirement"):
+            dep.parse_requirement(line)
+    with pytest.raises(InputError, match="cannot read"):
+        dep.read_requirements(tmp_path / "missing.txt")
+
+
+def test_the_shipped_requirements_parse():
+    reqs = dep.read_requirements()
+    assert dep.requirements_path().name == "requirements.txt"
+    assert {"torchio", "safetensors", "matplotlib", "nibabel"} <= {r.name for r in reqs}
+
+
+def test_report_tells_installed_missing_and_wrong_versions():
+    numpy_version = importlib.metadata.version("numpy")
+    reqs = [dep.parse_requirement("numpy>=1.0"), dep.parse_requirement("numpy>=999"),
+            dep.parse_requirement("motionssim-no-such-package>=1.0")]
+    report = dep.check(reqs, include_torch=False)
+    assert [p.status for p in report.packages] == ["ok", "wrong version", "missing"]
+    assert not report.ok and report.missing_names() == ["numpy", "motionssim-no-such-package"]
+    lines = report.text().splitlines()
+    assert lines == [f"numpy {numpy_version}", f"numpy {numpy_version}: needs >=999",
+                     "motionssim-no-such-package: missing (needs >=1.0)"]
+    assert report.pip_problems() == report.problems() and report.torch_problems() == []
+
+
+def test_torch_and_torchvision_versions_are_checked():
+    report = dep.check([], include_torch=True)
+    names = [p.requirement.name for p in report.packages]
+    assert names == ["torch", "torchvision"]
+    torch = importlib.metadata.version("torch")
+    assert report.packages[0].installed == torch and report.packages[0].status == "ok"
+    old = dep.check([dep.parse_requirement("torch>=999")], include_torch=False)
+    assert old.problems()[0].text() == f"torch {torch}: needs >=999"
+
+
+def test_torch_build_info_does_not_import_torch():
+    code = ("import sys; from MotionSSIMLib import dependencies as d; "
+            "print(d.torch_build_info()); print('torch' in sys.modules)")
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "MotionSSIM")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60)
+    info, imported = out.stdout.strip().splitlines()
+    assert imported == "False", "torch was imported"
+    assert info.startswith(f"torch {importlib.metadata.version('torch')} (")
+    assert "build" in info
