@@ -242,3 +242,46 @@ def test_slicer_requirements_cover_every_import_of_the_engine():
     assert {"matplotlib", "nibabel", "torchio", "safetensors", "scikit-image"} <= required
     # Slicer's own packages and torch are never pip-installed by us
     assert not required & (dependencies.SLICER_BUNDLED | {"torch", "torchvision"})
+
+
+def test_extensions_index_entry_is_complete():
+    """The screenshot and icon the metadata name exist in the repository; the description is
+    one or two sentences and names the oldest supported Slicer; README states the package size."""
+    sets = cmake_sets(ROOT / "CMakeLists.txt")
+    prefix = "https://raw.githubusercontent.com/motionssim/MotionSSIM/main/"
+    urls = sets["EXTENSION_SCREENSHOTURLS"] + sets["EXTENSION_ICONURL"]
+    for url in urls:
+        assert url.startswith(prefix), url
+        path = ROOT / url[len(prefix):]
+        with Image.open(path) as image:
+            assert image.format == "PNG", url
+            if "Screenshots/" in url:
+                assert image.size[0] >= 600 and image.size[1] >= 300, image.size
+    # (cmake_sets stops at the first ")", which the description may hold)
+    description = re.search(r'set\(EXTENSION_DESCRIPTION "([^"]*)"\)',
+                            cmake_text(ROOT / "CMakeLists.txt")).group(1)
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", description) if s]
+    assert 1 <= len(sentences) <= 2, sentences
+    assert "Slicer 5.8" in description
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert re.search(r"Slicer 5\.8.*Python 3\.9", readme) and "Python 3.12" in readme
+    assert re.search(r"package is about \d+ MB", readme) and "offline" in readme
+
+
+def test_bundled_sample_ships_with_the_module():
+    resources = cmake_sets(ROOT / "MotionSSIM" / "CMakeLists.txt")["MODULE_PYTHON_RESOURCES"]
+    sample = "Resources/Samples/sample_t2_motion.nii.gz"
+    assert sample in resources and (ROOT / "MotionSSIM" / sample).is_file()
+    module = (ROOT / "MotionSSIM" / "MotionSSIM.py").read_text(encoding="utf-8")
+    assert 'SAMPLE_FILE = "sample_t2_motion.nii.gz"' in module
+
+
+def test_package_size_stated_in_readme_matches_the_files():
+    """The number README gives is the size of what CMake installs (within 2 MB)."""
+    total = 0
+    for module in MODULE_DIRS:
+        for name in listed_files(module):
+            total += (ROOT / module / name).stat().st_size
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    stated = int(re.search(r"package is about (\d+) MB", readme).group(1))
+    assert abs(total / 1e6 - stated) <= 2, (total / 1e6, stated)
