@@ -672,6 +672,8 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         self.test_MotionSSIM_parameters()
         self.setUp()
         self.test_MotionSSIM_process()
+        self.setUp()
+        self.test_MotionSSIM_background()
 
     def _phantomVolume(self):
         import numpy as np
@@ -729,3 +731,35 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         self.assertTrue(all(int(labels[k].max()) in (1, 2, 3) for k in range(1, 6)))
         self.assertTrue(np.allclose(slicer.util.arrayFromTableColumn(second.plot_table, "threshold_good"), 0.9))
         self.delayDisplay("Inference test passed")
+
+    def test_MotionSSIM_background(self):
+        """What Apply runs: the job on a worker thread, polled here, written on this thread."""
+        if importlib.util.find_spec("torch") is None:
+            self.delayDisplay("PyTorch is not installed: background test skipped")
+            return
+        import time
+
+        from MotionSSIMLib import scene
+
+        volume = self._phantomVolume()
+        logic = MotionSSIMLogic()
+        self.assertEqual(scene.validate_settings(volume, 0.85, 0.6), [])
+        self.assertTrue(scene.validate_settings(volume, 0.6, 0.85))
+        job = scene.AssessmentJob(volume, device="cpu", batch_size=2)
+        start = time.time()
+        while not job.done and time.time() - start < 300:
+            slicer.app.processEvents()  # the GUI thread stays free while the worker predicts
+            time.sleep(0.05)
+        result = job.finish()
+        self.assertIsNotNone(result)
+        self.assertEqual(result.table.GetNumberOfRows(), 6)
+        self.assertEqual(result.summary["device"], "cpu")
+        logic.showResults(result)
+        # a cancelled job writes nothing
+        tables = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode")
+        job = scene.AssessmentJob(volume, device="cpu", batch_size=1)
+        job.cancel()
+        job.wait(300)
+        self.assertIsNone(job.finish())
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode"), tables)
+        self.delayDisplay("Background assessment test passed")
