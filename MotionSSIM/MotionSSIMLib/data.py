@@ -98,8 +98,11 @@ def list_volumes(folder: str | Path) -> list[Path]:
 def _read_split_json(path: Path) -> dict[str, list[Path]]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # deeply nested JSON: refused in one line, not a traceback
+        raise InputError(f"{path}: not a split JSON file (nested too deeply)") from None
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable split JSON file ({exc})") from None
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a readable split JSON file ({detail})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected an object {{\"train\": [...], ...}}")
     out: dict[str, list[Path]] = {s: [] for s in SPLITS}
@@ -107,8 +110,9 @@ def _read_split_json(path: Path) -> dict[str, list[Path]]:
         split = _SPLIT_ALIASES.get(str(key).lower())
         if split is None:
             continue  # other keys (e.g. settings) are allowed and ignored
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise InputError(f"{path}: \"{key}\" must be a list of paths")
+        if not isinstance(items, list) or not all(isinstance(i, str) and i and "\0" not in i
+                                                  for i in items):
+            raise InputError(f"{path}: \"{str(key)[:40]}\" must be a list of paths")
         out[split] += [(path.parent / i) for i in items]
     return out
 
@@ -125,11 +129,14 @@ def _read_split_csv(path: Path) -> dict[str, list[Path]]:
                 row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
                 split = _SPLIT_ALIASES.get(row["split"].lower())
                 if split is None:
-                    raise InputError(f"{path}: line {n}: unknown split {row['split']!r} "
+                    raise InputError(f"{path}: line {n}: unknown split {row['split'][:40]!r} "
                                      "(use train, validation or test)")
+                if not row.get("path") or "\0" in row["path"]:
+                    raise InputError(f"{path}: line {n}: no path")
                 out[split].append(path.parent / row["path"])
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from None
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a readable split CSV file ({detail})") from None
     return out
 
 

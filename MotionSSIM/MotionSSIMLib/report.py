@@ -113,11 +113,15 @@ def _atomic_files(paths: dict[str, Path]):
             f.flush()
             os.fsync(f.fileno())
             f.close()
-        for key in ("csv", "png", "json"):  # the summary last: it names the other two
+        # what would make a rename fail half-way through the set is refused before any
+        busy = next((p for p in paths.values() if p.is_dir() and not p.is_symlink()), None)
+        if busy is not None:
+            raise IsADirectoryError(21, "a folder has the report's name", str(busy))
+        order = [k for k in ("csv", "png") if k in tmps] + [k for k in tmps if k != "json"]
+        for key in dict.fromkeys(order + ["json"]):  # the summary last: it names the others
             if key in tmps:
-                os.replace(tmps.pop(key), paths[key])
-        for key in list(tmps):
-            os.replace(tmps.pop(key), paths[key])
+                os.replace(tmps[key], paths[key])
+                del tmps[key]
     finally:
         for f in files.values():
             if not f.closed:

@@ -181,9 +181,26 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _error(exc: BaseException) -> int:
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    print(f"motionssim: error: {msg}", file=sys.stderr, flush=True)
+    from .report import printable
+
+    if isinstance(exc, OSError) and exc.strerror:  # the file and the cause, in one line
+        msg = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(printable(f"motionssim: error: {msg}"), file=sys.stderr, flush=True)
     return 2
+
+
+def _check_out(out: str) -> None:
+    """--out must be a folder (or not exist yet): refused before any work otherwise."""
+    from .errors import InputError
+
+    p = Path(out)
+    while not p.exists() and p.parent != p:  # the nearest part of the path that exists
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{out}: {'exists' if str(p) == str(out) else f'{p} exists and'} "
+                         "is not a folder; give an output folder with --out")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -193,6 +210,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .trainer import TrainSettings, train
 
     try:
+        _check_out(args.out)
         settings = TrainSettings(
             architecture=args.architecture, epochs=args.epochs,
             samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size, lr=args.lr,
@@ -223,7 +241,7 @@ def run_train(args: argparse.Namespace) -> int:
                 print("motionssim: no validation volumes: the best checkpoint is chosen by "
                       "training loss (give --val-data)", file=sys.stderr)
         result = train(settings, args.out, train_paths, val_paths, resume=args.resume)
-    except MotionSSIMError as exc:
+    except (MotionSSIMError, OSError) as exc:  # OSError: the output folder cannot be written
         return _error(exc)
     except KeyboardInterrupt:
         print("motionssim: interrupted", file=sys.stderr)
@@ -243,6 +261,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_checkpoints
 
     try:
+        _check_out(args.out)
         test_paths = resolve_split(args.data, "test")
         result = evaluate_checkpoints(
             args.checkpoint, test_paths, args.out, n=args.n, seed=args.seed,
@@ -250,7 +269,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, workers=args.workers,
             thresholds=ClinicalThresholds(good=args.good, sufficient=args.sufficient),
             progress=args.progress, slices=args.slices)
-    except MotionSSIMError as exc:
+    except (MotionSSIMError, OSError) as exc:  # OSError: the report folder cannot be written
         return _error(exc)
     for name, m in result["models"].items():
         r = m["figures"]["regression"]
