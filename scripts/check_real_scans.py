@@ -29,8 +29,8 @@ import math
 import sys
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from MotionSSIMLib import classes, data, geometry, inference, motion, ssim
+from MotionSSIMLib.checkpoint import LoadedModel
 from MotionSSIMLib.errors import MotionSSIMError
 
 # Corrupted copies of each slice per simulator; scans with few slices get more copies, so that
@@ -54,9 +55,9 @@ class ScanUnavailable(MotionSSIMError):
     """A scan whose package is not installed (pip install -r requirements-eval.txt)."""
 
 
-@dataclass(frozen=True)
-class Scan:
-    """One real scan: where it lies in which package, and what it is."""
+class Scan(NamedTuple):
+    """One real scan: where it lies in which package, and what it is. (A NamedTuple, not a
+    dataclass: tests load this script by path, without a sys.modules entry.)"""
 
     name: str
     package: str  # import name; its distribution has the same name
@@ -173,6 +174,8 @@ def _net(model: inference.ModelLike, device: str) -> tuple[nn.Module, torch.devi
     dev = inference.resolve_device(device)
     if isinstance(model, nn.Module):
         return model.to(dev), dev
+    if isinstance(model, LoadedModel):
+        return model.model.to(dev), dev
     return inference.get_model(model, dev).model, dev
 
 
@@ -202,11 +205,14 @@ def _corrupt(clean: torch.Tensor, simulator: str, severity: torch.Tensor,
 
 def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
                  max_slices: int | None = None, severity: float | None = None,
-                 device: str = "cpu", name: str = "volume") -> dict:
+                 device: str = "cpu", name: str = "volume", repeats: int | None = None,
+                 ) -> dict:
     """Figures of `model` on the clean and corrupted non-empty slices of `vol` (one scan).
 
     max_slices: evenly spaced subset (tests). severity: fixed instead of uniform on [0, 1].
-    The returned dict also holds the per-sample arrays under keys starting with "_"."""
+    repeats: corrupted copies of each slice per simulator (default: REPEATS_PER_SIMULATOR,
+    more for a scan with few slices). `name` seeds the scan's own random stream. The returned
+    dict also holds the per-sample arrays under keys starting with "_"."""
     stack = geometry.extract_slices(vol, "auto")
     keep = data.slice_candidates(stack, "all")
     if max_slices is not None and len(keep) > max_slices:
@@ -214,7 +220,8 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
     clean = torch.from_numpy(geometry.to_model_input(stack.images[keep], stack.pixel_spacing))
     clean = clean[:, None]
     n = len(clean)
-    per_sim = max(REPEATS_PER_SIMULATOR, math.ceil(MIN_CORRUPTED / n))
+    per_sim = repeats or max(REPEATS_PER_SIMULATOR, math.ceil(MIN_CORRUPTED / n))
+    net, dev = _net(model, device)  # first: a bad model file fails before any simulation
     gen = torch.Generator().manual_seed(_seed(seed, name))
     images, labels = [clean], [torch.ones(n)]
     sims, sev, idx = [""] * n, [0.0] * n, list(range(n))
@@ -227,7 +234,6 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
             sims += [simulator] * n
             sev += s.tolist()
             idx += list(range(n))
-    net, dev = _net(model, device)
     pred = _predict(net, dev, torch.cat(images))
     true = torch.cat(labels).numpy().astype(np.float64)
     sims_a = np.array(sims)
@@ -235,7 +241,7 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
     clin = classes.clinical_class
     c = pred[:n]
     r = {
-        "slices": int(n), "samples": int(len(true)),
+        "slices": int(n), "samples": int(len(true)), "repeats_per_simulator": int(per_sim),
         "mae": float(np.abs(res).mean()), "bias": float(res.mean()),
         "residual_sd": float(res.std()),
         "clean_mean_prediction": float(c.mean()), "clean_min_prediction": float(c.min()),
@@ -258,19 +264,22 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
 def real_scan_table(model: inference.ModelLike = None, seed: int = 0,
                     names: Sequence[str] | None = None, max_slices: int | None = None,
                     device: str = "cpu", severity: float | None = None,
-                    report=None) -> dict[str, dict]:
+                    repeats: int | None = None, report=None) -> dict[str, dict]:
     """Per-scan figures of `model` (None: the bundled model) on the real-scan set, keyed by
     scan name, each with its provenance. Scans whose package is not installed are left out
     (`report(message)` is told). For scripts/bundle_model.py's decision rule."""
+    scans = SCANS if names is None else [get_scan(n) for n in names]
+    if not isinstance(model, nn.Module):  # loaded (and checked) once for all scans
+        model = inference.get_model(model, inference.resolve_device(device))
     table = {}
-    for s in SCANS if names is None else [get_scan(n) for n in names]:
+    for s in scans:
         try:
             vol = load_volume(s)
         except ScanUnavailable as exc:
             if report is not None:
                 report(f"skipped {s.name}: {exc}")
             continue
-        r = check_volume(vol, model, seed, max_slices, severity, device, name=s.name)
+        r = check_volume(vol, model, seed, max_slices, severity, device, s.name, repeats)
         r.update(scan=s.name, contrast=s.contrast, package=s.package,
                  version=package_version(s.package), file=s.file,
                  description=s.description, licence=s.licence)
@@ -292,8 +301,7 @@ def write_outputs(table: dict[str, dict], out: Path, model: str, seed: int) -> l
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"real_scans.{ext}" for ext in ("json", "csv", "md", "png")]
     paths.append(out / "samples.csv")
-    doc = {"model": model, "seed": seed, "repeats_per_simulator": REPEATS_PER_SIMULATOR,
-           "min_corrupted_per_simulator": MIN_CORRUPTED, "simulators": list(SIMULATORS),
+    doc = {"model": model, "seed": seed, "min_corrupted_per_simulator": MIN_CORRUPTED, "simulators": list(SIMULATORS),
            "largest_abs_bias": largest_abs_bias(table) if table else None,
            "volumes": {k: _public(r) for k, r in table.items()}}
     paths[0].write_text(json.dumps(doc, indent=2), encoding="utf-8")
@@ -387,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated subset of: {', '.join(SCAN_NAMES)}")
     ap.add_argument("--max-slices", type=int, default=None,
                     help="at most this many slices per scan (evenly spaced; quick checks)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help=f"corrupted copies of each slice per simulator (default "
+                         f"{REPEATS_PER_SIMULATOR}, at least {MIN_CORRUPTED} per scan)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--require-all", action="store_true",
                     help="fail (exit 2) if a scan's package is not installed")
@@ -394,12 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     names = None if args.scans is None else [n.strip() for n in args.scans.split(",") if n]
     if args.max_slices is not None and args.max_slices < 1:
         ap.error("--max-slices must be >= 1")
+    if args.repeats is not None and args.repeats < 1:
+        ap.error("--repeats must be >= 1")
     try:
         if args.model is not None and not Path(args.model).is_file():
             raise MotionSSIMError(f"{args.model}: no such model file")
         skipped = []
         table = real_scan_table(args.model, args.seed, names, args.max_slices, args.device,
-                                report=skipped.append)
+                                repeats=args.repeats, report=skipped.append)
         for msg in skipped:
             print(msg, file=sys.stderr)
         if skipped and args.require_all:
