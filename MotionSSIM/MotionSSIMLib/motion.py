@@ -433,6 +433,7 @@ def _tio_apply_torch(x: torch.Tensor, params: TioMotionParams) -> torch.Tensor:
     rows per image (rfft: real images have Hermitian rows) and one inverse FFT per sample."""
     n_img, h, w = x.shape
     dev = x.device
+    per_chunk = _TIO_POSE_CHUNK * (1 if dev.type == "cpu" else 8)
     n = params.n_poses
     t_used = int(n.max())
     used = torch.arange(t_used)[None, :] < n[:, None]  # (N, T) CPU
@@ -464,8 +465,8 @@ def _tio_apply_torch(x: torch.Tensor, params: TioMotionParams) -> torch.Tensor:
     spectra = torch.empty((n_img + owner.numel(), h, w // 2 + 1), dtype=torch.complex64,
                           device=dev)
     torch.fft.rfft(x, dim=-1, out=spectra[:n_img])
-    for lo in range(0, owner.numel(), _TIO_POSE_CHUNK):
-        sl = slice(lo, lo + _TIO_POSE_CHUNK)
+    for lo in range(0, owner.numel(), per_chunk):
+        sl = slice(lo, lo + per_chunk)
         own = owner[sl]
         imgs = _tio_resample(x[own.to(dev)], params.degrees[own, pose[sl]],
                              params.translation[own, pose[sl]])
@@ -543,7 +544,9 @@ def apply_tio_motion(images: torch.Tensor, params: TioMotionParams,
         if backend == "torch":
             # chunks of whole samples with about _TIO_POSE_CHUNK poses each (bounds memory)
             ends = torch.cumsum(p.n_poses, 0)
-            chunk = (ends - 1) // _TIO_POSE_CHUNK
+            # a GPU has the memory for larger chunks, and fewer launches pay there
+            per = _TIO_POSE_CHUNK * (1 if x.device.type == "cpu" else 8)
+            chunk = (ends - 1) // per
             res = torch.cat([
                 _tio_apply_torch(xs[(chunk == c).to(xs.device)].contiguous(), p.select(
                     torch.nonzero(chunk == c).flatten()))
