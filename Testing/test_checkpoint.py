@@ -217,7 +217,7 @@ def test_crafted_metadata_is_refused_in_one_line(ckpt, tmp_path):
     from safetensors.torch import save_file
 
     # deeply nested JSON (json.loads raises RecursionError), in a file that is otherwise right
-    deep = '{"format": "%s", "x": %s%s}' % (FORMAT, "[" * 100_000, "]" * 100_000)
+    deep = '{"format": "' + FORMAT + '", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
     save_file({"w": torch.zeros(3)}, str(tmp_path / "deep.safetensors"),
               metadata={"motionssim": deep})
     assert "nested too deeply" in refusal(tmp_path / "deep.safetensors")

@@ -7,7 +7,7 @@ import torch
 from MotionSSIMLib import geometry
 from MotionSSIMLib.checkpoint import load_checkpoint, save_checkpoint
 from MotionSSIMLib.classes import ClinicalThresholds
-from MotionSSIMLib.errors import CheckpointError, InputError, MotionSSIMError, SettingsError
+from MotionSSIMLib.errors import CheckpointError, InputError, MotionSSIMError
 from MotionSSIMLib.inference import (
     NO_VERDICT,
     Cancelled,
