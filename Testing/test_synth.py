@@ -10,10 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from MotionSSIMLib import geometry, synth
 
 ROOT = Path(__file__).resolve().parents[1]
+# No anatomical changes: the template's tissue masks then tell where each tissue is.
+NO_ANATOMY = {"ventricle_mm": 0.0, "sulcal_mm": 0.0, "lesions": 0, "mass": False,
+              "skull_stripped": False, "vessels": False}
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("nilearn") is None,
                                 reason="nilearn (MNI152 template) not installed")
@@ -92,11 +96,11 @@ def test_random_subjects_geometry_and_intensities(subjects):
         d = np.asarray(vol.directions)
         np.testing.assert_allclose(d.T @ d, np.eye(3), atol=1e-6)   # orthonormal columns
         sp = np.asarray(vol.spacing)
-        assert np.all(sp >= 0.5) and np.all(sp <= 7.5), sp
+        assert np.all(sp >= 0.3) and np.all(sp <= 7.5), sp
         ratios.append(sp.max() / sp.min())
         # Head: a plausible share of the field of view, not the whole of it nor a speck.
         head = arr > 0.1 * np.percentile(arr, 99.5)
-        assert 0.05 < head.mean() < 0.95, (info, head.mean())
+        assert 0.05 < head.mean() < 0.99, (info, head.mean())
         # Field of view in mm: heads are scanned with roughly 15-35 cm fields.
         fov = np.array(arr.shape[::-1]) * sp
         assert np.all(fov[:2] > 100) and np.all(fov[:2] < 420), fov
@@ -108,18 +112,34 @@ def test_random_subjects_geometry_and_intensities(subjects):
 def test_acquisitions_vary():
     rng = np.random.default_rng(0)
     model = synth.load_tissue_model()
-    acqs = [synth._acquisition(rng, "t2", model) for _ in range(200)]
+    acqs = [synth._acquisition(rng, "t2", model) for _ in range(300)]
     planes = {a["plane"] for a in acqs}
     assert planes == {"axial", "coronal", "sagittal"}
     thick = np.array([a["spacing"][2] for a in acqs])
-    inplane = np.array([a["spacing"][0] for a in acqs])
     assert thick.max() > 5.5 and (thick > 3).mean() > 0.4
-    assert inplane.min() < 0.7 and inplane.max() > 1.2 and inplane.max() <= 1.3
-    matrix = np.array([a["size"][0] for a in acqs])
-    assert matrix.min() < 200 and matrix.max() > 280
     assert any(a["oblique_deg"] > 5 for a in acqs)
+    assert any(a["partial_fov"] for a in acqs) and not all(a["partial_fov"] for a in acqs)
+    # Over every contrast: in-plane voxels ~0.4-3 mm acquired, matrices 64-512.
+    acqs += [synth._acquisition(rng, kind, model) for kind in synth.KINDS for _ in range(60)]
+    acquired = np.array([a["recon"]["acquired_spacing"] for a in acqs])
+    pixel = np.array([a["spacing"][0] for a in acqs])
+    matrix = np.array([a["size"][:2] for a in acqs])
+    assert acquired.min() < 0.45 and acquired.max() > 2.7, (acquired.min(), acquired.max())
+    assert pixel.min() < 0.45 and pixel.max() > 2.5
+    lo, hi = synth.MATRIX_RANGE
+    assert matrix.min() >= lo and matrix.max() <= hi
+    assert matrix.min() <= 70 and matrix.max() >= 480, (matrix.min(), matrix.max())
+    assert np.all(np.abs(np.array([a["spacing"][0] - a["spacing"][1] for a in acqs])) < 1e-9)
+    methods = [a["recon"]["method"] for a in acqs]
+    assert 0.5 < methods.count("kspace") / len(methods) < 0.8
+    for a in acqs:
+        r = a["recon"]
+        # Zero-filled: output matrix = 1-2x the acquired one; sampled at least as finely.
+        assert all(r["acquired"][i] <= a["size"][i] <= 2 * r["acquired"][i] + 1 for i in (0, 1))
+        assert all(r["sample"][i] >= r["acquired"][i] for i in (0, 1))
     dwi = [synth._acquisition(rng, "dwi", model) for _ in range(50)]
-    assert all(a["spacing"][0] >= 1.5 for a in dwi)   # EPI: coarse in-plane
+    assert all(a["recon"]["acquired_spacing"] >= 1.2 - 0.05 for a in dwi
+               if not a["partial_fov"])   # EPI: coarse in-plane
 
 
 @pytest.mark.parametrize("kind,order", [
@@ -129,7 +149,8 @@ def test_acquisitions_vary():
 ])
 def test_contrast_ordering_on_template(model, kind, order):
     # No deformation and the isotropic grid: the volume lies on the template's own grid.
-    vol = synth.synth_subject(np.random.default_rng(3), kind=kind, isotropic=True, deform=False)
+    vol = synth.synth_subject(np.random.default_rng(3), kind=kind, isotropic=True, deform=False,
+                              options=NO_ANATOMY)
     assert vol.array.shape == model.shape
     np.testing.assert_allclose(vol.ijk_to_ras()[:3, 3], model.origin)
     m = _means_by_tissue(vol, model)
@@ -142,7 +163,7 @@ def test_affine_of_random_acquisitions_maps_anatomy(model):
     seen = set()
     for seed in range(4):
         vol, info = synth.synth_subject_info(np.random.default_rng(100 + seed), kind="t1",
-                                             deform=False)
+                                             deform=False, options=NO_ANATOMY)
         seen.add(info["plane"])
         m = _means_by_tissue(vol, model)
         assert m["wm"] > m["gm"] > m["csf"], (info["plane"], info["spacing"], m)
@@ -152,9 +173,142 @@ def test_affine_of_random_acquisitions_maps_anatomy(model):
 def test_kinds_and_bad_kind():
     rng = np.random.default_rng(5)
     vol, info = synth.synth_subject_info(rng, kind="dwi")
-    assert info["kind"] == "dwi" and min(vol.spacing[:2]) >= 1.5
+    assert info["kind"] == "dwi" and info["recon"]["acquired_spacing"] >= 1.15
     with pytest.raises(ValueError, match="kind"):
         synth.synth_subject(rng, kind="ct")
+
+
+def _tissue(model, anat: dict, kind: str = "t2", seed: int = 0) -> np.ndarray:
+    """The subject's clean image on the template grid (flat), contrast and draws from seed."""
+    means, std, _ = synth._contrast(np.random.default_rng(seed), kind)
+    img, _ = synth._tissue_image(np.random.default_rng(seed + 1), model, means, std,
+                                 {**NO_ANATOMY, **anat})
+    return img[0, 0].numpy().ravel().copy(), means
+
+
+def test_atrophy_enlarges_ventricles(model):
+    base, means = _tissue(model, {})
+    big, _ = _tissue(model, {"ventricle_mm": 4.0})
+    bi = model.brain_index
+    near = bi[model.brain_vent_dist < 12]
+    # T2: CSF is the brightest brain tissue; count CSF-like voxels round the ventricles.
+    thr = 0.5 * (means[synth.C["csf"]] + means[synth.C["gm"]])
+    v0, v1 = (base[near] > thr).sum() / 1000, (big[near] > thr).sum() / 1000   # ml
+    assert 20 < v0 < 70 and v1 > 1.6 * v0, (v0, v1)
+    # The skull and scalp do not change; sulcal widening adds CSF near the cortex too.
+    np.testing.assert_array_equal(base[model.shell_index], big[model.shell_index])
+    wide, _ = _tissue(model, {"sulcal_mm": 1.5})
+    far = bi[model.brain_vent_dist > 20]
+    assert (wide[far] > thr).sum() > 1.3 * (base[far] > thr).sum()
+
+
+def test_lesions_and_mass_visible(model):
+    base, means = _tissue(model, {}, kind="flair")
+    les, _ = _tissue(model, {"lesions": 12}, kind="flair")
+    bi = model.brain_index
+    wm = bi[model.brain_frac[2] > 0.6]
+    # FLAIR: lesions are brighter than any normal brain tissue.
+    thr = 0.5 * (means[synth.C["lesion"]] + means[synth.C["gm"]])
+    assert (base[wm] > thr).sum() < 50
+    assert (les[wm] > thr).sum() > 100
+    assert np.array_equal(les[model.shell_index], base[model.shell_index])   # inside only
+
+    # Post-contrast mass: an enhancing rim round a darker core, changes only near its centre.
+    means, std, _ = synth._contrast(np.random.default_rng(4), "post")
+    clean, _ = synth._tissue_image(np.random.default_rng(9), model, means, std, NO_ANATOMY)
+    anat = {**NO_ANATOMY, "mass": True}
+    with_mass, drawn = synth._tissue_image(np.random.default_rng(9), model, means, std, anat)
+    m = drawn["mass"]
+    diff = np.abs(with_mass[0, 0].numpy() - clean[0, 0].numpy())
+    changed = np.argwhere(diff > 0.05)
+    dist = np.linalg.norm(changed - np.array(m["centre_vox"]), axis=1)
+    assert len(changed) > 2000 and dist.max() < 2.2 * 1.1 * m["radius_mm"] + 3, m
+    img = with_mass[0, 0].numpy()
+    assert img.max() >= 0.85 * means[synth.C["rim"]]   # the rim enhances
+    if m["necrotic"]:
+        c = tuple(m["centre_vox"])
+        assert img[c] < 0.5 * means[synth.C["rim"]]
+
+
+def test_skull_stripped_zero_outside_brain(model):
+    vol, info = synth.synth_subject_info(
+        np.random.default_rng(2), kind="t1", isotropic=True, deform=False,
+        options={**NO_ANATOMY, "skull_stripped": True})
+    assert "skull_stripped" in info["extras"]
+    arr = vol.array.ravel()
+    inside = np.zeros(arr.size, bool)
+    inside[model.brain_index] = True
+    assert np.count_nonzero(arr[~inside]) == 0
+    assert np.count_nonzero(arr[inside]) > 0.99 * inside.sum()
+
+
+def test_new_contrasts(model):
+    seen = set()
+    for seed in range(12):
+        vol, info = synth.synth_subject_info(np.random.default_rng(seed), kind="inverted",
+                                             isotropic=True, deform=False, options=NO_ANATOMY)
+        if info["variant"] not in ("t1", "t2") or info["variant"] in seen:
+            continue
+        seen.add(info["variant"])
+        m = _means_by_tissue(vol, model)
+        # Flipped: inverted T1 has CSF > GM > WM, inverted T2 the reverse.
+        order = ("csf", "gm", "wm") if info["variant"] == "t1" else ("wm", "gm", "csf")
+        assert m[order[0]] > m[order[1]] > m[order[2]], (info["variant"], m)
+    assert seen == {"t1", "t2"}
+    vol, info = synth.synth_subject_info(np.random.default_rng(1), kind="post")
+    assert info["anatomy"]["vessels"] and np.isfinite(vol.array).all()
+    vol, info = synth.synth_subject_info(np.random.default_rng(1), kind="epi")
+    assert info["recon"]["acquired_spacing"] >= 1.75 and "epi_distortion_mm" in info
+    with pytest.raises(ValueError, match="unknown synth option"):
+        synth.synth_subject(np.random.default_rng(0), options={"tumour": True})
+
+
+def test_kspace_recon_rings_at_edges():
+    # A sharp-edged square sampled on a 128 grid; 40 lines kept, zero-filled to 80.
+    n = 128
+    yy, xx = np.mgrid[:n, :n] - n // 2
+    disc = torch.from_numpy(((np.abs(xx) <= 30) & (np.abs(yy) <= 30)).astype(np.float32))[None]
+    rec = {"acquired": [40, 40], "phase_axis": 0, "phase_fraction": 1.0, "window": 0.0}
+    sharp = synth._kspace_recon(disc, rec, (80, 80), 0.0, np.random.default_rng(0))[0]
+    assert sharp.shape == (80, 80)
+    row = sharp[40].numpy()             # through the centre (pixel 40 = the disc's centre)
+    inside = row[40 - 16: 40 + 17]      # the square spans +-18.75 output pixels
+    # Gibbs: the plateau overshoots 1 near the edge and oscillates; outside it rings > 0.
+    assert inside.max() > 1.03 and inside.min() < 0.97, inside
+    assert row[10:20].max() > 0.01   # ripples outside the disc (0 in the object)
+    smooth = synth._kspace_recon(disc, {**rec, "window": 0.5}, (80, 80), 0.0,
+                                 np.random.default_rng(0))[0].numpy()
+    assert smooth[40].max() < row.max() - 0.02
+    # The mean intensity is kept (DC preserved, same field of view; the magnitude adds a
+    # little), and noise in k-space gives the asked sd.
+    np.testing.assert_allclose(float(sharp.mean()), float(disc.mean()), rtol=0.05)
+    flat = torch.ones((4, 64, 64))
+    noisy = synth._kspace_recon(flat * 10, {**rec, "window": 0.3}, (64, 64), 0.5,
+                                np.random.default_rng(1))
+    clean = synth._kspace_recon(flat * 10, {**rec, "window": 0.3}, (64, 64), 0.0,
+                                np.random.default_rng(1))   # same random phase, no noise
+    sd = float((noisy - clean)[:, 16:48, 16:48].std())
+    assert abs(sd / 0.5 - 1) < 0.1, sd
+
+
+def test_subject_kspace_reconstruction_geometry(model):
+    opts = {**NO_ANATOMY, "recon": "kspace", "spacing": 2.0, "zero_fill": 2.0, "window": 0.0,
+            "snr": float("inf"), "bias_sd": 0.0}
+    vol, info = synth.synth_subject_info(np.random.default_rng(21), kind="t1", deform=False,
+                                         options=opts)
+    r = info["recon"]
+    assert r["method"] == "kspace" and r["zero_fill"] > 1.9
+    assert abs(vol.spacing[0] - r["acquired_spacing"] / r["zero_fill"]) < 1e-3
+    assert info["snr"] is None
+    # No noise was added: the background away from the head is exactly 0 only without
+    # ringing; here truncation leaves low ripples next to the head, as on scanners.
+    arr = vol.array
+    head = arr > 0.1 * arr.max()
+    near = ndimage.binary_dilation(head, iterations=3) & ~ndimage.binary_dilation(head)
+    assert np.mean(arr[near] > 1e-3 * arr.max()) > 0.5
+    # The anatomy lands where the affine says (T1: WM > GM > CSF) through k-space too.
+    m = _means_by_tissue(vol, model)
+    assert m["wm"] > m["gm"] > m["csf"], m
 
 
 def test_resample_thick_slices():

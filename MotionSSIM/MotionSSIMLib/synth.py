@@ -30,6 +30,7 @@ import functools
 import importlib.util
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from .geometry import Volume, volume
 __all__ = [
     "CLASSES", "KINDS", "SPLIT_IDS", "TissueModel", "load_tissue_model", "template_dir",
     "synth_subject", "synth_subject_info", "resample", "subject_rng", "write_dataset",
+    "OPTION_KEYS", "MATRIX_RANGE", "INPLANE_RANGE",
 ]
 
 TEMPLATE_FILES = {
@@ -52,36 +54,69 @@ TEMPLATE_FILES = {
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
-# Tissue classes (index = label value). "background" is air.
+# Tissue classes (index = label value). "background" is air. The last five are painted per
+# subject: dura (a layer under the skull), vessels, lesions / oedema, necrosis, enhancing rims.
 CLASSES = ("background", "csf", "gm", "gm_deep", "wm", "wm_bright", "skull", "marrow", "fat",
-           "skin", "muscle", "eye")
+           "skin", "muscle", "eye", "dura", "vessel", "lesion", "necrosis", "rim")
 C = {name: i for i, name in enumerate(CLASSES)}
-# Named contrasts; "generic" draws every tissue intensity at random. "random" mixes all six.
-KINDS = ("t1", "t2", "pd", "flair", "dwi", "generic")
-KIND_PROBS = (0.24, 0.22, 0.1, 0.14, 0.1, 0.2)
+# Named contrasts; "generic" draws every tissue intensity at random, "inverted" flips a named
+# contrast's tissue intensities, "post" is a post-contrast (gadolinium) T1. "random" mixes all.
+KINDS = ("t1", "t2", "pd", "flair", "dwi", "epi", "post", "inverted", "generic")
+KIND_PROBS = (0.18, 0.16, 0.08, 0.10, 0.10, 0.06, 0.10, 0.06, 0.16)
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 # Extra labels of the head model (outside the intracranial volume), stored per voxel.
 _EXTRA_NONE, _EXTRA_EYE, _EXTRA_ORBIT_FAT, _EXTRA_AIR = 0, 1, 2, 3
 _PAD_BELOW = 40      # mm of neck added below the template's last slice
 _SHELL_MAX = 32.0    # mm: farthest a scalp layer can reach from the intracranial volume
+_DIST_MAX = 40.0     # mm: brain distance maps (ventricles, CSF) are clipped here
 
 # Mean intensity per class (CLASSES order, background first) of the named contrasts, on a
 # [0, 1] scale; each subject multiplies them by U(0.9, 1.1), which never flips the brain
-# orderings (T1: WM > GM > CSF, T2/DWI-b0: CSF > GM > WM, FLAIR: GM > WM > CSF).
+# orderings (T1: WM > GM > CSF, T2/DWI-b0: CSF > GM > WM, FLAIR: GM > WM > CSF). Lesions and
+# oedema are T1-dark and T2/FLAIR-bright; necrosis is fluid; rims and vessels enhance only in
+# "post"; vessels are flow voids elsewhere.
 _MEANS = {
-    #         bg   csf   gm   gmD   wm   wmB  skull marrow fat  skin  musc  eye
-    "t1":    (0, 0.14, 0.50, 0.58, 0.78, 0.84, 0.04, 0.72, 0.95, 0.45, 0.35, 0.12),
-    "t2":    (0, 1.00, 0.55, 0.50, 0.37, 0.33, 0.04, 0.50, 0.75, 0.40, 0.28, 1.00),
-    "pd":    (0, 0.88, 0.78, 0.74, 0.62, 0.60, 0.05, 0.70, 0.90, 0.60, 0.50, 0.90),
-    "flair": (0, 0.06, 0.62, 0.58, 0.45, 0.42, 0.04, 0.55, 0.75, 0.45, 0.35, 0.08),
-    "dwi_b0": (0, 1.00, 0.56, 0.52, 0.42, 0.40, 0.03, 0.10, 0.06, 0.20, 0.22, 1.00),
-    "dwi_trace": (0, 0.10, 0.60, 0.56, 0.50, 0.48, 0.03, 0.08, 0.05, 0.15, 0.20, 0.10),
+    #     bg   csf   gm   gmD   wm   wmB  skull marrow fat  skin  musc  eye  dura  vess lesn necr rim
+    "t1": (0, 0.14, 0.50, 0.58, 0.78, 0.84, 0.04, 0.72, 0.95, 0.45, 0.35, 0.12,
+           0.10, 0.25, 0.38, 0.12, 0.50),
+    "t2": (0, 1.00, 0.55, 0.50, 0.37, 0.33, 0.04, 0.50, 0.75, 0.40, 0.28, 1.00,
+           0.08, 0.06, 0.85, 0.95, 0.60),
+    "pd": (0, 0.88, 0.78, 0.74, 0.62, 0.60, 0.05, 0.70, 0.90, 0.60, 0.50, 0.90,
+           0.10, 0.12, 0.90, 0.88, 0.75),
+    "flair": (0, 0.06, 0.62, 0.58, 0.45, 0.42, 0.04, 0.55, 0.75, 0.45, 0.35, 0.08,
+              0.08, 0.06, 0.92, 0.20, 0.75),
+    "dwi_b0": (0, 1.00, 0.56, 0.52, 0.42, 0.40, 0.03, 0.10, 0.06, 0.20, 0.22, 1.00,
+               0.05, 0.05, 0.80, 0.95, 0.60),
+    "dwi_trace": (0, 0.10, 0.60, 0.56, 0.50, 0.48, 0.03, 0.08, 0.05, 0.15, 0.20, 0.10,
+                  0.05, 0.05, 0.75, 0.08, 0.55),
+    # Gradient-echo EPI (fMRI): T2*-weighted, fat-suppressed, weak GM/WM contrast.
+    "epi": (0, 0.85, 0.60, 0.52, 0.48, 0.46, 0.03, 0.10, 0.08, 0.25, 0.25, 0.85,
+            0.05, 0.05, 0.75, 0.85, 0.55),
+    # Post-contrast T1: dura, vessels and lesion rims enhance.
+    "post": (0, 0.14, 0.50, 0.58, 0.78, 0.84, 0.04, 0.72, 0.95, 0.45, 0.40, 0.12,
+             0.85, 0.95, 0.38, 0.12, 0.95),
 }
+# Share of subjects with each anatomical change (each drawn independently).
+P_ATROPHY = 0.3          # ventricles dilated 1-6 mm, sulci widened 0-2 mm
+P_LESIONS = 0.2          # 1-20 small lesions (1.5-6 mm), 60 % of them periventricular
+P_MASS = 0.12            # one tumour-like mass (8-30 mm) with rim, optional necrosis, oedema
+P_SKULL_STRIPPED = 0.08  # everything outside the intracranial volume set to 0
+P_VESSELS = 0.5          # vessel network (always in "post")
 
 
 def template_dir() -> Path:
-    """Folder of nilearn's bundled MNI152 files (found without importing nilearn: slow)."""
+    """Folder of nilearn's bundled MNI152 files (found without importing nilearn: slow), or the
+    folder named by the environment variable MOTIONSSIM_TEMPLATE_DIR (a machine without nilearn,
+    such as the GPU campaign's, carries the three files)."""
+    env = os.environ.get("MOTIONSSIM_TEMPLATE_DIR")
+    if env:
+        folder = Path(env)
+        for name in TEMPLATE_FILES.values():
+            if not (folder / name).is_file():
+                raise MotionSSIMError(f"{folder / name}: MNI152 template file missing "
+                                      "(MOTIONSSIM_TEMPLATE_DIR)")
+        return folder
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise MotionSSIMError("nilearn is not installed: it provides the MNI152 template that "
@@ -109,6 +144,9 @@ class TissueModel:
     shell_extra: np.ndarray              # (m,) uint8 eye / orbital fat / air sinus override
     centre: np.ndarray                   # RAS mm, centre of the head's bounding box
     extent: np.ndarray                   # mm, size of the head's bounding box along R, A, S
+    brain_vent_dist: np.ndarray          # (n,) float32 mm from the ventricles (clipped at 40)
+    brain_csf_dist: np.ndarray           # (n,) float32 mm from any CSF (fraction > 0.5)
+    brain_depth: np.ndarray              # (n,) float32 mm from the intracranial surface
 
     @property
     def n_voxels(self) -> int:
@@ -188,6 +226,7 @@ def load_tissue_model() -> TissueModel:
     t1v = maps["t1"].ravel()[idx]
     wm_vox = w > 0.5
     bright = t1v > np.median(t1v[wm_vox])
+    vent_dist, csf_dist, depth_b = _brain_distances(icv, box, idx, frac[0])
 
     # Lower head: neck (elliptic cylinder, cord at its back) and face (ellipsoid).
     zc = np.arange(shape[0])[:, None, None] + origin[2]
@@ -221,7 +260,32 @@ def load_tissue_model() -> TissueModel:
         shell_index=sidx, shell_dist=dist_out.ravel()[sidx],
         shell_depth=depth.ravel()[sidx], shell_extra=extra.ravel()[sidx],
         centre=(lo + hi) / 2, extent=hi - lo + 1,
+        brain_vent_dist=vent_dist, brain_csf_dist=csf_dist, brain_depth=depth_b,
     )
+
+
+def _brain_distances(icv: np.ndarray, box: tuple[slice, ...], idx: np.ndarray,
+                     csf_frac: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per intracranial voxel: mm to the ventricles, to any CSF, and to the brain surface.
+
+    Ventricles: the large connected CSF regions (fraction > 0.5) deeper than 12 mm: the
+    template's two lateral ventricles (~43 ml). Computed on the brain's box.
+    """
+    icv_b = icv[box]
+    csf = np.zeros(icv.size, bool)
+    csf[idx[csf_frac > 0.5]] = True
+    csf_b = csf.reshape(icv.shape)[box]
+    depth = ndi.distance_transform_edt(icv_b).astype(np.float32)
+    lab, n = ndi.label(csf_b & (depth > 12))
+    sizes = ndi.sum(np.ones_like(lab), lab, np.arange(1, n + 1)) if n else np.zeros(0)
+    keep = np.flatnonzero(sizes > 5000) + 1   # the two lateral ventricles, not sulcal CSF
+    vent = np.isin(lab, keep)
+    vd = np.minimum(ndi.distance_transform_edt(~vent), _DIST_MAX).astype(np.float32)
+    cd = np.minimum(ndi.distance_transform_edt(~csf_b), _DIST_MAX).astype(np.float32)
+    # Flat model index -> position inside the box.
+    k, j, i = np.unravel_index(idx, icv.shape)
+    loc = (k - box[0].start, j - box[1].start, i - box[2].start)
+    return vd[loc], cd[loc], depth[loc]
 
 
 # --------------------------------------------------------------------------- random draws
@@ -252,26 +316,45 @@ def _contrast(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarr
         variant = kind
         if kind == "dwi":
             variant = "dwi_b0" if rng.random() < 0.4 else "dwi_trace"
+        elif kind == "inverted":
+            variant = str(rng.choice(("t1", "t2", "pd", "flair")))
         info["variant"] = variant
         means = np.array(_MEANS[variant], float) * rng.uniform(0.9, 1.1, len(CLASSES))
-        if kind in ("t2", "pd", "flair") and rng.random() < 0.25:   # fat suppression
+        if variant in ("t2", "pd", "flair", "post") and rng.random() < 0.25:   # fat saturation
             means[C["fat"]] *= 0.15
             means[C["marrow"]] *= 0.3
             info["fat_suppressed"] = True
-        if kind == "t1" and rng.random() < 0.2:   # inversion-recovery T1 (MPRAGE): darker CSF
+        if variant in ("t1", "post") and rng.random() < 0.2:   # MPRAGE-like: darker CSF
             means[C["csf"]] *= 0.4
             means[C["eye"]] *= 0.4
+        if kind == "inverted":   # tissue intensities flipped; air stays dark
+            means = np.clip(means.max() - means, 0.0, None) + 0.02
     means[C["background"]] = 0.0
-    std = np.concatenate([[0.0], rng.uniform(0.01, 0.06, 5), rng.uniform(0.03, 0.15, 6)])
+    std = np.concatenate([[0.0], rng.uniform(0.01, 0.06, 5), rng.uniform(0.03, 0.15, 6),
+                          rng.uniform(0.02, 0.10, 5)])
     return means.astype(np.float32), std.astype(np.float32), info
 
 
-def _acquisition(rng: np.random.Generator, kind: str, model: TissueModel) -> dict:
-    """Plane, voxel size, slice profile, matrix and field of view of one random scan."""
-    if kind == "dwi":
+MATRIX_RANGE = (64, 512)        # output in-plane matrix (per side)
+INPLANE_RANGE = (0.4, 3.0)      # acquired in-plane voxel size, mm (EPI up to 3.2)
+_MAX_3D_MATRIX = 384            # 3D scans: more slices, so a smaller cap keeps them fast
+
+
+def _acquisition(rng: np.random.Generator, kind: str, model: TissueModel,
+                 options: dict | None = None) -> dict:
+    """Plane, voxel size, slice profile, matrix, field of view and reconstruction of one scan.
+
+    In-plane: an acquired matrix (64-512) over the field of view, then either a direct
+    reconstruction (the image sampled on that grid) or a k-space one: the object is sampled on
+    a finer grid, its k-space truncated to the acquired matrix (phase side sometimes at 60-100 %
+    resolution, optional Tukey filter) and zero-filled to the output matrix (1-2x the acquired
+    one), as scanners do; sharp cut-offs ring (Gibbs).
+    """
+    epi = kind in ("dwi", "epi")
+    if epi:
         mode = "2d"
     else:
-        p3d = 0.5 if kind == "t1" else 0.2
+        p3d = 0.5 if kind in ("t1", "post") else 0.2
         u = rng.random()
         mode = "3d" if u < p3d else ("mild" if u < p3d + 0.1 else "2d")
     plane = str(rng.choice(("axial", "coronal", "sagittal"), p=(0.5, 0.25, 0.25)))
@@ -279,22 +362,59 @@ def _acquisition(rng: np.random.Generator, kind: str, model: TissueModel) -> dic
     inplane = {"axial": [0, 1], "coronal": [0, 2], "sagittal": [1, 2]}[plane]
     if rng.random() < 0.2:
         inplane = inplane[::-1]          # transposed in-plane axes
-    fov = rng.uniform(180, 260)
+    partial = rng.random() < 0.15        # field of view smaller than the head: cropped
+    fov = rng.uniform(120, 175) if partial else rng.uniform(180, 260)
     fovs = [fov, fov * (rng.uniform(0.75, 1.0) if rng.random() < 0.3 else 1.0)]
     if rng.random() < 0.5:
         fovs = fovs[::-1]
+    u_sp = rng.random()
     if kind == "dwi":
-        matrix = int(rng.integers(80, 150))
-        sp = float(np.clip(fov / matrix, 1.5, 2.8))
-        thick = rng.uniform(3.0, 5.5)
+        sp_acq = 1.2 + 1.8 * u_sp
+        thick = rng.uniform(2.0, 5.5)
+    elif kind == "epi":
+        sp_acq = 1.8 + 1.4 * u_sp
+        thick = rng.uniform(2.5, 4.5)
     elif mode == "3d":
-        sp = rng.uniform(0.8, 1.3)
-        thick = sp * rng.uniform(0.9, 1.1)
+        sp_acq = 0.7 + 0.6 * u_sp
+        thick = sp_acq * rng.uniform(0.9, 1.1)
     else:
-        matrix = int(rng.integers(160, 321))
-        sp = float(np.clip(fov / matrix, 0.5, 1.3))
+        # Mostly clinical 0.4-1.5 mm (log-uniform), some fast low-resolution 1.5-3 mm scans.
+        sp_acq = (math.exp(math.log(0.4) + math.log(1.5 / 0.4) * u_sp) if rng.random() < 0.85
+                  else 1.5 + 1.5 * u_sp)
         thick = rng.uniform(1.5, 3.0) if mode == "mild" else rng.uniform(3.0, 6.0)
-    size = [max(32, int(round(f / sp))) for f in fovs]
+    cap = _MAX_3D_MATRIX if mode == "3d" else MATRIX_RANGE[1]
+    kspace = rng.random() < (0.8 if epi else 0.6)
+    zf = 1.0 if rng.random() < 0.5 else rng.uniform(1.0, 2.0)
+    phase_axis = int(rng.integers(0, 2))
+    pf = rng.uniform(0.6, 1.0) if rng.random() < 0.5 else 1.0
+    window = 0.0 if rng.random() < 0.4 else rng.uniform(0.05, 0.5)
+    opt = options or {}
+    sp_acq = float(opt.get("spacing", sp_acq))
+    kspace = opt.get("recon", "kspace" if kspace else "direct") == "kspace"
+    zf = float(opt.get("zero_fill", zf))
+    pf = float(opt.get("phase_fraction", pf))
+    window = float(opt.get("window", window))
+    if not kspace:
+        zf, pf, window = 1.0, 1.0, 0.0
+    # Readout side fixes the pixel; the other side gets the same (square) pixel.
+    n_acq0 = int(np.clip(round(fovs[0] / sp_acq), MATRIX_RANGE[0], cap))
+    n_out0 = int(np.clip(round(n_acq0 * zf), n_acq0, cap))
+    sp = fovs[0] / n_out0
+    n_out1 = int(np.clip(round(fovs[1] / sp), MATRIX_RANGE[0], cap))
+    n_out = [n_out0, n_out1]
+    ratio = n_out0 / n_acq0
+    n_acq = [n_acq0, max(8, min(n_out1, int(round(n_out1 / ratio))))]
+    if kspace:
+        # Coarse acquisitions (>= 1.2 mm) are sampled up to 2x finer (not below 0.6 mm: the
+        # template has no finer detail), so that k-space holds more than the acquired
+        # frequencies and truncation rings at the template's edges. Finer ones ring little
+        # anyway: they are sampled at the acquired pixel (speed).
+        sp_a = sp * ratio
+        fine = max(0.6, sp_a / 2.0) if sp_a >= 1.2 else sp_a
+        n_sample = [int(min(cap, max(n_acq[a], round(n_out[a] * sp / fine)))) for a in (0, 1)]
+    else:
+        n_sample = list(n_out)
+    sp_sample = [n_out[a] * sp / n_sample[a] for a in (0, 1)]
     gap = 1.0 if mode == "3d" else rng.uniform(1.0, 1.25)   # slice spacing / thickness
     sk = thick * gap
     head_n = float(model.extent[normal])
@@ -308,13 +428,16 @@ def _acquisition(rng: np.random.Generator, kind: str, model: TissueModel) -> dic
     if rng.random() < 0.5:
         oblique = rng.uniform(0, 12)
         d = _rotation_about(rng, oblique) @ d
-    spacing = (sp, sp, sk)
     shift = np.zeros(3)
-    shift[inplane] = rng.uniform(-15, 15, 2)
+    shift[inplane] = rng.uniform(-30, 30, 2) if partial else rng.uniform(-15, 15, 2)
     shift[normal] = rng.uniform(-1, 1) * max(0.0, (head_n - nk * sk) / 2) + rng.uniform(-10, 10)
-    return {"mode": mode, "plane": plane, "spacing": spacing, "thickness": thick,
-            "size": (size[0], size[1], nk), "directions": d, "shift": shift,
-            "oblique_deg": oblique}
+    recon = {"method": "kspace" if kspace else "direct", "acquired": n_acq,
+             "sample": n_sample, "sample_spacing": sp_sample, "phase_axis": phase_axis,
+             "phase_fraction": float(pf), "window": float(window), "zero_fill": float(ratio),
+             "acquired_spacing": float(sp * ratio)}
+    return {"mode": mode, "plane": plane, "spacing": (sp, sp, sk), "thickness": thick,
+            "size": (n_out[0], n_out[1], nk), "directions": d, "shift": shift,
+            "oblique_deg": oblique, "partial_fov": bool(partial), "recon": recon}
 
 
 def _rotation_about(rng: np.random.Generator, deg: float) -> np.ndarray:
@@ -333,9 +456,62 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], step: i
     return F.interpolate(x, size=shape, mode="trilinear", align_corners=True)
 
 
+def _draw_anatomy(rng: np.random.Generator, kind: str, options: dict) -> dict:
+    """Which anatomical changes one subject gets (see P_* above); options override draws."""
+    u = rng.random(5)
+    vent, sulc = rng.uniform(1.0, 6.0), rng.uniform(0.0, 2.0)
+    n_les = int(rng.integers(1, 21))
+    anat = {
+        "ventricle_mm": float(vent) if u[0] < P_ATROPHY else 0.0,
+        "sulcal_mm": float(sulc) if u[0] < P_ATROPHY else 0.0,
+        "lesions": n_les if u[1] < P_LESIONS else 0,
+        "mass": bool(u[2] < P_MASS),
+        "skull_stripped": bool(u[3] < P_SKULL_STRIPPED),
+        "vessels": bool(kind == "post" or u[4] < P_VESSELS),
+    }
+    for key in anat:
+        if key in options:
+            anat[key] = type(anat[key])(options[key])
+    return anat
+
+
+def _paint(img3: np.ndarray, icv3: np.ndarray, centre: np.ndarray, radii: np.ndarray,
+           rot: np.ndarray, shells: list[tuple[float, float]], tex_std: float,
+           fine: np.ndarray, rng: np.random.Generator) -> None:
+    """Paint nested ellipsoids (voxel units, [z, y, x]) into img3, inside the brain only.
+
+    shells: (normalised radius, intensity) from the outermost in; each replaces what lies
+    inside it, with a ~1 mm soft edge and an irregular, smoothly varying boundary; texture
+    1 + tex_std * fine (fine: the subject's flat texture noise).
+    """
+    reach = float(radii.max() * max(r for r, _ in shells) * 1.2) + 2
+    lo = np.maximum(np.floor(centre - reach).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + reach).astype(int) + 1, img3.shape)
+    if np.any(hi <= lo):
+        return
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    z, y, x = np.meshgrid(*(np.arange(a, b) - c for a, b, c in zip(lo, hi, centre)),
+                          indexing="ij")
+    p = np.stack([z, y, x], -1) @ rot                     # into the ellipsoid's own axes
+    rr = np.sqrt(((p / radii) ** 2).sum(-1))              # 1 on the ellipsoid surface
+    bumps = ndi.zoom(rng.standard_normal((4, 4, 4)), np.array(rr.shape) / 4.0, order=1,
+                     mode="nearest", grid_mode=True)[: rr.shape[0], : rr.shape[1], : rr.shape[2]]
+    rr = rr * (1.0 + 0.08 * bumps)
+    mm_per_unit = float(radii.mean())
+    inside = icv3[box]
+    tex = 1.0 + tex_std * fine.reshape(img3.shape)[box]
+    for radius, intensity in shells:
+        alpha = np.clip((radius - rr) * mm_per_unit + 0.5, 0.0, 1.0) * inside
+        img3[box] = img3[box] * (1 - alpha) + intensity * tex * alpha
+
+
 def _tissue_image(rng: np.random.Generator, model: TissueModel, means: np.ndarray,
-                  std: np.ndarray) -> tuple[torch.Tensor, dict]:
-    """Clean intensity image of the head on the model grid, (1, 1, nz, ny, nx) float32."""
+                  std: np.ndarray, anat: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """Clean intensity image of the head on the model grid, (1, 1, nz, ny, nx) float32, or
+    (1, 2, ...) with the intracranial mask as channel 2 when the subject is skull-stripped."""
+    anat = anat or {"ventricle_mm": 0.0, "sulcal_mm": 0.0, "lesions": 0, "mass": False,
+                    "skull_stripped": False, "vessels": False}
+    drawn: dict = {}
     fine = _smooth_noise(rng, model.shape, 2).view(-1).numpy()      # intra-tissue texture
     coarse = _smooth_noise(rng, model.shape, 12).view(-1).numpy()   # thickness variation
     img = np.zeros(model.n_voxels, np.float32)
@@ -346,17 +522,34 @@ def _tissue_image(rng: np.random.Generator, model: TissueModel, means: np.ndarra
     gm_c = np.where(model.brain_deep_gm, C["gm_deep"], C["gm"])
     wm_c = np.where(model.brain_bright_wm, C["wm_bright"], C["wm"])
     f = model.brain_frac
+    if anat["ventricle_mm"] > 0 or anat["sulcal_mm"] > 0:
+        # Atrophy: CSF spaces grow by a distance (ventricles more than sulci), soft 1 mm edge.
+        w = np.maximum(np.clip(anat["ventricle_mm"] - model.brain_vent_dist + 0.5, 0, 1),
+                       np.clip(anat["sulcal_mm"] - model.brain_csf_dist + 0.5, 0, 1)
+                       * (anat["sulcal_mm"] > 0))
+        f = f * (1 - w)
+        f[0] += w
     img[bi] = (f[0] * means[C["csf"]] * (1 + std[C["csf"]] * n)
                + f[1] * means[gm_c] * (1 + std[gm_c] * n)
                + f[2] * means[wm_c] * (1 + std[wm_c] * n))
+    if anat["vessels"]:
+        # Curvilinear vessels: where two independent smooth fields are both near zero.
+        v1 = _smooth_noise(rng, model.shape, 10).view(-1).numpy()[bi]
+        v2 = _smooth_noise(rng, model.shape, 10).view(-1).numpy()[bi]
+        width = rng.uniform(0.08, 0.16)
+        tube = np.clip(1.5 - np.maximum(np.abs(v1), np.abs(v2)) / width, 0, 1)
+        tube *= np.where(f[0] > 0.3, 1.0, 0.5)   # mostly in the sulci, some deep
+        img[bi] = img[bi] * (1 - tube) + means[C["vessel"]] * tube
+        drawn["vessel_width"] = round(float(width), 3)
 
     # Head: layers by distance from the intracranial volume, thickness varying smoothly.
-    thick = {"csf": rng.uniform(0.5, 3.0), "table_in": rng.uniform(1.0, 2.5),
-             "diploe": rng.uniform(1.0, 5.0), "table_out": rng.uniform(1.0, 2.5),
-             "fat": rng.uniform(2.0, 7.0), "skin": rng.uniform(1.5, 4.0)}
+    thick = {"csf": rng.uniform(0.5, 3.0), "dura": rng.uniform(0.5, 1.5),
+             "table_in": rng.uniform(1.0, 2.5), "diploe": rng.uniform(1.0, 5.0),
+             "table_out": rng.uniform(1.0, 2.5), "fat": rng.uniform(2.0, 7.0),
+             "skin": rng.uniform(1.5, 4.0)}
     edges = np.cumsum(list(thick.values()))
-    layers = np.array([C["csf"], C["skull"], C["marrow"], C["skull"], C["fat"], C["skin"],
-                       C["background"]], np.int64)
+    layers = np.array([C["csf"], C["dura"], C["skull"], C["marrow"], C["skull"], C["fat"],
+                       C["skin"], C["background"]], np.int64)
     si = model.shell_index
     d = model.shell_dist + coarse[si] * rng.uniform(0.5, 3.0)
     lab = layers[np.searchsorted(edges, d, side="right")]
@@ -371,9 +564,56 @@ def _tissue_image(rng: np.random.Generator, model: TissueModel, means: np.ndarra
     lab[ex == _EXTRA_EYE] = C["eye"]
     lab[ex == _EXTRA_AIR] = C["background"]
     img[si] = means[lab] * (1 + std[lab] * fine[si])
+
+    if anat["lesions"] or anat["mass"]:
+        img3 = img.reshape(model.shape)
+        icv3 = np.zeros(model.n_voxels, np.float32)
+        icv3[bi] = 1.0
+        icv3 = icv3.reshape(model.shape)
+        zyx = np.stack(np.unravel_index(bi, model.shape), -1)
+        lesions = []
+        if anat["lesions"]:
+            # White-matter lesions, 60 % of them next to the ventricles (MS-like).
+            wm = np.flatnonzero(f[2] > 0.6)
+            peri = wm[model.brain_vent_dist[wm] < 12]
+            for _ in range(int(anat["lesions"])):
+                pool = peri if (rng.random() < 0.6 and peri.size) else wm
+                c = zyx[pool[rng.integers(0, pool.size)]].astype(float)
+                r = rng.uniform(1.5, 6.0) * rng.uniform(0.6, 1.0, 3)
+                lev = means[C["lesion"]] * rng.uniform(0.85, 1.15)
+                _paint(img3, icv3, c, r, _euler(rng, 90.0), [(1.0, lev)], float(std[C["lesion"]]),
+                       fine, rng)
+                lesions.append(round(float(r.max()), 1))
+            drawn["lesion_radii_mm"] = lesions
+        if anat["mass"]:
+            # Tumour-like mass: oedema halo, enhancing rim, necrotic or solid core.
+            cand = np.flatnonzero((model.brain_depth > 15) & (model.brain_vent_dist > 3))
+            c = zyx[cand[rng.integers(0, cand.size)]].astype(float)
+            radius = rng.uniform(8.0, 30.0)
+            r = radius * rng.uniform(0.7, 1.0, 3)
+            rim_mm = rng.uniform(1.5, 4.0)
+            halo = rng.uniform(1.2, 2.0) if rng.random() < 0.6 else 0.0
+            necrotic = rng.random() < 0.6
+            shells = []
+            if halo:
+                shells.append((halo, means[C["lesion"]] * rng.uniform(0.9, 1.1)))
+            solid = means[C["rim"]] if necrotic else means[C["lesion"]] * rng.uniform(0.7, 1.3)
+            shells.append((1.0, solid))
+            if necrotic:
+                shells.append((max(0.2, 1.0 - rim_mm / radius), means[C["necrosis"]]))
+            _paint(img3, icv3, c, r, _euler(rng, 90.0), shells, float(std[C["rim"]]), fine, rng)
+            drawn["mass"] = {"radius_mm": round(float(radius), 1),
+                             "centre_vox": [int(v) for v in c], "oedema": round(halo, 2),
+                             "necrotic": bool(necrotic), "rim_mm": round(float(rim_mm), 1)}
     np.maximum(img, 0, out=img)
-    return torch.from_numpy(img).view(1, 1, *model.shape), {k: round(float(v), 2)
-                                                            for k, v in thick.items()}
+    out = torch.from_numpy(img).view(1, 1, *model.shape)
+    if anat["skull_stripped"]:
+        mask = np.zeros(model.n_voxels, np.float32)
+        mask[bi] = 1.0
+        img[si] = 0.0
+        out = torch.cat([out, torch.from_numpy(mask).view(1, 1, *model.shape)], dim=1)
+    drawn["layers_mm"] = {k: round(float(v), 2) for k, v in thick.items()}
+    return out, drawn
 
 
 def _sample(model: TissueModel, img: torch.Tensor, origin: np.ndarray, axes: np.ndarray,
@@ -408,20 +648,92 @@ def _sample(model: TissueModel, img: torch.Tensor, origin: np.ndarray, axes: np.
                          align_corners=True)
     grid = grid.permute(0, 2, 3, 4, 1)
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=True)[0, 0]
+                         align_corners=True)[0]
+
+
+OPTION_KEYS = ("ventricle_mm", "sulcal_mm", "lesions", "mass", "skull_stripped", "vessels",
+               "recon", "spacing", "zero_fill", "phase_fraction", "window", "snr", "bias_sd")
+
+
+def _tukey(n: int, alpha: float) -> torch.Tensor:
+    """Weights of n centred k-space lines (DC at n // 2): 1, cosine roll-off over the outer
+    share alpha."""
+    r = (torch.arange(n, dtype=torch.float64) - n // 2).abs() / (n / 2.0)
+    if alpha <= 0:
+        return torch.ones(n, dtype=torch.float64)
+    start = 1.0 - alpha
+    taper = 0.5 * (1.0 + torch.cos(math.pi * (r - start) / alpha))
+    return torch.where(r <= start, torch.ones_like(r), taper.clamp(min=0.0))
+
+
+def _kspace_recon(img: torch.Tensor, rec: dict, n_out: tuple[int, int], sigma: float,
+                  rng: np.random.Generator) -> torch.Tensor:
+    """Zero-filled k-space reconstruction of slices sampled on a fine grid.
+
+    img: (K, Mj, Mi) float32, the object (times bias) on the sampling grid. The central
+    acquired lines of its spectrum are kept (the phase side at rec["phase_fraction"]), complex
+    Gaussian noise is added to them (image-domain sd sigma per channel), a Tukey filter
+    (rec["window"]) applied, and the result zero-filled to n_out = (Nj, Ni) and transformed
+    back; the magnitude is returned, (K, Nj, Ni). A smooth random phase makes the image
+    complex as on a scanner. DC sits at index M // 2 (fftshift), so pixel M // 2 of the
+    sampling grid and pixel N // 2 of the output are the same point.
+    """
+    k, mj, mi = img.shape
+    keep = [int(rec["acquired"][0]), int(rec["acquired"][1])]        # i, j
+    ax = int(rec["phase_axis"])
+    keep[ax] = max(8, int(round(keep[ax] * rec["phase_fraction"])))
+    ki, kj = keep
+    ni, nj = n_out[1], n_out[0]
+    yy = torch.linspace(-1, 1, mj)[:, None]
+    xx = torch.linspace(-1, 1, mi)[None]
+    c = rng.uniform(-1, 1, 5) * rng.uniform(0, math.pi)
+    phi = c[0] * xx + c[1] * yy + c[2] * xx * xx + c[3] * yy * yy + c[4] * xx * yy
+    x = img.to(torch.complex64) * torch.polar(torch.ones_like(phi), phi)
+    spec = torch.fft.fftshift(torch.fft.fft2(x, norm="forward"), dim=(-2, -1))
+    j0, i0 = mj // 2 - kj // 2, mi // 2 - ki // 2
+    data = spec[:, j0: j0 + kj, i0: i0 + ki]
+    wj, wi = _tukey(kj, rec["window"]), _tukey(ki, rec["window"])
+    if sigma > 0:
+        # Noise sd per kept sample such that the image noise is sigma (per channel).
+        s = sigma / math.sqrt(float((wj ** 2).sum() * (wi ** 2).sum()))
+        noise = torch.from_numpy(rng.standard_normal((2, k, kj, ki), dtype=np.float32))
+        data = data + s * torch.complex(noise[0], noise[1])
+    data = data * (wj[:, None] * wi[None]).to(torch.float32)
+    full = torch.zeros((k, nj, ni), dtype=torch.complex64)
+    a0, b0 = nj // 2 - kj // 2, ni // 2 - ki // 2
+    full[:, a0: a0 + kj, b0: b0 + ki] = data
+    return torch.fft.ifft2(torch.fft.ifftshift(full, dim=(-2, -1)), norm="forward").abs()
+
+
+def _to_output_grid(mask: np.ndarray, m: tuple[int, int], n: tuple[int, int],
+                    ratio: tuple[float, float]) -> np.ndarray:
+    """Nearest sample of a (K, Mj, Mi) sampling-grid array on the (K, Nj, Ni) output grid
+    (both centred on pixel // 2; ratio = output pixel / sampling pixel, per axis j, i)."""
+    idx = []
+    for a in (0, 1):
+        pos = m[a] // 2 + (np.arange(n[a]) - n[a] // 2) * ratio[a]
+        idx.append(np.clip(np.rint(pos).astype(int), 0, m[a] - 1))
+    return mask[:, idx[0][:, None], idx[1][None, :]]
 
 
 def synth_subject_info(rng: np.random.Generator, kind: str = "random", isotropic: bool = False,
-                       deform: bool = True) -> tuple[Volume, dict]:
+                       deform: bool = True, options: dict | None = None,
+                       ) -> tuple[Volume, dict]:
     """One synthetic subject and a JSON-able record of what was drawn (see synth_subject)."""
     if kind not in ("random", *KINDS):
         raise ValueError(f"kind must be 'random' or one of {KINDS}, not {kind!r}")
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"unknown synth option(s) {unknown}; known: {OPTION_KEYS}")
     model = load_tissue_model()
     if kind == "random":
         kind = str(rng.choice(KINDS, p=KIND_PROBS))
     means, std, info = _contrast(rng, kind)
-    img, layers = _tissue_image(rng, model, means, std)
-    info["scalp_layers_mm"] = layers
+    anat = _draw_anatomy(rng, kind, options)
+    img, drawn = _tissue_image(rng, model, means, std, anat)
+    info["scalp_layers_mm"] = drawn.pop("layers_mm")
+    info["anatomy"] = {**anat, **drawn}
 
     # Random spatial transform: world = A (p - c) + c + t, plus a smooth displacement.
     centre = model.centre
@@ -447,53 +759,93 @@ def synth_subject_info(rng: np.random.Generator, kind: str = "random", isotropic
     disp_box = (head_world - half, 2 * half)
 
     if isotropic:
+        n_iso = tuple(model.shape[::-1])
         acq = {"mode": "isotropic", "plane": "axial", "spacing": (1.0, 1.0, 1.0),
-               "thickness": 1.0, "size": tuple(model.shape[::-1]), "directions": np.eye(3),
-               "shift": None, "oblique_deg": 0.0}
-        origin = model.origin.copy()
+               "thickness": 1.0, "size": n_iso, "directions": np.eye(3),
+               "shift": np.zeros(3), "oblique_deg": 0.0, "partial_fov": False,
+               "recon": {"method": "direct", "acquired": list(n_iso[:2]),
+                         "sample": list(n_iso[:2]), "sample_spacing": [1.0, 1.0],
+                         "zero_fill": 1.0}}
     else:
-        acq = _acquisition(rng, kind, model)
-        sp = np.array(acq["spacing"])
-        extent = (np.array(acq["size"]) - 1) * sp
-        origin = head_world + acq["shift"] - acq["directions"] @ (extent / 2)
+        acq = _acquisition(rng, kind, model, options)
+    rec = acq["recon"]
     d = np.asarray(acq["directions"], float)
     sp = np.asarray(acq["spacing"], float)
     ni, nj, nk = acq["size"]
+    mi, mj = rec["sample"]
+    sps = np.array([rec["sample_spacing"][0], rec["sample_spacing"][1], sp[2]])
+    if isotropic:
+        origin = origin_s = model.origin.copy()
+    else:
+        c_world = head_world + acq["shift"]
+        half_k = (nk - 1) / 2.0 * sp[2]
+        origin = c_world - d @ np.array([ni // 2 * sp[0], nj // 2 * sp[1], half_k])
+        origin_s = c_world - d @ np.array([mi // 2 * sps[0], mj // 2 * sps[1], half_k])
+        if kind in ("dwi", "epi"):
+            # EPI distortion: a smooth shift along the phase-encoding axis (model space).
+            e = d[:, int(rec.get("phase_axis", 0))]
+            amp_e = rng.uniform(1.0, 5.0)
+            field = ndi.zoom(rng.standard_normal((5, 5, 5)), 24 / 5, order=3, mode="nearest",
+                             grid_mode=False) * amp_e
+            epi_disp = torch.from_numpy((field[None] * (lin @ e)[:, None, None, None])
+                                        .astype(np.float32))[None]
+            disp = epi_disp if disp is None else disp + epi_disp
+            info["epi_distortion_mm"] = round(float(amp_e), 2)
     thick = float(acq["thickness"])
     nsub = 1 if acq["mode"] in ("3d", "isotropic") else int(math.ceil(thick / 1.5))
     # Box slice profile: nsub sub-slices spread over the slice thickness, averaged below.
     sub = ((np.arange(nsub) + 0.5) / nsub - 0.5) * thick if nsub > 1 else np.zeros(1)
-    kpos = (np.arange(nk)[:, None] + sub[None] / sp[2]).ravel()   # in slice steps
+    kpos = np.arange(nk)[:, None] + sub[None] / sp[2]   # (nk, nsub) in slice steps
 
-    # Low-resolution EPI: sample a 2 mm average-pooled image (anti-aliasing, blur).
-    src_step = 2 if min(sp[0], sp[1]) >= 1.5 else 1
+    # Coarse sampling grids: sample a 2 mm average-pooled image (anti-aliasing, blur).
+    src_step = 2 if min(sps[0], sps[1]) >= 1.5 else 1
     src = F.avg_pool3d(img, 2) if src_step == 2 else img
-    out = _sample(model, src, origin, d * sp[None, :], kpos, ni, nj, lin, centre, disp,
-                  disp_box, src_step)
+    # Slices in chunks of ~6 M sample points: bounded memory for 512 x 512 matrices.
+    per = max(1, int(6e6 // (nsub * mi * mj)))
+    chunks = []
+    for k0 in range(0, nk, per):
+        kp = kpos[k0: k0 + per].ravel()
+        part = _sample(model, src, origin_s, d * sps[None, :], kp, mi, mj, lin, centre, disp,
+                       disp_box, src_step)
+        chunks.append(part.view(part.shape[0], -1, nsub, mj, mi).mean(2))
     del img, src
-    out = out.view(nk, nsub, nj, ni).mean(1)
+    sampled = torch.cat(chunks, dim=1)                  # (channels, nk, mj, mi)
+    out = sampled[0]
+    brain_mask = sampled[1].numpy() > 0.5 if sampled.shape[0] > 1 else None
 
-    # In-plane partial-volume / reconstruction blur.
-    pv = float(rng.uniform(0.0, 0.7)) if rng.random() < 0.6 else 0.0
-    arr = out.numpy()
-    if pv > 0:
-        arr = ndi.gaussian_filter(arr, (0, pv, pv), mode="constant", truncate=3.0)
     # Smooth multiplicative bias field over the scan's field of view.
-    bias_sd = rng.uniform(0.0, 0.35)
+    bias_sd = float(options.get("bias_sd", rng.uniform(0.0, 0.35)))
     b = torch.from_numpy(rng.standard_normal((4, 4, 4), dtype=np.float32) * bias_sd)
-    bias = F.interpolate(b[None, None], size=(nk, nj, ni), mode="trilinear",
-                         align_corners=True)[0, 0].exp_().numpy()
-    arr = arr * bias
-    # Rician noise: magnitude of a complex signal with Gaussian noise on both channels.
-    head = arr > 0.05 * float(arr.max())
-    ref = float(np.mean(arr[head])) if head.any() else 1.0
-    snr = float(np.exp(rng.uniform(math.log(6), math.log(30)) if kind == "dwi"
+    bias = F.interpolate(b[None, None], size=(nk, mj, mi), mode="trilinear",
+                         align_corners=True)[0, 0].exp_()
+    out = out * bias
+    head = (out > 0.05 * float(out.max())).numpy()
+    ref = float(out.numpy()[head].mean()) if head.any() else 1.0
+    snr = float(np.exp(rng.uniform(math.log(6), math.log(30)) if kind in ("dwi", "epi")
                        else rng.uniform(math.log(6), math.log(80))))
-    sigma = ref / snr
-    real = arr + sigma * rng.standard_normal(arr.shape, dtype=np.float32)
-    imag = sigma * rng.standard_normal(arr.shape, dtype=np.float32)
-    arr = np.sqrt(real * real + imag * imag)
+    snr = float(options.get("snr", snr))
+    sigma = ref / snr if math.isfinite(snr) and snr > 0 else 0.0
+    pv = 0.0
+    if rec["method"] == "kspace":
+        # Noise enters in k-space: zero-filling then correlates it, as on scanners.
+        arr = _kspace_recon(out, rec, (nj, ni), sigma, rng).numpy()
+        ratio = (sp[1] / sps[1], sp[0] / sps[0])
+        head = _to_output_grid(head, (mj, mi), (nj, ni), ratio)
+        if brain_mask is not None:
+            brain_mask = _to_output_grid(brain_mask, (mj, mi), (nj, ni), ratio)
+    else:
+        # In-plane partial-volume / reconstruction blur, then Rician noise.
+        pv = float(rng.uniform(0.0, 0.7)) if rng.random() < 0.6 else 0.0
+        arr = out.numpy()
+        if pv > 0:
+            arr = ndi.gaussian_filter(arr, (0, pv, pv), mode="constant", truncate=3.0)
+        real = arr + sigma * rng.standard_normal(arr.shape, dtype=np.float32)
+        imag = sigma * rng.standard_normal(arr.shape, dtype=np.float32)
+        arr = np.sqrt(real * real + imag * imag)
     extras = []
+    if brain_mask is not None:   # skull-stripped: the mask is applied after reconstruction
+        arr = arr * brain_mask
+        extras.append("skull_stripped")
     if not isotropic:
         if rng.random() < 0.1:       # some pipelines zero the background outside the head
             mask = ndi.binary_dilation(head, iterations=3)
@@ -509,30 +861,43 @@ def synth_subject_info(rng: np.random.Generator, kind: str = "random", isotropic
                 sl[ax] = slice(n - hi_, n)
                 arr[tuple(sl)] = 0
             extras.append("zero_padded")
-    arr = (arr * rng.uniform(1000, 4000)).astype(np.float32)
+    arr = (np.asarray(arr, np.float32) * rng.uniform(1000, 4000)).astype(np.float32)
     vol = volume(arr, spacing=tuple(float(v) for v in sp), directions=d,
                  origin=tuple(float(v) for v in origin))
+    rec_info = {k: (round(v, 3) if isinstance(v, float) else
+                    [round(x, 3) if isinstance(x, float) else x for x in v]
+                    if isinstance(v, list) else v) for k, v in rec.items()}
     info.update(
         mode=acq["mode"], plane=acq["plane"], spacing=[round(float(v), 3) for v in sp],
         slice_thickness=round(thick, 3), shape_kji=list(arr.shape),
         oblique_deg=round(float(acq["oblique_deg"]), 2), pv_blur=round(pv, 3),
-        bias_sd=round(float(bias_sd), 3), snr=round(snr, 2), extras=extras,
+        bias_sd=round(float(bias_sd), 3), snr=round(snr, 2) if math.isfinite(snr) else None,
+        extras=extras, recon=rec_info, partial_fov=bool(acq["partial_fov"]),
     )
     return vol, info
 
 
 def synth_subject(rng: np.random.Generator, kind: str = "random", isotropic: bool = False,
-                  deform: bool = True) -> Volume:
+                  deform: bool = True, options: dict | None = None) -> Volume:
     """A random synthetic head MR volume.
 
-    kind: "t1", "t2", "pd", "flair", "dwi" (EPI b0 or trace: low resolution, blurry),
-    "generic" (every tissue intensity random) or "random" (any of these).
+    kind: "t1", "t2", "pd", "flair", "dwi" (EPI b0 or trace), "epi" (gradient-echo EPI),
+    "post" (post-contrast T1: enhancing dura, vessels, lesion rims), "inverted" (a named
+    contrast with its tissue intensities flipped), "generic" (every tissue intensity random)
+    or "random" (any of these).
     isotropic: 1 mm isotropic on the model's RAS grid (identity directions, whole head);
-    otherwise a random acquisition: plane, obliquity, voxel size (3D 0.8-1.3 mm or 2D slices
-    of 1.5-6 mm with in-plane 0.5-1.3 mm; DWI 1.5-2.8 mm in-plane), matrix, field of view.
+    otherwise a random acquisition: plane, obliquity, in-plane voxel 0.4-3 mm, matrix
+    64-512, partial fields of view, 2D slices of 1.5-6 mm or 3D, direct or zero-filled
+    k-space reconstruction (Gibbs ringing). Anatomy varies too: atrophy (dilated ventricles,
+    wider sulci), white-matter lesions, a tumour-like mass, skull stripping, vessels.
     deform=False turns off the random affine and warp (the head stays on the template).
+    options: force draws, for tests and special sets: any of OPTION_KEYS, e.g.
+    {"ventricle_mm": 6.0, "lesions": 0, "mass": True, "skull_stripped": False,
+    "vessels": False, "recon": "kspace", "spacing": 2.0, "zero_fill": 2.0,
+    "phase_fraction": 1.0, "window": 0.0, "snr": float("inf"), "bias_sd": 0.0}.
+    The subject is a deterministic function of (rng state, kind, isotropic, deform, options).
     """
-    return synth_subject_info(rng, kind, isotropic, deform)[0]
+    return synth_subject_info(rng, kind, isotropic, deform, options)[0]
 
 
 def resample(vol: Volume, spacing: tuple[float, float, float],
