@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--test", type=int, default=20, help="test subjects (default 20)")
     ap.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
     ap.add_argument("--kind", default="random",
-                    choices=["random", "t1", "t2", "pd", "flair", "dwi", "generic"],
+                    choices=["random", "t1", "t2", "pd", "flair", "dwi", "epi", "post",
+                             "inverted", "generic"],
                     help="contrast of every subject (default: random mix)")
     ap.add_argument("--isotropic", action="store_true",
                     help="1 mm isotropic whole-head volumes instead of random acquisitions")
