@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from pathlib import Path
 
@@ -68,10 +69,14 @@ def add_assess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--true-ssim", metavar="CSV",
                    help="known per-slice SSIM (columns index,true_ssim) drawn beside the "
                         "prediction, for a single input")
+    p.add_argument("--series", metavar="UID",
+                   help="the SeriesInstanceUID to assess in a DICOM folder that holds several "
+                        "series (without it such a folder is refused, listing them)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
     p.add_argument("--debug", action="store_true",
-                   help="show the traceback of an internal error instead of one line")
+                   help="show the traceback of an internal error instead of one line, and "
+                        "what the image libraries printed while reading")
 
 
 def run_assess(args: argparse.Namespace) -> int:
@@ -82,6 +87,8 @@ def run_assess(args: argparse.Namespace) -> int:
     from .io import read_input
     from .report import check_writable, printable, read_true_ssim, report_name, write_report
 
+    if args.debug:  # the image libraries' output, captured by io while reading
+        logging.basicConfig(level=logging.DEBUG, format="debug: %(message)s")
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -103,7 +110,7 @@ def run_assess(args: argparse.Namespace) -> int:
     for raw in bar:
         path = Path(raw)
         try:
-            vol = read_input(path)
+            vol = read_input(path, series=args.series)
             a = assess_volume(vol, model=model, orientation=args.orientation, device=device,
                               batch_size=args.batch_size, thresholds=thresholds,
                               min_foreground=args.min_foreground)
