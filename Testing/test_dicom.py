@@ -238,3 +238,21 @@ def test_header_parser_reads_the_tags(tmp_path):
     assert dicom.read_header(tmp_path / "s" / "IM0000.dcm") is not None
     (tmp_path / "note.txt").write_text("x" * 200)
     assert dicom.read_header(tmp_path / "note.txt") is None
+
+
+def test_cli_refuses_two_series_in_one_line_and_assesses_the_chosen_one(tmp_path):
+    write_series(tmp_path / "f", _head(seed=1), uid="1.2.3.4.9", description="clean")
+    write_series(tmp_path / "f", _head(seed=2), uid="1.2.3.4.10", description="moved",
+                 names=[f"B{k:04d}.dcm" for k in range(20)])
+    base = [sys.executable, "-m", "MotionSSIMLib", "assess", str(tmp_path / "f"), "--out",
+            str(tmp_path / "out"), "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "MotionSSIM")}
+    out = subprocess.run(base, capture_output=True, text=True, encoding="utf-8", env=env,
+                         timeout=300)
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "2 DICOM series" in lines[0] and "--series" in lines[0], lines
+    out = subprocess.run(base + ["--series", "1.2.3.4.10"], capture_output=True, text=True,
+                         encoding="utf-8", env=env, timeout=300)
+    assert out.returncode == 0 and out.stderr.strip() == "", out  # no library chatter
+    assert str(tmp_path / "f") in out.stdout
