@@ -130,13 +130,22 @@ def test_auto_picks_the_plane_of_a_thin_stack(shape_kji, spacing, plane):
             assert "\n" not in str(info.value)
 
 
-def test_cli_refuses_strips_and_assesses_in_plane(scans, tmp_path):
-    proc = run_cli("assess", str(scans / "sag_clean.nii.gz"), "--orientation", "axial",
-                   "--device", "cpu", "--out", str(tmp_path / "out"), cwd=tmp_path)
+def test_cli_refuses_strips_and_blank_volumes_and_flags_blank_slices(scans, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("assess", str(scans / "sag_clean.nii.gz"), str(scans / "all_constant.nii.gz"),
+                   str(scans / "axial_blank2.nii.gz"), "--orientation", "axial",
+                   "--device", "cpu", "--out", str(out), "--no-progress", cwd=tmp_path)
     errors = errors_of(proc)
-    assert proc.returncode == 2 and len(errors) == 1
+    assert proc.returncode == 2 and len(errors) == 2, proc.stderr
     assert "sag_clean.nii.gz" in errors[0] and "strips" in errors[0]
-    assert not list((tmp_path / "out").glob("*.json"))
+    assert "all_constant.nii.gz" in errors[1] and "no assessable slice" in errors[1]
+    # the third input is still assessed: its two constant slices are flagged, not scored
+    assert [p.name for p in out.glob("*_summary.json")] == [
+        f"{report_name(scans / 'axial_blank2.nii.gz')}_summary.json"]
+    with open(next(out.glob("*_slices.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["index"] for r in rows if r["empty"] == "1"] == ["3", "4"]
+    assert ", 2 empty axial slices)" in proc.stdout.decode()
 
 
 # --------------------------------------------------------------------------- point 4: blank
@@ -309,15 +318,19 @@ def test_concurrent_writers_leave_complete_reports(ckpt, tmp_path):
     assert len(list(out.iterdir())) == 3
 
 
-def test_out_is_checked_before_anything_is_assessed(ckpt, scans, tmp_path):
+def test_out_is_checked_before_anything_is_assessed(ckpt, scans, tmp_path, capsys):
     existing = tmp_path / "a_file"
     existing.write_text("x")
-    for out in (existing, existing / "sub"):
-        proc = run_cli("assess", str(scans / "sag_clean.nii.gz"), "--model", str(ckpt),
-                       "--device", "cpu", "--out", str(out), cwd=tmp_path)
-        errors = errors_of(proc)
-        assert proc.returncode == 2 and len(errors) == 1 and str(existing) in errors[0]
-        assert proc.stdout.decode() == ""  # nothing was assessed
+    proc = run_cli("assess", str(scans / "sag_clean.nii.gz"), "--model", str(ckpt),
+                   "--device", "cpu", "--out", str(existing), cwd=tmp_path)
+    errors = errors_of(proc)
+    assert proc.returncode == 2 and len(errors) == 1 and str(existing) in errors[0]
+    assert "not a folder" in errors[0] and proc.stdout.decode() == ""  # nothing assessed
+    # below a file: the same, in-process
+    assert main(["assess", str(scans / "sag_clean.nii.gz"), "--model", str(ckpt), "--device",
+                 "cpu", "--out", str(existing / "sub")]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1 and "not writable" in out.err
     assert existing.read_text() == "x"
 
 
@@ -463,6 +476,10 @@ def test_api_settings_raise_motionssim_errors(ckpt):
         _one_line(info)
     with pytest.raises(InputError):
         geometry.volume(np.array([["a", "b"]] * 3, dtype=object)[None].repeat(3, 0))
+    for device in ("tpu", 3, None, "x" * 1000):
+        with pytest.raises(SettingsError) as info:
+            predict_slices(imgs, model=ckpt, device=device)
+        assert "unknown device" in _one_line(info) and len(str(info.value)) < 120
     # still ValueErrors for callers that caught those before
     assert issubclass(SettingsError, ValueError)
     # numpy integers and floats are fine

@@ -78,7 +78,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise MotionSSIMError(f"unknown device {device!r}: use auto, cpu, cuda or mps")
+    raise SettingsError(f"unknown device {str(device)[:40]!r}: use auto, cpu, cuda or mps")
 
 
 # Loaded checkpoints, keyed by (path, mtime, size, device): repeated calls do not reload the
