@@ -31,6 +31,7 @@ import re
 import stat
 import sys
 import tempfile
+import threading
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -193,8 +194,13 @@ def _magnitude(path: Path, arr: np.ndarray, how: str) -> np.ndarray:
 def _captured(path: Path) -> Iterator[None]:
     """Capture Python warnings and what C++ libraries (ITK, GDCM) print on stderr while
     reading, and log them at DEBUG level: the user sees one line per problem, not the chatter
-    of four libraries. The file descriptor 2 is redirected to a temporary file meanwhile."""
+    of four libraries. The file descriptor 2 is redirected to a temporary file meanwhile, in
+    the main thread only: it is process-wide, and two threads swapping it would lose it."""
     saved = tmp = None
+    if threading.current_thread() is not threading.main_thread():
+        with np.errstate(all="ignore"):  # thread-local; the warning filters are not
+            yield
+        return
     try:
         sys.stderr.flush()
         tmp = tempfile.TemporaryFile()
