@@ -132,3 +132,17 @@ def test_dipy_scans_load_as_real_images():
         vol = crs.load_volume(s)
         assert vol.array.ndim == 3 and np.isfinite(vol.array).all(), s.name
         assert vol.array.max() > vol.array.min(), s.name
+
+
+def test_a_scan_whose_package_is_missing_is_skipped_or_refused(monkeypatch, tmp_path, capsys):
+    ghost = crs.Scan("ghost", "motionssim_no_such_package", "data/x.nii.gz", "T1", "none", "none")
+    monkeypatch.setattr(crs, "SCANS", (*crs.SCANS, ghost))
+    told = []
+    table = crs.real_scan_table(None, names=["epi", "ghost"], max_slices=1, repeats=1,
+                                report=told.append)
+    assert list(table) == ["epi"] and len(told) == 1 and "not installed" in told[0]
+    # --require-all: refused in one line before anything is computed
+    assert crs.main(["--scans", "epi,ghost", "--require-all", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "motionssim_no_such_package" in err
+    assert not (tmp_path / "real_scans.json").exists()

@@ -410,13 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.model is not None and not Path(args.model).is_file():
             raise MotionSSIMError(f"{args.model}: no such model file")
+        if args.require_all:  # before hours of CPU, not after
+            for s in SCANS if names is None else [get_scan(n) for n in names]:
+                scan_path(s)
         skipped = []
         table = real_scan_table(args.model, args.seed, names, args.max_slices, args.device,
                                 repeats=args.repeats, report=skipped.append)
         for msg in skipped:
             print(msg, file=sys.stderr)
-        if skipped and args.require_all:
-            raise MotionSSIMError(f"{len(skipped)} scan(s) unavailable: {skipped[0]}")
         if not table:
             raise MotionSSIMError("no scan available (pip install -r requirements-eval.txt)")
         paths = write_outputs(table, args.out, args.model or "bundled", args.seed)
