@@ -130,6 +130,17 @@ def test_auto_picks_the_plane_of_a_thin_stack(shape_kji, spacing, plane):
             assert "\n" not in str(info.value)
 
 
+def test_training_draws_a_thin_stack_in_its_own_plane(scans, capsys):
+    from MotionSSIMLib.data import SliceDataset
+
+    ds = SliceDataset([scans / "sag_clean.nii.gz"], slices="all")
+    rng = np.random.default_rng(0)
+    draws = [ds.draw(rng) for _ in range(12)]  # isotropic: a random plane, were it not thin
+    assert {info["orientation"] for _, info in draws} == {"sagittal"}
+    assert all(img.shape == (189, 233) for img, _ in draws)  # S x A: no strips
+    assert "skipped" not in capsys.readouterr().err.lower()
+
+
 def test_cli_refuses_strips_and_blank_volumes_and_flags_blank_slices(scans, tmp_path):
     out = tmp_path / "out"
     proc = run_cli("assess", str(scans / "sag_clean.nii.gz"), str(scans / "all_constant.nii.gz"),

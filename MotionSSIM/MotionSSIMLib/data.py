@@ -365,7 +365,10 @@ class SliceDataset(torch.utils.data.Dataset):
         if path not in self._info:
             self._volume(path)
         info = self._info[path]
-        return info["auto"] if info["anisotropic"] else pick
+        # a thin stack (fewer than THIN_AXIS voxels along an axis) is cut in its own plane only:
+        # any other plane gives strips, which extract_slices refuses
+        fixed = info["anisotropic"] or min(info["shape"]) < geometry.THIN_AXIS
+        return info["auto"] if fixed else pick
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         """One clean slice (H, W) float32 (display orientation, before model-input fitting) and
