@@ -172,25 +172,26 @@ def test_foreground_flags_empty_edge_slices():
 
 
 def test_model_input_pad_downscale_square_and_passthrough():
+    # the fit alone (crop=False); the head crop before it is tested in test_fov.py
     rng = np.random.default_rng(2)
     small = rng.random((2, 100, 180)) * 1000 - 50
-    out = geometry.to_model_input(small)
+    out = geometry.to_model_input(small, crop=False)
     assert out.shape == (2, 256, 256) and out.dtype == np.float32
     assert out.min() == 0 and out.max() == 1
     assert np.all(out[:, :78] == 0) and np.all(out[:, :, :38] == 0)  # centred padding
     big = rng.random((1, 512, 300))
-    out = geometry.to_model_input(big)
+    out = geometry.to_model_input(big, crop=False)
     assert out.shape == (1, 256, 256)
     assert np.all(out[0, :, :53] == 0) and out[0, :, 60:190].std() < big.std()  # anti-aliased
     # 100 x 50 pixels of 1 x 2 mm -> 100 x 100 square pixels
     rect = np.zeros((1, 100, 50))
     rect[0, :, 25:] = 1
-    out = geometry.to_model_input(rect, pixel_spacing=(1.0, 2.0))
+    out = geometry.to_model_input(rect, pixel_spacing=(1.0, 2.0), crop=False)
     assert np.count_nonzero(out[0, 128]) in range(48, 53)
     ready = rng.random((3, 256, 256)).astype(np.float32)
     ready = (ready - ready.min(axis=(1, 2), keepdims=True))
     ready /= ready.max(axis=(1, 2), keepdims=True)
-    assert np.array_equal(geometry.to_model_input(ready), ready)
+    assert np.array_equal(geometry.to_model_input(ready, crop=False), ready)
     # a constant slice gives zeros, never NaN
     assert not np.isnan(geometry.to_model_input(np.full((40, 40), 7.0))).any()
 

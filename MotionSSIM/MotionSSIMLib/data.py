@@ -13,7 +13,10 @@ a folder of DICOM files.
 Each clean sample is drawn from its own random stream, seeded from (seed, stream, epoch, index)
 with numpy's SeedSequence: a random volume, a random orientation (the acquisition plane for an
 anisotropic volume, else one of the three uniformly), a random non-empty slice from the central
-half of that axis, fitted to the model input (`geometry.to_model_input`). So sample i of epoch e
+half of that axis, fitted to the model input (`geometry.to_model_input`: cut to the square
+window around the head that the slice's own foreground gives, then the pad-or-downscale fit, the
+same rule inference applies to the slice it is given). The motion simulators corrupt this fitted
+clean slice, so the label is computed in the clean slice's window. So sample i of epoch e
 is the same whatever the number of workers, the batch size or the cache state.
 """
 
@@ -392,7 +395,9 @@ class SliceDataset(torch.utils.data.Dataset):
         raise InputError("no usable volume found after 100 draws")
 
     def clean_sample(self, key: tuple[int, int, int]) -> np.ndarray:
-        """The clean model-input slice (S, S) float32 in [0, 1] of `key` = (stream, epoch, i)."""
+        """The clean model-input slice (S, S) float32 in [0, 1] of `key` = (stream, epoch, i):
+        the drawn slice cut to its head window (the clean slice's box, before any corruption)
+        and fitted, as `geometry.to_model_input` does for inference."""
         from . import geometry
 
         stream, epoch, index = key
