@@ -5,7 +5,8 @@ in some slices and not others, and its true per-slice SSIM beside it.
 
 Each slice of a 2D multi-slice acquisition is acquired on its own, so motion is simulated per
 slice with the batched k-space simulator at the slice's native matrix. The true SSIM follows the
-DESIGN.md label: clean and corrupted slice both brought to the 256 x 256 model input geometry.
+label contract (README.md, "The SSIM label"): clean and corrupted slice, in display orientation,
+both cut to the clean slice's head window and fitted to the 256 x 256 model input.
 """
 
 from __future__ import annotations
@@ -39,11 +40,24 @@ def corrupt_slices(vol: geometry.Volume, seed: int) -> tuple[np.ndarray, np.ndar
     keep = torch.from_numpy(severity == 0)[:, None, None, None]
     moved = torch.where(keep, scaled, moved)
     corrupted = (moved * (hi - lo) + lo)[:, 0].numpy()
-    spacing = (vol.spacing[1], vol.spacing[0])  # (row, col) of an array slice [j, i]
-    a = torch.from_numpy(geometry.to_model_input(arr, spacing))[:, None]
-    b = torch.from_numpy(geometry.to_model_input(corrupted, spacing))[:, None]
-    true = ssim.ssim_label(a, b).numpy()
-    return corrupted, severity, true
+    moved_vol = geometry.volume(corrupted, vol.spacing, vol.directions, vol.origin)
+    return corrupted, severity, true_ssim(vol, moved_vol, severity)
+
+
+def true_ssim(clean: geometry.Volume, corrupted: geometry.Volume,
+              severity: np.ndarray) -> np.ndarray:
+    """The label of each axial slice: SSIM between the clean and the corrupted slice, both cut
+    to the clean slice's model-input window (the window is the clean slice's, as in training,
+    where it is fixed before the motion). Slices without motion are 1 exactly."""
+    a_st = geometry.extract_slices(clean, "axial")
+    b_st = geometry.extract_slices(corrupted, "axial")
+    spacing = a_st.pixel_spacing
+    windows = geometry.model_windows(a_st.images, spacing)
+    a = torch.from_numpy(geometry.to_model_input(a_st.images, spacing, windows=windows))
+    b = torch.from_numpy(geometry.to_model_input(b_st.images, spacing, windows=windows))
+    true = ssim.ssim_label(a[:, None], b[:, None]).numpy().astype(np.float64)
+    true[np.asarray(severity) == 0] = 1.0
+    return true
 
 
 def main() -> None:
