@@ -188,15 +188,19 @@ def test_corrupt_batch_seeded_and_labels_are_ssim():
     clean = torch.zeros(6, 1, 48, 48)
     clean[:, :, 8:40, 10:38] = torch.from_numpy(rng.random((6, 1, 32, 28)).astype(np.float32))
     g = pipeline.batch_generator
-    c1, l1 = pipeline.corrupt_batch(clean, g(5, (0, 2, 100)), contrast=False, p_torchio=0.5)
-    c2, l2 = pipeline.corrupt_batch(clean, g(5, (0, 2, 100)), contrast=False, p_torchio=0.5)
-    c3, _ = pipeline.corrupt_batch(clean, g(5, (0, 2, 101)), contrast=False, p_torchio=0.5)
+    # the paper's corruption alone (no acquisition stages: those change the reference slice,
+    # see test_pipeline's acquisition test)
+    kw = dict(contrast=False, p_torchio=0.5, acquisition=False)
+    c1, l1 = pipeline.corrupt_batch(clean, g(5, (0, 2, 100)), **kw)
+    c2, l2 = pipeline.corrupt_batch(clean, g(5, (0, 2, 100)), **kw)
+    c3, _ = pipeline.corrupt_batch(clean, g(5, (0, 2, 101)), **kw)
     assert torch.equal(c1, c2) and torch.equal(l1, l2) and not torch.equal(c1, c3)
     assert c1.shape == clean.shape and l1.shape == (6,)
     assert torch.allclose(l1, ssim.ssim_label(clean, c1), atol=1e-6)
     assert float(l1.min()) >= -1 and float(l1.max()) <= 1 and float(l1.min()) < 0.999
     # with contrast augmentation the label compares against the augmented clean slice
-    c4, l4 = pipeline.corrupt_batch(clean, g(5, (0, 2, 100)), contrast=True, p_torchio=0.0)
+    c4, l4 = pipeline.corrupt_batch(clean, g(5, (0, 2, 100)), contrast=True, p_torchio=0.0,
+                                    acquisition=False)
     assert not torch.allclose(l4, ssim.ssim_label(clean, c4), atol=1e-3)
     with pytest.raises(ValueError):
         pipeline.corrupt_batch(clean[:, 0], g(5, (0, 0, 0)))

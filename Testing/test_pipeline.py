@@ -56,7 +56,7 @@ def test_contrast_record_matches_the_intensity_draw():
     generator state, and applying it gives the label's reference slice."""
     clean = _clean(n=6, seed=4)
     _, labels, params = pipeline.corrupt_batch(clean, torch.Generator().manual_seed(8),
-                                               return_params=True)
+                                               return_params=True, acquisition=False)
     names, cparams = intensity.sample_contrast_batch(6, torch.Generator().manual_seed(8))
     assert names == params.contrast_names
     for key, value in cparams.items():
@@ -109,3 +109,34 @@ def test_apply_corruption_refuses_mismatched_batches():
     params = pipeline.draw_corruption(3, (64, 64), torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="parameters for 3"):
         pipeline.apply_corruption(clean, params)
+
+
+def test_acquisition_stages_are_recorded_replayed_and_keep_clean_labels_at_one():
+    """Resolution before motion and one noise field on both images after it: recorded, replayed
+    exactly (a subset too: per-sample noise seeds), and motion-free samples still read 1."""
+    clean = _clean(n=24, size=64, seed=5)
+    gen = pipeline.batch_generator(4, (0, 2, 0))
+    images, labels, params = pipeline.corrupt_batch(clean, gen, return_params=True)
+    assert params.resolution is not None and params.noise is not None
+    replay = pipeline.apply_corruption(clean, params)
+    assert torch.equal(replay[0], images) and torch.equal(replay[1], labels)
+    sub = [1, 7, 20]
+    few_images, few_labels = pipeline.apply_corruption(clean[sub], params.select(sub))
+    torch.testing.assert_close(few_images, images[sub], atol=1e-5, rtol=0)
+    torch.testing.assert_close(few_labels, labels[sub], atol=1e-4, rtol=0)
+    noisy = torch.isfinite(params.noise.snr)
+    still = params.motion.severity == 0
+    assert noisy.any() and (~noisy).any() and params.resolution.apply.any()
+    for i in range(len(clean)):
+        d = json.loads(json.dumps(params.describe(i)))
+        assert ("noise_snr" in d) and ("resolution" in d)
+        if still[i]:
+            assert labels[i] == pytest.approx(1.0, abs=1e-4), "noise alone lowered the label"
+    # noise is really in the model input: a noisy sample's background is not black
+    i = int(torch.nonzero(noisy & (params.noise.snr < 10)).flatten()[0])
+    assert float(images[i, 0, :4, :4].mean()) > 0.01
+    # without the stages: the paper's corruption, nothing recorded for them
+    plain = pipeline.corrupt_batch(clean, pipeline.batch_generator(4, (0, 2, 0)),
+                                   return_params=True, acquisition=False)[2]
+    assert plain.resolution is None and plain.noise is None
+    assert torch.equal(plain.motion.severity, params.motion.severity), "same earlier draws"

@@ -79,18 +79,28 @@ class NoiseParams:
     """Noise of one batch.
 
     snr: (B,) float64, SNR in tissue; ``inf`` = no added noise.
-    seed: int, seed of the noise field (one (B, 2, H, W) standard-normal draw on the device).
+    seed: the noise field's seed: an int (one (B, 2, H, W) standard-normal draw on the device)
+    or a (B,) int64 tensor, one seed per sample (each sample's (2, H, W) field is then its own,
+    so a subset of a batch replays exactly: `select`).
     sigma: (B,) float64 noise standard deviation per channel, in image units, or None: then
     `apply_noise` derives it from the image it is given (tissue level / snr). `noise_pair`
     fills it from the clean slices so that both images get exactly the same noise.
     """
 
     snr: torch.Tensor
-    seed: int
+    seed: int | torch.Tensor
     sigma: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.snr.numel())
+
+    def select(self, index: torch.Tensor) -> NoiseParams:
+        """The parameters of samples `index` (needs per-sample seeds)."""
+        if not isinstance(self.seed, torch.Tensor):
+            raise ValueError("NoiseParams.select: a batch-wide seed cannot be split")
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        return NoiseParams(self.snr[idx], self.seed[idx],
+                           None if self.sigma is None else self.sigma[idx])
 
 
 def draw_noise_params(batch: int, generator: torch.Generator | None,
@@ -98,7 +108,8 @@ def draw_noise_params(batch: int, generator: torch.Generator | None,
                       snr_range: tuple[float, float] = NOISE_SNR_RANGE) -> NoiseParams:
     """Draw the noise of `batch` samples: a share p_none with none (snr = inf), the others an
     SNR log-uniform on snr_range; and one seed for the noise field. Consumes 2 * batch + 1
-    draws of the generator whatever p_none is (so later stages see the same stream)."""
+    draws of the generator plus `batch` seeds whatever p_none is (so later stages see the
+    same stream)."""
     lo, hi = float(snr_range[0]), float(snr_range[1])
     if not (0 < lo <= hi) or not (0.0 <= p_none <= 1.0):
         raise ValueError(f"draw_noise_params: need 0 < snr_range[0] <= snr_range[1] and "
@@ -106,9 +117,9 @@ def draw_noise_params(batch: int, generator: torch.Generator | None,
     u = _rand(2 * batch, generator)
     snr = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u[batch:])
     snr = torch.where(u[:batch] < p_none, torch.full_like(snr, math.inf), snr)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator,
-                             device=_gen_device(generator)))
-    return NoiseParams(snr=snr, seed=seed)
+    seeds = torch.randint(0, 2**62, (batch,), generator=generator,
+                          device=_gen_device(generator)).cpu()
+    return NoiseParams(snr=snr, seed=seeds)
 
 
 def tissue_level(x: torch.Tensor) -> torch.Tensor:
@@ -141,8 +152,14 @@ def apply_noise(x: torch.Tensor, params: NoiseParams, normalise: bool = True) ->
     xf = x.float()
     if bool((sigma > 0).any()):
         g = torch.Generator(device=x.device)
-        g.manual_seed(params.seed)
-        n = torch.randn((b, 2, *x.shape[-2:]), generator=g, device=x.device)
+        if isinstance(params.seed, torch.Tensor):  # one field per sample
+            n = torch.empty((b, 2, *x.shape[-2:]), device=x.device)
+            for i, seed in enumerate(params.seed.tolist()):
+                g.manual_seed(int(seed))
+                n[i] = torch.randn((2, *x.shape[-2:]), generator=g, device=x.device)
+        else:
+            g.manual_seed(int(params.seed))
+            n = torch.randn((b, 2, *x.shape[-2:]), generator=g, device=x.device)
         s = sigma.to(device=x.device, dtype=torch.float32).view(b, 1, 1, 1)
         real = xf + s * n[:, :1]
         imag = s * n[:, 1:]
@@ -198,6 +215,12 @@ class ResolutionParams:
 
     def __len__(self) -> int:
         return int(self.apply.numel())
+
+    def select(self, index: torch.Tensor) -> ResolutionParams:
+        """The parameters of samples `index`."""
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        return ResolutionParams(self.apply[idx], self.matrix_h[idx], self.matrix_w[idx],
+                                self.kspace[idx], self.window[idx])
 
 
 def draw_resolution_params(batch: int, generator: torch.Generator | None, size: int = 256,

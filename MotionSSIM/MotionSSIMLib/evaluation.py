@@ -173,7 +173,8 @@ def evaluate_predictions(pred: np.ndarray, true: np.ndarray,
 def test_set(paths: Sequence[str | Path], n: int = 10000, seed: int = 0, input_size: int = 256,
              contrast: bool = True, p_torchio: float = 0.5, device: Any = "cpu",
              workers: int = 0, chunk: int = 100,
-             cache_mb: int = 2048, slices: str = "central") -> Iterator[tuple[Any, Any]]:
+             cache_mb: int = 2048, slices: str = "central",
+             acquisition: bool = True) -> Iterator[tuple[Any, Any]]:
     """The N corrupted test slices drawn from the test volumes as in training, in chunks of
     `chunk`: yields (images (c, 1, S, S), labels (c,)) on `device`. Deterministic for a given
     (paths, n, seed, input_size, contrast, p_torchio, chunk, slices); `slices` as in
@@ -184,7 +185,7 @@ def test_set(paths: Sequence[str | Path], n: int = 10000, seed: int = 0, input_s
     ds = SliceDataset(list(paths), seed=seed, input_size=input_size,
                       cache_bytes=int(cache_mb) << 20, slices=slices)
     yield from fixed_set(ds, STREAMS["test"], n, seed, contrast, p_torchio, device,
-                         chunk=chunk, workers=workers)
+                         chunk=chunk, workers=workers, acquisition=acquisition)
 
 
 test_set.__test__ = False  # type: ignore[attr-defined]  # pytest: not a test
@@ -222,6 +223,7 @@ def evaluate_checkpoints(
     progress: bool = True,
     report: Any = None,
     slices: str = "central",
+    acquisition: bool = True,
 ) -> dict[str, Any]:
     """Evaluate several checkpoints on one seeded test set and write the report to `out_dir`.
     `slices`: the test slices, "central" half (the paper's protocol) or "all" non-empty ones.
@@ -257,7 +259,8 @@ def evaluate_checkpoints(
     chunk = max(1, min(int(batch_size), n))
     with torch.no_grad():
         for images, labels in test_set(good, n, seed, input_size, contrast, p_torchio,
-                                       dev, workers, chunk, slices=slices):
+                                       dev, workers, chunk, slices=slices,
+                                       acquisition=acquisition):
             images = images.to(dev)
             trues.append(labels.float().cpu().numpy())
             for j, m in enumerate(loaded):
@@ -282,7 +285,7 @@ def evaluate_checkpoints(
     result = {
         "protocol": {"n": int(true.size), "seed": seed, "contrast_augmentation": contrast,
                      "p_torchio": p_torchio, "input_size": input_size, "chunk": chunk,
-                     "slices": slices,
+                     "slices": slices, "acquisition": acquisition,
                      "test_data": summarize_volumes(infos), "class_counts": list(CLASS_COUNTS),
                      "residuals": "predicted - true"},
         "models": models,

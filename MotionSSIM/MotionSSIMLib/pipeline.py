@@ -13,6 +13,7 @@ GPU (the arithmetic then differs only by floating-point rounding).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,8 @@ class CorruptionParams:
     contrast_names: list[str] | None
     contrast_params: dict[str, torch.Tensor] | None
     motion: Any  # motion.MotionParams (imported lazily, like the simulators)
+    resolution: Any = None  # augment.ResolutionParams, or None: the acquisition stages off
+    noise: Any = None       # augment.NoiseParams, or None
 
     @property
     def batch(self) -> int:
@@ -70,7 +73,10 @@ class CorruptionParams:
                                                           for i in idx.tolist()]
         cparams = None if self.contrast_params is None else {
             k: v[idx.to(v.device)] for k, v in self.contrast_params.items()}
-        return CorruptionParams(names, cparams, self.motion.select(idx))
+        return CorruptionParams(
+            names, cparams, self.motion.select(idx),
+            None if self.resolution is None else self.resolution.select(idx),
+            None if self.noise is None else self.noise.select(idx))
 
     def describe(self, i: int) -> dict[str, Any]:
         """What sample i went through, as plain Python values (JSON-serialisable)."""
@@ -82,16 +88,27 @@ class CorruptionParams:
             out["contrast_params"] = intensity.sample_params(self.contrast_names,
                                                              self.contrast_params, i)
         out.update(self.motion.describe(i))
+        if self.resolution is not None:
+            r = self.resolution
+            out["resolution"] = ({"matrix": [round(float(r.matrix_h[i]), 1),
+                                             round(float(r.matrix_w[i]), 1)],
+                                  "reconstruction": "zero-filled k-space" if bool(r.kspace[i])
+                                  else "interpolated", "window": float(r.window[i])}
+                                 if bool(r.apply[i]) else None)
+        if self.noise is not None:
+            snr = float(self.noise.snr[i])
+            out["noise_snr"] = None if snr == float("inf") else round(snr, 2)
         return out
 
 
 def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generator | None,
                     contrast: bool = True, p_torchio: float = 0.5,
-                    p_clean: float = P_CLEAN) -> CorruptionParams:
+                    p_clean: float = P_CLEAN, acquisition: bool = True) -> CorruptionParams:
     """Draw a batch's corruption (TorchIO's make_params step), in a fixed order: contrast
     names and parameters, then the severities (a share p_clean motion-free), then the motion
-    of both simulators for every sample. Deterministic for a seeded generator."""
-    from . import intensity, motion
+    of both simulators for every sample, then (acquisition=True) the acquired matrix and the
+    noise (`augment`). Deterministic for a seeded generator."""
+    from . import augment, intensity, motion
 
     names, cparams = (intensity.sample_contrast_batch(batch, generator) if contrast
                       else (None, None))
@@ -100,15 +117,23 @@ def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generato
     severity = torch.where(u[0] < p_clean, torch.zeros_like(u[1]), u[1])
     mparams = motion.draw_motion_params(batch, size, generator, p_torchio=p_torchio,
                                         severity=severity)
-    return CorruptionParams(names, cparams, mparams)
+    if not acquisition:
+        return CorruptionParams(names, cparams, mparams)
+    rparams = augment.draw_resolution_params(batch, generator, int(min(size)),
+                                             min_matrix=min(augment.RES_MIN_MATRIX,
+                                                            int(min(size))))
+    nparams = augment.draw_noise_params(batch, generator)
+    return CorruptionParams(names, cparams, mparams, rparams, nparams)
 
 
 def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
                      tio_backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Apply drawn corruption (deterministic): clean (B, 1, S, S) in [0, 1] -> (corrupted,
-    labels), on the device of `clean`. The label is the SSIM between the contrast-augmented
-    clean slice and its corrupted version."""
-    from . import intensity, motion, ssim
+    labels), on the device of `clean`. Order: contrast, acquired matrix (resolution), motion,
+    then the same noise field on the clean slice and its corrupted version. The label is the
+    SSIM between the clean slice so acquired (contrast, resolution, noise) and its corrupted
+    version: noise and resolution alone never lower it (motion-free samples keep label 1)."""
+    from . import augment, intensity, motion, ssim
 
     if clean.ndim != 4 or clean.shape[1] != 1:
         raise ValueError(f"corrupt_batch: expected (B, 1, H, W), got {tuple(clean.shape)}")
@@ -118,7 +143,15 @@ def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
     x = clean.float()
     if params.contrast_names is not None:
         x = intensity.apply_contrast_batch(x, params.contrast_names, params.contrast_params)
+    if params.resolution is not None:
+        x = augment.apply_resolution(x, params.resolution)
     corrupted = motion.apply_motion(x, params.motion, tio_backend)
+    if params.noise is not None:
+        # sigma from the clean slice, so that both images get the same sigma and field
+        noise = dataclasses.replace(params.noise,
+                                    sigma=augment.tissue_level(x) / params.noise.snr)
+        x = augment.apply_noise(x, noise)
+        corrupted = augment.apply_noise(corrupted, noise)
     labels = ssim.ssim_label(x, corrupted)
     return corrupted.float(), labels.float()
 
@@ -131,6 +164,7 @@ def corrupt_batch(
     p_clean: float = P_CLEAN,
     tio_backend: str = "torch",
     return_params: bool = False,
+    acquisition: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, CorruptionParams]:
     """Clean slices (B, 1, S, S) in [0, 1] -> (corrupted (B, 1, S, S), labels (B,)), on the
     device of `clean`: optional random contrast (one of the paper's five per sample), motion
@@ -138,8 +172,10 @@ def corrupt_batch(
     tio_backend="torchio", the real TorchIO on the CPU) or the k-space line simulator, then
     the SSIM label between the (contrast-augmented) clean slice and its corrupted version. A
     share p_clean of the samples gets no motion (severity 0, label 1); the others a severity
-    uniform on [0, 1]. Draw (:func:`draw_corruption`) then apply (:func:`apply_corruption`);
-    return_params=True also returns the CorruptionParams drawn."""
+    uniform on [0, 1]. acquisition=True adds the acquisition stages (`augment`: a lower
+    acquired matrix before motion, the same Rician noise on both images after it). Draw
+    (:func:`draw_corruption`) then apply (:func:`apply_corruption`); return_params=True also
+    returns the CorruptionParams drawn."""
     if clean.ndim != 4 or clean.shape[1] != 1:
         raise ValueError(f"corrupt_batch: expected (B, 1, H, W), got {tuple(clean.shape)}")
     from . import motion
@@ -148,7 +184,7 @@ def corrupt_batch(
         raise ValueError(f"corrupt_batch: tio_backend must be one of {motion.TIO_BACKENDS}, "
                          f"got {tio_backend!r}")
     params = draw_corruption(clean.shape[0], tuple(clean.shape[-2:]), generator, contrast,
-                             p_torchio, p_clean)
+                             p_torchio, p_clean, acquisition)
     corrupted, labels = apply_corruption(clean, params, tio_backend)
     return (corrupted, labels, params) if return_params else (corrupted, labels)
 
@@ -163,6 +199,7 @@ class Collate:
     p_torchio: float = 0.5
     corrupt: bool = True
     tio_backend: str = "torch"  # "torchio": the real TorchIO, one slice at a time (checks)
+    acquisition: bool = True    # resolution and noise stages (augment)
 
     def __call__(self, items: list[tuple[torch.Tensor, tuple[int, int, int]]]) -> dict[str, Any]:
         clean = torch.stack([img for img, _ in items])
@@ -171,7 +208,8 @@ class Collate:
             return {"clean": clean, "key": key}
         corrupted, labels = corrupt_batch(clean, batch_generator(self.seed, key),
                                           self.contrast, self.p_torchio,
-                                          tio_backend=self.tio_backend)
+                                          tio_backend=self.tio_backend,
+                                          acquisition=self.acquisition)
         return {"images": corrupted, "labels": labels, "key": key}
 
 
@@ -187,7 +225,8 @@ def to_device_batch(batch: dict[str, Any], device: torch.device | str, collate: 
         clean = batch["clean"].to(device, non_blocking=True)
         images, labels = corrupt_batch(clean, batch_generator(collate.seed, batch["key"]),
                                        collate.contrast, collate.p_torchio,
-                                       tio_backend=collate.tio_backend)
+                                       tio_backend=collate.tio_backend,
+                                       acquisition=collate.acquisition)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, labels
@@ -240,13 +279,15 @@ def make_loader(dataset: torch.utils.data.Dataset,
 def fixed_set(dataset: torch.utils.data.Dataset, stream: int, n: int, seed: int,
               contrast: bool, p_torchio: float, device: torch.device | str = "cpu",
               chunk: int = 100, workers: int = 0, rank: int = 0,
-              world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+              world_size: int = 1, acquisition: bool = True,
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed, seeded sample set of `stream` (validation or test): n corrupted slices in
     chunks of `chunk`, yielded as (images, labels) on `device`. Deterministic for a given
     (seed, n, chunk): two models evaluated with the same seed see the same slices. With
     world_size > 1 this rank yields only the chunks rank, rank + world_size, ... (whole chunks,
     so the set is the same whatever the number of processes)."""
-    collate = Collate(seed, contrast, p_torchio, corrupt=torch.device(device).type == "cpu")
+    collate = Collate(seed, contrast, p_torchio, corrupt=torch.device(device).type == "cpu",
+                      acquisition=acquisition)
     batches = batch_keys(stream, 0, n, chunk)[rank::world_size]
     if not batches:
         return

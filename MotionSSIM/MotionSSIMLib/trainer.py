@@ -56,7 +56,7 @@ STATE_VERSION = 1
 # Settings that fix the random stream or the model: on resume the saved values win.
 RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
              "p_torchio", "val_samples", "seed", "slices",
-             "bn_calibration", "lr_schedule", "warmup")
+             "bn_calibration", "lr_schedule", "warmup", "acquisition")
 LR_SCHEDULES = ("constant", "cosine")
 COSINE_FLOOR = 0.01  # the cosine schedule decays to this share of the peak learning rate
 
@@ -78,6 +78,7 @@ class TrainSettings:
     input_size: int = 256          # model input side; only tests should change it
     contrast: bool = True          # contrast augmentation
     p_torchio: float = 0.5         # share of samples corrupted by TorchIO (else k-space lines)
+    acquisition: bool = True       # acquired-matrix and noise stages (pipeline / augment)
     val_samples: int = 500         # fixed validation set size
     seed: int = 0
     workers: int | None = None     # DataLoader worker processes; None = min(8, cores - 1)
@@ -86,6 +87,8 @@ class TrainSettings:
     amp: bool = True               # mixed precision (CUDA; bf16 on CPUs with native bf16)
     channels_last: bool = True     # model and batches in channels-last layout (CPU and CUDA)
     threads: int | None = None     # torch threads of the training process; None = all cores
+    tio_backend: str = "torch"     # TorchIO's motion: batched torch, or "torchio" (the real
+                                   # library, one slice at a time: checks and benchmarks)
     max_time: float = 0.0          # stop (resumable) after this many seconds of training in
                                    # this session; 0 = no limit
     checkpoint_every: int = 50     # steps between mid-epoch state saves (0 = epoch ends only)
@@ -125,6 +128,8 @@ class TrainSettings:
             raise InputError(f"warmup: must lie in [0, 1), got {self.warmup}")
         if self.max_time < 0 or (self.threads is not None and self.threads < 1):
             raise InputError("max_time must not be negative and threads must be at least 1")
+        if self.tio_backend not in ("torch", "torchio"):
+            raise InputError(f"tio_backend: {self.tio_backend!r} is not torch or torchio")
         if self.pipeline not in ("auto", "device", "workers"):
             raise InputError(f"pipeline: {self.pipeline!r} is not auto, device or workers")
 
@@ -451,6 +456,7 @@ class _Run:
                          "batch_size": s.batch_size, "lr": s.lr, "optimizer": "Adam",
                          "loss": "MSE", "contrast_augmentation": s.contrast,
                          "p_torchio": s.p_torchio, "seed": s.seed, "slices": s.slices,
+                         "acquisition": s.acquisition, "lr_schedule": s.lr_schedule,
                          "bn_calibration": s.bn_calibration,
                          "world_size": self.dist.world},
             "epoch": self.epoch + 1,
@@ -500,7 +506,7 @@ def _validation_set(run: _Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
         ds, STREAMS["validation"], run.s.val_samples, run.s.seed, run.s.contrast,
         run.s.p_torchio, run.device if run.pipe == "device" else "cpu",
         chunk=min(run.s.batch_size, 100), workers=run.workers,
-        rank=run.dist.rank, world_size=run.dist.world))
+        rank=run.dist.rank, world_size=run.dist.world, acquisition=run.s.acquisition))
 
 
 def _calibration_set(run: _Run) -> list[torch.Tensor]:
@@ -515,7 +521,7 @@ def _calibration_set(run: _Run) -> list[torch.Tensor]:
     return [images for images, _ in pipeline.fixed_set(
         ds, STREAMS["calibration"], n, run.s.seed, run.s.contrast, run.s.p_torchio,
         run.device if run.pipe == "device" else "cpu", chunk=run.s.batch_size,
-        workers=run.workers)]
+        workers=run.workers, acquisition=run.s.acquisition)]
 
 
 @torch.no_grad()
@@ -757,7 +763,8 @@ def _loop(run: _Run, stop: _StopFlag,
     run.calibration = _calibration_set(run)
     train_ds = SliceDataset(run.train_paths, seed=s.seed, input_size=s.input_size,
                             cache_bytes=s.cache_mb << 20, slices=s.slices)
-    collate = pipeline.Collate(s.seed, s.contrast, s.p_torchio, corrupt=run.pipe == "workers")
+    collate = pipeline.Collate(s.seed, s.contrast, s.p_torchio, corrupt=run.pipe == "workers",
+                               tio_backend=s.tio_backend, acquisition=s.acquisition)
     loader = pipeline.make_loader(train_ds, _train_batches(run, n_batches), collate,
                                   run.workers, pin_memory=run.cuda)
     bar = None

@@ -112,6 +112,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 0.02)")
     g.add_argument("--no-contrast", dest="contrast", action="store_false",
                    help="no contrast augmentation")
+    g.add_argument("--no-acquisition", dest="acquisition", action="store_false",
+                   help="no acquisition stages (lower acquired matrix, Rician noise on both "
+                        "images): the paper's corruption only")
     g.add_argument("--p-torchio", type=_probability, default=0.5,
                    help="share of slices corrupted by TorchIO; the rest by the k-space line "
                         "simulator (default 0.5)")
@@ -170,6 +173,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-contrast", dest="contrast", action="store_false",
                         help="no contrast augmentation of the test slices")
     parser.add_argument("--p-torchio", type=_probability, default=0.5)
+    parser.add_argument("--no-acquisition", dest="acquisition", action="store_false",
+                        help="test slices without the acquisition stages (matrix, noise)")
     parser.add_argument("--good", type=float, default=0.85,
                         help="clinical threshold: SSIM >= this is good (default 0.85)")
     parser.add_argument("--sufficient", type=float, default=0.60,
@@ -221,6 +226,7 @@ def run_train(args: argparse.Namespace) -> int:
             progress=args.progress, init_from=args.init_from, slices=args.slices,
             bn_calibration=args.bn_calibration, lr_schedule=args.lr_schedule,
             warmup=args.warmup, threads=args.threads, max_time=args.max_time,
+            acquisition=args.acquisition,
             channels_last=args.channels_last)
         train_paths: list = []
         val_paths: list = []
@@ -268,7 +274,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             contrast=args.contrast, p_torchio=args.p_torchio, device=args.device,
             batch_size=args.batch_size, workers=args.workers,
             thresholds=ClinicalThresholds(good=args.good, sufficient=args.sufficient),
-            progress=args.progress, slices=args.slices)
+            progress=args.progress, slices=args.slices, acquisition=args.acquisition)
     except (MotionSSIMError, OSError) as exc:  # OSError: the report folder cannot be written
         return _error(exc)
     for name, m in result["models"].items():
