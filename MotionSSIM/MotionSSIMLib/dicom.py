@@ -370,7 +370,8 @@ def order_slices(folder: Path, headers: list[DicomHeader]) -> tuple[list[DicomHe
         if what:
             raise InputError(f"{folder}: {n_at} {what} at each position ({a.path.name}, "
                              f"{b.path.name}, ...): a 4D series; expected one 3D volume: "
-                             "split it into one folder per 3D volume")
+                             "read it as a series (series.read_series; the command line "
+                             "does) or split it into one folder per 3D volume")
         raise InputError(f"{folder}: duplicate slice position {z[same[0]]:.3f} mm in "
                          f"{a.path.name} and {b.path.name} ({len(same)} repeated positions)")
     step = float(np.median(steps))
@@ -388,6 +389,78 @@ def order_slices(folder: Path, headers: list[DicomHeader]) -> tuple[list[DicomHe
     if not math.isfinite(step) or step <= 0:
         raise InputError(f"{folder}: no usable slice spacing")
     return hs, step
+
+
+# What tells the frames of a 4D series apart, and how a frame is labelled by it. Images at one
+# position are put in acquisition order (these values, then the instance number); within a
+# frame, each attribute that varies between frames must be the same at every position.
+_FRAME_LABELS = (("temporal_position", "t="), ("echo_number", "echo "), ("b_value", "b="),
+                 ("echo_time", "TE="), ("acquisition", "acq "))
+
+
+def _frame_key(h: DicomHeader) -> tuple[float, ...]:
+    vals = [h.number(a) for a in ("temporal_position", "echo_number", "acquisition",
+                                  "instance")]
+    return tuple(float("inf") if v is None else v for v in vals)
+
+
+def split_frames(folder: Path, headers: list[DicomHeader],
+                 ) -> tuple[list[list[DicomHeader]], list[str]] | None:
+    """The frames of a 4D series: the images of one series grouped into 3D volumes, frame t
+    holding the t-th image (in acquisition order: temporal position, echo number,
+    acquisition number, instance number) at every slice position; and a label per frame from
+    what tells the frames apart (`t=3`, `b=1000`, `echo 2`). None when the series is 3D (one
+    image per position), so that the 3D reader and its checks take it. Refuses positions
+    holding different numbers of images and frames that mix time points, b-values or echoes
+    across positions (the images cannot be matched into volumes)."""
+    if len(headers) < 2 or any(h.frames > 1 for h in headers):
+        return None
+    ori = headers[0].numbers("orientation", 6)
+    if ori is None:
+        return None  # order_slices says what is wrong
+    normal = np.cross(ori[:3], ori[3:])
+    if np.linalg.norm(normal) < 1e-3:
+        return None
+    normal /= np.linalg.norm(normal)
+    z = []
+    for h in headers:
+        p = h.numbers("position", 3)
+        if p is None:
+            return None
+        z.append(float(p @ normal))
+    z = np.asarray(z)
+    tol = 1e-3 + 1e-3 * float(np.abs(z).max())
+    order = np.argsort(z, kind="stable")
+    groups: list[list[DicomHeader]] = []
+    last = None
+    for i in order:
+        if last is None or z[i] - last > tol:
+            groups.append([])
+        groups[-1].append(headers[i])
+        last = z[i]
+    counts = [len(g) for g in groups]
+    if max(counts) == 1:
+        return None
+    if min(counts) != max(counts):
+        few = int(np.argmin(counts))
+        raise InputError(f"{folder}: incomplete 4D series: {max(counts)} images at most slice "
+                         f"positions, {counts[few]} at {groups[few][0].path.name}: a frame "
+                         "is missing slices")
+    for g in groups:
+        g.sort(key=_frame_key)
+    frames = [[g[t] for g in groups] for t in range(max(counts))]
+    labels = []
+    varying = [(a, pre) for a, pre in _FRAME_LABELS
+               if len({f[0].text(a) for f in frames}) > 1]
+    for t, f in enumerate(frames):
+        for a, _ in varying:
+            values = {h.text(a) for h in f}
+            if len(values) > 1:
+                raise InputError(f"{folder}: frame {t} mixes {a.replace('_', ' ')}s "
+                                 f"{', '.join(sorted(values)[:3])}: the images at each "
+                                 "position cannot be matched into volumes")
+        labels.append(" ".join(f"{pre}{f[0].text(a)}" for a, pre in varying))
+    return frames, labels
 
 
 def check_pixels(hdr: DicomHeader) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import logging
@@ -55,6 +56,12 @@ MAX_VOXELS = 2**27
 MAX_SLICE_PIXELS = 2**23  # one slice after resampling to square pixels (e.g. 2048 x 4096)
 MEMORY_BOUND_GB = 4
 MAX_ABS_VALUE = 1e30  # float32 arithmetic (min-max, interpolation) must not overflow
+# A 4D series (read only with `frames=`, see `series`): each frame within the 3D bounds above,
+# and the frames read together at most this many voxels (1 GiB as float32; a diffusion series
+# of 128 x 128 x 70 x 200 holds 2^27.8). Fewer frames are read with --frames.
+MAX_SERIES_VOXELS = 2**28
+# frames=: given the number of frames of a 4D input, the indices to read (series.frame_chooser)
+FrameChoice = Callable[[int], list[int]]
 _CHUNK = 1 << 20
 
 
@@ -112,12 +119,34 @@ def check_budget(path: str | Path, size_ijk, spacing_ijk=(1.0, 1.0, 1.0)) -> Non
                 f"{MAX_SLICE_PIXELS}, which keeps the assessment within {MEMORY_BOUND_GB} GB)")
 
 
-def _check_header_size(path: Path, size: tuple[int, ...], spacing=None) -> None:
-    """Checks on an ITK-ordered size (i, j[, k[, t...]]) read from a header."""
+def _choose_frames(path: Path, frames: FrameChoice, n: int, size3) -> list[int]:
+    """The frames `frames` picks among n, within MAX_SERIES_VOXELS together."""
+    try:
+        chosen = list(frames(int(n)))
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    total = int(np.prod([int(v) for v in size3], dtype=np.int64)) * len(chosen)
+    if total > MAX_SERIES_VOXELS:
+        raise InputError(f"{path}: too large ({len(chosen)} frames of "
+                         f"{'x'.join(str(int(v)) for v in size3)}, {total} voxels; at most "
+                         f"{MAX_SERIES_VOXELS} together, which keeps the assessment within "
+                         f"{MEMORY_BOUND_GB} GB): choose fewer frames with --frames")
+    return chosen
+
+
+def _check_header_size(path: Path, size: tuple[int, ...], spacing=None,
+                       frames: FrameChoice | None = None) -> list[int] | None:
+    """Checks on an ITK-ordered size (i, j[, k[, t...]]) read from a header. A 4D size is
+    refused unless `frames` is given (a series read): then each frame is checked as a 3D
+    volume and the frames chosen are returned (None for a 3D size)."""
     size = tuple(int(s) for s in size)
     ndim = len(size)
     while len(size) > 3 and size[-1] == 1:
         size = size[:-1]
+    chosen = None
+    if len(size) == 4 and frames is not None:
+        chosen = _choose_frames(path, frames, size[3], size[:3])
+        size = size[:3]
     if len(size) > 3:
         nvol = int(np.prod(size[3:], dtype=np.int64))
         raise InputError(f"{path}: a {ndim}D image with {nvol} volumes of "
@@ -127,6 +156,7 @@ def _check_header_size(path: Path, size: tuple[int, ...], spacing=None) -> None:
     sp = tuple(spacing or (1.0, 1.0, 1.0))
     sp = (*sp, 1.0, 1.0, 1.0)[:3]
     check_budget(path, (i, j, k), sp)
+    return chosen
 
 
 def _check_values(path: Path, arr: np.ndarray) -> None:
@@ -146,7 +176,7 @@ def _check_values(path: Path, arr: np.ndarray) -> None:
 
 
 def _check_shape(path: Path, vol: Volume) -> None:
-    k, j, i = vol.array.shape
+    k, j, i = vol.array.shape[-3:]  # a series: each frame
     check_budget(path, (i, j, k), vol.spacing)
 
 
@@ -598,7 +628,42 @@ def _sitk_to_volume(path: Path, img, image_format: bool) -> Volume:
     return Volume.from_lps(arr, sp, d, org)
 
 
-def _read_sitk_file(path: Path) -> Volume:
+def _frames_as_components(reader, suffix: str) -> bool:
+    """A NRRD whose first axis is a list (Slicer's sequence and multi-volume files): ITK reads
+    it as one vector voxel per position; its components are the frames of a series."""
+    if suffix not in (".nrrd", ".nhdr") or reader.GetNumberOfComponents() < 2:
+        return False
+    keys = reader.GetMetaDataKeys()
+    return "NRRD_kinds[pixel]" in keys and reader.GetMetaData("NRRD_kinds[pixel]") == "list"
+
+
+def _sitk_to_series(path: Path, img, chosen: list[int], components: bool):
+    """A 4D SimpleITK image (or a list-axis NRRD's components) as a Series of `chosen`."""
+    import SimpleITK as sitk
+
+    from .series import series_from_array
+
+    dim = img.GetDimension()
+    sp, org, d = img.GetSpacing(), img.GetOrigin(), np.asarray(img.GetDirection())
+    arr = sitk.GetArrayFromImage(img)  # [t, k, j, i], or [k, j, i, t] for components
+    del img
+    if components:
+        arr = np.moveaxis(arr, -1, 0)
+        if dim == 2:
+            arr = arr[:, None]
+            d2 = np.eye(3)
+            d2[:2, :2] = d.reshape(2, 2)
+            sp, org, d, dim = (*sp, 1.0), (*org, 0.0), d2.reshape(-1), 3
+    if np.iscomplexobj(arr):
+        arr = _magnitude(path, arr, "complex")
+    arr = _compact(path, np.ascontiguousarray(arr[chosen]))
+    d3 = d.reshape(dim, dim)[:3, :3]
+    flip = np.diag([-1.0, -1.0, 1.0])  # LPS -> RAS
+    return series_from_array(arr, sp[:3], flip @ d3, tuple(flip @ np.asarray(org[:3], float)),
+                             chosen, None, None, name=str(path))
+
+
+def _read_sitk_file(path: Path, frames: FrameChoice | None = None):
     import SimpleITK as sitk
 
     suffix = _suffix(path)
@@ -611,7 +676,10 @@ def _read_sitk_file(path: Path) -> Volume:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         reader.ReadImageInformation()
-        _check_header_size(path, reader.GetSize(), reader.GetSpacing())
+        components = frames is not None and _frames_as_components(reader, suffix)
+        size = (*(tuple(reader.GetSize()) + (1, 1))[:3], reader.GetNumberOfComponents()) \
+            if components else reader.GetSize()
+        chosen = _check_header_size(path, size, reader.GetSpacing(), frames)
         checked = verify() if verify is not None else None
         img = reader.Execute()
     except RuntimeError as exc:
@@ -621,6 +689,10 @@ def _read_sitk_file(path: Path) -> Volume:
         # any checksum) was altered, e.g. its type, byte order or matrix
         raise _corrupted(path, "the voxels read differ from the verified compressed data: "
                          "damaged header")
+    if chosen is not None:
+        n_in = int(size[3])
+        out = _sitk_to_series(path, img, chosen, components)
+        return dataclasses.replace(out, n_input_frames=n_in)
     return _sitk_to_volume(path, img, suffix in IMAGE_SUFFIXES)
 
 
@@ -652,11 +724,45 @@ def _read_dicom_file(path: Path, hdr: dicom.DicomHeader) -> Volume:
     return _sitk_to_volume(path, img, False)
 
 
-def _read_dicom_folder(folder: Path, series: str | None) -> Volume:
+def _read_dicom_frames(folder: Path, groups: list[list[dicom.DicomHeader]],
+                       labels: list[str], frames: FrameChoice):
+    """The frames chosen of a DICOM series with several images per position (dicom.
+    split_frames), each read as a 3D volume; every frame must have the same slice positions."""
+    from .series import series_from_array
+
+    first = groups[0][0]
+    dicom.check_pixels(first)
+    cols, rows = int(first.number("columns")), int(first.number("rows"))
+    chosen = _choose_frames(folder, frames, len(groups), (cols, rows, len(groups[0])))
+    out, geometry = None, None
+    for n, t in enumerate(chosen):
+        vol = _read_dicom_series(folder, *dicom.order_slices(folder, groups[t]))
+        if geometry is None:
+            geometry = vol
+            out = np.empty((len(chosen), *vol.array.shape), dtype=vol.array.dtype)
+        elif vol.array.shape != geometry.array.shape or not np.allclose(
+                vol.ijk_to_ras(), geometry.ijk_to_ras(), atol=1e-3):
+            raise InputError(f"{folder}: frame {t} ({groups[t][0].path.name}, ...) has another "
+                             f"geometry than frame {chosen[0]}: not one 4D series")
+        out[n] = vol.array
+        del vol
+    return series_from_array(out, geometry.spacing, geometry.directions, geometry.origin,
+                             chosen, [labels[t] for t in chosen], len(groups), name=str(folder))
+
+
+def _read_dicom_folder(folder: Path, series: str | None, frames: FrameChoice | None = None):
+    headers = dicom.select_series(folder, series)
+    if frames is not None:
+        split = dicom.split_frames(folder, headers)
+        if split is not None:
+            return _read_dicom_frames(folder, *split, frames)
+    return _read_dicom_series(folder, *dicom.order_slices(folder, headers))
+
+
+def _read_dicom_series(folder: Path, headers: list[dicom.DicomHeader], step: float) -> Volume:
+    """The ordered slices of one 3D volume (dicom.order_slices) read by SimpleITK."""
     import SimpleITK as sitk
 
-    headers = dicom.select_series(folder, series)
-    headers, step = dicom.order_slices(folder, headers)
     if len(headers) == 1:
         return _read_dicom_file(headers[0].path, headers[0])
     first = headers[0]
@@ -679,10 +785,11 @@ def _read_dicom_folder(folder: Path, series: str | None) -> Volume:
     return _sitk_to_volume(folder, img, False)
 
 
-def _read_nifti(path: Path) -> Volume:
+def _read_nifti(path: Path, frames: FrameChoice | None = None):
     """NIfTI through nibabel: ITK's reader silently turns NaN voxels into 0, which would hide
     corrupt data from the checks below. A .nii.gz is decompressed to its end first, so that
-    its CRC is verified: nibabel reads only as far as the voxels go."""
+    its CRC is verified: nibabel reads only as far as the voxels go. With `frames`, a 4D image
+    is read as a Series of the frames chosen (only those are read)."""
     import nibabel as nib
 
     def unreadable(exc: Exception) -> InputError:
@@ -697,13 +804,15 @@ def _read_nifti(path: Path) -> Volume:
         raise unreadable(exc) from None
     hdr = img.header
     shape = img.shape
-    _check_header_size(path, shape, hdr.get_zooms()[:3])
+    chosen = _check_header_size(path, shape, hdr.get_zooms()[:3], frames)
     proxy = img.dataobj
     if _suffix(path) == ".nii.gz":
         itemsize = np.dtype(hdr.get_data_dtype()).itemsize
         expected = int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * itemsize
         with open(path, "rb") as f:
             _verify_stream(path, f, 0, "gzip", expected, exact=False)
+    if chosen is not None:
+        return _read_nifti_frames(path, img, chosen, unreadable)
     try:
         raw = np.asarray(proxy.get_unscaled()) if hasattr(proxy, "get_unscaled") else \
             np.asanyarray(proxy)
@@ -741,6 +850,45 @@ def _read_nifti(path: Path) -> Volume:
     spacing = np.linalg.norm(aff[:3, :3], axis=0)
     return volume(np.transpose(arr, (2, 1, 0)), spacing, aff[:3, :3] / spacing,
                   tuple(aff[:3, 3]), name=str(path))
+
+
+def _read_nifti_frames(path: Path, img, chosen: list[int], unreadable):
+    """The frames `chosen` of a 4D NIfTI, one at a time (in increasing order, with the file
+    kept open: a .nii.gz is then decompressed once, not once per frame)."""
+    import nibabel as nib
+
+    from .series import series_from_array
+
+    ndim = len(img.shape)
+    out = None
+    try:
+        img = nib.load(str(path), keep_file_open=True)
+        proxy = img.dataobj
+        for n, t in enumerate(chosen):
+            raw = np.asanyarray(proxy[(slice(None),) * 3 + (t,) + (0,) * (ndim - 4)])
+            if np.iscomplexobj(raw):
+                raw = _magnitude(path, raw, "complex")
+            if raw.dtype.names or not np.issubdtype(raw.dtype, np.number):
+                raise InputError(f"{path}: unsupported voxel type {raw.dtype} (RGB or "
+                                 "structured voxels); expected one grey-scale value per voxel")
+            a = _compact(path, raw)  # the header's scaling applied by nibabel, per frame
+            if out is None:
+                out = np.empty((len(chosen), *a.shape[::-1]), dtype=a.dtype)
+            out[n] = np.transpose(a, (2, 1, 0))
+            del raw, a
+    except InputError:
+        raise
+    except Exception as exc:
+        raise unreadable(exc) from None
+    finally:
+        opener = getattr(getattr(img, "dataobj", None), "_opener", None)
+        if opener is not None:
+            with contextlib.suppress(Exception):
+                opener.close_if_mine()
+    aff = np.asarray(img.affine, float)
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    return series_from_array(out, spacing, aff[:3, :3] / spacing, tuple(aff[:3, 3]), chosen,
+                             None, int(img.shape[3]), name=str(path))
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
@@ -797,13 +945,19 @@ def _is_dicom_file(path: Path) -> bool:
     return len(pre) == 132 and pre[128:132] == b"DICM"
 
 
-def read_volume(path: str | Path, series: str | None = None) -> Volume:
+def read_volume(path: str | Path, series: str | None = None,
+                frames: FrameChoice | None = None):
     """A 3D volume (or a one-slice volume for 2D files) from NIfTI, NRRD, MHA/MHD, a DICOM
     folder or file, NPY or a 2D image; `InputError` naming the file for anything unusable.
 
     `series`: the SeriesInstanceUID to read from a DICOM folder holding several series (a
     folder with more than one is refused without it, listing them). Anything accepted was
     checked on its header to fit the memory bound (`check_budget`) before its voxels were read.
+
+    `frames`: None refuses 4D inputs (the 3D reader). Given (`series.frame_chooser`), a 4D
+    NIfTI/NRRD/MHA or a DICOM folder with several images per slice position is returned as a
+    `series.Series` of the frames it chooses; a 3D input is still returned as a Volume.
+    Use `series.read_series`, which builds the chooser from a `--frames` text.
     """
     if isinstance(path, str) and not path.strip():
         raise InputError("an empty path was given (no file or folder)")
@@ -813,13 +967,13 @@ def read_volume(path: str | Path, series: str | None = None) -> Volume:
         if stat.S_ISDIR(st.st_mode):
             if not os.access(p, os.R_OK | os.X_OK):
                 raise InputError(f"{p}: permission denied")
-            vol = _read_dicom_folder(p, series)
+            vol = _read_dicom_folder(p, series, frames)
         else:
             _require_regular(p, st)
             if st.st_size == 0:
                 raise InputError(f"{p}: the file is empty")
             try:
-                vol = _read_file(p)
+                vol = _read_file(p, frames)
             except PermissionError:
                 raise InputError(f"{p}: permission denied") from None
         _check_values(p, vol.array)
@@ -827,19 +981,19 @@ def read_volume(path: str | Path, series: str | None = None) -> Volume:
     return vol
 
 
-def _read_file(p: Path) -> Volume:
+def _read_file(p: Path, frames: FrameChoice | None = None):
     suffix = _suffix(p)
     if suffix == ".npy":
         return _read_npy(p)
     if suffix in (".nii", ".nii.gz"):
-        return _read_nifti(p)
+        return _read_nifti(p, frames)
     if suffix in dicom.DICOM_SUFFIXES or re.fullmatch(r"[^.]*", p.name) or _is_dicom_file(p):
         hdr = dicom.read_header(p)
         if hdr is not None:
             if hdr.pixel_length == -1:
                 raise InputError(f"{p}: a DICOM file without an image")
             return _read_dicom_file(p, hdr)
-    return _read_sitk_file(p)
+    return _read_sitk_file(p, frames)
 
 
 def read_input(path: str | Path, series: str | None = None) -> Volume:
