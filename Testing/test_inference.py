@@ -64,12 +64,20 @@ def test_predict_slices_shapes_ranges_and_batching(ckpt):
 def test_predict_slices_is_model_on_fitted_input(ckpt):
     rng = np.random.default_rng(3)
     imgs = rng.random((3, 300, 180)).astype(np.float32) * 50
-    pred = predict_slices(imgs, model=ckpt, device="cpu", pixel_spacing=(0.8, 1.2))
+    pred = predict_slices(imgs, model=ckpt, device="cpu", pixel_spacing=(0.8, 1.2),
+                          precision="fp32", tta=1)
     net = load_checkpoint(ckpt).model
     x = torch.from_numpy(geometry.to_model_input(imgs, (0.8, 1.2)))[:, None]
     with torch.no_grad():
         ref = net(x).reshape(-1).clamp(0, 1).numpy()
+        # the default: the mean over 4 views (identity, h-flip, v-flip, transpose)
+        views = [net(v).reshape(-1).clamp(0, 1).numpy()
+                 for v in (x, x.flip(-1), x.flip(-2), x.transpose(-2, -1))]
     assert np.allclose(pred, ref, atol=1e-5)
+    four = predict_slices(imgs, model=ckpt, device="cpu", pixel_spacing=(0.8, 1.2),
+                          precision="fp32")
+    assert np.allclose(four, np.mean(views, axis=0), atol=1e-5)
+    assert not np.allclose(four, ref, atol=1e-4)  # the views really differ
     # a different pixel spacing changes the fitted input, hence the prediction
     other = predict_slices(imgs, model=ckpt, device="cpu", pixel_spacing=(1.2, 0.8))
     assert not np.allclose(pred, other, atol=1e-4)

@@ -9,10 +9,23 @@ below `min_foreground`: the air at the edges of the field of view) and blank sli
 or nearly so: a constant image would read SSIM 1.0) are predicted and reported, but left out of
 the statistics and the verdict, since their SSIM means nothing; a volume with none left is
 refused. A model whose raw outputs lie far outside [0, 1] is refused as broken.
+
+Precision (`precision=`): "auto" runs the fastest arithmetic the hardware has natively and that
+keeps the answer: on CUDA float16 autocast, on a CPU with native bfloat16 (AVX512-BF16 / AMX)
+bfloat16 autocast in channels-last layout, elsewhere float32. The network's last layer always
+runs in float32. "fp32" asks for float32; "bf16" for bfloat16 (refused where the CPU would only
+emulate it). Measured against float32 (README "Benchmarks"): |difference| <= PRECISION_BOUND.
+
+Uncertainty (`tta=`): the model also reads label-preserving views of each model input (flips
+and transposes: the SSIM of two images is unchanged when both are flipped), the predicted SSIM
+is the mean over the views and `ssim_sd` their standard deviation: the model's own instability
+on that slice. A slice whose interval ssim +- UNCERTAIN_SDS * sd contains a class threshold is
+flagged uncertain.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections import OrderedDict
@@ -29,6 +42,7 @@ from .checkpoint import LoadedModel, default_model_path, load_checkpoint
 from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class
 from .errors import CheckpointError, InputError, MotionSSIMError, SettingsError
 from .geometry import MODEL_SIZE, Volume, extract_slices, to_model_input, volume
+from .model import forward_ssim
 
 # typing.Union, not `|`: this alias is evaluated at import, and Slicer 5.8 has Python 3.9
 ModelLike = Union[str, os.PathLike, nn.Module, LoadedModel, None]
@@ -42,6 +56,25 @@ VERDICT_RULE = ("worst clinical class among non-empty slices: good (all slices g
 # CUDA autocast: float16 keeps 3 decimal digits of the output (bfloat16 only 2); a batch whose
 # float16 forward overflows (inf/NaN) is recomputed in bfloat16, which has float32's range.
 CUDA_AMP_DTYPES = (torch.float16, torch.bfloat16)
+PRECISIONS = ("auto", "fp32", "bf16")
+AMP_DTYPES = {"fp32": (), "bf16": (torch.bfloat16,), "fp16": CUDA_AMP_DTYPES}
+# Largest |difference| from float32 accepted for the fast path (Testing/test_precision.py):
+# a slice can change class only within this distance of a threshold. Measured with the
+# bundled model (bfloat16 body, float32 last layer): mean 0.0005, max 0.0017.
+PRECISION_BOUND = 0.005
+# Label-preserving views of a (B, 1, S, S) model input, in the order `tta=N` takes them.
+VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda t: t,
+    "hflip": lambda t: t.flip(-1),
+    "vflip": lambda t: t.flip(-2),
+    "transpose": lambda t: t.transpose(-2, -1),
+    "rot180": lambda t: t.flip((-2, -1)),
+    "rot90": lambda t: t.rot90(1, (-2, -1)),
+    "rot270": lambda t: t.rot90(-1, (-2, -1)),
+    "antitranspose": lambda t: t.flip((-2, -1)).transpose(-2, -1),
+}
+DEFAULT_TTA = 4  # identity, h-flip, v-flip, transpose
+UNCERTAIN_SDS = 2.0  # a slice is uncertain when ssim +- 2 sd contains a class threshold
 MODEL_CACHE_SIZE = 4  # loaded checkpoints kept (a GPU holds a few ResNets easily)
 # A trained model's raw output stays near [0, 1] (the bundled one: 0.39 - 1.06 on real slices,
 # noise, strips and constant images); far outside it the weights are broken (e.g. a last layer
@@ -51,6 +84,46 @@ RAW_OUTPUT_RANGE = (-0.5, 1.5)
 
 class Cancelled(MotionSSIMError):
     """The user cancelled the assessment."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (oneDNN: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """The arithmetic `precision` ("auto", "fp32", "bf16") means on `device`: "fp32",
+    "bf16" or "fp16" (CUDA autocast, bfloat16 for a batch that overflows). SettingsError for
+    an unknown name, and for "bf16" where it is not native (a CPU without AVX512-BF16/AMX
+    would emulate it, slower than float32; Apple MPS)."""
+    name = str(precision).strip().lower() if isinstance(precision, str) else None
+    if name not in PRECISIONS:
+        raise SettingsError(f"unknown precision {str(precision)[:40]!r}: use auto, fp32 or bf16")
+    dev = torch.device(device)
+    if name == "fp32":
+        return "fp32"
+    if dev.type == "cuda":
+        return "fp16" if name == "auto" else "bf16"
+    if dev.type == "cpu" and cpu_native_bf16():
+        return "bf16"
+    if name == "auto":
+        return "fp32"
+    where = "this CPU has no native bfloat16 (AVX512-BF16 or AMX)" if dev.type == "cpu" \
+        else f"bfloat16 is not used on {dev.type}"
+    raise SettingsError(f"precision bf16: {where}; use --precision auto or fp32")
+
+
+def check_tta(tta: Any) -> int:
+    """`tta` (number of views) as an int in 1..len(VIEWS), else SettingsError."""
+    if isinstance(tta, bool) or not isinstance(tta, (int, np.integer)) \
+            or not 1 <= tta <= len(VIEWS):
+        raise SettingsError(f"tta (views per slice) must be an integer from 1 to {len(VIEWS)}, "
+                            f"got {str(tta)[:40]}")
+    return int(tta)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -108,7 +181,7 @@ def get_model(model: ModelLike, device: str | torch.device) -> LoadedModel:
         _CACHE.move_to_end(key)
         return _CACHE[key]
     loaded = load_checkpoint(path, device=device)
-    if device.type == "cuda":  # the layout cuDNN's fastest convolutions use with autocast
+    if device.type in ("cuda", "cpu"):  # the layout cuDNN's and oneDNN's fastest kernels use
         loaded.model.to(memory_format=torch.channels_last)
     _CACHE[key] = loaded
     while len(_CACHE) > MODEL_CACHE_SIZE:
@@ -116,15 +189,19 @@ def get_model(model: ModelLike, device: str | torch.device) -> LoadedModel:
     return loaded
 
 
-def _forward(net: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(B, 1, H, W) float32 CPU batch -> (B,) float32 on CPU, raw (unclamped) outputs."""
-    if device.type != "cuda":
+def _forward(net: nn.Module, x: torch.Tensor, device: torch.device,
+             precision: str = "fp32") -> torch.Tensor:
+    """(B, 1, H, W) float32 CPU batch -> (B,) float32 on CPU, raw (unclamped) outputs.
+    `precision` as resolve_precision returns it. A batch whose reduced-precision forward is
+    not finite (float16 overflow) is recomputed in the next dtype, finally in float32."""
+    if device.type == "mps":
         return net(x.to(device)).float().reshape(-1).cpu()
-    x = x.pin_memory().to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    x = x.contiguous(memory_format=torch.channels_last)
     out = None
-    for amp in CUDA_AMP_DTYPES:
-        with torch.autocast("cuda", dtype=amp):
-            out = net(x).float().reshape(-1)
+    for amp in AMP_DTYPES[precision] + (None,):
+        out = forward_ssim(net, x, amp).float()
         if bool(torch.isfinite(out).all()):
             break
     return out.cpu()
@@ -170,30 +247,44 @@ def _chunks(slices: np.ndarray | list[np.ndarray], batch_size: int):
             yield np.asarray(part), np.stack([slices[i] for i in part])
 
 
-def predict_slices(images, model: ModelLike = None, device: str | torch.device = "auto",
-                   batch_size: int = 32, pixel_spacing=(1.0, 1.0),
-                   progress: Progress | None = None,
-                   cancel: Callable[[], bool] | None = None) -> np.ndarray:
-    """Predicted SSIM of each slice, clamped to [0, 1]: float64 array of shape (N,).
+@dataclass
+class SlicePrediction:
+    """predict_views' answer: per slice the predicted SSIM (mean over the views, each clamped
+    to [0, 1]), its standard deviation over the views (0 with one view), every view's
+    prediction, and what was run."""
 
-    images: (N, H, W) or (H, W) array in any intensity range and size, or a list of 2D slices
-    whose sizes differ. Each slice is fitted to the model input as DESIGN.md says (square
-    pixels, min-max, pad or anti-aliased downscale to 256 x 256), one batch at a time so that a
-    large volume never exists twice in memory. `model`: None (the bundled model), a checkpoint
-    path (loaded once and cached), a LoadedModel or a torch module (put in eval mode for the
-    call, its mode restored afterwards). `device="auto"`: CUDA, else MPS, else CPU. On CUDA the
-    forward runs under float16 autocast in channels-last layout; on CUDA out-of-memory the
-    batch is halved, and below one slice the CPU takes over with a warning. `progress(done,
-    total)` after each batch; `cancel()` returning True raises Cancelled.
+    ssim: np.ndarray  # (N,) float64
+    sd: np.ndarray  # (N,) float64
+    views: np.ndarray  # (N, V) float64, clamped
+    view_names: tuple[str, ...]
+    precision: str  # "fp32", "bf16" or "fp16" (resolve_precision)
+    device: str
+
+
+def predict_views(images, model: ModelLike = None, device: str | torch.device = "auto",
+                  batch_size: int = 32, pixel_spacing=(1.0, 1.0),
+                  progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+                  precision: str = "auto", tta: int = DEFAULT_TTA) -> SlicePrediction:
+    """Predicted SSIM of each slice with its uncertainty (see SlicePrediction).
+
+    images, model, device, batch_size, pixel_spacing, progress, cancel: as predict_slices.
+    precision: "auto" (the hardware's fastest native arithmetic that keeps the answer: float16
+    autocast on CUDA, bfloat16 on a CPU with native bfloat16, else float32), "fp32" or
+    "bf16" (resolve_precision). tta: the number of label-preserving views of each model input
+    (1 to 8, the first `tta` of VIEWS: identity, h-flip, v-flip, transpose, ...); the cost
+    grows with it (a forward pass per view). `batch_size` counts model inputs, views included.
     """
     slices, n = _as_slices(images)
     batch_size = check_batch_size(batch_size)
     pixel_spacing = check_pixel_spacing(pixel_spacing)
+    tta = check_tta(tta)
     dev = resolve_device(device)
+    resolved = resolve_precision(precision, dev)  # refused before the model is loaded
     loaded = get_model(model, dev)
-    out = np.empty(n, dtype=np.float64)
+    names = tuple(list(VIEWS)[:tta])
+    views = np.empty((n, tta), dtype=np.float64)
     if n == 0:
-        return out
+        return SlicePrediction(np.empty(0), np.empty(0), views, names, resolved, dev.type)
     net = loaded.model
     was_training = net.training
     net.eval()
@@ -208,16 +299,47 @@ def predict_slices(images, model: ModelLike = None, device: str | torch.device =
                     raise InputError("predict_slices: slices contain NaN or infinite "
                                      f"values (slice {int(idx[0])} onwards)")
                 x = torch.from_numpy(to_model_input(chunk, pixel_spacing, size=MODEL_SIZE))
-                raw, net, dev, batch_size = _predict_chunk(net, x[:, None], dev, batch_size,
-                                                           cancel, lambda: _cpu_copy(loaded))
-                check_raw_outputs(raw, idx, loaded)
-                out[idx] = raw
+                x = x[:, None]
+                x = torch.cat([VIEWS[v](x) for v in names]) if tta > 1 else x
+                raw, net, dev, batch_size = _predict_chunk(net, x, dev, batch_size, cancel,
+                                                           lambda: _cpu_copy(loaded),
+                                                           precision)
+                raw = raw.reshape(tta, len(idx)).T
+                for k in range(tta):
+                    check_raw_outputs(raw[:, k], idx, loaded)
+                views[idx] = raw
                 done += len(idx)
                 if progress is not None:
                     progress(done, n)
     finally:
         loaded.model.train(was_training)
-    return np.clip(out, 0.0, 1.0)
+    views = np.clip(views, 0.0, 1.0)
+    sd = views.std(axis=1, ddof=1) if tta > 1 else np.zeros(n)
+    return SlicePrediction(views.mean(axis=1), sd, views, names, resolved, dev.type)
+
+
+def predict_slices(images, model: ModelLike = None, device: str | torch.device = "auto",
+                   batch_size: int = 32, pixel_spacing=(1.0, 1.0),
+                   progress: Progress | None = None,
+                   cancel: Callable[[], bool] | None = None, precision: str = "auto",
+                   tta: int = DEFAULT_TTA) -> np.ndarray:
+    """Predicted SSIM of each slice, clamped to [0, 1]: float64 array of shape (N,).
+
+    images: (N, H, W) or (H, W) array in any intensity range and size, or a list of 2D slices
+    whose sizes differ. Each slice is fitted to the model input as DESIGN.md says (square
+    pixels, min-max, pad or anti-aliased downscale to 256 x 256), one batch at a time so that a
+    large volume never exists twice in memory. `model`: None (the bundled model), a checkpoint
+    path (loaded once and cached), a LoadedModel or a torch module (put in eval mode for the
+    call, its mode restored afterwards). `device="auto"`: CUDA, else MPS, else CPU. The
+    forward runs in channels-last layout; `precision` (predict_views): "auto" uses float16
+    autocast on CUDA and bfloat16 on CPUs with native bfloat16, "fp32" float32. `tta`: the
+    prediction is the mean over this many label-preserving views (predict_views also returns
+    their spread). On CUDA out-of-memory the batch is halved, and below one slice the CPU takes
+    over with a warning. `progress(done, total)` after each batch; `cancel()` returning True
+    raises Cancelled.
+    """
+    return predict_views(images, model, device, batch_size, pixel_spacing, progress, cancel,
+                         precision, tta).ssim
 
 
 def check_batch_size(batch_size: Any) -> int:
@@ -264,17 +386,20 @@ def _cpu_copy(loaded: LoadedModel) -> nn.Module:
 
 
 def _predict_chunk(net: nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int,
-                   cancel: Callable[[], bool] | None, cpu_fallback: Callable[[], nn.Module]):
+                   cancel: Callable[[], bool] | None, cpu_fallback: Callable[[], nn.Module],
+                   precision: str = "fp32"):
     """Run one preprocessed chunk in batches; returns (raw, net, device, batch_size), which
-    change after an out-of-memory fall-back so that the rest of the run keeps them."""
+    change after an out-of-memory fall-back so that the rest of the run keeps them.
+    `precision`: the user's setting, resolved for the device in use."""
     raw = np.empty(len(x), dtype=np.float64)
     start = 0
+    mode = resolve_precision(precision, dev)
     while start < len(x):
         if cancel is not None and cancel():
             raise Cancelled("assessment cancelled")
         stop = min(start + batch_size, len(x))
         try:
-            raw[start:stop] = _forward(net, x[start:stop], dev).numpy()
+            raw[start:stop] = _forward(net, x[start:stop], dev, mode).numpy()
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if batch_size > 1:  # retry the same slices with half the batch
@@ -284,6 +409,8 @@ def _predict_chunk(net: nn.Module, x: torch.Tensor, dev: torch.device, batch_siz
                           "the CPU", RuntimeWarning, stacklevel=4)
             dev = torch.device("cpu")
             net = cpu_fallback()
+            mode = resolve_precision("auto" if precision == "bf16" and not cpu_native_bf16()
+                                     else precision, dev)
             torch.cuda.empty_cache()
             continue
         start = stop
@@ -299,6 +426,8 @@ class SliceRecord:
     foreground: float
     empty: bool  # not counted: too little foreground, or blank
     blank: bool = False  # no contrast (constant or nearly so): flagged empty
+    ssim_sd: float = 0.0  # spread of the prediction over the views (0 with one view)
+    uncertain: bool = False  # ssim +- UNCERTAIN_SDS * ssim_sd contains a class threshold
 
 
 @dataclass
@@ -324,10 +453,25 @@ def verdict_of(classes: np.ndarray) -> str:
     return VERDICTS[int(classes.max())]
 
 
+def uncertain_slices(ssim: np.ndarray, sd: np.ndarray,
+                     thresholds: ClinicalThresholds = ClinicalThresholds(),
+                     k: float = UNCERTAIN_SDS) -> np.ndarray:
+    """True where the interval ssim +- k * sd contains a class threshold (the slice's class
+    could be the neighbouring one within the model's own instability)."""
+    ssim, sd = np.asarray(ssim, float), np.asarray(sd, float)
+    lo, hi = ssim - k * sd, ssim + k * sd
+    out = np.zeros(ssim.shape, dtype=bool)
+    for t in (thresholds.good, thresholds.sufficient):
+        out |= (lo < t) & (hi >= t) & (sd > 0)
+    return out
+
+
 def summarize(ssim: np.ndarray, classes: np.ndarray, empty: np.ndarray, indices: np.ndarray,
               thresholds: ClinicalThresholds = ClinicalThresholds(),
-              n_worst: int = 5) -> dict[str, Any]:
-    """Volume summary over the non-empty slices (empty ones are only counted)."""
+              n_worst: int = 5, sd: np.ndarray | None = None) -> dict[str, Any]:
+    """Volume summary over the non-empty slices (empty ones are only counted). With `sd`
+    (per-slice spread over the views) also the uncertain slices' count, mean spread and
+    each worst slice's spread."""
     ssim, classes = np.asarray(ssim, float), np.asarray(classes, int)
     empty, indices = np.asarray(empty, bool), np.asarray(indices, int)
     keep = ~empty
@@ -336,7 +480,7 @@ def summarize(ssim: np.ndarray, classes: np.ndarray, empty: np.ndarray, indices:
     counts["empty"] = int(empty.sum())
     order = np.argsort(s, kind="stable")[:n_worst]
     assessed = int(keep.sum())
-    return {
+    out = {
         "verdict": verdict_of(c),
         "verdict_rule": VERDICT_RULE,
         "n_slices": int(len(ssim)),
@@ -351,6 +495,15 @@ def summarize(ssim: np.ndarray, classes: np.ndarray, empty: np.ndarray, indices:
                           "class": CLINICAL_NAMES[int(c[i])]} for i in order],
         "thresholds": {"good": thresholds.good, "sufficient": thresholds.sufficient},
     }
+    if sd is not None:
+        d = np.asarray(sd, float)[keep]
+        out["n_uncertain"] = int(uncertain_slices(s, d, thresholds).sum())
+        out["mean_ssim_sd"] = float(d.mean()) if assessed else None
+        out["uncertain_rule"] = (f"ssim +- {UNCERTAIN_SDS:g} ssim_sd contains a class "
+                                 "threshold")
+        for w, i in zip(out["worst_slices"], order):
+            w["ssim_sd"] = float(d[i])
+    return out
 
 
 MODEL_SUMMARY_KEYS = ("architecture", "name", "dtype", "epoch", "step", "motionssim_version",
@@ -406,8 +559,13 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
                   device: str | torch.device = "auto", batch_size: int = 32,
                   thresholds: ClinicalThresholds = ClinicalThresholds(),
                   min_foreground: float = 0.05, progress: Progress | None = None,
-                  cancel: Callable[[], bool] | None = None) -> Assessment:
+                  cancel: Callable[[], bool] | None = None, precision: str = "auto",
+                  tta: int = DEFAULT_TTA) -> Assessment:
     """Predict every slice of a volume and summarise: per-slice records and a verdict.
+
+    precision and tta as in predict_views: each record carries the spread over the views
+    (`ssim_sd`) and the `uncertain` flag; the summary counts the uncertain slices and says
+    what ran (`inference`: device, precision, views).
 
     A bare array is taken as [k, j, i] with 1 mm isotropic voxels and identity directions.
     Slices whose foreground share is below `min_foreground`, and blank slices (no contrast:
@@ -424,6 +582,7 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
         raise SettingsError("thresholds must be a ClinicalThresholds(good=..., sufficient=...), "
                             f"not {type(thresholds).__name__}")
     batch_size = check_batch_size(batch_size)
+    tta = check_tta(tta)
     if not isinstance(vol, Volume):
         vol = volume(vol)
     if cancel is not None and cancel():
@@ -437,15 +596,22 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
                          f"are empty (foreground share < {min_foreground}) or blank "
                          f"({int(blank.sum())} constant or nearly so)")
     dev = resolve_device(device)
+    resolve_precision(precision, dev)  # a wrong setting is refused before the model loads
     loaded = get_model(model, dev)
-    pred = predict_slices(stack.images, loaded, dev, batch_size, stack.pixel_spacing,
-                          progress=progress, cancel=cancel)
+    result = predict_views(stack.images, loaded, dev, batch_size, stack.pixel_spacing,
+                           progress=progress, cancel=cancel, precision=precision, tta=tta)
+    pred, sd = result.ssim, result.sd
     classes = clinical_class(pred, thresholds)
-    records = [SliceRecord(int(i), float(p), float(s), int(c), float(f), bool(e), bool(b))
-               for i, p, s, c, f, e, b in zip(stack.indices, stack.positions_mm, pred, classes,
-                                              foreground, empty, blank)]
-    summary = summarize(pred, classes, empty, np.asarray(stack.indices), thresholds)
+    unsure = uncertain_slices(pred, sd, thresholds) & ~empty
+    records = [SliceRecord(int(i), float(p), float(s), int(c), float(f), bool(e), bool(b),
+                           float(d), bool(u))
+               for i, p, s, c, f, e, b, d, u in zip(stack.indices, stack.positions_mm, pred,
+                                                    classes, foreground, empty, blank, sd,
+                                                    unsure)]
+    summary = summarize(pred, classes, empty, np.asarray(stack.indices), thresholds, sd=sd)
     summary["min_foreground"] = float(min_foreground)
     summary["n_blank"] = int(blank.sum())
+    summary["inference"] = {"device": result.device, "precision": result.precision,
+                            "views": list(result.view_names)}
     return Assessment(records, summary, stack.orientation, stack.axis,
                       tuple(float(v) for v in stack.pixel_spacing), describe_model(loaded))

@@ -60,6 +60,27 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def forward_ssim(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) -> (B,) raw regression output."""
-    return model(batch).reshape(-1)
+_RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
+                 "avgpool", "fc")
+
+
+def forward_ssim(model: nn.Module, batch: torch.Tensor,
+                 amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B, 1, H, W) -> (B,) raw regression output.
+
+    amp_dtype (torch.bfloat16 / torch.float16): the convolutional body runs under autocast in
+    that dtype on the batch's device, the last layer (fc) in float32 on float32 features. The
+    output is a value near [0, 1] whose rounding in bfloat16 alone would be up to 0.002 (8
+    significant bits), as large as all the body's rounding together; the fc costs nothing.
+    A network that is not a torchvision ResNet runs wholly under autocast (output in float32).
+    """
+    if amp_dtype is None:
+        return model(batch).reshape(-1)
+    net = unwrap(model)
+    with torch.autocast(batch.device.type, dtype=amp_dtype):
+        if not all(isinstance(getattr(net, k, None), nn.Module) for k in _RESNET_PARTS):
+            return model(batch).float().reshape(-1)
+        x = net.maxpool(net.relu(net.bn1(net.conv1(batch))))
+        x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        x = torch.flatten(net.avgpool(x), 1)
+    return net.fc(x.float()).reshape(-1)
