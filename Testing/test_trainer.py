@@ -200,7 +200,7 @@ def test_bundle_model_writes_a_loadable_fp16_model_and_its_card(toy, reference, 
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), original.model(x), atol=2e-2), "fp16 copy differs"
     card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert "1. two toy epochs" in card and "## Known limits" in card and "| mae |" in card
+    assert "1. two toy epochs" in card and "## Known limits" in card and "| MAE |" in card
 
 
 def test_ddp_world_size_one_matches_plain_run(toy, reference, tmp_path, monkeypatch):
