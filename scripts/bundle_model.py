@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib.util
 import json
 import math
@@ -108,7 +109,8 @@ def _read_json(path: Path, what: str) -> Any:
         raise BundleError(f"{path}: not a readable JSON {what} ({exc})") from None
 
 
-def _load_real_scans_module():
+@functools.cache
+def _load_real_scans_module() -> Any:  # the module, loaded by path
     # scripts/ is no package: load check_real_scans.py beside this file by path (as the tests do).
     path = Path(__file__).resolve().with_name("check_real_scans.py")
     spec = importlib.util.spec_from_file_location("check_real_scans", path)
