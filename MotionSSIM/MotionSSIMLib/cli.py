@@ -72,6 +72,15 @@ def add_assess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series", metavar="UID",
                    help="the SeriesInstanceUID to assess in a DICOM folder that holds several "
                         "series (without it such a folder is refused, listing them)")
+    # archives (archive.py, group_report.py): folders, BIDS datasets, shards, ratings
+    p.add_argument("--shard", metavar="I/N",
+                   help="assess only shard I of N (1..N; by a stable hash of each scan's "
+                        "path): N jobs cover the archive once; merge with `motionssim group`")
+    p.add_argument("--force", action="store_true",
+                   help="folders: assess again the scans already assessed with this model")
+    p.add_argument("--ratings", metavar="FILE",
+                   help="folders: TSV/CSV of scan and rating 1/2/3 (MR-ART's "
+                        "derivatives/scores.tsv) to add agreement to the group report")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
     p.add_argument("--debug", action="store_true",
@@ -104,6 +113,10 @@ def run_assess(args: argparse.Namespace) -> int:
     except (MotionSSIMError, ValueError, OSError) as exc:
         _say(f"error: {exc}", sys.stderr)
         return 2
+    from .archive import archive_mode, run_archive
+
+    if archive_mode(args):  # folders, BIDS datasets, --shard, --ratings: the group report
+        return run_archive(args, model, device, thresholds)
     unusable, internal = 0, 0
     bar = tqdm(args.inputs, unit="input", disable=not args.progress or len(args.inputs) < 2,
                file=sys.stderr)
@@ -183,6 +196,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        epilog=ASSESS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_assess_arguments(p)
     p.set_defaults(run=run_assess)
+    g = sub.add_parser("group", help="merge the shards of an archive run into one group "
+                       "report (CSV, HTML; agreement with --ratings)")
+    importlib.import_module(f"{__package__}.group_report").add_group_arguments(g)
+    g.set_defaults(run=lambda a: importlib.import_module(
+        f"{__package__}.group_report").run_group(a))
 
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
