@@ -40,6 +40,9 @@ def inputs(tmp_path_factory):
                     str(d / "slice.png"))
     nib.save(nib.Nifti1Image(rng.random((20, 20, 6, 2)).astype(np.float32), np.eye(4)),
              d / "fourd.nii.gz")
+    # 4D inputs are assessed frame by frame (test_series.py); 5D ones are still refused
+    nib.save(nib.Nifti1Image(rng.random((20, 20, 6, 2, 2)).astype(np.float32), np.eye(4)),
+             d / "fived.nii.gz")
     bad = head.copy()
     bad[1, 1, 1] = np.nan
     nib.save(nib.Nifti1Image(bad, np.eye(4)), d / "nan.nii.gz")
@@ -73,7 +76,7 @@ def test_assess_writes_reports(ckpt, inputs, tmp_path, capsys):
 
 def test_bad_inputs_exit_2_one_line_each_and_others_still_assessed(ckpt, inputs, tmp_path,
                                                                    capsys):
-    bad = ["fourd.nii.gz", "nan.nii.gz", "flat.nii.gz", "tiny.nii.gz", "notes.nii", "gone.nii"]
+    bad = ["fived.nii.gz", "nan.nii.gz", "flat.nii.gz", "tiny.nii.gz", "notes.nii", "gone.nii"]
     args = [str(inputs / b) for b in bad] + [str(inputs / "head.nii.gz")]
     rc = main(["assess", *args, "--model", str(ckpt), "--device", "cpu", "--out",
                str(tmp_path), "--no-progress"])
@@ -99,11 +102,11 @@ def test_bad_model_is_one_line(inputs, tmp_path, capsys):
 def test_module_entry_point_runs_as_subprocess(ckpt, inputs, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "MotionSSIM"), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "MotionSSIMLib", "assess",
-                           str(inputs / "head.nii.gz"), str(inputs / "fourd.nii.gz"),
+                           str(inputs / "head.nii.gz"), str(inputs / "fived.nii.gz"),
                            "--model", str(ckpt), "--device", "cpu", "--out", str(tmp_path)],
                           capture_output=True, text=True, encoding="utf-8", env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr and "fourd.nii.gz" in proc.stderr
+    assert "Traceback" not in proc.stderr and "fived.nii.gz" in proc.stderr
     assert "head.nii.gz:" in proc.stdout
     help_text = subprocess.run([sys.executable, "-m", "MotionSSIMLib", "train", "--help"],
                                capture_output=True, text=True, encoding="utf-8", env=env, timeout=120).stdout

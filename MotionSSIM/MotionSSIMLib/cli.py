@@ -27,6 +27,11 @@ and one line with the verdict is printed. <name> is the input's file name withou
 then _ and 8 hex digits of the SHA-256 of its resolved absolute path: the same input always
 gets the same name. The verdict is the worst clinical class among non-empty slices:
 good (SSIM >= 0.85), sufficient (>= 0.60) or insufficient: re-scan.
+
+A 4D input (NIfTI/NRRD with several volumes, a DICOM folder with several time points,
+b-values or echoes per position) is assessed frame by frame (--frames 0:10 or 3,5,7 to choose
+frames by index, from 0): the CSV gains a frame column, OUT/<name>_heatmap.png shows frame x
+slice, and the line names the worst frame and slice.
 """
 
 
@@ -72,6 +77,10 @@ def add_assess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series", metavar="UID",
                    help="the SeriesInstanceUID to assess in a DICOM folder that holds several "
                         "series (without it such a folder is refused, listing them)")
+    p.add_argument("--frames", metavar="SEL",
+                   help="4D inputs: the frames to assess, by index from 0: a range 0:10 "
+                        "(frames 0-9), 5: or :3, a list 3,5,7, or a mix (default: all); "
+                        "3D inputs are assessed whole")
     # archives (archive.py, group_report.py): folders, BIDS datasets, shards, ratings
     p.add_argument("--shard", metavar="I/N",
                    help="assess only shard I of N (1..N; by a stable hash of each scan's "
@@ -93,8 +102,8 @@ def run_assess(args: argparse.Namespace) -> int:
 
     from .classes import ClinicalThresholds
     from .inference import assess_volume, get_model, resolve_device
-    from .io import read_input
     from .report import check_writable, printable, read_true_ssim, report_name, write_report
+    from .series import Series, frame_chooser, read_series
 
     if args.debug:  # the image libraries' output, captured by io while reading
         logging.basicConfig(level=logging.DEBUG, format="debug: %(message)s")
@@ -106,6 +115,11 @@ def run_assess(args: argparse.Namespace) -> int:
         thresholds = ClinicalThresholds(args.good, args.sufficient)
         if args.true_ssim and len(args.inputs) != 1:
             raise ValueError("--true-ssim goes with exactly one input")
+        if getattr(args, "frames", None) is not None:
+            try:  # a malformed selection is refused before any work
+                frame_chooser(args.frames)
+            except ValueError as exc:
+                raise ValueError(f"--frames: {exc}") from None
         check_writable(args.out)  # before any work: a report that cannot be written is lost
         device = resolve_device(args.device)
         model = get_model(args.model, device)  # once for every input, refused before any work
@@ -123,7 +137,11 @@ def run_assess(args: argparse.Namespace) -> int:
     for raw in bar:
         path = Path(raw)
         try:
-            vol = read_input(path, series=args.series)
+            vol = read_series(path, series=args.series, frames=getattr(args, "frames", None))
+            if isinstance(vol, Series):
+                a, paths = _assess_series(args, path, vol, model, device, thresholds, truth)
+                tqdm.write(printable(series_line(path, a, paths["json"])))
+                continue
             a = assess_volume(vol, model=model, orientation=args.orientation, device=device,
                               batch_size=args.batch_size, thresholds=thresholds,
                               min_foreground=args.min_foreground)
@@ -153,6 +171,36 @@ def run_assess(args: argparse.Namespace) -> int:
             continue
         tqdm.write(printable(assess_line(path, a, paths["json"])))
     return 1 if internal else 2 if unusable else 0
+
+
+def _assess_series(args: argparse.Namespace, path: Path, series, model, device, thresholds,
+                   truth) -> tuple:
+    """A 4D input: every frame chosen assessed (series.assess_series) and its report set."""
+    from .errors import InputError
+    from .report import report_name, write_series_report
+    from .series import assess_series
+
+    if truth is not None:
+        raise InputError(f"{path}: --true-ssim goes with a 3D input, this one has "
+                         f"{series.n_input_frames} frames")
+    a = assess_series(series, model=model, orientation=args.orientation, device=device,
+                      batch_size=args.batch_size, thresholds=thresholds,
+                      min_foreground=args.min_foreground)
+    return a, write_series_report(a, args.out, report_name(path), source=str(path))
+
+
+def series_line(path: Path, a, report: Path) -> str:
+    """INPUT: verdict (N frames: g good / s sufficient / i insufficient; worst frame F slice
+    K SSIM x; mean SSIM m, min y over all frames) -> report."""
+    s = a.summary
+    fc = s["frame_counts"]
+    worst = s["worst_slices"][0]
+    unassessed = f", {fc['unassessed']} without assessable slices" if fc["unassessed"] else ""
+    return (f"{path}: {s['verdict']} ({s['n_frames']} frames: {fc['good']} good / "
+            f"{fc['sufficient']} sufficient / {fc['insufficient']} insufficient{unassessed}; "
+            f"worst frame {worst['frame']} {a.orientation} slice {worst['index']} "
+            f"SSIM {worst['ssim']:.3f}; mean SSIM {s['mean_ssim']:.3f} over all frames) "
+            f"-> {report}")
 
 
 def assess_line(path: Path, a, report: Path) -> str:

@@ -215,6 +215,9 @@ def read_header(path: Path) -> DicomHeader | None:
                 name, binary = want
                 if binary and n >= 2:
                     hdr.tags[name] = int(struct.unpack(e + "H", value[:2])[0])
+                elif name == "b_value" and n == 8 and vr in (b"FD", b""):
+                    # Diffusion b-value is FD (a binary double) in the standard dictionary
+                    hdr.tags[name] = f"{struct.unpack(e + 'd', value)[0]:g}"
                 elif not binary:
                     hdr.tags[name] = value.decode("ascii", "replace").strip("\0 ")
     except _Truncated:
@@ -439,7 +442,7 @@ def split_frames(folder: Path, headers: list[DicomHeader],
         groups[-1].append(headers[i])
         last = z[i]
     counts = [len(g) for g in groups]
-    if max(counts) == 1:
+    if min(counts) == 1:  # 3D, or a few duplicated slices: order_slices names them
         return None
     if min(counts) != max(counts):
         few = int(np.argmin(counts))

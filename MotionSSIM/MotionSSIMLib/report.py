@@ -289,3 +289,175 @@ def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
             fig.savefig(path, format="png")
     finally:
         plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4D series (series.SeriesAssessment): the same files with a frame column, plus a heatmap
+
+
+
+def class_colormap(good: float, sufficient: float) -> Any:
+    """SSIM colours in the classes' hues, with a break at each threshold: dark to light red
+    (insufficient), amber (sufficient), light to dark green (good). A cell's class reads from
+    its hue, its SSIM from its shade."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    eps = 1e-6
+    stops = [(0.0, "#67000d"), (max(sufficient - eps, eps), "#fb6a4a"),
+             (sufficient, "#fdd49e"), (max(good - eps, sufficient + eps), "#e6a700"),
+             (good, "#c7e9c0"), (1.0, "#00441b")]
+    return LinearSegmentedColormap.from_list("motionssim_classes", stops, N=1024)
+
+
+def _cell(record: Any, column: str) -> Any:
+    """One CSV cell of a slice record, formatted as the 3D report writes it; a column this
+    function does not know is taken from the record's field of that name."""
+    if column == "class_name":
+        return CLINICAL_NAMES[record.clinical_class]
+    if column == "class":
+        return record.clinical_class
+    value = getattr(record, column)
+    if column == "position_mm":
+        return f"{value:.3f}"
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4f}"
+    return value
+
+
+def write_series_report(assessment: Any, out_dir: str | Path, stem: str,
+                        source: str | None = None) -> dict[str, Path]:
+    """The report set of a 4D series (`series.SeriesAssessment`), atomic like `write_report`:
+    OUT/STEM_slices.csv (the 3D columns after a `frame` column: the frame's index in the
+    input), OUT/STEM_summary.json (the series summary: verdict over all frames, per-frame
+    verdicts, worst frames and worst (frame, slice) pairs), OUT/STEM_chart.png (per-frame
+    chart) and OUT/STEM_heatmap.png (frame x slice SSIM). Returns the four paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(stem)).lstrip(".") or "input"
+    paths = {"csv": out / f"{stem}_slices.csv", "json": out / f"{stem}_summary.json",
+             "png": out / f"{stem}_chart.png", "heatmap": out / f"{stem}_heatmap.png"}
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(("frame",) + CSV_COLUMNS)
+    for f in assessment.assessed:
+        for r in f.assessment.records:
+            w.writerow([f.frame] + [_cell(r, c) for c in CSV_COLUMNS])
+    shown = printable(source) if source is not None else None
+    summary: dict[str, Any] = {"input": shown, "kind": "series",
+                               "orientation": assessment.orientation, "axis": assessment.axis,
+                               "pixel_spacing_mm": list(assessment.pixel_spacing),
+                               **assessment.summary, "model": assessment.model,
+                               "files": {k: p.name for k, p in paths.items()},
+                               "versions": _versions()}
+    body = json.dumps(summary, indent=2, default=_plain)
+    with _atomic_files(paths) as files:
+        files["csv"].write(text.getvalue().encode("utf-8"))
+        files["json"].write(body.encode("utf-8"))
+        plot_frames_chart(assessment, files["png"], title=shown or stem)
+        plot_heatmap(assessment, files["heatmap"], title=shown or stem)
+    return paths
+
+
+def _frame_stats(assessment: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(frames, mean SSIM, min SSIM, worst class) per frame; NaN/0 for unassessed frames."""
+    frames = np.array([f["frame"] for f in assessment.summary["frames"]])
+    mean = np.array([np.nan if f.get("mean_ssim") is None else f["mean_ssim"]
+                     for f in assessment.summary["frames"]], dtype=float)
+    low = np.array([np.nan if f.get("min_ssim") is None else f["min_ssim"]
+                    for f in assessment.summary["frames"]], dtype=float)
+    names = {v: k for k, v in CLINICAL_NAMES.items()}
+    worst = np.array([next((k for n, k in names.items() if f["verdict"].startswith(n)), 0)
+                      for f in assessment.summary["frames"]])
+    return frames, mean, low, worst
+
+
+def plot_frames_chart(assessment: Any, path: str | Path | Any, title: str = "") -> None:
+    """Per-frame chart: each frame's lowest slice SSIM (points coloured by the frame's
+    verdict) and mean SSIM (grey line), thresholds dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames, mean, low, worst = _frame_stats(assessment)
+    th = assessment.summary.get("thresholds", {"good": 0.85, "sufficient": 0.60})
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    try:
+        ax.plot(frames, mean, color="0.6", lw=1, marker=".", label="mean SSIM", zorder=1)
+        ax.plot(frames, low, color="0.8", lw=0.8, zorder=1)
+        for k, name in CLINICAL_NAMES.items():
+            m = worst == k
+            ax.scatter(frames[m], low[m], s=28, color=CLASS_COLOURS[k], zorder=3,
+                       label=f"lowest slice, frame {name} ({int(m.sum())})")
+        if (worst == 0).any():
+            m = worst == 0
+            ax.scatter(frames[m], np.zeros(int(m.sum())), marker="x", color="0.5", zorder=2,
+                       label=f"no assessable slice ({int(m.sum())})")
+        ax.axhline(th["good"], color=CLASS_COLOURS[1], ls="--", lw=1)
+        ax.axhline(th["sufficient"], color=CLASS_COLOURS[3], ls="--", lw=1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("frame (index in the input)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel("predicted SSIM")
+        ax.set_title(f"{_short(printable(title))}\nverdict: "
+                     f"{assessment.summary.get('verdict', '')}", fontsize=10, parse_math=False)
+        ax.legend(loc="lower left", fontsize=8, ncol=3)
+        ax.grid(alpha=0.3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+            fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def plot_heatmap(assessment: Any, path: str | Path | Any, title: str = "") -> None:
+    """Frame x slice heatmap of the predicted SSIM: one row per frame (its index in the
+    input), one column per slice index; empty slices and unassessed frames grey. The colour
+    bar marks the class thresholds (lines and the class names beside their bands)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames, slices, ssim, empty = assessment.matrix()
+    th = assessment.summary.get("thresholds", {"good": 0.85, "sufficient": 0.60})
+    shown = np.ma.masked_array(ssim, mask=empty | ~np.isfinite(ssim))
+    cmap = class_colormap(th["good"], th["sufficient"]).with_extremes(bad="0.75")
+    height = min(12.0, 2.5 + 0.18 * len(frames))
+    fig, ax = plt.subplots(figsize=(10, height), dpi=100)
+    try:
+        im = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto",
+                       interpolation="nearest", origin="upper")
+        step = max(1, len(slices) // 20)
+        ax.set_xticks(np.arange(0, len(slices), step))
+        ax.set_xticklabels([str(int(s)) for s in slices[::step]], fontsize=7)
+        fstep = max(1, len(frames) // 30)
+        ax.set_yticks(np.arange(0, len(frames), fstep))
+        ax.set_yticklabels([str(int(f)) for f in frames[::fstep]], fontsize=7)
+        ax.set_xlabel(f"{assessment.orientation} slice index ({assessment.axis})")
+        ax.set_ylabel("frame")
+        bar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
+        bar.set_label("predicted SSIM (grey: empty slice)")
+        for value in (th["sufficient"], th["good"]):
+            bar.ax.axhline(value, color="k", lw=1.5)
+        bands = ((th["good"] + 1.0) / 2, "good"), \
+            ((th["sufficient"] + th["good"]) / 2, "sufficient"), \
+            (th["sufficient"] / 2, "insufficient")
+        for y, name in bands:
+            bar.ax.text(0.5, y, name, rotation=90, va="center", ha="center", fontsize=7,
+                        transform=bar.ax.get_yaxis_transform())
+        s = assessment.summary
+        worst = s["worst_slices"][0] if s.get("worst_slices") else None
+        note = (f"; worst: frame {worst['frame']}, slice {worst['index']} "
+                f"(SSIM {worst['ssim']:.2f})") if worst else ""
+        ax.set_title(f"{_short(printable(title))}\nverdict: {s.get('verdict', '')}{note}",
+                     fontsize=10, parse_math=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+            fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)

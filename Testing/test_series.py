@@ -1,0 +1,346 @@
+"""4D series: NIfTI, NRRD and DICOM inputs read frame by frame, assessed, reported.
+
+The 4D NIfTI is made from the bundled sample: frames of eight motion-free slices, two of them
+with one moved slice each, so the bundled model must rank exactly those frames worst. The DICOM
+series are written with SimpleITK (tags for temporal position and b-value), in shuffled file
+order. Frame and slice indices and positions are checked against the geometry written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MotionSSIMLib import series as S
+from MotionSSIMLib.cli import main
+from MotionSSIMLib.errors import InputError, SettingsError
+from MotionSSIMLib.geometry import Volume
+from MotionSSIMLib.io import MAX_SERIES_VOXELS, read_volume
+from MotionSSIMLib.report import CSV_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "MotionSSIM" / "Resources" / "Samples" / "sample_t2_motion.nii.gz"
+# Slices of the sample with no motion (true SSIM 1) and two with heavy motion (0.55, 0.48).
+CLEAN = [1, 2, 6, 7, 10, 13, 29, 33]
+MOVED = {1: (2, 12), 3: (5, 27)}  # frame: (slot, sample slice put there)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@pytest.fixture(scope="module")
+def sample4d(tmp_path_factory):
+    """A 4D NIfTI (218 x 258 x 8 x 4) from the bundled sample and its affine."""
+    img = nib.load(str(SAMPLE))
+    data = np.asarray(img.dataobj)
+    frames = []
+    for t in range(4):
+        picks = list(CLEAN)
+        if t in MOVED:
+            slot, moved = MOVED[t]
+            picks[slot] = moved
+        frames.append(data[..., picks])
+    affine = img.affine.copy()
+    affine[:3, 3] += [3.0, -7.0, 11.0]  # any origin: positions must follow it
+    path = tmp_path_factory.mktemp("nifti4d") / "dwi_like.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack(frames, axis=-1), affine, img.header), str(path))
+    return path, affine
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    """A randomly initialised ResNet-18 checkpoint (plumbing tests: no trained model needed)."""
+    import torch
+
+    from MotionSSIMLib.checkpoint import save_checkpoint
+    from MotionSSIMLib.model import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet18").eval()
+    last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # outputs near 0.5: random, yet inside the accepted output range
+        last.weight.mul_(0.01)
+        last.bias.fill_(0.5)
+    path = tmp_path_factory.mktemp("model") / "random.safetensors"
+    save_checkpoint(path, net, {"architecture": "resnet18"})
+    return str(path)
+
+
+def _head(n=10, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(100, 20, (n, 32, 36))
+    a[1:-1, 8:24, 6:30] += 800
+    return a.astype(np.int16)
+
+
+def write_dicom_4d(folder, frames, tags_of, step=2.5, z0=-10.0, seed=1):
+    """Frames [t][k, j, i] as one DICOM series, one file per image, written in shuffled order
+    under names that say nothing of the order; instance numbers run frame by frame."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = "1.2.826.0.1.3680043.2.1125.77"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    jobs = [(t, k) for t in range(len(frames)) for k in range(frames[t].shape[0])]
+    order = np.random.default_rng(seed).permutation(len(jobs))
+    for n in order:
+        t, k = jobs[n]
+        sl = sitk.GetImageFromArray(frames[t][k])
+        sl.SetSpacing((0.8, 0.9))
+        tags = {"0008|0060": "MR", "0020|000e": uid, "0008|103e": "4D test",
+                "0020|0032": f"-20\\-15\\{z0 + step * k:.4f}", "0020|0037": "1\\0\\0\\0\\1\\0",
+                "0020|0013": str(t * 100 + k + 1), "0008|0018": f"{uid}.{t}.{k}"}
+        tags.update(tags_of(t))
+        for tag, value in tags.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"img{n:05d}.dcm"))
+        writer.Execute(sl)
+    return folder
+
+
+# --------------------------------------------------------------------------- frame selection
+
+
+@pytest.mark.parametrize("spec, n, expected", [
+    ("0:3", 10, [0, 1, 2]), ("3,5,7", 10, [3, 5, 7]), ("8:", 10, [8, 9]), (":2", 10, [0, 1]),
+    ("0:2,5,1", 10, [0, 1, 5]), ("0:100", 4, [0, 1, 2, 3]), (None, 3, [0, 1, 2]),
+    ([2, 0], 3, [0, 2]),
+])
+def test_parse_frames(spec, n, expected):
+    assert S.parse_frames(spec, n) == expected
+
+
+@pytest.mark.parametrize("spec, pattern", [
+    ("a", "not an index"), ("-1", "not an index"), ("5:2", "empty"), ("", "empty"),
+    ("1.5", "not an index"), ("9", "beyond the 4 frames"), ("4:", "beyond"),
+])
+def test_parse_frames_refusals(spec, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        S.parse_frames(spec, 4)
+
+
+def test_frame_chooser_checks_syntax_without_expanding():
+    # "5:" to a huge count would build a huge list if the syntax check expanded it
+    assert S.frame_chooser("5:")(7) == [5, 6]
+    with pytest.raises(ValueError):
+        S.frame_chooser("x")
+    with pytest.raises(SettingsError, match="--frames"):
+        S.read_series(SAMPLE, frames="1-3")
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def test_nifti_4d_read_as_series_only_when_asked(sample4d):
+    path, affine = sample4d
+    with pytest.raises(InputError, match="4D image with 4 volumes"):
+        read_volume(path)  # the 3D reader still refuses it
+    s = S.read_series(path, frames="1,3")
+    data = np.asarray(nib.load(str(path)).dataobj)
+    assert isinstance(s, S.Series) and s.n_frames == 2 and s.n_input_frames == 4
+    assert s.frame_indices == (1, 3)
+    assert np.array_equal(s.array[1], np.transpose(data[..., 3], (2, 1, 0)))
+    assert np.allclose(s.ijk_to_ras(), affine, atol=1e-5)
+    assert isinstance(S.read_series(SAMPLE), Volume)  # 3D stays a Volume
+
+
+def test_5d_and_oversized_series_still_refused(tmp_path):
+    five = np.random.default_rng(0).random((20, 20, 8, 2, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(five, np.eye(4)), str(tmp_path / "5d.nii"))
+    with pytest.raises(InputError, match="5D image"):
+        S.read_series(tmp_path / "5d.nii")
+    # a header declaring 2^29 voxels in frames (no data behind it): refused on the header
+    big = tmp_path / "big.nii"
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((256, 256, 128, 64))
+    hdr.set_data_dtype(np.int16)
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 2), np.int16), np.eye(4)), str(big))
+    raw = bytearray(big.read_bytes())
+    raw[:348] = hdr.binaryblock
+    big.write_bytes(bytes(raw))
+    assert 256 * 256 * 128 * 64 > MAX_SERIES_VOXELS
+    with pytest.raises(InputError, match="choose fewer frames with --frames") as info:
+        S.read_series(big)
+    assert str(big) in str(info.value)
+    with pytest.raises(InputError, match="truncated|not a readable"):
+        S.read_series(big, frames="0:4")  # within the bound: read, and the data is short
+
+
+def test_nrrd_4d_and_list_axis_nrrd(tmp_path):
+    rng = np.random.default_rng(3)
+    frames = rng.random((3, 8, 20, 24)).astype(np.float32)  # [t, k, j, i]
+    img = sitk.GetImageFromArray(frames, isVector=False)  # 4D scalar image
+    img.SetSpacing((0.7, 0.8, 3.0, 1.0))
+    img.SetOrigin((5.0, -4.0, 2.0, 0.0))
+    sitk.WriteImage(img, str(tmp_path / "s4.nrrd"))
+    s = S.read_series(tmp_path / "s4.nrrd", frames="0,2")
+    assert s.frame_indices == (0, 2) and s.n_input_frames == 3
+    assert np.array_equal(s.array, frames[[0, 2]])
+    assert np.allclose(s.spacing, (0.7, 0.8, 3.0))
+    assert np.allclose(s.origin, (-5.0, 4.0, 2.0))  # LPS -> RAS
+    # Slicer's sequence / multi-volume NRRD: the first axis is a list of frames
+    header = ("NRRD0004\ntype: float\ndimension: 4\nspace: left-posterior-superior\n"
+              "sizes: 3 24 20 8\nspace directions: none (0.7,0,0) (0,0.8,0) (0,0,3)\n"
+              "kinds: list domain domain domain\nendian: little\nencoding: raw\n"
+              "space origin: (5,-4,2)\n\n")
+    (tmp_path / "seq.nrrd").write_bytes(header.encode()
+                                        + np.ascontiguousarray(np.moveaxis(frames, 0, -1))
+                                        .tobytes())
+    s = S.read_series(tmp_path / "seq.nrrd")
+    assert s.n_frames == 3 and np.array_equal(s.array, frames)
+    assert np.allclose(s.origin, (-5.0, 4.0, 2.0))
+    # a vector image (kind "vector", e.g. a displacement field) is still refused
+    vec = sitk.GetImageFromArray(np.moveaxis(frames, 0, -1).copy(), isVector=True)
+    sitk.WriteImage(vec, str(tmp_path / "vector.nrrd"))
+    with pytest.raises(InputError, match="vector image"):
+        S.read_series(tmp_path / "vector.nrrd")
+
+
+def test_dicom_time_points_read_as_frames(tmp_path):
+    frames = [_head() + 300 * t for t in range(3)]
+    folder = write_dicom_4d(tmp_path / "fmri", frames, lambda t: {"0020|0100": str(t + 1)})
+    with pytest.raises(InputError, match="3 time points at each position"):
+        read_volume(folder)  # the 3D reader still refuses it
+    s = S.read_series(folder)
+    assert s.n_frames == 3 and s.frame_labels == ("t=1", "t=2", "t=3")
+    for t in range(3):
+        assert np.array_equal(s.array[t], frames[t]), t
+    assert np.allclose(s.spacing, (0.8, 0.9, 2.5))
+    assert np.allclose(s.origin, (20.0, 15.0, -10.0))  # LPS (-20, -15, -10) in RAS
+    part = S.read_series(folder, frames="2")
+    assert part.frame_indices == (2,) and np.array_equal(part.array[0], frames[2])
+
+
+def test_dicom_b_values_in_acquisition_order_and_incomplete_refused(tmp_path):
+    bvals = ["0", "1000", "1000", "0"]  # two directions at b=1000: told apart by instance
+    frames = [_head(seed=t) // (t + 1) for t in range(4)]
+    folder = write_dicom_4d(tmp_path / "dwi", frames, lambda t: {"0018|9087": bvals[t]})
+    s = S.read_series(folder)
+    assert s.frame_labels == ("b=0", "b=1000", "b=1000", "b=0")
+    for t in range(4):
+        assert np.array_equal(s.array[t], frames[t]), t
+    # one image missing: refused by name, not read as a shorter frame
+    os.unlink(sorted(folder.iterdir())[0])
+    with pytest.raises(InputError, match="incomplete 4D series"):
+        S.read_series(folder)
+
+
+# --------------------------------------------------------------------------- assessment + CLI
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_4d_nifti_moved_frames_ranked_worst(sample4d, tmp_path, capsys):
+    path, affine = sample4d
+    out = tmp_path / "qc"
+    assert main(["assess", str(path), "--out", str(out), "--device", "cpu",
+                 "--no-progress"]) == 0
+    line = capsys.readouterr().out.strip()
+    summaries = list(out.glob("*_summary.json"))
+    assert len(summaries) == 1
+    s = json.loads(summaries[0].read_text())
+    stem = summaries[0].name[: -len("_summary.json")]
+    assert s["kind"] == "series" and s["n_frames"] == 4 and s["n_input_frames"] == 4
+    # the two frames with a moved slice are the worst, each for that slice
+    worst = s["worst_frames"]
+    assert {w["frame"] for w in worst[:2]} == set(MOVED), worst
+    for w in worst[:2]:
+        assert w["worst_slice"]["index"] == MOVED[w["frame"]][0]
+        assert w["min_ssim"] < 0.6
+    verdicts = {f["frame"]: f["verdict"] for f in s["frames"]}
+    assert verdicts[1] == verdicts[3] == "insufficient: re-scan"
+    assert not verdicts[0].startswith("insufficient") and not verdicts[2].startswith("insuff")
+    assert s["verdict"] == "insufficient: re-scan" and s["frame_counts"]["insufficient"] == 2
+    top = s["worst_slices"][0]
+    assert (top["frame"], top["index"]) in {(f, slot) for f, (slot, _) in MOVED.items()}
+    assert f"worst frame {top['frame']} axial slice {top['index']}" in line
+    # CSV: frame column first, then the 3D columns; indices and positions from the affine
+    rows = _rows(out / f"{stem}_slices.csv")
+    assert list(rows[0].keys()) == ["frame", *CSV_COLUMNS]
+    assert len(rows) == 32
+    assert [int(r["frame"]) for r in rows] == [t for t in range(4) for _ in range(8)]
+    assert [int(r["index"]) for r in rows] == list(range(8)) * 4
+    shape = nib.load(str(path)).shape
+    for r in rows:
+        centre = affine @ [(shape[0] - 1) / 2, (shape[1] - 1) / 2, int(r["index"]), 1.0]
+        assert float(r["position_mm"]) == pytest.approx(centre[2], abs=1e-3)
+    for name in ("chart", "heatmap"):
+        png = (out / f"{stem}_{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert s["files"]["heatmap"] == f"{stem}_heatmap.png"
+
+
+def test_cli_frames_subset_and_3d_path_unchanged(sample4d, tmp_path, capsys, random_model):
+    path, _ = sample4d
+    out = tmp_path / "qc"
+    assert main(["assess", str(path), "--frames", "1,3", "--out", str(out), "--device", "cpu",
+                 "--model", random_model, "--no-progress"]) == 0
+    (summary,) = out.glob("*_summary.json")
+    s = json.loads(summary.read_text())
+    assert [f["frame"] for f in s["frames"]] == [1, 3] and s["n_input_frames"] == 4
+    rows = _rows(str(summary).replace("_summary.json", "_slices.csv"))
+    assert {int(r["frame"]) for r in rows} == {1, 3}
+    # a malformed selection: one line, exit 2, before any work
+    assert main(["assess", str(path), "--frames", "1..3", "--out", str(out)]) == 2
+    assert "error: --frames: frame selection '1..3'" in capsys.readouterr().err
+    # a 3D input next to it: exactly the 3D report set (no frame column, no heatmap)
+    vol = np.transpose(_head(12).astype(np.float32), (2, 1, 0))
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.9, 2.5, 1.0])), str(tmp_path / "t2.nii"))
+    out3 = tmp_path / "qc3"
+    assert main(["assess", str(tmp_path / "t2.nii"), "--frames", "0:2", "--out", str(out3),
+                 "--device", "cpu", "--model", random_model, "--no-progress"]) == 0
+    (summary3,) = out3.glob("*_summary.json")
+    rows = _rows(str(summary3).replace("_summary.json", "_slices.csv"))
+    assert list(rows[0].keys()) == list(CSV_COLUMNS) and len(rows) == 12
+    assert not list(out3.glob("*_heatmap.png"))
+    assert "kind" not in json.loads(summary3.read_text())
+
+
+def test_assess_dicom_series_positions_and_progress(tmp_path, random_model):
+    frames = [_head() + 300 * t for t in range(3)]
+    folder = write_dicom_4d(tmp_path / "fmri", frames, lambda t: {"0020|0100": str(t + 1)},
+                            z0=-10.0)
+    s = S.read_series(folder, frames="0:3")
+    seen = []
+    a = S.assess_series(s, model=random_model, device="cpu", batch_size=4,
+                        progress=lambda d, n: seen.append((d, n)))
+    assert [f.frame for f in a.frames] == [0, 1, 2]
+    assert [f.label for f in a.frames] == ["t=1", "t=2", "t=3"]
+    assert a.orientation == "axial" and a.axis == "k"
+    for f in a.frames:
+        assert [r.index for r in f.assessment.records] == list(range(10))
+        assert np.allclose([r.position_mm for r in f.assessment.records],
+                           -10.0 + 2.5 * np.arange(10))
+    assert seen[-1] == (30, 30) and all(d <= n for d, n in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    frames_, slices, ssim, empty = a.matrix()
+    assert ssim.shape == (3, 10) and list(frames_) == [0, 1, 2] and list(slices) == list(range(10))
+    # cancel: stops at the next batch
+    from MotionSSIMLib.inference import Cancelled
+
+    with pytest.raises(Cancelled):
+        S.assess_series(s, model=random_model, device="cpu", cancel=lambda: True)
+
+
+def test_a_blank_frame_is_listed_not_fatal(random_model):
+    arr = np.stack([_head().astype(np.float32), np.zeros((10, 32, 36), np.float32),
+                    _head(seed=2).astype(np.float32)])
+    s = S.series_from_array(arr, (0.8, 0.9, 2.5), name="with_blank")
+    a = S.assess_series(s, model=random_model, device="cpu")
+    entries = {f["frame"]: f for f in a.summary["frames"]}
+    assert entries[1]["verdict"] == "no assessable slices" and "no assessable" in entries[1]["error"]
+    assert a.summary["frame_counts"]["unassessed"] == 1 and a.summary["n_frames_assessed"] == 2
+    frames_, _, ssim, empty = a.matrix()
+    assert np.isnan(ssim[1]).all() and empty[1].all()
+    with pytest.raises(InputError, match="no assessable slice in any"):
+        S.assess_series(S.series_from_array(np.zeros((2, 10, 32, 36), np.float32)),
+                        model=random_model, device="cpu")
