@@ -344,3 +344,130 @@ def test_a_blank_frame_is_listed_not_fatal(random_model):
     with pytest.raises(InputError, match="no assessable slice in any"):
         S.assess_series(S.series_from_array(np.zeros((2, 10, 32, 36), np.float32)),
                         model=random_model, device="cpu")
+
+
+# --------------------------------------------------------------------------- Slicer (slicer-core)
+
+
+@pytest.fixture()
+def mrml():
+    """A fresh MRML scene (slicer-core) as slicer.mrmlScene, with a sequences logic that
+    updates the browsers' proxy nodes as Slicer's does."""
+    slicer = pytest.importorskip("slicer")
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    logic = slicer.vtkSlicerSequencesLogic()
+    logic.SetMRMLScene(scene)
+    yield slicer, scene
+    logic.SetMRMLScene(None)
+    slicer.mrmlScene = None
+    scene.Clear(1)
+
+
+AFFINE = np.array([[0.8, 0, 0, -12.0], [0, 0.9, 0, 7.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1.0]])
+
+
+def _sequence(slicer, scene, frames):
+    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "dwi")
+    seq.SetIndexName("time")
+    seq.SetIndexUnit("s")
+    for t, arr in enumerate(frames):
+        node = slicer.util.addVolumeFromArray(arr, AFFINE, name=f"frame{t}")
+        seq.SetDataNodeAtValue(node, str(2.0 * t))
+        scene.RemoveNode(node)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "dwi browser")
+    browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
+    browser.SetSelectedItemNumber(0)
+    return seq, browser
+
+
+def _column(table, name):
+    column = table.GetTable().GetColumnByName(name)
+    return np.array([column.GetValue(i) for i in range(column.GetNumberOfTuples())])
+
+
+def test_sequence_node_assessed_chart_follows_browser_and_cells_jump(mrml, random_model):
+    slicer, scene = mrml
+    from MotionSSIMLib import scene as ms
+
+    frames = [(_head(seed=t) + 200 * t).astype(np.float32) for t in range(4)]
+    seq, browser = _sequence(slicer, scene, frames)
+    proxy = browser.GetProxyNode(seq)
+    assert ms.series_source(proxy) == (seq, browser)  # what the panel assesses for the proxy
+    s = ms.series_from_sequence(seq)
+    assert s.frame_labels[1] == "time = 2.0 s" and np.array_equal(s.array[3], frames[3])
+    assert np.allclose(s.ijk_to_ras(), AFFINE)
+    result = ms.assess_sequence_node(seq, model=random_model, device="cpu", batch_size=8)
+    a = result.assessment
+    assert result.browser is browser and result.display is proxy
+    # the frame x slice table: one row per frame, the slices' SSIM after the fixed columns
+    table = result.heatmap
+    assert table.GetNumberOfRows() == 4
+    names = [table.GetTable().GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    assert names == [*ms.HEATMAP_FIXED_COLUMNS, *(f"slice {k}" for k in range(10))]
+    _, _, ssim, empty = a.matrix()
+    assert np.allclose(_column(table, "slice 4"), np.where(empty[:, 4], np.nan, ssim[:, 4]),
+                       equal_nan=True)
+    assert seq.GetNodeReference(ms.REF_HEATMAP) is table
+    # the chart shows the browser's frame, and follows it
+    def plotted():
+        return slicer.util.arrayFromTableColumn(result.frame_result.plot_table, "ssim")
+
+    assert result.shown_frame == 0 and np.allclose(plotted(), ssim[0])
+    browser.SetSelectedItemNumber(2)
+    assert result.shown_frame == 2 and np.allclose(plotted(), ssim[2])
+    assert "frame 2" in result.frame_result.chart.GetTitle()
+    assert result.frame_result.volume is proxy
+    # positions in the per-slice table follow the input's geometry (k axis, 2.5 mm)
+    pos = _column(result.frame_result.table, "position_mm")
+    centre = AFFINE @ np.c_[np.full(10, 17.5), np.full(10, 15.5), np.arange(10), np.ones(10)].T
+    assert np.allclose(pos, centre[2])
+    # a cell: that frame and slice shown
+    col = names.index("slice 4")
+    assert ms.heatmap_cell(result, 3, col) == (3, 4)
+    assert ms.heatmap_cell(result, 3, names.index("verdict")) is None
+    ras = ms.jump_to_frame_and_slice(result, 3, 4)
+    assert browser.GetSelectedItemNumber() == 3 and result.shown_frame == 3
+    assert np.allclose(plotted(), ssim[3])
+    assert ras[2] == pytest.approx(-30.0 + 2.5 * 4)
+    ms.stop_following(result)
+    browser.SetSelectedItemNumber(1)
+    assert result.shown_frame == 3  # no longer followed
+    # assessing again updates the same nodes
+    tables = scene.GetNumberOfNodesByClass("vtkMRMLTableNode")
+    again = ms.assess_sequence_node(seq, model=random_model, device="cpu", frames="1,3")
+    assert again.heatmap is table and table.GetNumberOfRows() == 2
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == tables
+    assert list(_column(table, "frame")) == [1, 3]
+    ms.stop_following(again)
+
+
+def test_multivolume_node_and_background_job(mrml, random_model):
+    slicer, scene = mrml
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    from MotionSSIMLib import scene as ms
+
+    frames = np.stack([(_head(seed=t) + 100 * t).astype(np.float32) for t in range(3)])
+    image = vtk.vtkImageData()
+    image.SetDimensions(36, 32, 10)
+    scalars = numpy_to_vtk(np.moveaxis(frames, 0, -1).reshape(-1, 3).copy(), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mv")
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(AFFINE))
+    node.SetAttribute(ms.MULTIVOLUME_FRAMES_ATTRIBUTE, "3")
+    node.SetAttribute(ms.MULTIVOLUME_LABELS_ATTRIBUTE, "0,500,1000")
+    assert ms.series_source(node) == (node, None)
+    s = ms.series_from_multivolume(node)
+    assert np.array_equal(s.array, frames) and s.frame_labels == ("0", "500", "1000")
+    assert np.allclose(s.ijk_to_ras(), AFFINE)
+    job = ms.SeriesAssessmentJob(node, model=random_model, device="cpu", batch_size=8)
+    assert job.wait(300)
+    result = job.finish()
+    assert result.heatmap.GetNumberOfRows() == 3 and result.display is node
+    assert result.frame_result.table.GetNumberOfRows() == 10 and result.shown_frame == 0
+    assert job.total_slices == 30 and job.done_slices == 30
+    ms.jump_to_frame_and_slice(result, 2, 5)  # no browser: the results switch directly
+    assert result.shown_frame == 2
