@@ -296,3 +296,14 @@ print("after", file=sys.stderr)
     assert out.returncode == 0, out.stderr
     assert "error: ours" in out.stderr and "after" in out.stderr
     assert "ITK chatter" not in out.stderr and "nibabel warning" not in out.stderr
+
+
+def test_empty_folder_is_listed_as_failed(tmp_path, ckpt, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no scans here")
+    rc = main(["assess", str(tmp_path / "empty"), "--model", str(ckpt), "--device", "cpu",
+               "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 2
+    assert "empty: no scan in this folder" in capsys.readouterr().err
+    rows = read_rows(tmp_path / "o" / "group_report.csv")
+    assert [r["status"] for r in rows.values()] == ["failed"]

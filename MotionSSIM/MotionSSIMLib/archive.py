@@ -189,6 +189,7 @@ def discover(inputs: Sequence[str | os.PathLike]) -> list[Scan]:
         if p in folders:
             bids = is_bids_root(p)
             name = p.resolve().name or "root"
+            before = len(scans)
             for rel, is_dir, error in _walk(p, bids):
                 base = rel if is_dir else strip_suffix(rel)
                 if is_dir and rel in ("", "."):
@@ -196,6 +197,11 @@ def discover(inputs: Sequence[str | os.PathLike]) -> list[Scan]:
                 key = f"{name}/{base}" if prefix else base
                 ent = tuple(bids_entities(rel).items()) if bids else ()
                 scans.append(Scan(p / rel, key, rel, str(p), bids, ent, error))
+            if len(scans) == before:  # listed as a failure: an empty folder is no success
+                what = ("no NIfTI file in this BIDS dataset" if bids else
+                        "no scan in this folder (NIfTI, NRRD, MetaImage files or folders of "
+                        "DICOM files, in it or below)")
+                scans.append(Scan(p, name, str(raw), str(p), bids, (), what))
         else:
             scans.append(Scan(p, report_name(p), str(raw)))
     return _unique(scans)
