@@ -140,7 +140,9 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._result = None
+        self._seriesResult = None  # MotionSSIMLib.scene.SeriesSceneResult of a sequence
         self._plotViews = []
+        self._tableViews = []
         self._sliceObservations = []
         self._job = None  # the running MotionSSIMLib.scene.AssessmentJob, if any
         self._timer = qt.QTimer()
@@ -204,6 +206,7 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is not None:
             self._job.cancel()  # its result must not land in the next scene
             self.log("Scene closed: the running assessment was cancelled.")
+        self._stopSeries()
         self._result = None
         self._removeViewConnections()
         self._clearViewText()
@@ -297,7 +300,24 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from MotionSSIMLib import scene
             from MotionSSIMLib.classes import ClinicalThresholds
 
-            self._job = scene.AssessmentJob(
+            source = scene.series_source(p.inputVolume)
+            if source is not None:  # a sequence's proxy or a multi-volume: every frame
+                self._job = scene.SeriesAssessmentJob(
+                    source[0],
+                    browser=source[1],
+                    model=self._modelArgument(),
+                    orientation=p.orientation,
+                    device=p.device,
+                    thresholds=ClinicalThresholds(good=p.goodThreshold,
+                                                  sufficient=p.sufficientThreshold),
+                    min_foreground=p.minForeground,
+                    batch_size=GUI_BATCH_SIZE,
+                    overlay_style=p.overlayStyle,
+                )
+                self.log(f"{p.inputVolume.GetName()} shows a series: assessing all its frames.")
+            else:
+                self._job = None
+            self._job = self._job or scene.AssessmentJob(
                 p.inputVolume,
                 model=self._modelArgument(),
                 orientation=p.orientation,
@@ -340,6 +360,11 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if result is None:
             self.log(f"Cancelled after {job.elapsed_s:.1f} s: the scene is unchanged.")
             return
+        from MotionSSIMLib import scene
+
+        if isinstance(result, scene.SeriesSceneResult):
+            self._showSeriesResult(result, job)
+            return
         self._result = result
         s = result.summary
         self.log(f"{job.name}: {s.get('verdict')} (mean SSIM {_formatNumber(s.get('mean_ssim'))}"
@@ -349,6 +374,48 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.showResults(result)
         self._connectViews()
         self._showSummary()
+
+    def _showSeriesResult(self, result, job) -> None:
+        """A series: the frame x slice table beside the chart of the frame shown (which follows
+        the sequence browser); a click on a cell shows that frame and slice."""
+        self._stopSeries()
+        self._seriesResult = result
+        self._result = result.frame_result
+        s = result.assessment.summary
+        worst = s["worst_slices"][0] if s.get("worst_slices") else None
+        self.log(f"{job.name}: {s.get('verdict')} over {s.get('n_frames')} frames "
+                 + (f"(worst: frame {worst['frame']}, slice {worst['index']}, SSIM "
+                    f"{worst['ssim']:.2f}) " if worst else "")
+                 + f"on {s.get('device')} in {job.elapsed_s:.1f} s")
+        self.ui.torchInfoLabel.text = self.logic.torchInfo(loaded=True)
+        self.logic.showSeriesResults(result)
+        self._connectViews()
+        self._showSummary()
+
+    def _stopSeries(self) -> None:
+        if self._seriesResult is not None:
+            from MotionSSIMLib import scene
+
+            scene.stop_following(self._seriesResult)
+        self._seriesResult = None
+
+    def onHeatmapClicked(self, index) -> None:
+        """A cell of the frame x slice table clicked: show that frame and slice."""
+        from MotionSSIMLib import scene
+
+        result = self._seriesResult
+        if result is None or not index.isValid():
+            return
+        model = index.model()
+        if hasattr(model, "mapToSource"):  # the view's sort proxy: back to table rows
+            index = model.mapToSource(index)
+        # the table uses its column names as header and no row-header column: model row and
+        # column are the table's (qMRMLTableModel.updateModelFromMRML)
+        cell = scene.heatmap_cell(result, index.row(), index.column())
+        if cell is not None:
+            scene.jump_to_frame_and_slice(result, *cell)
+            self._result = result.frame_result
+            self._showSummary()
 
     def _modelArgument(self):
         p = self._parameterNode
@@ -396,6 +463,11 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             plotView = layoutManager.plotWidget(i).plotView()
             plotView.connect("dataSelected(vtkStringArray*, vtkCollection*)", self.onDataSelected)
             self._plotViews.append(plotView)
+        if self._seriesResult is not None:
+            for i in range(layoutManager.tableViewCount):
+                tableView = layoutManager.tableWidget(i).tableView()
+                tableView.connect("clicked(QModelIndex)", self.onHeatmapClicked)
+                self._tableViews.append(tableView)
         for name in layoutManager.sliceViewNames():
             sliceNode = layoutManager.sliceWidget(name).mrmlSliceNode()
             tag = sliceNode.AddObserver(vtk.vtkCommand.ModifiedEvent, self.onSliceModified)
@@ -406,6 +478,9 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for plotView in self._plotViews:
             plotView.disconnect("dataSelected(vtkStringArray*, vtkCollection*)", self.onDataSelected)
         self._plotViews = []
+        for tableView in self._tableViews:
+            tableView.disconnect("clicked(QModelIndex)", self.onHeatmapClicked)
+        self._tableViews = []
         for sliceNode, tag in self._sliceObservations:
             sliceNode.RemoveObserver(tag)
         self._sliceObservations = []
@@ -557,6 +632,68 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
         if showResults:
             self.showResults(result)
         return result
+
+    def processSequence(
+        self,
+        source,
+        browser=None,
+        model=None,
+        orientation: str = "auto",
+        device: str = "auto",
+        goodThreshold: float = 0.85,
+        sufficientThreshold: float = 0.60,
+        minForeground: float = 0.05,
+        overlayStyle: str = "frame",
+        frames=None,
+        progress=None,
+        cancel=None,
+        showResults: bool = True,
+    ):
+        """Assess every frame of a sequence node (or multi-volume node), slice by slice.
+
+        Writes a frame x slice table (referenced from the sequence), and the per-slice table,
+        chart and overlay of the frame the sequence browser shows; they follow the browser
+        when it shows another frame. `frames`: a subset of frame indices ("0:10", "3,5,7").
+        Returns MotionSSIMLib.scene.SeriesSceneResult.
+        """
+        import time
+
+        from MotionSSIMLib import scene
+        from MotionSSIMLib.classes import ClinicalThresholds
+
+        problem = slicerVersionProblem()
+        if problem:
+            raise ValueError(f"MotionSSIM: {problem}")
+        thresholds = ClinicalThresholds(good=goodThreshold, sufficient=sufficientThreshold)
+        start = time.time()
+        result = scene.assess_sequence_node(
+            source, browser=browser, model=model, orientation=orientation, device=device,
+            thresholds=thresholds, frames=frames, progress=progress, cancel=cancel,
+            min_foreground=minForeground, overlay_style=overlayStyle)
+        s = result.assessment.summary
+        self.log(f"{source.GetName()}: {s.get('verdict')} over {s.get('n_frames')} frames on "
+                 f"{s.get('device')} ({time.time() - start:.1f} s)")
+        if showResults:
+            self.showSeriesResults(result)
+        return result
+
+    def showSeriesResults(self, result) -> None:
+        """Layout with a chart and a table: the chart of the frame shown, the frame x slice
+        table; the frame's overlay as the label layer of its volume."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        appLogic = slicer.app.applicationLogic()
+        selection = appLogic.GetSelectionNode()
+        selection.SetActiveTableID(result.heatmap.GetID())
+        appLogic.PropagateTableSelection()
+        if result.frame_result is not None:
+            selection.SetActivePlotChartID(result.frame_result.chart.GetID())
+            appLogic.PropagatePlotChartSelection()
+            slicer.util.setSliceViewerLayers(background=result.display,
+                                             label=result.frame_result.overlay,
+                                             labelOpacity=1.0, fit=False)
 
     def showResults(self, result) -> None:
         """Chart in the layout next to the slice views; verdict overlay as the label layer."""

@@ -409,6 +409,8 @@ def test_sequence_node_assessed_chart_follows_browser_and_cells_jump(mrml, rando
     assert np.allclose(_column(table, "slice 4"), np.where(empty[:, 4], np.nan, ssim[:, 4]),
                        equal_nan=True)
     assert seq.GetNodeReference(ms.REF_HEATMAP) is table
+    # what the panel's click handler relies on: table row/column = view row/column
+    assert table.GetUseColumnNameAsColumnHeader() and not table.GetUseFirstColumnAsRowHeader()
     # the chart shows the browser's frame, and follows it
     def plotted():
         return slicer.util.arrayFromTableColumn(result.frame_result.plot_table, "ssim")
@@ -471,3 +473,59 @@ def test_multivolume_node_and_background_job(mrml, random_model):
     assert job.total_slices == 30 and job.done_slices == 30
     ms.jump_to_frame_and_slice(result, 2, 5)  # no browser: the results switch directly
     assert result.shown_frame == 2
+
+
+# --------------------------------------------------------------------------- panel (static)
+# The Qt side runs only inside Slicer: its wiring is checked on the source, and the MRML names
+# it uses against slicer-core.
+
+
+def _module_tree():
+    import ast
+
+    return ast.parse((ROOT / "MotionSSIM" / "MotionSSIM.py").read_text())
+
+
+def _method(tree, cls, name):
+    import ast
+
+    c = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    return next(n for n in c.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def test_panel_heatmap_clicks_jump_to_frame_and_slice():
+    import ast
+
+    tree = _module_tree()
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef)
+                  and n.name == "MotionSSIMWidget")
+    text = ast.unparse(widget)
+    assert "tableView.connect('clicked(QModelIndex)', self.onHeatmapClicked)" in text
+    assert "tableView.disconnect('clicked(QModelIndex)', self.onHeatmapClicked)" in text
+    click = ast.unparse(_method(tree, "MotionSSIMWidget", "onHeatmapClicked"))
+    assert "mapToSource" in click  # the view sorts through a proxy model
+    assert "scene.heatmap_cell(" in click and "scene.jump_to_frame_and_slice(" in click
+    apply = ast.unparse(_method(tree, "MotionSSIMWidget", "onApplyButton"))
+    assert "scene.series_source(" in apply and "scene.SeriesAssessmentJob(" in apply
+    close = ast.unparse(_method(tree, "MotionSSIMWidget", "onSceneStartClose"))
+    assert "_stopSeries" in close  # the browser observer goes with the scene
+
+
+def test_logic_sequence_entry_uses_real_names():
+    import ast
+    import inspect
+
+    slicer = pytest.importorskip("slicer")
+    from MotionSSIMLib import scene as ms
+
+    tree = _module_tree()
+    process = _method(tree, "MotionSSIMLogic", "processSequence")
+    call = next(n for n in ast.walk(process) if isinstance(n, ast.Call)
+                and ast.unparse(n.func) == "scene.assess_sequence_node")
+    accepted = set(inspect.signature(ms.assess_sequence_node).parameters)
+    assert {k.arg for k in call.keywords} <= accepted
+    show = ast.unparse(_method(tree, "MotionSSIMLogic", "showSeriesResults"))
+    assert "SlicerLayoutFourUpPlotTableView" in show
+    assert hasattr(slicer.vtkMRMLLayoutNode, "SlicerLayoutFourUpPlotTableView")
+    for name in ("SetActiveTableID", "SetActivePlotChartID"):
+        assert name in show and hasattr(slicer.vtkMRMLSelectionNode, name)
