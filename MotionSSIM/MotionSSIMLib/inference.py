@@ -318,6 +318,37 @@ def predict_views(images, model: ModelLike = None, device: str | torch.device = 
     return SlicePrediction(views.mean(axis=1), sd, views, names, resolved, dev.type)
 
 
+def forward_views(inputs: torch.Tensor | np.ndarray, model: ModelLike = None,
+                  device: str | torch.device = "auto", batch_size: int = 32,
+                  precision: str = "auto", tta: int = DEFAULT_TTA) -> np.ndarray:
+    """Raw (unclamped) model outputs on inputs already fitted to the model, (N, 1, S, S) or
+    (N, S, S), for each of the first `tta` VIEWS: a float64 array (N, tta). For evaluation
+    and benchmarks (the test protocol feeds fitted slices); predict_views fits slices first."""
+    x = torch.as_tensor(np.asarray(inputs, dtype=np.float32) if not isinstance(
+        inputs, torch.Tensor) else inputs.detach().float().cpu())
+    x = x[:, None] if x.ndim == 3 else x
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise InputError(f"forward_views: expected (N, 1, S, S) model inputs, got "
+                         f"{tuple(x.shape)}")
+    batch_size, tta = check_batch_size(batch_size), check_tta(tta)
+    dev = resolve_device(device)
+    resolve_precision(precision, dev)
+    loaded = get_model(model, dev)
+    net = loaded.model
+    was_training = net.training
+    net.eval()
+    out = np.empty((len(x), tta))
+    try:
+        with torch.inference_mode():
+            for k, name in enumerate(list(VIEWS)[:tta]):
+                out[:, k], net, dev, batch_size = _predict_chunk(
+                    net, VIEWS[name](x), dev, batch_size, None, lambda: _cpu_copy(loaded),
+                    precision)
+    finally:
+        loaded.model.train(was_training)
+    return out
+
+
 def predict_slices(images, model: ModelLike = None, device: str | torch.device = "auto",
                    batch_size: int = 32, pixel_spacing=(1.0, 1.0),
                    progress: Progress | None = None,

@@ -68,19 +68,22 @@ def forward_ssim(model: nn.Module, batch: torch.Tensor,
                  amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """(B, 1, H, W) -> (B,) raw regression output.
 
-    amp_dtype (torch.bfloat16 / torch.float16): the convolutional body runs under autocast in
-    that dtype on the batch's device, the last layer (fc) in float32 on float32 features. The
-    output is a value near [0, 1] whose rounding in bfloat16 alone would be up to 0.002 (8
-    significant bits), as large as all the body's rounding together; the fc costs nothing.
-    A network that is not a torchvision ResNet runs wholly under autocast (output in float32).
+    amp_dtype (torch.bfloat16 / torch.float16): the residual layers run under autocast in that
+    dtype on the batch's device; the stem (conv1 to maxpool) and the last layer (fc) in
+    float32. The stem reads the image itself, whose faint ghosts bfloat16 (8 significant bits)
+    would round away, for about 2 % of the arithmetic; the output is a value near [0, 1] whose
+    rounding in bfloat16 alone would be up to 0.002. Measured on held-out slices, the largest
+    difference from float32 halves (0.0035 -> 0.0019). A network that is not a torchvision
+    ResNet runs wholly under autocast (output in float32).
     """
     if amp_dtype is None:
         return model(batch).reshape(-1)
     net = unwrap(model)
-    with torch.autocast(batch.device.type, dtype=amp_dtype):
-        if not all(isinstance(getattr(net, k, None), nn.Module) for k in _RESNET_PARTS):
+    if not all(isinstance(getattr(net, k, None), nn.Module) for k in _RESNET_PARTS):
+        with torch.autocast(batch.device.type, dtype=amp_dtype):
             return model(batch).float().reshape(-1)
-        x = net.maxpool(net.relu(net.bn1(net.conv1(batch))))
+    x = net.maxpool(net.relu(net.bn1(net.conv1(batch))))
+    with torch.autocast(batch.device.type, dtype=amp_dtype):
         x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
         x = torch.flatten(net.avgpool(x), 1)
     return net.fc(x.float()).reshape(-1)
