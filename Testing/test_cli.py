@@ -124,7 +124,7 @@ def test_true_ssim_goes_into_csv_json_and_chart(ckpt, inputs, tmp_path, capsys):
     with open(out / f"{head}_slices.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["index", "position_mm", "ssim", "class", "class_name",
-                             "foreground", "empty", "true_ssim"]
+                             "foreground", "empty", "ssim_sd", "uncertain", "true_ssim"]
     assert [float(r["true_ssim"]) for r in rows] == pytest.approx(
         [0.5 + 0.05 * int(r["index"]) for r in rows])
     summary = json.loads((out / f"{head}_summary.json").read_text())

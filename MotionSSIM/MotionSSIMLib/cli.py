@@ -63,6 +63,15 @@ def add_assess_arguments(p: argparse.ArgumentParser) -> None:
                    help="report folder (default: ./motionssim_report)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N",
                    help="slices per forward pass (default: 32; halved on GPU out-of-memory)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="arithmetic of the model: auto = float16 autocast on CUDA, bfloat16 on "
+                        "a CPU with native bfloat16 (AVX512-BF16/AMX), else float32; fp32 "
+                        "always float32 (default: auto)")
+    p.add_argument("--tta", type=int, default=4, metavar="N",
+                   help="views per slice (flips/transposes, 1-8): the SSIM is their mean, "
+                        "ssim_sd their spread, each view costs one forward pass (default: 4)")
+    p.add_argument("--no-uncertainty", dest="tta", action="store_const", const=1,
+                   help="one view per slice: no ssim_sd, a quarter of the cost (= --tta 1)")
     p.add_argument("--good", type=float, default=0.85, metavar="SSIM",
                    help="lowest SSIM of class 'good' (default: 0.85)")
     p.add_argument("--sufficient", type=float, default=0.60, metavar="SSIM",
@@ -101,7 +110,13 @@ def run_assess(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .classes import ClinicalThresholds
-    from .inference import assess_volume, get_model, resolve_device
+    from .inference import (
+        assess_volume,
+        check_tta,
+        get_model,
+        resolve_device,
+        resolve_precision,
+    )
     from .report import check_writable, printable, read_true_ssim, report_name, write_report
     from .series import Series, frame_chooser, read_series
 
@@ -122,6 +137,8 @@ def run_assess(args: argparse.Namespace) -> int:
                 raise ValueError(f"--frames: {exc}") from None
         check_writable(args.out)  # before any work: a report that cannot be written is lost
         device = resolve_device(args.device)
+        resolve_precision(args.precision, device)  # bf16 where it is not native: refused
+        check_tta(args.tta)
         model = get_model(args.model, device)  # once for every input, refused before any work
         truth = read_true_ssim(args.true_ssim) if args.true_ssim else None
     except (MotionSSIMError, ValueError, OSError) as exc:
@@ -144,7 +161,8 @@ def run_assess(args: argparse.Namespace) -> int:
                 continue
             a = assess_volume(vol, model=model, orientation=args.orientation, device=device,
                               batch_size=args.batch_size, thresholds=thresholds,
-                              min_foreground=args.min_foreground)
+                              min_foreground=args.min_foreground, precision=args.precision,
+                              tta=args.tta)
             paths = write_report(a, args.out, report_name(path), true_ssim=truth,
                                  source=str(path))
         except CheckpointError as exc:  # the model is broken: every input would fail alike

@@ -26,10 +26,11 @@ import numpy as np
 
 from .classes import CLINICAL_NAMES
 from .errors import InputError
-from .inference import Assessment
+from .inference import UNCERTAIN_SDS, Assessment
 
 CLASS_COLOURS = {1: "#2ca02c", 2: "#e6a700", 3: "#d62728"}
-CSV_COLUMNS = ("index", "position_mm", "ssim", "class", "class_name", "foreground", "empty")
+CSV_COLUMNS = ("index", "position_mm", "ssim", "class", "class_name", "foreground", "empty",
+               "ssim_sd", "uncertain")
 # --true-ssim: slice indices up to this (an array of that many floats, 8 MB), files up to this
 MAX_TRUE_SSIM_INDEX = 1_000_000
 MAX_TRUE_SSIM_BYTES = 64 * 2**20
@@ -208,7 +209,8 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
     w.writerow(CSV_COLUMNS + (("true_ssim",) if truth is not None else ()))
     for n, r in enumerate(recs):
         row = [r.index, f"{r.position_mm:.3f}", f"{r.ssim:.4f}", r.clinical_class,
-               CLINICAL_NAMES[r.clinical_class], f"{r.foreground:.4f}", int(r.empty)]
+               CLINICAL_NAMES[r.clinical_class], f"{r.foreground:.4f}", int(r.empty),
+               f"{r.ssim_sd:.4f}", int(r.uncertain)]
         if truth is not None:
             row.append(f"{truth[n]:.4f}")
         w.writerow(row)
@@ -246,7 +248,8 @@ def _short(text: str, limit: int = 110) -> str:
 
 def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
                true_ssim: np.ndarray | None = None) -> None:
-    """SSIM per slice, points coloured by class, empty slices hollow grey, thresholds dashed.
+    """SSIM per slice, points coloured by class, empty slices hollow grey, thresholds dashed;
+    error bars +- UNCERTAIN_SDS x ssim_sd (the spread over the views), uncertain slices ringed.
     `path`: a file name or a binary file object. The title is drawn as plain text (a `$` in a
     file name is not mathtext), non-UTF-8 bytes shown as escapes."""
     import matplotlib
@@ -259,10 +262,18 @@ def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
     y = np.array([r.ssim for r in recs])
     cls = np.array([r.clinical_class for r in recs])
     empty = np.array([r.empty for r in recs], dtype=bool)
+    sd = np.array([getattr(r, "ssim_sd", 0.0) for r in recs], dtype=float)
+    unsure = np.array([getattr(r, "uncertain", False) for r in recs], dtype=bool)
     th = assessment.summary.get("thresholds", {"good": 0.85, "sufficient": 0.60})
     fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
     try:
         ax.plot(x, y, color="0.7", lw=1, zorder=1)
+        if (sd > 0).any():
+            ax.errorbar(x, y, yerr=UNCERTAIN_SDS * sd, fmt="none", ecolor="0.45", elinewidth=0.8,
+                        capsize=2, zorder=2)
+        if unsure.any():
+            ax.scatter(x[unsure], y[unsure], s=90, facecolors="none", edgecolors="k",
+                       linewidths=1.0, label=f"uncertain ({unsure.sum()})", zorder=4)
         for k, name in CLINICAL_NAMES.items():
             m = (cls == k) & ~empty
             ax.scatter(x[m], y[m], s=28, color=CLASS_COLOURS[k], label=f"{name} ({m.sum()})",
@@ -277,11 +288,12 @@ def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
         ax.axhline(th["sufficient"], color=CLASS_COLOURS[3], ls="--", lw=1)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(f"{assessment.orientation} slice index ({assessment.axis})")
-        ax.set_ylabel("predicted SSIM")
+        ax.set_ylabel("predicted SSIM" + (f" (bars +- {UNCERTAIN_SDS:g} sd)"
+                                          if (sd > 0).any() else ""))
         verdict = assessment.summary.get("verdict", "")
         ax.set_title(f"{_short(printable(title))}\nverdict: {verdict}", fontsize=10,
                      parse_math=False)
-        ax.legend(loc="lower left", fontsize=8, ncol=5)
+        ax.legend(loc="lower left", fontsize=8, ncol=6)
         ax.grid(alpha=0.3)
         with warnings.catch_warnings():  # a glyph the font lacks: drawn as a box, no warning
             warnings.simplefilter("ignore")
