@@ -37,6 +37,18 @@ MODEL_SETTINGS_KEY = "MotionSSIM/ModelPath"  # read by the MotionSSIM module
 STOP_TIMEOUT_S = 60  # after Stop: time the trainer gets to save its state before the tree is ended
 KILL_GRACE_S = 10  # SIGTERM to the process group, then SIGKILL after this
 POLL_INTERVAL_MS = 2000
+# Parameter -> MotionSSIMLib.settings.TrainSettings field. The defaults below are that class's
+# (Testing/test_settings.py checks them; the engine is imported lazily, so they are repeated).
+PARAMETER_SETTINGS = {
+    "architecture": "architecture",
+    "contrastAugmentation": "contrast",
+    "torchioShare": "p_torchio",
+    "epochs": "epochs",
+    "samplesPerEpoch": "samples_per_epoch",
+    "batchSize": "batch_size",
+    "learningRate": "lr",
+    "device": "device",
+}
 
 
 #
@@ -347,24 +359,35 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
 
     # -- processes ------------------------------------------------------------------------
 
-    def trainingArguments(self, p) -> list:
-        from MotionSSIMLib import scene
+    @staticmethod
+    def trainSettings(p):
+        """The parameter node as MotionSSIMLib.settings.TrainSettings (PARAMETER_SETTINGS); the
+        progress bar is off: the panel follows log.csv instead."""
+        from MotionSSIMLib.settings import TrainSettings
 
-        return scene.training_arguments(
+        values = {name: getattr(p, parameter) for parameter, name in PARAMETER_SETTINGS.items()}
+        values["slices"] = "all" if p.allSlices else "central"
+        return TrainSettings(**values, progress=False)
+
+    def trainingArguments(self, p) -> list:
+        from MotionSSIMLib.settings import train_arguments
+
+        return train_arguments(
+            self.trainSettings(p),
             out=str(p.outputFolder),
             data=str(p.trainingData) if _isSet(p.trainingData) else None,
             val_data=str(p.validationData) if _isSet(p.validationData) else None,
-            architecture=p.architecture,
-            epochs=p.epochs,
-            samples_per_epoch=p.samplesPerEpoch,
-            batch_size=p.batchSize,
-            lr=p.learningRate,
-            contrast=p.contrastAugmentation,
-            p_torchio=p.torchioShare,
-            slices="all" if p.allSlices else "central",
-            device=p.device,
             resume=p.resume,
         )
+
+    @staticmethod
+    def evaluationArguments(p, checkpoint) -> list:
+        """`evaluate` arguments: `checkpoint` on the test split of the training data."""
+        from MotionSSIMLib.settings import EvaluateSettings, evaluate_arguments
+
+        chosen = EvaluateSettings(n=p.evaluationSlices, device=p.device, progress=False)
+        return evaluate_arguments(chosen, str(p.trainingData), [checkpoint],
+                                  os.path.join(str(p.outputFolder), "evaluation"))
 
     def startTraining(self, p) -> None:
         os.makedirs(str(p.outputFolder), exist_ok=True)
@@ -391,15 +414,8 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
             test = held_out_test_volumes(str(p.trainingData))
         except MotionSSIMError as exc:
             return False, str(exc)
-        command = [
-            self.pythonExecutable(), "-m", "MotionSSIMLib", "evaluate",
-            "--data", str(p.trainingData),
-            "--checkpoint", best,
-            "--out", os.path.join(str(p.outputFolder), "evaluation"),
-            "--n", str(p.evaluationSlices),
-            "--device", p.device,
-            "--no-progress",
-        ]
+        command = [self.pythonExecutable(), "-m", "MotionSSIMLib", "evaluate",
+                   *self.evaluationArguments(p, best)]
         self._start(command, "evaluate", str(p.outputFolder))
         names = ", ".join(path.name for path in test[:20]) + (", ..." if len(test) > 20 else "")
         return True, f"Evaluating on {len(test)} held-out test volumes: {names}"

@@ -423,51 +423,6 @@ def test_chart_point_jumps_views_and_annotation_follows(mrml):
 # --------------------------------------------------------------------------- training panel
 
 
-def parse_train_args(args):
-    import argparse
-
-    from MotionSSIMLib.training_cli import add_train_arguments
-
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    return parser.parse_args(args)
-
-
-def test_training_arguments_match_the_trainer_parser(tmp_path):
-    args = ms.training_arguments(
-        out=str(tmp_path / "run"),
-        data=str(tmp_path / "split.json"),
-        val_data=str(tmp_path / "val"),
-        architecture="resnet101",
-        epochs=7,
-        samples_per_epoch=33,
-        batch_size=5,
-        lr=2.5e-4,
-        contrast=False,
-        p_torchio=0.3,
-        device="cpu",
-        slices="all",
-    )
-    parsed = parse_train_args(args)
-    assert parsed.out == str(tmp_path / "run")
-    assert parsed.data == str(tmp_path / "split.json")
-    assert parsed.val_data == str(tmp_path / "val")
-    assert parsed.architecture == "resnet101"
-    assert (parsed.epochs, parsed.samples_per_epoch, parsed.batch_size) == (7, 33, 5)
-    assert parsed.lr == pytest.approx(2.5e-4)
-    assert parsed.p_torchio == pytest.approx(0.3)
-    assert parsed.contrast is False and parsed.resume is False
-    assert parsed.device == "cpu" and parsed.progress is False and parsed.slices == "all"
-    default = parse_train_args(ms.training_arguments(out="run", data="split.json"))
-    assert default.slices == "central"  # the paper's protocol unless asked otherwise
-
-    # resume: only the output folder and a longer schedule; data come from the saved run
-    resumed = parse_train_args(ms.training_arguments(out="run", resume=True, epochs=20))
-    assert resumed.resume is True and resumed.data is None and resumed.epochs == 20
-    with pytest.raises(InputError, match="training data"):
-        ms.training_arguments(out="run")
-
-
 def test_training_log_becomes_a_live_chart(mrml, tmp_path):
     from MotionSSIMLib.trainer import LOG_COLUMNS
 

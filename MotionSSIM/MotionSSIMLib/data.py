@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, MotionSSIMError
+from .settings import SLICE_RANGES
 
 __all__ = [
     "SLICE_RANGES",
@@ -276,9 +277,6 @@ def central_candidates(stack: Any, min_foreground: float = MIN_FOREGROUND) -> np
     if keep.size == 0:
         keep = np.array([int(np.argmax(fg))])
     return keep + lo
-
-
-SLICE_RANGES = ("central", "all")
 
 
 def slice_candidates(stack: Any, slices: str = "central",

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 
 from . import pipeline
-from .data import SLICE_RANGES, STREAMS, SliceDataset, check_volumes, summarize_volumes
+from .data import STREAMS, SliceDataset, check_volumes, summarize_volumes
 from .errors import InputError, MotionSSIMError
+from .settings import COSINE_FLOOR, RUN_KEYS, TrainSettings
 
 __all__ = [
     "LOG_COLUMNS",
@@ -53,85 +54,10 @@ LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_mae", "val_residu
                "samples_per_s", "elapsed_s")
 STATE_FORMAT = "motionssim-train-state"
 STATE_VERSION = 1
-# Settings that fix the random stream or the model: on resume the saved values win.
-RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
-             "p_torchio", "val_samples", "seed", "slices",
-             "bn_calibration", "lr_schedule", "warmup", "acquisition")
-LR_SCHEDULES = ("constant", "cosine")
-COSINE_FLOOR = 0.01  # the cosine schedule decays to this share of the peak learning rate
 
 
 class TrainingDiverged(MotionSSIMError):
     """The loss became NaN or infinite."""
-
-
-@dataclass
-class TrainSettings:
-    """Training settings; the defaults are the paper's (ResNet-18, Adam 1e-3, batch 100, MSE,
-    2000 epochs; one slice per training volume per epoch with 200 volumes = 200 samples)."""
-
-    architecture: str = "resnet18"
-    epochs: int = 2000
-    samples_per_epoch: int = 200
-    batch_size: int = 100
-    lr: float = 1e-3
-    input_size: int = 256          # model input side; only tests should change it
-    contrast: bool = True          # contrast augmentation
-    p_torchio: float = 0.5         # share of samples corrupted by TorchIO (else k-space lines)
-    acquisition: bool = True       # acquired-matrix and noise stages (pipeline / augment)
-    val_samples: int = 500         # fixed validation set size
-    seed: int = 0
-    workers: int | None = None     # DataLoader worker processes; None = min(8, cores - 1)
-    device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", ...
-    pipeline: str = "auto"         # where corruption runs: "device" (GPU), "workers", "auto"
-    amp: bool = True               # mixed precision (CUDA; bf16 on CPUs with native bf16)
-    channels_last: bool = True     # model and batches in channels-last layout (CPU and CUDA)
-    threads: int | None = None     # torch threads of the training process; None = all cores
-    tio_backend: str = "torch"     # TorchIO's motion: batched torch, or "torchio" (the real
-                                   # library, one slice at a time: checks and benchmarks)
-    max_time: float = 0.0          # stop (resumable) after this many seconds of training in
-                                   # this session; 0 = no limit
-    checkpoint_every: int = 50     # steps between mid-epoch state saves (0 = epoch ends only)
-    cache_mb: int = 2048           # volume cache per process
-    progress: bool = True          # tqdm progress bar
-    distributed: bool | None = None  # None = when WORLD_SIZE > 1
-    init_from: str | None = None   # start from this checkpoint's weights (fine-tuning)
-    slices: str = "central"        # slices drawn: "central" half (paper) or "all" non-empty
-    bn_calibration: int = 320      # training samples that set the BatchNorm statistics saved
-                                   # with each epoch (0 = keep the running averages)
-    lr_schedule: str = "constant"  # "constant" (paper) or "cosine": linear warm-up, then cosine
-                                   # decay to COSINE_FLOOR x lr at the last step of `epochs`
-    warmup: float = 0.02           # share of all steps spent warming up (cosine only)
-
-    def validate(self) -> None:
-        from .model import ARCHITECTURES
-
-        if self.architecture not in ARCHITECTURES:
-            raise InputError(f"architecture: {self.architecture!r} is not one of {ARCHITECTURES}")
-        for name in ("epochs", "samples_per_epoch", "batch_size", "input_size"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.input_size < 32:
-            raise InputError(f"input_size: must be at least 32, got {self.input_size}")
-        if not (0.0 <= self.p_torchio <= 1.0):
-            raise InputError(f"p_torchio: must lie in [0, 1], got {self.p_torchio}")
-        if not (self.lr > 0):
-            raise InputError(f"lr: must be positive, got {self.lr}")
-        if self.val_samples < 0 or self.checkpoint_every < 0 or self.bn_calibration < 0:
-            raise InputError("val_samples, checkpoint_every and bn_calibration must not be "
-                             "negative")
-        if self.slices not in SLICE_RANGES:
-            raise InputError(f"slices: {self.slices!r} is not one of {SLICE_RANGES}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError(f"lr_schedule: {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
-        if not (0.0 <= self.warmup < 1.0):
-            raise InputError(f"warmup: must lie in [0, 1), got {self.warmup}")
-        if self.max_time < 0 or (self.threads is not None and self.threads < 1):
-            raise InputError("max_time must not be negative and threads must be at least 1")
-        if self.tio_backend not in ("torch", "torchio"):
-            raise InputError(f"tio_backend: {self.tio_backend!r} is not torch or torchio")
-        if self.pipeline not in ("auto", "device", "workers"):
-            raise InputError(f"pipeline: {self.pipeline!r} is not auto, device or workers")
 
 
 @dataclass

@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import settings
 from .errors import MotionSSIMError
 
 __all__ = ["add_evaluate_arguments", "add_train_arguments", "run_evaluate", "run_train",
@@ -58,31 +59,9 @@ classification_<n>.csv, predictions.csv and PNG plots.
 """
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {v}")
-    return v
-
-
-def _probability(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {v}")
-    return v
-
-
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `train` arguments (also MotionSSIMTraining/train.py's)."""
-    from .model import ARCHITECTURES
-
+    """The `train` arguments (also MotionSSIMTraining/train.py's): the run's folders, then one
+    option per `settings.TrainSettings` field."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = TRAIN_EPILOG
     g = parser.add_argument_group("data and output")
@@ -95,67 +74,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out (data and schedule come from it; "
                         "--epochs may extend it)")
-    g = parser.add_argument_group("model and schedule (defaults: the paper's)")
-    g.add_argument("--architecture", choices=ARCHITECTURES, default="resnet18")
-    g.add_argument("--epochs", type=_positive_int, default=2000)
-    g.add_argument("--samples-per-epoch", type=_positive_int, default=200,
-                   help="random slices per epoch (default 200: one per volume of the paper's "
-                        "200 training volumes)")
-    g.add_argument("--batch-size", type=_positive_int, default=100)
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the peak of a "
-                   "schedule)")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                   help="constant (the paper's) or cosine: linear warm-up, then cosine decay to "
-                        "1 %% of --lr at the last epoch")
-    g.add_argument("--warmup", type=float, default=0.02, metavar="SHARE",
-                   help="share of all steps spent warming up with --lr-schedule cosine "
-                        "(default 0.02)")
-    g.add_argument("--no-contrast", dest="contrast", action="store_false",
-                   help="no contrast augmentation")
-    g.add_argument("--no-acquisition", dest="acquisition", action="store_false",
-                   help="no acquisition stages (lower acquired matrix, Rician noise on both "
-                        "images): the paper's corruption only")
-    g.add_argument("--p-torchio", type=_probability, default=0.5,
-                   help="share of slices corrupted by TorchIO; the rest by the k-space line "
-                        "simulator (default 0.5)")
-    g.add_argument("--val-samples", type=_nonneg_int, default=500,
-                   help="size of the fixed validation set (default 500)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--init-from", metavar="CHECKPOINT",
-                   help="start from this checkpoint's weights (fine-tune) instead of random ones")
-    g.add_argument("--slices", choices=("central", "all"), default="central",
-                   help="slices drawn from each volume: the central half (the paper's) or all "
-                        "non-empty ones (top and bottom of the head included)")
-    g.add_argument("--bn-calibration", type=_nonneg_int, default=320, metavar="N",
-                   help="training samples that set the BatchNorm statistics saved with each "
-                        "epoch (default 320; 0 keeps the running averages)")
-    g.add_argument("--input-size", type=_positive_int, default=256, help=argparse.SUPPRESS)
-    g = parser.add_argument_group("machine")
-    g.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1, ...")
-    g.add_argument("--workers", type=_nonneg_int, default=None,
-                   help="data loader processes (default: cores - 1, at most 8)")
-    g.add_argument("--pipeline", choices=("auto", "device", "workers"), default="auto",
-                   help="where slices are corrupted: on the GPU (device) or in the loader "
-                        "processes (workers); auto: GPU when training on one")
-    g.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch threads of the training process (default: all cores)")
-    g.add_argument("--max-time", type=float, default=0.0, metavar="SECONDS",
-                   help="stop after this much training time, resumable (default: no limit)")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="default memory layout instead of channels-last (slower)")
-    g.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="no mixed precision (bf16/fp16 on CUDA, bf16 on CPUs with native bf16)")
-    g.add_argument("--checkpoint-every", type=_nonneg_int, default=50, metavar="STEPS",
-                   help="also save the resume state every STEPS steps (default 50; 0: only at "
-                        "epoch ends)")
-    g.add_argument("--cache-mb", type=_positive_int, default=2048,
-                   help="volume cache per process in MB (default 2048)")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar")
+    settings.add_arguments(parser, settings.TrainSettings)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `evaluate` arguments."""
+    """The `evaluate` arguments: data, checkpoints and report folder, then one option per
+    `settings.EvaluateSettings` field."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EVALUATE_EPILOG
     parser.add_argument("--data", metavar="PATH", required=True,
@@ -164,25 +88,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="FILE", nargs="+", required=True,
                         help="one or more .safetensors checkpoints, compared side by side")
     parser.add_argument("--out", metavar="DIR", required=True, help="report folder")
-    parser.add_argument("--n", type=_positive_int, default=10000,
-                        help="number of test slices (default 10000, as in the paper)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--slices", choices=("central", "all"), default="central",
-                        help="test slices: the central half (the paper's protocol) or all "
-                             "non-empty ones")
-    parser.add_argument("--no-contrast", dest="contrast", action="store_false",
-                        help="no contrast augmentation of the test slices")
-    parser.add_argument("--p-torchio", type=_probability, default=0.5)
-    parser.add_argument("--no-acquisition", dest="acquisition", action="store_false",
-                        help="test slices without the acquisition stages (matrix, noise)")
-    parser.add_argument("--good", type=float, default=0.85,
-                        help="clinical threshold: SSIM >= this is good (default 0.85)")
-    parser.add_argument("--sufficient", type=float, default=0.60,
-                        help="clinical threshold: SSIM >= this is sufficient (default 0.60)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=_positive_int, default=100)
-    parser.add_argument("--workers", type=_nonneg_int, default=0)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    settings.add_arguments(parser, settings.EvaluateSettings, groups=False)
 
 
 def _error(exc: BaseException) -> int:
@@ -212,22 +118,11 @@ def run_train(args: argparse.Namespace) -> int:
     """Train from parsed `add_train_arguments` arguments; returns the exit status."""
     from .data import resolve_split
     from .errors import InputError
-    from .trainer import TrainSettings, train
+    from .trainer import train
 
     try:
         _check_out(args.out)
-        settings = TrainSettings(
-            architecture=args.architecture, epochs=args.epochs,
-            samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size, lr=args.lr,
-            input_size=args.input_size, contrast=args.contrast, p_torchio=args.p_torchio,
-            val_samples=args.val_samples, seed=args.seed, workers=args.workers,
-            device=args.device, pipeline=args.pipeline, amp=args.amp,
-            checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb,
-            progress=args.progress, init_from=args.init_from, slices=args.slices,
-            bn_calibration=args.bn_calibration, lr_schedule=args.lr_schedule,
-            warmup=args.warmup, threads=args.threads, max_time=args.max_time,
-            acquisition=args.acquisition,
-            channels_last=args.channels_last)
+        chosen = settings.from_args(settings.TrainSettings, args)
         train_paths: list = []
         val_paths: list = []
         if not args.resume:
@@ -246,7 +141,7 @@ def run_train(args: argparse.Namespace) -> int:
             if not val_paths:
                 print("motionssim: no validation volumes: the best checkpoint is chosen by "
                       "training loss (give --val-data)", file=sys.stderr)
-        result = train(settings, args.out, train_paths, val_paths, resume=args.resume)
+        result = train(chosen, args.out, train_paths, val_paths, resume=args.resume)
     except (MotionSSIMError, OSError) as exc:  # OSError: the output folder cannot be written
         return _error(exc)
     except KeyboardInterrupt:
@@ -269,12 +164,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         _check_out(args.out)
         test_paths = resolve_split(args.data, "test")
+        chosen = settings.from_args(settings.EvaluateSettings, args)
         result = evaluate_checkpoints(
-            args.checkpoint, test_paths, args.out, n=args.n, seed=args.seed,
-            contrast=args.contrast, p_torchio=args.p_torchio, device=args.device,
-            batch_size=args.batch_size, workers=args.workers,
-            thresholds=ClinicalThresholds(good=args.good, sufficient=args.sufficient),
-            progress=args.progress, slices=args.slices, acquisition=args.acquisition)
+            args.checkpoint, test_paths, args.out, n=chosen.n, seed=chosen.seed,
+            contrast=chosen.contrast, p_torchio=chosen.p_torchio, device=chosen.device,
+            batch_size=chosen.batch_size, workers=chosen.workers,
+            thresholds=ClinicalThresholds(good=chosen.good, sufficient=chosen.sufficient),
+            progress=chosen.progress, slices=chosen.slices, acquisition=chosen.acquisition)
     except (MotionSSIMError, OSError) as exc:  # OSError: the report folder cannot be written
         return _error(exc)
     for name, m in result["models"].items():
