@@ -65,7 +65,8 @@ SERIES_KEYS = (
     "threshold_good",
     "threshold_sufficient",
 )
-TABLE_COLUMNS = ("slice", "position_mm", "ssim", "class", "class_name", "foreground", "empty")
+TABLE_COLUMNS = ("slice", "position_mm", "ssim", "class", "class_name", "foreground", "empty",
+                 "ssim_sd", "uncertain")
 
 AXES = ("i", "j", "k")
 
@@ -266,6 +267,8 @@ def _write_table(table, assessment) -> None:
         None,  # class_name: strings, added below
         np.array([r.foreground for r in records], dtype=np.float64),
         np.array([1 if r.empty else 0 for r in records], dtype=np.int32),
+        np.array([getattr(r, "ssim_sd", 0.0) for r in records], dtype=np.float64),
+        np.array([1 if getattr(r, "uncertain", False) else 0 for r in records], dtype=np.int32),
     ]
     numeric = [c for c in columns if c is not None]
     names = [n for n, c in zip(TABLE_COLUMNS, columns) if c is not None]
@@ -292,6 +295,8 @@ def _write_table(table, assessment) -> None:
         "class_name": ("clinical class name", ""),
         "foreground": ("share of pixels above the volume's background threshold", ""),
         "empty": ("1 = too little foreground to be assessed (shown but not counted)", ""),
+        "ssim_sd": ("spread of the predicted SSIM over flipped/transposed views of the slice", ""),
+        "uncertain": ("1 = SSIM +- 2 ssim_sd contains a class threshold", ""),
     }
     for name, (description, unit) in descriptions.items():
         table.SetColumnDescription(name, description)
@@ -1102,12 +1107,56 @@ class SeriesAssessmentJob(AssessmentJob):
 
 # --------------------------------------------------------------------------- training panel
 # The MotionSSIMTraining module runs `train.py` in a separate process and follows its log.csv.
-# Charting the log lives here so that it is tested outside Slicer (against the trainer's real
-# log format); its command lines come from `settings`.
+# Building the command line and charting the log live here so that they are tested outside
+# Slicer (against the trainer's real argument parser and log format).
 
 TRAINING_LOG_SERIES = ("train_loss", "val_loss")
 TRAINING_COLORS = {"train_loss": (0.20, 0.40, 0.85), "val_loss": (0.90, 0.45, 0.10)}
 TRAINING_OUT_ATTRIBUTE = "MotionSSIM.TrainingOutput"
+
+
+def training_arguments(
+    out: str,
+    data: str | None = None,
+    val_data: str | None = None,
+    architecture: str = "resnet18",
+    epochs: int = 2000,
+    samples_per_epoch: int = 200,
+    batch_size: int = 100,
+    lr: float = 1e-3,
+    contrast: bool = True,
+    p_torchio: float = 0.5,
+    device: str = "auto",
+    resume: bool = False,
+    slices: str = "central",
+) -> list[str]:
+    """Command-line arguments of `train.py` / `python -m MotionSSIMLib train` for these settings.
+
+    With `resume`, the data and schedule come from the run saved in `out` (only --epochs may
+    extend it). The progress bar is switched off: the panel follows log.csv instead.
+    """
+    args = ["--out", str(out)]
+    if resume:
+        args.append("--resume")
+    else:
+        if not data:
+            raise InputError("training data: choose a split file or a folder of volumes")
+        args += ["--data", str(data)]
+        if val_data:
+            args += ["--val-data", str(val_data)]
+        args += [
+            "--architecture", architecture,
+            "--samples-per-epoch", str(int(samples_per_epoch)),
+            "--batch-size", str(int(batch_size)),
+            "--lr", repr(float(lr)),
+            "--p-torchio", repr(float(p_torchio)),
+        ]
+        if not contrast:
+            args.append("--no-contrast")
+        if slices != "central":
+            args += ["--slices", slices]
+    args += ["--epochs", str(int(epochs)), "--device", device, "--no-progress"]
+    return args
 
 
 def read_training_log(path) -> dict[str, np.ndarray]:
