@@ -1107,56 +1107,12 @@ class SeriesAssessmentJob(AssessmentJob):
 
 # --------------------------------------------------------------------------- training panel
 # The MotionSSIMTraining module runs `train.py` in a separate process and follows its log.csv.
-# Building the command line and charting the log live here so that they are tested outside
-# Slicer (against the trainer's real argument parser and log format).
+# Charting the log lives here so that it is tested outside Slicer (against the trainer's real
+# log format); its command lines come from `settings`.
 
 TRAINING_LOG_SERIES = ("train_loss", "val_loss")
 TRAINING_COLORS = {"train_loss": (0.20, 0.40, 0.85), "val_loss": (0.90, 0.45, 0.10)}
 TRAINING_OUT_ATTRIBUTE = "MotionSSIM.TrainingOutput"
-
-
-def training_arguments(
-    out: str,
-    data: str | None = None,
-    val_data: str | None = None,
-    architecture: str = "resnet18",
-    epochs: int = 2000,
-    samples_per_epoch: int = 200,
-    batch_size: int = 100,
-    lr: float = 1e-3,
-    contrast: bool = True,
-    p_torchio: float = 0.5,
-    device: str = "auto",
-    resume: bool = False,
-    slices: str = "central",
-) -> list[str]:
-    """Command-line arguments of `train.py` / `python -m MotionSSIMLib train` for these settings.
-
-    With `resume`, the data and schedule come from the run saved in `out` (only --epochs may
-    extend it). The progress bar is switched off: the panel follows log.csv instead.
-    """
-    args = ["--out", str(out)]
-    if resume:
-        args.append("--resume")
-    else:
-        if not data:
-            raise InputError("training data: choose a split file or a folder of volumes")
-        args += ["--data", str(data)]
-        if val_data:
-            args += ["--val-data", str(val_data)]
-        args += [
-            "--architecture", architecture,
-            "--samples-per-epoch", str(int(samples_per_epoch)),
-            "--batch-size", str(int(batch_size)),
-            "--lr", repr(float(lr)),
-            "--p-torchio", repr(float(p_torchio)),
-        ]
-        if not contrast:
-            args.append("--no-contrast")
-        if slices != "central":
-            args += ["--slices", slices]
-    args += ["--epochs", str(int(epochs)), "--device", device, "--no-progress"]
-    return args
 
 
 def read_training_log(path) -> dict[str, np.ndarray]:
