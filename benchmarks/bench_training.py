@@ -99,10 +99,10 @@ def _simulators(clean: torch.Tensor, results: dict[str, float], dev: torch.devic
 
 def _train_steps(results: dict[str, float], dev: torch.device, b: int, nb: int,
                  architecture: str) -> None:
+    from MotionSSIMLib.devices import cpu_native_bf16
     from MotionSSIMLib.model import build_model
-    from MotionSSIMLib.trainer import _cpu_bf16
 
-    bf16 = dev.type == "cuda" or _cpu_bf16()
+    bf16 = dev.type == "cuda" or cpu_native_bf16()
     for layout in ("default", "channels-last"):
         torch.manual_seed(0)
         model = build_model(architecture).to(dev)

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "predict_slices": "inference",
     "assess_volume": "inference",
-    "resolve_device": "inference",
+    "resolve_device": "devices",
     "Assessment": "inference",
     "SliceRecord": "inference",
     "build_model": "model",

@@ -232,11 +232,11 @@ def evaluate_checkpoints(
 
     from .checkpoint import load_checkpoint
     from .data import check_volumes, summarize_volumes
-    from .trainer import _resolve_device
+    from .devices import resolve_device
 
     if not checkpoints:
         raise InputError("no checkpoint to evaluate")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     ckpts = [Path(c) for c in checkpoints]
     loaded = [load_checkpoint(str(c), device=str(dev)) for c in ckpts]
     sizes = {_input_size(m.metadata) for m in loaded}

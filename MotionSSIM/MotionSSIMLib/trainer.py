@@ -23,23 +23,29 @@ import io as _io
 import json
 import math
 import os
-import random
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import pipeline
 from .data import STREAMS, SliceDataset, check_volumes, summarize_volumes
+from .devices import cpu_native_bf16, resolve_device
 from .errors import InputError, MotionSSIMError
 from .settings import COSINE_FLOOR, RUN_KEYS, TrainSettings
+from .train_support import (
+    Dist,
+    StopFlag,
+    atomic_torch_save,
+    atomic_write_bytes,
+    init_distributed,
+    rng_state,
+    set_rng_state,
+)
 
 __all__ = [
     "LOG_COLUMNS",
@@ -73,18 +79,6 @@ class TrainResult:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def _resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {device}: CUDA is not available on this machine")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
-
-
 def learning_rate(settings: TrainSettings, step: int) -> float:
     """The learning rate of optimizer step `step` (0-based) under the run's schedule.
 
@@ -94,7 +88,7 @@ def learning_rate(settings: TrainSettings, step: int) -> float:
     resumed run continues on the same curve; extending `epochs` stretches the curve."""
     if settings.lr_schedule == "constant":
         return float(settings.lr)
-    per_epoch = -(-settings.samples_per_epoch // settings.batch_size)  # ceil division
+    per_epoch = _batches_per_epoch(settings)
     total = max(1, settings.epochs * per_epoch)
     warm = int(settings.warmup * total)
     if step < warm:
@@ -109,137 +103,8 @@ def _default_workers() -> int:
     return max(0, min(8, n - 1))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    buf = _io.BytesIO()
-    torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
-
-
 def _finite_or_none(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    if s.get("cuda") and torch.cuda.is_available():
-        with contextlib.suppress(RuntimeError):  # a different GPU count: not critical
-            torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    p = s["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGINT (main thread only) or by a `stop` file in the output folder."""
-
-    def __init__(self, stop_file: Path) -> None:
-        self.stop_file = stop_file
-        self.signalled = False
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except (ValueError, OSError):
-                pass
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.signalled = True
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            with contextlib.suppress(ValueError, OSError):
-                signal.signal(sig, old)
-        self._old.clear()
-
-    def requested(self) -> bool:
-        return self.signalled or self.stop_file.exists()
-
-
-# ----------------------------------------------------------------------------- distribution
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    enabled: bool = False
-    owned: bool = False    # we initialised the process group (and destroy it at the end)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, values: Sequence[float], device: torch.device) -> list[float]:
-        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-        if self.enabled:
-            torch.distributed.all_reduce(t)
-        return t.tolist()
-
-    def any(self, flag: bool, device: torch.device) -> bool:
-        if not self.enabled:
-            return flag
-        return self.all_sum([1.0 if flag else 0.0], device)[0] > 0
-
-    def broadcast(self, obj: Any) -> Any:
-        if not self.enabled:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-
-def _init_distributed(settings: TrainSettings) -> _Dist:
-    want = settings.distributed
-    if want is None:
-        want = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if not want:
-        return _Dist()
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return _Dist(dist.get_rank(), dist.get_world_size(),
-                     int(os.environ.get("LOCAL_RANK", "0")), True, False)
-    use_cuda = settings.device.startswith("cuda") or (
-        settings.device == "auto" and torch.cuda.is_available())
-    backend = "nccl" if use_cuda else "gloo"
-    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
-        if var not in os.environ:
-            raise InputError(f"distributed training needs the environment variable {var} "
-                             "(start it with torchrun)")
-    dist.init_process_group(backend=backend, init_method="env://")
-    return _Dist(dist.get_rank(), dist.get_world_size(),
-                 int(os.environ.get("LOCAL_RANK", "0")), True, True)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -248,11 +113,11 @@ def _init_distributed(settings: TrainSettings) -> _Dist:
 class _Run:
     """One training run (fresh or resumed): state and the steps of the loop."""
 
-    def __init__(self, settings: TrainSettings, out_dir: Path, dist: _Dist) -> None:
-        self.s = settings
+    def __init__(self, settings: TrainSettings, out_dir: Path, dist: Dist) -> None:
+        self.settings = settings
         self.out = out_dir
         self.dist = dist
-        self.device = _resolve_device(settings.device, dist.local_rank)
+        self.device = resolve_device(settings.device, index=dist.local_rank)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             torch.cuda.set_device(self.device)
@@ -264,7 +129,7 @@ class _Run:
         if settings.amp and self.cuda:
             self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported()
                               else torch.float16)
-        elif settings.amp and self.device.type == "cpu" and _cpu_bf16():
+        elif settings.amp and self.device.type == "cpu" and cpu_native_bf16():
             # bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX): about 2.4x faster
             # ResNet-18 training steps measured here, and bf16 needs no loss scaling.
             self.amp_dtype = torch.bfloat16
@@ -295,21 +160,21 @@ class _Run:
     def build(self, load_init: bool = True) -> None:
         from .model import build_model
 
-        torch.manual_seed(self.s.seed)  # the same initial weights for the same seed
-        net = build_model(self.s.architecture)
-        if self.s.init_from and load_init:
+        torch.manual_seed(self.settings.seed)  # the same initial weights for the same seed
+        net = build_model(self.settings.architecture)
+        if self.settings.init_from and load_init:
             from .checkpoint import load_checkpoint
 
-            init = load_checkpoint(self.s.init_from)
-            if init.metadata["architecture"] != self.s.architecture:
-                raise MotionSSIMError(f"{self.s.init_from}: a {init.metadata['architecture']} "
-                                      f"checkpoint cannot initialise a {self.s.architecture}")
+            init = load_checkpoint(self.settings.init_from)
+            if init.metadata["architecture"] != self.settings.architecture:
+                raise MotionSSIMError(f"{self.settings.init_from}: a {init.metadata['architecture']} "
+                                      f"checkpoint cannot initialise a {self.settings.architecture}")
             net.load_state_dict(init.model.state_dict())
         net = net.to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=self.s.lr)
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=self.settings.lr)
         if self.dist.enabled:
             ids = [self.device.index] if self.cuda else None
             self.model: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(
@@ -322,7 +187,7 @@ class _Run:
     def state(self) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT, "version": STATE_VERSION,
-            "settings": asdict(self.s),
+            "settings": asdict(self.settings),
             "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -331,12 +196,12 @@ class _Run:
             "elapsed": self.elapsed, "best": self.best, "best_epoch": self.best_epoch,
             "history": self.history, "data": self.data_summary,
             "train_paths": self.train_paths, "val_paths": self.val_paths,
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
 
     def save_state(self) -> None:
         if self.dist.main:
-            _atomic_torch_save(self.state(), self.out / "state.pt")
+            atomic_torch_save(self.state(), self.out / "state.pt")
 
     def load_state(self, st: dict[str, Any]) -> None:
         self.net.load_state_dict(st["model"])
@@ -348,7 +213,7 @@ class _Run:
         for k in ("epoch_se", "epoch_time", "elapsed", "best"):
             setattr(self, k, float(st[k]))
         self.history = list(st["history"])
-        _set_rng_state(st["rng"])
+        set_rng_state(st["rng"])
 
     # -- logs and checkpoints --------------------------------------------------------------
 
@@ -360,31 +225,31 @@ class _Run:
         w.writerow(LOG_COLUMNS)
         for row in self.history:
             w.writerow(["nan" if row[c] is None else row[c] for c in LOG_COLUMNS])
-        _atomic_write_bytes(self.out / "log.csv", buf.getvalue().encode())
+        atomic_write_bytes(self.out / "log.csv", buf.getvalue().encode())
         doc = {
-            "status": status, "settings": asdict(self.s), "device": str(self.device),
+            "status": status, "settings": asdict(self.settings), "device": str(self.device),
             "world_size": self.dist.world, "pipeline": self.pipe, "workers": self.workers,
             "best_epoch": self.best_epoch if self.best_epoch >= 0 else None,
             "best_loss": _finite_or_none(self.best), "data": self.data_summary,
             "columns": list(LOG_COLUMNS), "history": self.history,
         }
-        _atomic_write_bytes(self.out / "log.json", json.dumps(doc, indent=1).encode())
+        atomic_write_bytes(self.out / "log.json", json.dumps(doc, indent=1).encode())
 
     def metadata(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        s = self.s
+        settings = self.settings
         return {
-            "architecture": s.architecture,
+            "architecture": settings.architecture,
             # checkpoint.py records the inference contract (input_size 256); the size this
             # network was trained at is kept apart (it differs only in tests).
-            "train_input_size": s.input_size,
+            "train_input_size": settings.input_size,
             "training_data": self.data_summary,
-            "schedule": {"epochs": s.epochs, "samples_per_epoch": s.samples_per_epoch,
-                         "batch_size": s.batch_size, "lr": s.lr, "optimizer": "Adam",
-                         "loss": "MSE", "contrast_augmentation": s.contrast,
-                         "p_torchio": s.p_torchio, "seed": s.seed, "slices": s.slices,
-                         "acquisition": s.acquisition, "lr_schedule": s.lr_schedule,
-                         "bn_calibration": s.bn_calibration,
-                         "world_size": self.dist.world},
+            "schedule": {**{k: getattr(settings, k) for k in (
+                "epochs", "samples_per_epoch", "batch_size", "lr")},
+                "optimizer": "Adam", "loss": "MSE", "contrast_augmentation": settings.contrast,
+                **{k: getattr(settings, k) for k in (
+                    "p_torchio", "seed", "slices", "acquisition", "lr_schedule",
+                    "bn_calibration")},
+                "world_size": self.dist.world},
             "epoch": self.epoch + 1,
             "step": self.step,
             "metrics": metrics,
@@ -408,10 +273,10 @@ def _check_data(run: _Run, train_paths: Sequence[str | Path], val_paths: Sequenc
     result: Any = None
     if run.dist.main:
         try:
-            good_t, info_t = check_volumes(train_paths, report, run.s.progress, "training volumes")
+            good_t, info_t = check_volumes(train_paths, report, run.settings.progress, "training volumes")
             good_v, info_v = ([], [])
             if val_paths:
-                good_v, info_v = check_volumes(val_paths, report, run.s.progress,
+                good_v, info_v = check_volumes(val_paths, report, run.settings.progress,
                                                "validation volumes")
             result = (good_t, good_v, {"train": summarize_volumes(info_t),
                                        "validation": summarize_volumes(info_v)})
@@ -424,30 +289,30 @@ def _check_data(run: _Run, train_paths: Sequence[str | Path], val_paths: Sequenc
 
 
 def _validation_set(run: _Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if not run.val_paths or run.s.val_samples == 0:
+    if not run.val_paths or run.settings.val_samples == 0:
         return []
-    ds = SliceDataset(run.val_paths, seed=run.s.seed, input_size=run.s.input_size,
-                      cache_bytes=run.s.cache_mb << 20, slices=run.s.slices)
+    ds = SliceDataset(run.val_paths, seed=run.settings.seed, input_size=run.settings.input_size,
+                      cache_bytes=run.settings.cache_mb << 20, slices=run.settings.slices)
     return list(pipeline.fixed_set(
-        ds, STREAMS["validation"], run.s.val_samples, run.s.seed, run.s.contrast,
-        run.s.p_torchio, run.device if run.pipe == "device" else "cpu",
-        chunk=min(run.s.batch_size, 100), workers=run.workers,
-        rank=run.dist.rank, world_size=run.dist.world, acquisition=run.s.acquisition))
+        ds, STREAMS["validation"], run.settings.val_samples, run.settings.seed, run.settings.contrast,
+        run.settings.p_torchio, run.device if run.pipe == "device" else "cpu",
+        chunk=min(run.settings.batch_size, 100), workers=run.workers,
+        rank=run.dist.rank, world_size=run.dist.world, acquisition=run.settings.acquisition))
 
 
 def _calibration_set(run: _Run) -> list[torch.Tensor]:
     """A fixed, seeded set of corrupted training slices (its own random stream) in batches of
     the training batch size, for `calibrate_batchnorm`."""
-    n = run.s.bn_calibration
+    n = run.settings.bn_calibration
     if n == 0:
         return []
-    ds = SliceDataset(run.train_paths, seed=run.s.seed, input_size=run.s.input_size,
-                      cache_bytes=run.s.cache_mb << 20, slices=run.s.slices)
+    ds = SliceDataset(run.train_paths, seed=run.settings.seed, input_size=run.settings.input_size,
+                      cache_bytes=run.settings.cache_mb << 20, slices=run.settings.slices)
     # every process calibrates on the whole set, so that all hold the same statistics
     return [images for images, _ in pipeline.fixed_set(
-        ds, STREAMS["calibration"], n, run.s.seed, run.s.contrast, run.s.p_torchio,
-        run.device if run.pipe == "device" else "cpu", chunk=run.s.batch_size,
-        workers=run.workers, acquisition=run.s.acquisition)]
+        ds, STREAMS["calibration"], n, run.settings.seed, run.settings.contrast, run.settings.p_torchio,
+        run.device if run.pipe == "device" else "cpu", chunk=run.settings.batch_size,
+        workers=run.workers, acquisition=run.settings.acquisition)]
 
 
 @torch.no_grad()
@@ -484,13 +349,6 @@ def calibrate_batchnorm(net: torch.nn.Module, batches: Sequence[torch.Tensor],
         net.train(was_training)
 
 
-def _cpu_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _autocast(run: _Run) -> contextlib.AbstractContextManager:
     if run.amp_dtype is None:
         return contextlib.nullcontext()
@@ -500,7 +358,7 @@ def _autocast(run: _Run) -> contextlib.AbstractContextManager:
 @torch.no_grad()
 def _validate(run: _Run, val_set: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
     nan = float("nan")
-    if not run.val_paths or run.s.val_samples == 0:
+    if not run.val_paths or run.settings.val_samples == 0:
         return {"val_loss": nan, "val_mae": nan, "val_residual_sd": nan}
     run.model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=run.device)
@@ -520,24 +378,40 @@ def _validate(run: _Run, val_set: list[tuple[torch.Tensor, torch.Tensor]]) -> di
     return {"val_loss": se / n, "val_mae": ae / n, "val_residual_sd": sd}
 
 
+def _batches_per_epoch(settings: TrainSettings) -> int:
+    return -(-settings.samples_per_epoch // settings.batch_size)  # ceil division
+
+
 def _train_batches(run: _Run, n_batches: int):
     """Sample keys of every remaining batch of the run, epoch after epoch (lazily: one
     DataLoader for the whole run keeps the workers and their volume caches alive)."""
-    s = run.s
+    settings = run.settings
     first_epoch, first_batch = run.epoch, run.next_batch
 
     class Batches(torch.utils.data.Sampler):
         def __iter__(self):
-            for e in range(first_epoch, s.epochs):
-                start = first_batch if e == first_epoch else 0
-                yield from pipeline.batch_keys(STREAMS["train"], e, s.samples_per_epoch,
-                                               s.batch_size, start, run.dist.rank,
-                                               run.dist.world)
+            for epoch in range(first_epoch, settings.epochs):
+                start = first_batch if epoch == first_epoch else 0
+                yield from pipeline.batch_keys(STREAMS["train"], epoch,
+                                               settings.samples_per_epoch, settings.batch_size,
+                                               start, run.dist.rank, run.dist.world)
 
         def __len__(self) -> int:
-            return max(0, (s.epochs - first_epoch) * n_batches - first_batch)
+            return max(0, (settings.epochs - first_epoch) * n_batches - first_batch)
 
     return Batches()
+
+
+def _train_loader(run: _Run, n_batches: int) -> tuple[Any, pipeline.Collate]:
+    settings = run.settings
+    train_ds = SliceDataset(run.train_paths, seed=settings.seed, input_size=settings.input_size,
+                            cache_bytes=settings.cache_mb << 20, slices=settings.slices)
+    collate = pipeline.Collate(settings.seed, settings.contrast, settings.p_torchio,
+                               corrupt=run.pipe == "workers", tio_backend=settings.tio_backend,
+                               acquisition=settings.acquisition)
+    loader = pipeline.make_loader(train_ds, _train_batches(run, n_batches), collate,
+                                  run.workers, pin_memory=run.cuda)
+    return loader, collate
 
 
 def _diverged(run: _Run, what: str) -> TrainingDiverged:
@@ -546,37 +420,148 @@ def _diverged(run: _Run, what: str) -> TrainingDiverged:
         f"checkpoints in {run.out} are kept (try a smaller --lr)")
 
 
-def _end_epoch(run: _Run, val_set: list, samples_this_session: int, train_time: float) -> None:
+# ----------------------------------------------------------------------------- the loop's parts
+# The loop (`_loop`) only takes batches and steps; what happens around a step or at an epoch's
+# end is one of the small parts below, called in a fixed order (as MONAI's engines call their
+# handlers). None of them draws random numbers, so the exact-resume contract rests on the loop.
+
+
+class _Session:
+    """Clock and sample count of this process's session (the time limit and samples/s)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.samples, self.train_time = 0, 0.0
+
+    def count_step(self, run: _Run, batch_index: int, batch_se: float, n_global: int) -> None:
+        """Book one step: position in the epoch, the epoch's loss sums, the clocks."""
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        run.next_batch = batch_index + 1
+        run.epoch_se += batch_se
+        run.epoch_n += n_global
+        run.epoch_time += dt
+        run.elapsed += dt
+        self.samples += n_global
+        self.train_time += dt
+
+    def restart_epoch(self) -> None:
+        """After an epoch's end work: its time does not count as training time."""
+        self.samples, self.train_time = 0, 0.0
+        self.last = time.perf_counter()
+
+    def out_of_time(self, max_time: float) -> bool:
+        return bool(max_time) and time.perf_counter() - self.start > max_time
+
+
+class _ProgressBar:
+    """tqdm bar of the main process (a no-op without one)."""
+
+    def __init__(self, run: _Run, n_batches: int) -> None:
+        self.bar = None
+        if run.settings.progress and run.dist.main:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=run.settings.epochs * n_batches,
+                            initial=run.epoch * n_batches + run.next_batch,
+                            unit="batch", dynamic_ncols=True, desc="training")
+
+    def step(self, epoch: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4g}", refresh=False)
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.4g}",
+                                 val=f"{row['val_loss']}", refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _after_step(run: _Run, callback: Callable[[dict[str, Any]], None] | None, epoch: int,
+                batch_index: int, loss: float) -> None:
+    """The caller's callback, then the mid-epoch state save every `checkpoint_every` steps."""
+    if callback is not None:
+        callback({"epoch": epoch, "batch": batch_index, "step": run.step, "loss": loss})
+    if run.settings.checkpoint_every and run.step % run.settings.checkpoint_every == 0:
+        run.save_state()
+
+
+def _check_weights(run: _Run) -> None:
     # A step can ruin the weights while its own loss was still finite: check before saving.
     if not all(torch.isfinite(p).all() for p in run.net.parameters()):
         raise _diverged(run, "the weights became NaN or infinite")
+
+
+def _validation_metrics(run: _Run, val_set: list) -> dict[str, float]:
+    """BatchNorm statistics calibrated, then the validation figures (NaN-free or diverged)."""
     calibrate_batchnorm(run.net, run.calibration, run.device, lambda: _autocast(run),
                         run.channels_last)
     metrics = _validate(run, val_set)
-    if run.val_paths and run.s.val_samples and not math.isfinite(metrics["val_loss"]):
+    if run.val_paths and run.settings.val_samples and not math.isfinite(metrics["val_loss"]):
         raise _diverged(run, f"the validation loss became {metrics['val_loss']}")
+    return metrics
+
+
+def _log_epoch(run: _Run, metrics: dict[str, float], samples: int, train_time: float) -> bool:
+    """Append the epoch's log row; True when it is the best epoch so far (the validation loss,
+    or the training loss without validation data)."""
     train_loss = run.epoch_se / max(1, run.epoch_n)
     key = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else train_loss
     best = key < run.best
     if best:
         run.best, run.best_epoch = key, run.epoch + 1
-    row = {
+    run.history.append({
         "epoch": run.epoch + 1, "step": run.step, "train_loss": round(train_loss, 8),
         "val_loss": _finite_or_none(round(metrics["val_loss"], 8)),
         "val_mae": _finite_or_none(round(metrics["val_mae"], 8)),
         "val_residual_sd": _finite_or_none(round(metrics["val_residual_sd"], 8)),
         "lr": run.optimizer.param_groups[0]["lr"],
-        "samples_per_s": round(samples_this_session / max(train_time, 1e-9), 3),
+        "samples_per_s": round(samples / max(train_time, 1e-9), 3),
         "elapsed_s": round(run.elapsed, 3),
-    }
-    run.history.append(row)
-    run.save_checkpoints({k: row[k] for k in ("train_loss", "val_loss", "val_mae",
-                                              "val_residual_sd")}, best)
+    })
+    return best
+
+
+def _next_epoch(run: _Run) -> None:
     run.epoch += 1
     run.next_batch = 0
     run.epoch_se, run.epoch_n, run.epoch_time = 0.0, 0, 0.0
+
+
+def _end_epoch(run: _Run, val_set: list, samples: int, train_time: float) -> None:
+    """Checks, validation, log row, checkpoints, then the next epoch's state saved."""
+    _check_weights(run)
+    metrics = _validation_metrics(run, val_set)
+    best = _log_epoch(run, metrics, samples, train_time)
+    row = run.history[-1]
+    run.save_checkpoints({k: row[k] for k in ("train_loss", "val_loss", "val_mae",
+                                              "val_residual_sd")}, best)
+    _next_epoch(run)
     run.write_logs("running")
     run.save_state()
+
+
+def _stop_reason(run: _Run, stop: StopFlag, session: _Session) -> str | None:
+    """"stopped" (signal or stop file on any process) or "time limit reached", agreed by all
+    processes; None to go on."""
+    out_of_time = session.out_of_time(run.settings.max_time)
+    if not run.dist.any(stop.requested() or out_of_time, run.device):
+        return None
+    return "time limit reached" if out_of_time else "stopped"
+
+
+def _stop(run: _Run, why: str) -> None:
+    """Save a resumable state, take the stop request away and say how to go on."""
+    run.save_state()
+    if run.dist.main:
+        with contextlib.suppress(FileNotFoundError):
+            (run.out / "stop").unlink()
+        print(f"MotionSSIM: training {why} at epoch {run.epoch + 1}, step {run.step}; "
+              "continue with --resume", file=sys.stderr, flush=True)
 
 
 def train(
@@ -624,8 +609,8 @@ def train(
     settings.validate()
     if not train_paths:
         raise InputError("no training volumes given")
-    dist = _init_distributed(settings)
-    stop = _StopFlag(out / "stop")
+    dist = init_distributed(settings)
+    stop = StopFlag(out / "stop")
     threads_before = torch.get_num_threads()
     try:
         if dist.main:
@@ -673,7 +658,7 @@ def _step(run: _Run, images: torch.Tensor, labels: torch.Tensor, n_global: int) 
         raise _diverged(run, f"the loss became {batch_se}")
     run.optimizer.zero_grad(set_to_none=True)
     for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(run.s, run.step)
+        group["lr"] = learning_rate(run.settings, run.step)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
     run.scaler.update()
@@ -681,87 +666,47 @@ def _step(run: _Run, images: torch.Tensor, labels: torch.Tensor, n_global: int) 
     return batch_se
 
 
-def _loop(run: _Run, stop: _StopFlag,
+def _loop(run: _Run, stop: StopFlag,
           callback: Callable[[dict[str, Any]], None] | None) -> TrainResult:
-    s = run.s
-    n_batches = -(-s.samples_per_epoch // s.batch_size)
+    settings = run.settings
+    n_batches = _batches_per_epoch(settings)
     val_set = _validation_set(run)
     run.calibration = _calibration_set(run)
-    train_ds = SliceDataset(run.train_paths, seed=s.seed, input_size=s.input_size,
-                            cache_bytes=s.cache_mb << 20, slices=s.slices)
-    collate = pipeline.Collate(s.seed, s.contrast, s.p_torchio, corrupt=run.pipe == "workers",
-                               tio_backend=s.tio_backend, acquisition=s.acquisition)
-    loader = pipeline.make_loader(train_ds, _train_batches(run, n_batches), collate,
-                                  run.workers, pin_memory=run.cuda)
-    bar = None
-    if s.progress and run.dist.main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=s.epochs * n_batches, initial=run.epoch * n_batches + run.next_batch,
-                   unit="batch", dynamic_ncols=True, desc="training")
+    loader, collate = _train_loader(run, n_batches)
+    bar = _ProgressBar(run, n_batches)
     status = "finished"
-    session_samples, session_time = 0, 0.0
-    t_start = time.perf_counter()
-
-    def session_clock() -> float:
-        return time.perf_counter() - t_start
-
+    session = _Session()
     try:
-        if run.epoch < s.epochs and run.next_batch >= n_batches:  # saved just before validation
-            _end_epoch(run, val_set, 0, 1.0)
-        t_last = time.perf_counter()
+        if run.epoch < settings.epochs and run.next_batch >= n_batches:  # saved just before
+            _end_epoch(run, val_set, 0, 1.0)                                 # validation
+        session.restart_epoch()
         for batch in loader:
             epoch, first = batch["key"][1], batch["key"][2]
-            b = first // s.batch_size
-            assert epoch == run.epoch and b == run.next_batch, "loader out of step"
+            batch_index = first // settings.batch_size
+            assert epoch == run.epoch and batch_index == run.next_batch, "loader out of step"
             run.model.train()
             images, labels = pipeline.to_device_batch(batch, run.device, collate,
                                                       run.channels_last)
-            n_global = min(s.samples_per_epoch, (b + 1) * s.batch_size) - b * s.batch_size
+            n_global = (min(settings.samples_per_epoch, (batch_index + 1) * settings.batch_size)
+                        - batch_index * settings.batch_size)
             batch_se = _step(run, images, labels, n_global)
-            now = time.perf_counter()
-            dt, t_last = now - t_last, now
-            run.next_batch = b + 1
-            run.epoch_se += batch_se
-            run.epoch_n += n_global
-            run.epoch_time += dt
-            run.elapsed += dt
-            session_samples += n_global
-            session_time += dt
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{batch_se / n_global:.4g}",
-                                refresh=False)
-            if callback is not None:
-                callback({"epoch": epoch, "batch": b, "step": run.step,
-                          "loss": batch_se / n_global})
-            if s.checkpoint_every and run.step % s.checkpoint_every == 0:
-                run.save_state()
+            session.count_step(run, batch_index, batch_se, n_global)
+            bar.step(epoch, batch_se / n_global)
+            _after_step(run, callback, epoch, batch_index, batch_se / n_global)
             if run.next_batch == n_batches:
-                _end_epoch(run, val_set, session_samples, session_time)
-                session_samples, session_time = 0, 0.0
-                if bar is not None:
-                    h = run.history[-1]
-                    bar.set_postfix(epoch=h["epoch"], loss=f"{h['train_loss']:.4g}",
-                                    val=f"{h['val_loss']}", refresh=True)
-                t_last = time.perf_counter()
-            out_of_time = bool(s.max_time) and session_clock() > s.max_time
-            if run.dist.any(stop.requested() or out_of_time, run.device):
-                run.save_state()
+                _end_epoch(run, val_set, session.samples, session.train_time)
+                bar.epoch_end(run.history[-1])
+                session.restart_epoch()
+            why = _stop_reason(run, stop, session)
+            if why is not None:
+                _stop(run, why)
                 status = "stopped"
-                if run.dist.main:
-                    with contextlib.suppress(FileNotFoundError):
-                        (run.out / "stop").unlink()
-                    why = "time limit reached" if out_of_time else "stopped"
-                    print(f"MotionSSIM: training {why} at epoch {run.epoch + 1}, step "
-                          f"{run.step}; continue with --resume", file=sys.stderr, flush=True)
                 break
     except TrainingDiverged:
         run.write_logs("diverged")
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     run.write_logs(status)
     run.dist.barrier()
     return TrainResult(status, run.epoch, run.step, run.best, run.out, list(run.history))
