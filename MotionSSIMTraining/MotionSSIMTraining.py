@@ -258,7 +258,7 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._updateButtons()
 
     def _updateChart(self, outputFolder) -> None:
-        from MotionSSIMLib import scene
+        from MotionSSIMLib import training_chart
 
         logPath = os.path.join(str(outputFolder), "log.csv")
         if not os.path.isfile(logPath):
@@ -267,10 +267,10 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if mtime == self._logMTime:
             return
         self._logMTime = mtime
-        log = scene.read_training_log(logPath)
+        log = training_chart.read_training_log(logPath)
         if not log or not len(log.get("epoch", [])):
             return
-        _, chart, _ = scene.write_training_chart(log, str(outputFolder))
+        _, chart, _ = training_chart.write_training_chart(log, str(outputFolder))
         epoch = int(log["epoch"][-1])
         self.ui.progressBar.value = min(epoch, self.ui.progressBar.maximum)
         last = {k: log[k][-1] for k in ("train_loss", "val_loss", "val_mae") if k in log}
@@ -541,14 +541,14 @@ class MotionSSIMTrainingTest(ScriptedLoadableModuleTest):
     def test_MotionSSIMTraining_chart(self):
         import tempfile
 
-        from MotionSSIMLib import scene
+        from MotionSSIMLib import training_chart
 
         with tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, "log.csv"), "w", encoding="utf-8") as f:
                 f.write("epoch,step,train_loss,val_loss,val_mae,val_residual_sd,lr,samples_per_s,elapsed_s\n")
                 f.write("1,2,0.09,0.08,0.2,0.1,0.001,50,3\n2,4,0.05,nan,0.15,0.1,0.001,50,6\n")
-            log = scene.read_training_log(os.path.join(folder, "log.csv"))
-            table, chart, series = scene.write_training_chart(log, folder)
+            log = training_chart.read_training_log(os.path.join(folder, "log.csv"))
+            table, chart, series = training_chart.write_training_chart(log, folder)
             self.assertEqual(table.GetNumberOfRows(), 2)
             self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), 2)
         self.delayDisplay("Chart test passed")

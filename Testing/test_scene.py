@@ -424,11 +424,12 @@ def test_chart_point_jumps_views_and_annotation_follows(mrml):
 
 
 def test_training_log_becomes_a_live_chart(mrml, tmp_path):
+    from MotionSSIMLib import training_chart
     from MotionSSIMLib.trainer import LOG_COLUMNS
 
     scene, _ = mrml
     log_path = tmp_path / "log.csv"
-    assert ms.read_training_log(log_path) == {}
+    assert training_chart.read_training_log(log_path) == {}
     rows = [
         [1, 2, 0.09, 0.08, 0.21, 0.11, 0.001, 50.0, 3.0],
         [2, 4, 0.05, "nan", 0.15, 0.10, 0.001, 51.0, 6.0],
@@ -436,18 +437,18 @@ def test_training_log_becomes_a_live_chart(mrml, tmp_path):
     log_path.write_text(
         ",".join(LOG_COLUMNS) + "\n" + "\n".join(",".join(map(str, r)) for r in rows[:1]) + "\n"
     )
-    log = ms.read_training_log(log_path)
+    log = training_chart.read_training_log(log_path)
     assert set(LOG_COLUMNS) <= set(log)
-    table, chart, series = ms.write_training_chart(log, str(tmp_path))
+    table, chart, series = training_chart.write_training_chart(log, str(tmp_path))
     assert table.GetNumberOfRows() == 1
     # the trainer rewrote the log with one more epoch: the same nodes grow
     log_path.write_text(
         ",".join(LOG_COLUMNS) + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n"
     )
-    log = ms.read_training_log(log_path)
+    log = training_chart.read_training_log(log_path)
     np.testing.assert_allclose(log["train_loss"], [0.09, 0.05])
     assert np.isnan(log["val_loss"][1])
-    table2, chart2, series2 = ms.write_training_chart(log, str(tmp_path))
+    table2, chart2, series2 = training_chart.write_training_chart(log, str(tmp_path))
     assert table2.GetID() == table.GetID() and chart2.GetID() == chart.GetID()
     assert table2.GetNumberOfRows() == 2
     assert chart2.GetNumberOfPlotSeriesNodes() == 2
@@ -457,7 +458,7 @@ def test_training_log_becomes_a_live_chart(mrml, tmp_path):
         assert series2[key].GetTableNode() is table2
     np.testing.assert_allclose(column(table2, "epoch"), [1, 2])
     # another run folder gets its own chart
-    _, other, _ = ms.write_training_chart(log, str(tmp_path / "other"))
+    _, other, _ = training_chart.write_training_chart(log, str(tmp_path / "other"))
     assert other.GetID() != chart.GetID()
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .model import ARCHITECTURES, architecture_of, build_model, unwrap
+from .resources import model_file
 
 FORMAT = "motionssim-checkpoint"
 FORMAT_VERSION = 1
@@ -47,7 +48,7 @@ class LoadedModel:
 
 def default_model_path() -> Path:
     """The bundled default model, MotionSSIM/Resources/Models/motionssim_resnet18.safetensors."""
-    return Path(__file__).resolve().parents[1] / "Resources" / "Models" / DEFAULT_MODEL_NAME
+    return model_file(DEFAULT_MODEL_NAME)
 
 
 def _json_default(value: Any) -> Any:

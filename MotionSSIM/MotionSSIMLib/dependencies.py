@@ -36,7 +36,9 @@ _LINE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*?)\s*
 
 def requirements_path() -> Path:
     """MotionSSIM/Resources/requirements.txt (next to the engine package, installed or not)."""
-    return Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+    from .resources import REQUIREMENTS
+
+    return REQUIREMENTS
 
 
 def normalize(name: str) -> str:

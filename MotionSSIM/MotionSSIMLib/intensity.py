@@ -19,19 +19,20 @@ slices give zeros, never NaN).
 
 Two implementations: a numpy reference built on scikit-image (:func:`apply_contrast`,
 :func:`sample_contrast`, :func:`random_contrast`), and a batched torch version that runs on the
-tensor's device (:func:`random_contrast_batch`). The torch CLAHE re-implements skimage's
-algorithm step by step (16384 grey levels, reflect padding, integer clipping with skimage's
+tensor's device (:func:`random_contrast_batch`). The torch CLAHE (`clahe.py`) re-implements
+skimage's algorithm step by step (16384 grey levels, reflect padding, integer clipping with skimage's
 redistribution order, truncating look-up tables, bilinear blending of the four neighbouring
 tile mappings), so it agrees with ``equalize_adapthist`` to within float rounding.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
+
+from .clahe import CLAHE_CLIP_LIMIT, CLAHE_NBINS, clahe_batch
 
 CONTRASTS = ("gamma", "clahe", "sigmoid", "log", "none")
 
@@ -39,14 +40,9 @@ CONTRASTS = ("gamma", "clahe", "sigmoid", "log", "none")
 # what the paper's code used: kernel 25..99, sigmoid gain 1..3.
 GAMMA_RANGE = (0.75, 1.75)
 CLAHE_KERNEL_RANGE = (25, 100)
-CLAHE_CLIP_LIMIT = 0.01
-CLAHE_NBINS = 512
 SIGMOID_CUTOFF_RANGE = (0.01, 0.75)
 SIGMOID_GAIN_RANGE = (1, 4)
 LOG_GAIN_RANGE = (-0.5, 0.5)
-
-# skimage's CLAHE works on 2**14 grey levels (NR_OF_GRAY in skimage/exposure/_adapthist.py).
-_NR_OF_GRAY = 2**14
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,196 +273,3 @@ def random_contrast_batch(
         if len(names) != b:
             raise ValueError(f"random_contrast_batch: {len(names)} names for a batch of {b}")
     return apply_contrast_batch(images, names if names is not None else drawn, params)
-
-
-# --------------------------------------------------------------------------------------------
-# Batched CLAHE (skimage.exposure.equalize_adapthist, re-implemented for torch)
-# --------------------------------------------------------------------------------------------
-
-
-def _reflect_index(n_out: int, size: int, device: torch.device) -> torch.Tensor:
-    """Indices 0..n_out-1 of a signal of length `size`, mirrored past its end like numpy's
-    pad(mode="reflect") (edge not repeated), repeating the reflection for long pads."""
-    idx = torch.arange(n_out, device=device)
-    if size == 1:
-        return torch.zeros_like(idx)
-    period = 2 * (size - 1)
-    m = idx % period
-    return torch.where(m >= size, period - m, m)
-
-
-def _float64_ok(device: torch.device) -> bool:
-    return device.type != "mps"  # MPS has no float64
-
-
-def _clip_histograms(hist: torch.Tensor, clim: torch.Tensor) -> torch.Tensor:
-    """Clip integer histograms (T, nbins) at clim (T,) and redistribute the excess exactly as
-    skimage's clip_histogram does, vectorised over all T histograms (which may come from
-    different kernel sizes)."""
-    nbins = hist.shape[1]
-    c = clim.view(-1, 1)
-    n_excess = (hist - c).clamp_(min=0).sum(1)
-    hist = torch.minimum(hist, c)
-
-    bin_incr = (n_excess // nbins).view(-1, 1)
-    upper = c - bin_incr  # bins above this are filled up to the limit
-    low = hist < upper
-    n_excess -= low.sum(1) * bin_incr[:, 0]
-    hist += low * bin_incr
-    mid = (hist >= upper) & (hist < c)
-    n_excess += ((hist - c) * mid).sum(1)
-    hist = torch.where(mid, c, hist)
-
-    # skimage hands out the rest one count at a time: for index = 0, 1, ...: step =
-    # max(1, n_under // n_excess), +1 on the under-limit bins among index, index + step, ...
-    # Done here in lockstep for the histograms that still have excess, on those rows only.
-    rows = torch.nonzero(n_excess > 0).flatten()
-    if rows.numel() == 0:
-        return hist
-    h = hist[rows]
-    e = n_excess[rows]
-    ch = c[rows]
-    pos = torch.arange(nbins, device=hist.device).view(1, -1)
-    while True:
-        prev = e.clone()
-        for index in range(nbins):
-            active = e > 0
-            if not bool(active.any()):
-                break
-            under = h < ch
-            step = torch.clamp(under.sum(1) // torch.clamp(e, min=1), min=1).view(-1, 1)
-            hit = under & (pos >= index) & ((pos - index) % step == 0) & active.view(-1, 1)
-            h = h + hit
-            e = e - hit.sum(1)
-        # skimage repeats the pass only while it makes progress
-        stalled = e == prev
-        if not bool(((e > 0) & ~stalled).any()):
-            break
-        e = torch.where(stalled, torch.zeros_like(e), e)
-    hist[rows] = h
-    return hist
-
-
-def clahe_batch(
-    images: torch.Tensor,
-    kernel_sizes: list[int] | int,
-    clip_limit: float = CLAHE_CLIP_LIMIT,
-    nbins: int = CLAHE_NBINS,
-) -> torch.Tensor:
-    """Batched CLAHE equal to ``skimage.exposure.equalize_adapthist`` (2D, per slice).
-
-    images: (N, H, W) float in [0, 1] (each slice min-max normalised); kernel_sizes: one int per
-    slice or one for all. Slices are grouped by kernel size for the histograms and blending;
-    the clipping of all histograms runs in one batch. Returns (N, H, W) float32 in [0, 1]
-    (before the final min-max: skimage's output levels / 16383 after its own rescale).
-    """
-    if images.ndim != 3:
-        raise ValueError(f"clahe_batch: expected (N, H, W), got {tuple(images.shape)}")
-    n, height, width = images.shape
-    dev = images.device
-    if isinstance(kernel_sizes, int):
-        kernel_sizes = [kernel_sizes] * n
-    kernel_sizes = [int(k) for k in kernel_sizes]
-    if len(kernel_sizes) != n:
-        raise ValueError(f"clahe_batch: {len(kernel_sizes)} kernel sizes for {n} slices")
-    if n == 0:
-        return images.float()
-    fdt = torch.float64 if _float64_ok(dev) else torch.float32
-    binned, const = _grey_bins(images, nbins, fdt)  # (N, H, W) histogram bin of every pixel
-
-    groups: dict[int, list[int]] = {}
-    for i, k in enumerate(kernel_sizes):
-        if k < 1:
-            raise ValueError(f"clahe_batch: kernel size must be >= 1, got {k}")
-        groups.setdefault(k, []).append(i)
-
-    # 1) histograms of the contextual regions, per kernel size
-    hists, clims, npix, layout = [], [], [], []
-    for k, members in groups.items():
-        g = len(members)
-        idx = torch.tensor(members, device=dev)
-        nh, nw = math.ceil(height / k), math.ceil(width / k)
-        # tiles cover [0, n*k) in each axis, reflected past the image border like skimage's pad
-        r = _reflect_index(nh * k, height, dev)
-        cc = _reflect_index(nw * k, width, dev)
-        tiles = binned[idx.view(-1, 1, 1), r.view(1, -1, 1), cc.view(1, 1, -1)]
-        # histogram key = tile number * nbins + bin; one bincount for the whole group
-        tile = (
-            torch.arange(g, device=dev).view(-1, 1, 1) * (nh * nw)
-            + (torch.arange(nh * k, device=dev) // k).view(1, -1, 1) * nw
-            + (torch.arange(nw * k, device=dev) // k).view(1, 1, -1)
-        )
-        tiles += tile * nbins
-        hist = torch.bincount(tiles.flatten(), minlength=g * nh * nw * nbins)
-        hists.append(hist.view(g * nh * nw, nbins))
-        kernel_elements = k * k
-        if clip_limit > 0:
-            clim = int(np.clip(clip_limit * kernel_elements, 1, None))
-        else:
-            clim = kernel_elements  # no clipping (plain AHE), as skimage
-        clims.append(torch.full((g * nh * nw,), clim, device=dev, dtype=torch.long))
-        npix.append(torch.full((g * nh * nw,), kernel_elements, device=dev, dtype=torch.long))
-        layout.append((k, idx, nh, nw, g * nh * nw))
-
-    # 2) clip + redistribute all histograms together, 3) cumulative maps (skimage: float64
-    # cdf * (16383 / n_pixels), clipped, truncated to int)
-    hist = _clip_histograms(torch.cat(hists), torch.cat(clims))
-    scale = (_NR_OF_GRAY - 1) / torch.cat(npix).to(fdt)
-    maps = torch.clamp(torch.cumsum(hist, 1).to(fdt) * scale.view(-1, 1), max=_NR_OF_GRAY - 1)
-    maps = maps.to(torch.int32)
-
-    # 4) bilinear blend of the four surrounding tile mappings, evaluated at each pixel's bin
-    out = torch.empty((n, height, width), dtype=torch.float32, device=dev)
-    start = 0
-    for k, idx, nh, nw, count in layout:
-        g = idx.numel()
-        m = maps[start:start + count].view(g, nh, nw, nbins)
-        start += count
-        # repeat the border mappings (skimage pads the map array with "edge")
-        m = torch.cat([m[:, :1], m, m[:, -1:]], dim=1)
-        m = torch.cat([m[:, :, :1], m, m[:, :, -1:]], dim=2)  # (g, nh+2, nw+2, nbins)
-        flat = m.reshape(-1)
-        # pixel at row y sits in padded row y + k//2: block index and offset within the block
-        ry = torch.arange(height, device=dev) + k // 2
-        cx = torch.arange(width, device=dev) + k // 2
-        by, uy = ry // k, (ry % k).to(fdt) / k
-        bx, ux = cx // k, (cx % k).to(fdt) / k
-        base = (
-            (torch.arange(g, device=dev).view(-1, 1, 1) * (nh + 2) + by.view(1, -1, 1)) * (nw + 2)
-            + bx.view(1, 1, -1)
-        ) * nbins
-        base += binned[idx] if g < n else binned
-        wy = (1 - uy.view(-1, 1), uy.view(-1, 1))
-        wx = (1 - ux.view(1, -1), ux.view(1, -1))
-        acc = torch.zeros((g, height, width), dtype=torch.float32, device=dev)
-        # same order and precision as skimage: (int map * float64 weight) -> float32, summed
-        for ey in (0, 1):
-            for ex in (0, 1):
-                off = (ey * (nw + 2) + ex) * nbins
-                mapped = torch.take(flat, base + off if off else base)
-                acc += torch.mul(mapped, wx[ex] * wy[ey]).to(torch.float32)
-        out[idx] = acc.floor_()  # skimage casts back to its uint16 image type
-    # a constant slice stays constant (skimage's float blending can leave 1-level specks)
-    out.masked_fill_(const, 0.0)
-    return out.div_(_NR_OF_GRAY - 1)
-
-
-def _grey_bins(
-    images: torch.Tensor, nbins: int, fdt: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Histogram bin (int64) of every pixel, as skimage's equalize_adapthist computes it:
-    img_as_uint (x * 65535, rounded half to even), rescale_intensity to 0..16383 over the
-    slice's own range, rounded, then integer division by 1 + 16384 // nbins. Also returns
-    the (N, 1, 1) mask of constant slices."""
-    u = images.to(fdt)  # a copy: the in-place steps below never touch the caller's tensor
-    if u.data_ptr() == images.data_ptr():
-        u = u.clone()
-    u.mul_(65535).round_().clamp_(0, 65535)
-    lo = u.amin(dim=(1, 2), keepdim=True)
-    span = u.amax(dim=(1, 2), keepdim=True) - lo
-    const = span == 0
-    span[const] = 1  # constant slice: every pixel is level 0
-    u.sub_(lo).div_(span).mul_(_NR_OF_GRAY - 1).round_()
-    # integer levels <= 16383 are exact in float, so floor(level / bin_size) is exact
-    u.div_(1 + _NR_OF_GRAY // nbins).floor_()
-    return u.long(), const

@@ -716,6 +716,127 @@ def _to_output_grid(mask: np.ndarray, m: tuple[int, int], n: tuple[int, int],
     return mask[:, idx[0][:, None], idx[1][None, :]]
 
 
+# --------------------------------------------------------------------------- subject stages
+# synth_subject_info runs these in a fixed order; each draws from the subject's generator, so
+# the order of the calls (and of the draws inside them) fixes the subject for a seed.
+
+
+def _draw_deformation(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray,
+                                                          torch.Tensor | None, dict]:
+    """Random spatial transform world = affine (p - c) + c + translation plus a smooth
+    displacement field (1, 3, 24, 24, 24) in mm. Returns (affine, translation, field, record)."""
+    rotation = _euler(rng, 15.0)
+    scale = rng.uniform(0.85, 1.15, 3)
+    affine = rotation @ np.diag(scale)
+    translation = rng.uniform(-8, 8, 3)
+    warp_sd = rng.uniform(0.0, 3.5)
+    grid = int(rng.integers(4, 9))
+    coarse = rng.standard_normal((3, grid, grid, grid)) * warp_sd
+    fine = ndi.zoom(coarse, (1, 24 / grid, 24 / grid, 24 / grid), order=3, mode="nearest",
+                    grid_mode=False)
+    displacement = torch.from_numpy(fine.astype(np.float32))[None]
+    record = dict(rotation=np.round(rotation, 4).tolist(), scale=np.round(scale, 3).tolist(),
+                  translation_mm=np.round(translation, 2).tolist(),
+                  warp_mm=round(float(warp_sd), 2), warp_grid=grid)
+    return affine, translation, displacement, record
+
+
+def _isotropic_acquisition(model: TissueModel) -> dict:
+    """1 mm on the model's grid, whole head, identity directions (what `_acquisition` draws)."""
+    size = tuple(model.shape[::-1])
+    return {"mode": "isotropic", "plane": "axial", "spacing": (1.0, 1.0, 1.0),
+            "thickness": 1.0, "size": size, "directions": np.eye(3),
+            "shift": np.zeros(3), "oblique_deg": 0.0, "partial_fov": False,
+            "recon": {"method": "direct", "acquired": list(size[:2]),
+                      "sample": list(size[:2]), "sample_spacing": [1.0, 1.0],
+                      "zero_fill": 1.0}}
+
+
+def _epi_distortion(rng: np.random.Generator, phase_direction: np.ndarray,
+                    inverse_linear: np.ndarray) -> tuple[torch.Tensor, float]:
+    """EPI distortion: a smooth shift (1, 3, 24, 24, 24) in mm along the phase-encoding
+    direction (model space); returns it and its amplitude."""
+    amplitude = rng.uniform(1.0, 5.0)
+    shift = ndi.zoom(rng.standard_normal((5, 5, 5)), 24 / 5, order=3, mode="nearest",
+                     grid_mode=False) * amplitude
+    along = (inverse_linear @ phase_direction)[:, None, None, None]
+    return torch.from_numpy((shift[None] * along).astype(np.float32))[None], float(amplitude)
+
+
+def _slice_profile(acq: dict, slice_step: float) -> tuple[int, np.ndarray]:
+    """Box slice profile: (sub-slices per slice, (nk, nsub) positions in slice steps). 2D
+    slices are sampled at sub-slices spread over the thickness, averaged after sampling."""
+    thickness = float(acq["thickness"])
+    nsub = 1 if acq["mode"] in ("3d", "isotropic") else int(math.ceil(thickness / 1.5))
+    sub = ((np.arange(nsub) + 0.5) / nsub - 0.5) * thickness if nsub > 1 else np.zeros(1)
+    return nsub, np.arange(acq["size"][2])[:, None] + sub[None] / slice_step
+
+
+def _bias_field(rng: np.random.Generator, options: dict,
+                shape: tuple[int, int, int]) -> tuple[torch.Tensor, float]:
+    """Smooth multiplicative bias field of `shape` (K, J, I) over the field of view, and its
+    log standard deviation."""
+    bias_sd = float(options.get("bias_sd", rng.uniform(0.0, 0.35)))
+    coarse = torch.from_numpy(rng.standard_normal((4, 4, 4), dtype=np.float32) * bias_sd)
+    bias = F.interpolate(coarse[None, None], size=shape, mode="trilinear",
+                         align_corners=True)[0, 0].exp_()
+    return bias, bias_sd
+
+
+def _draw_snr(rng: np.random.Generator, kind: str, options: dict) -> float:
+    """Log-uniform SNR: 6-30 for DWI/EPI, 6-80 otherwise (options["snr"] forces one)."""
+    low, high = (6, 30) if kind in ("dwi", "epi") else (6, 80)
+    snr = float(np.exp(rng.uniform(math.log(low), math.log(high))))
+    return float(options.get("snr", snr))
+
+
+def _rician(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of `image` plus complex Gaussian noise of sd `sigma` per channel."""
+    real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
+    imag = sigma * rng.standard_normal(image.shape, dtype=np.float32)
+    return np.sqrt(real * real + imag * imag)
+
+
+def _direct_recon(image: torch.Tensor, sigma: float,
+                  rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """In-plane partial-volume / reconstruction blur (sd in voxels, 0 in 40 %), then Rician
+    noise on the sampled grid. Returns (image, blur sd)."""
+    blur = float(rng.uniform(0.0, 0.7)) if rng.random() < 0.6 else 0.0
+    array = image.numpy()
+    if blur > 0:
+        array = ndi.gaussian_filter(array, (0, blur, blur), mode="constant", truncate=3.0)
+    return _rician(array, sigma, rng), blur
+
+
+def _background_edits(image: np.ndarray, head: np.ndarray,
+                      rng: np.random.Generator) -> list[str]:
+    """Pipelines' edits of the background, in place: zero outside the head (10 %), a
+    zero-padded matrix border (25 %). Returns their names."""
+    extras = []
+    if rng.random() < 0.1:
+        image *= ndi.binary_dilation(head, iterations=3)
+        extras.append("background_masked")
+    if rng.random() < 0.25:
+        for axis in (1, 2):
+            n = image.shape[axis]
+            low, high = (int(rng.integers(0, max(1, n // 8))) for _ in range(2))
+            index = [slice(None)] * 3
+            index[axis] = slice(0, low)
+            image[tuple(index)] = 0
+            index[axis] = slice(n - high, n)
+            image[tuple(index)] = 0
+        extras.append("zero_padded")
+    return extras
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, list):
+        return [round(x, 3) if isinstance(x, float) else x for x in value]
+    return value
+
+
 def synth_subject_info(rng: np.random.Generator, kind: str = "random", isotropic: bool = False,
                        deform: bool = True, options: dict | None = None,
                        ) -> tuple[Volume, dict]:
@@ -735,144 +856,87 @@ def synth_subject_info(rng: np.random.Generator, kind: str = "random", isotropic
     info["scalp_layers_mm"] = drawn.pop("layers_mm")
     info["anatomy"] = {**anat, **drawn}
 
-    # Random spatial transform: world = A (p - c) + c + t, plus a smooth displacement.
     centre = model.centre
+    affine, translation, displacement = np.eye(3), np.zeros(3), None
     if deform:
-        rot = _euler(rng, 15.0)
-        scale = rng.uniform(0.85, 1.15, 3)
-        a = rot @ np.diag(scale)
-        t = rng.uniform(-8, 8, 3)
-        amp = rng.uniform(0.0, 3.5)
-        g = int(rng.integers(4, 9))
-        coarse = rng.standard_normal((3, g, g, g)) * amp
-        fine = ndi.zoom(coarse, (1, 24 / g, 24 / g, 24 / g), order=3, mode="nearest",
-                        grid_mode=False)
-        disp = torch.from_numpy(fine.astype(np.float32))[None]
-        info.update(rotation=np.round(rot, 4).tolist(), scale=np.round(scale, 3).tolist(),
-                    translation_mm=np.round(t, 2).tolist(), warp_mm=round(float(amp), 2),
-                    warp_grid=g)
-    else:
-        a, t, disp = np.eye(3), np.zeros(3), None
-    lin = np.linalg.inv(a)
-    head_world = centre + t
+        affine, translation, displacement, record = _draw_deformation(rng)
+        info.update(record)
+    inverse_linear = np.linalg.inv(affine)
+    head_world = centre + translation
     half = float(np.max(model.extent)) * 0.75
-    disp_box = (head_world - half, 2 * half)
+    displacement_box = (head_world - half, 2 * half)
 
-    if isotropic:
-        n_iso = tuple(model.shape[::-1])
-        acq = {"mode": "isotropic", "plane": "axial", "spacing": (1.0, 1.0, 1.0),
-               "thickness": 1.0, "size": n_iso, "directions": np.eye(3),
-               "shift": np.zeros(3), "oblique_deg": 0.0, "partial_fov": False,
-               "recon": {"method": "direct", "acquired": list(n_iso[:2]),
-                         "sample": list(n_iso[:2]), "sample_spacing": [1.0, 1.0],
-                         "zero_fill": 1.0}}
-    else:
-        acq = _acquisition(rng, kind, model, options)
+    acq = _isotropic_acquisition(model) if isotropic else _acquisition(rng, kind, model, options)
     rec = acq["recon"]
-    d = np.asarray(acq["directions"], float)
-    sp = np.asarray(acq["spacing"], float)
-    ni, nj, nk = acq["size"]
-    mi, mj = rec["sample"]
-    sps = np.array([rec["sample_spacing"][0], rec["sample_spacing"][1], sp[2]])
+    directions = np.asarray(acq["directions"], float)
+    spacing = np.asarray(acq["spacing"], float)
+    ni, nj, nk = acq["size"]                    # output matrix
+    mi, mj = rec["sample"]                      # sampling matrix (finer for k-space recons)
+    sample_spacing = np.array([rec["sample_spacing"][0], rec["sample_spacing"][1], spacing[2]])
     if isotropic:
-        origin = origin_s = model.origin.copy()
+        origin = sample_origin = model.origin.copy()
     else:
-        c_world = head_world + acq["shift"]
-        half_k = (nk - 1) / 2.0 * sp[2]
-        origin = c_world - d @ np.array([ni // 2 * sp[0], nj // 2 * sp[1], half_k])
-        origin_s = c_world - d @ np.array([mi // 2 * sps[0], mj // 2 * sps[1], half_k])
+        fov_centre = head_world + acq["shift"]
+        half_k = (nk - 1) / 2.0 * spacing[2]
+        origin = fov_centre - directions @ np.array([ni // 2 * spacing[0],
+                                                     nj // 2 * spacing[1], half_k])
+        sample_origin = fov_centre - directions @ np.array(
+            [mi // 2 * sample_spacing[0], mj // 2 * sample_spacing[1], half_k])
         if kind in ("dwi", "epi"):
-            # EPI distortion: a smooth shift along the phase-encoding axis (model space).
-            e = d[:, int(rec.get("phase_axis", 0))]
-            amp_e = rng.uniform(1.0, 5.0)
-            field = ndi.zoom(rng.standard_normal((5, 5, 5)), 24 / 5, order=3, mode="nearest",
-                             grid_mode=False) * amp_e
-            epi_disp = torch.from_numpy((field[None] * (lin @ e)[:, None, None, None])
-                                        .astype(np.float32))[None]
-            disp = epi_disp if disp is None else disp + epi_disp
-            info["epi_distortion_mm"] = round(float(amp_e), 2)
-    thick = float(acq["thickness"])
-    nsub = 1 if acq["mode"] in ("3d", "isotropic") else int(math.ceil(thick / 1.5))
-    # Box slice profile: nsub sub-slices spread over the slice thickness, averaged below.
-    sub = ((np.arange(nsub) + 0.5) / nsub - 0.5) * thick if nsub > 1 else np.zeros(1)
-    kpos = np.arange(nk)[:, None] + sub[None] / sp[2]   # (nk, nsub) in slice steps
+            phase = directions[:, int(rec.get("phase_axis", 0))]
+            epi, amplitude = _epi_distortion(rng, phase, inverse_linear)
+            info["epi_distortion_mm"] = round(amplitude, 2)
+            displacement = epi if displacement is None else displacement + epi
+    nsub, kpos = _slice_profile(acq, spacing[2])
 
     # Coarse sampling grids: sample a 2 mm average-pooled image (anti-aliasing, blur).
-    src_step = 2 if min(sps[0], sps[1]) >= 1.5 else 1
+    src_step = 2 if min(sample_spacing[0], sample_spacing[1]) >= 1.5 else 1
     src = F.avg_pool3d(img, 2) if src_step == 2 else img
     # Slices in chunks of ~6 M sample points: bounded memory for 512 x 512 matrices.
     per = max(1, int(6e6 // (nsub * mi * mj)))
     chunks = []
     for k0 in range(0, nk, per):
-        kp = kpos[k0: k0 + per].ravel()
-        part = _sample(model, src, origin_s, d * sps[None, :], kp, mi, mj, lin, centre, disp,
-                       disp_box, src_step)
+        part = _sample(model, src, sample_origin, directions * sample_spacing[None, :],
+                       kpos[k0: k0 + per].ravel(), mi, mj, inverse_linear, centre,
+                       displacement, displacement_box, src_step)
         chunks.append(part.view(part.shape[0], -1, nsub, mj, mi).mean(2))
     del img, src
     sampled = torch.cat(chunks, dim=1)                  # (channels, nk, mj, mi)
-    out = sampled[0]
     brain_mask = sampled[1].numpy() > 0.5 if sampled.shape[0] > 1 else None
 
-    # Smooth multiplicative bias field over the scan's field of view.
-    bias_sd = float(options.get("bias_sd", rng.uniform(0.0, 0.35)))
-    b = torch.from_numpy(rng.standard_normal((4, 4, 4), dtype=np.float32) * bias_sd)
-    bias = F.interpolate(b[None, None], size=(nk, mj, mi), mode="trilinear",
-                         align_corners=True)[0, 0].exp_()
-    out = out * bias
-    head = (out > 0.05 * float(out.max())).numpy()
-    ref = float(out.numpy()[head].mean()) if head.any() else 1.0
-    snr = float(np.exp(rng.uniform(math.log(6), math.log(30)) if kind in ("dwi", "epi")
-                       else rng.uniform(math.log(6), math.log(80))))
-    snr = float(options.get("snr", snr))
+    bias, bias_sd = _bias_field(rng, options, (nk, mj, mi))
+    obj = sampled[0] * bias
+    head = (obj > 0.05 * float(obj.max())).numpy()
+    ref = float(obj.numpy()[head].mean()) if head.any() else 1.0
+    snr = _draw_snr(rng, kind, options)
     sigma = ref / snr if math.isfinite(snr) and snr > 0 else 0.0
-    pv = 0.0
+    blur = 0.0
     if rec["method"] == "kspace":
         # Noise enters in k-space: zero-filling then correlates it, as on scanners.
-        arr = _kspace_recon(out, rec, (nj, ni), sigma, rng).numpy()
-        ratio = (sp[1] / sps[1], sp[0] / sps[0])
+        image = _kspace_recon(obj, rec, (nj, ni), sigma, rng).numpy()
+        ratio = (spacing[1] / sample_spacing[1], spacing[0] / sample_spacing[0])
         head = _to_output_grid(head, (mj, mi), (nj, ni), ratio)
         if brain_mask is not None:
             brain_mask = _to_output_grid(brain_mask, (mj, mi), (nj, ni), ratio)
     else:
-        # In-plane partial-volume / reconstruction blur, then Rician noise.
-        pv = float(rng.uniform(0.0, 0.7)) if rng.random() < 0.6 else 0.0
-        arr = out.numpy()
-        if pv > 0:
-            arr = ndi.gaussian_filter(arr, (0, pv, pv), mode="constant", truncate=3.0)
-        real = arr + sigma * rng.standard_normal(arr.shape, dtype=np.float32)
-        imag = sigma * rng.standard_normal(arr.shape, dtype=np.float32)
-        arr = np.sqrt(real * real + imag * imag)
+        image, blur = _direct_recon(obj, sigma, rng)
     extras = []
     if brain_mask is not None:   # skull-stripped: the mask is applied after reconstruction
-        arr = arr * brain_mask
+        image = image * brain_mask
         extras.append("skull_stripped")
     if not isotropic:
-        if rng.random() < 0.1:       # some pipelines zero the background outside the head
-            mask = ndi.binary_dilation(head, iterations=3)
-            arr = arr * mask
-            extras.append("background_masked")
-        if rng.random() < 0.25:      # zero-padded matrix
-            for ax in (1, 2):
-                n = arr.shape[ax]
-                lo_, hi_ = (int(rng.integers(0, max(1, n // 8))) for _ in range(2))
-                sl = [slice(None)] * 3
-                sl[ax] = slice(0, lo_)
-                arr[tuple(sl)] = 0
-                sl[ax] = slice(n - hi_, n)
-                arr[tuple(sl)] = 0
-            extras.append("zero_padded")
-    arr = (np.asarray(arr, np.float32) * rng.uniform(1000, 4000)).astype(np.float32)
-    vol = volume(arr, spacing=tuple(float(v) for v in sp), directions=d,
+        image = np.array(image, np.float32)  # a writable copy for the in-place edits
+        extras += _background_edits(image, head, rng)
+    image = (np.asarray(image, np.float32) * rng.uniform(1000, 4000)).astype(np.float32)
+    vol = volume(image, spacing=tuple(float(v) for v in spacing), directions=directions,
                  origin=tuple(float(v) for v in origin))
-    rec_info = {k: (round(v, 3) if isinstance(v, float) else
-                    [round(x, 3) if isinstance(x, float) else x for x in v]
-                    if isinstance(v, list) else v) for k, v in rec.items()}
     info.update(
-        mode=acq["mode"], plane=acq["plane"], spacing=[round(float(v), 3) for v in sp],
-        slice_thickness=round(thick, 3), shape_kji=list(arr.shape),
-        oblique_deg=round(float(acq["oblique_deg"]), 2), pv_blur=round(pv, 3),
+        mode=acq["mode"], plane=acq["plane"], spacing=[round(float(v), 3) for v in spacing],
+        slice_thickness=round(float(acq["thickness"]), 3), shape_kji=list(image.shape),
+        oblique_deg=round(float(acq["oblique_deg"]), 2), pv_blur=round(blur, 3),
         bias_sd=round(float(bias_sd), 3), snr=round(snr, 2) if math.isfinite(snr) else None,
-        extras=extras, recon=rec_info, partial_fov=bool(acq["partial_fov"]),
+        extras=extras, recon={k: _rounded(v) for k, v in rec.items()},
+        partial_fov=bool(acq["partial_fov"]),
     )
     return vol, info
 
@@ -931,9 +995,7 @@ def resample(vol: Volume, spacing: tuple[float, float, float],
         head = out > 0.05 * float(out.max())
         ref = float(out[head].mean()) if head.any() else 1.0
         sigma = ref / float(np.exp(rng.uniform(math.log(8), math.log(60))))
-        real = out + sigma * rng.standard_normal(out.shape, dtype=np.float32)
-        imag = sigma * rng.standard_normal(out.shape, dtype=np.float32)
-        out = np.sqrt(real * real + imag * imag)
+        out = _rician(out, sigma, rng)
     return volume(out, spacing=tuple(float(v) for v in new), directions=vol.directions,
                   origin=tuple(float(v) for v in origin))
 
