@@ -80,8 +80,8 @@ def _setup(runs, tmp: Path, bundled: str, candidate: str) -> dict:
     cand = runs["p2"] / f"{candidate}.safetensors"
     report = evaluate_checkpoints([target, cand], runs["val"], tmp / "eval", n=N, batch_size=16,
                                   progress=False)
-    names = list(report["models"])
-    sd = [report["models"][nm]["figures"]["regression"]["residual_sd"] for nm in names]
+    names = list(report.report["models"])
+    sd = [report.report["models"][nm]["figures"]["regression"]["residual_sd"] for nm in names]
     return {"out": out, "target": target, "cand": cand, "sd_old": sd[0], "sd_new": sd[1],
             "eval": tmp / "eval", "names": names}
 
@@ -209,7 +209,7 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
     ]
     other = evaluate_checkpoints([s["cand"]], runs["val"], tmp_path / "one", n=N,
                                  progress=False)
-    assert len(other["models"]) == 1
+    assert len(other.report["models"]) == 1
     cases.append((_args(runs, s, "--real-scans", str(new_j), "--old-real-scans", str(old_j))
                   + ["--evaluation", str(tmp_path / "one")], "no evaluation of the bundled"))
     for argv, message in cases:

@@ -24,17 +24,16 @@ def _result(test_files, overlap=None):
     if overlap:
         protocol["trained_on_test_volumes"] = overlap
     models = {"best": {"checkpoint": "best.safetensors", "architecture": "resnet18",
-                       "metadata": {}, "figures": evaluation.evaluate_predictions(pred, true),
-                       "_pred": pred}}
-    return {"protocol": protocol, "models": models}, true
+                       "metadata": {}, "figures": evaluation.evaluate_predictions(pred, true)}}
+    return {"protocol": protocol, "models": models}, true, {"best": pred}
 
 
 def test_text_report_is_written_without_matplotlib(tmp_path, monkeypatch):
     # a None entry in sys.modules makes `import matplotlib` raise ImportError, as in a Slicer
     # where it was never installed
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    result, true = _result(["s1.nii.gz", "s2.nii.gz"])
-    evaluation.write_report(result, tmp_path, true)
+    result, true, predictions = _result(["s1.nii.gz", "s2.nii.gz"])
+    evaluation.write_report(result, tmp_path, true, predictions)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "## Regression" in md and "| best |" in md
     assert "Plots not drawn: matplotlib is not installed." in md
@@ -46,21 +45,21 @@ def test_text_report_is_written_without_matplotlib(tmp_path, monkeypatch):
 
 def test_report_with_plots_links_them(tmp_path):
     pytest.importorskip("matplotlib")
-    result, true = _result(["s1.nii.gz"])
-    evaluation.write_report(result, tmp_path, true)
+    result, true, predictions = _result(["s1.nii.gz"])
+    evaluation.write_report(result, tmp_path, true, predictions)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "![scatter](scatter_best.png)" in md and (tmp_path / "scatter_best.png").is_file()
 
 
 def test_report_names_tested_volumes_and_warns_about_training_overlap(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    result, true = _result(["IXI002.nii.gz", "IXI012.nii.gz"], {"best": ["IXI002.nii.gz"]})
-    evaluation.write_report(result, tmp_path, true)
+    result, true, predictions = _result(["IXI002.nii.gz", "IXI012.nii.gz"], {"best": ["IXI002.nii.gz"]})
+    evaluation.write_report(result, tmp_path, true, predictions)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Tested volumes: IXI002.nii.gz, IXI012.nii.gz." in md
     assert "**Warning: best was trained on 1 of these test volumes** (IXI002.nii.gz)" in md
-    clean, true = _result(["IXI012.nii.gz"])
-    evaluation.write_report(clean, tmp_path / "clean", true)
+    clean, true, predictions = _result(["IXI012.nii.gz"])
+    evaluation.write_report(clean, tmp_path / "clean", true, predictions)
     assert "Warning" not in (tmp_path / "clean" / "report.md").read_text(encoding="utf-8")
 
 

@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     evaluation = evaluate_checkpoints([best], test_paths, work / "eval", n=plan["eval_n"],
                                       seed=0, device=str(dev), batch_size=250,
                                       workers=plan["workers"], progress=False, slices="central")
-    fig = next(iter(evaluation["models"].values()))["figures"]
+    fig = next(iter(evaluation.report["models"].values()))["figures"]
     reg, acc = fig["regression"], fig["classification"]
     log(f"evaluation ({plan['eval_n']} slices, {time.monotonic() - t:.0f} s): residual "
         f"{reg['normal_fit']['mu']:+.4f} +- {reg['normal_fit']['sigma']:.4f}, MAE {reg['mae']:.4f},"

@@ -17,6 +17,7 @@ import json
 import math
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from .errors import InputError
 
 __all__ = [
     "CLASS_COUNTS",
+    "Evaluation",
     "classification_table",
     "evaluate_checkpoints",
     "evaluate_predictions",
@@ -90,14 +92,16 @@ def classification_table(true_cls: np.ndarray, pred_cls: np.ndarray,
     }
 
 
-def _cohen_kappa(cm: np.ndarray) -> float:
-    cm = np.asarray(cm, dtype=np.float64)
-    n = cm.sum()
-    if n == 0:
+def _cohen_kappa(confusion: np.ndarray) -> float:
+    """Cohen's kappa (p_o - p_e) / (1 - p_e): observed agreement p_o against the agreement p_e
+    expected from the marginals alone."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    total = confusion.sum()
+    if total == 0:
         return 0.0
-    po = np.trace(cm) / n
-    pe = float((cm.sum(0) * cm.sum(1)).sum()) / n**2
-    return 1.0 if pe == 1 else float((po - pe) / (1 - pe))
+    p_o = np.trace(confusion) / total
+    p_e = float((confusion.sum(0) * confusion.sum(1)).sum()) / total**2
+    return 1.0 if p_e == 1 else float((p_o - p_e) / (1 - p_e))
 
 
 def regression_figures(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
@@ -106,29 +110,29 @@ def regression_figures(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
     identity, and the least-squares line pred = slope * true + intercept."""
     from scipy import stats
 
-    p = np.asarray(pred, dtype=np.float64).ravel()
-    t = np.asarray(true, dtype=np.float64).ravel()
-    r = p - t
-    mu, sigma = stats.norm.fit(r)
-    if p.size >= 2 and np.ptp(t) > 0:
-        slope, intercept = np.polyfit(t, p, 1)
+    predicted = np.asarray(pred, dtype=np.float64).ravel()
+    target = np.asarray(true, dtype=np.float64).ravel()
+    residual = predicted - target
+    mu, sigma = stats.norm.fit(residual)
+    if predicted.size >= 2 and np.ptp(target) > 0:
+        slope, intercept = np.polyfit(target, predicted, 1)
     else:
         slope, intercept = float("nan"), float("nan")
-    pearson = float(np.corrcoef(p, t)[0, 1]) if p.size >= 2 and np.ptp(p) > 0 and np.ptp(t) > 0 \
-        else float("nan")
-    ss_tot = float(((t - t.mean()) ** 2).sum())
+    varies = predicted.size >= 2 and np.ptp(predicted) > 0 and np.ptp(target) > 0
+    pearson = float(np.corrcoef(predicted, target)[0, 1]) if varies else float("nan")
+    ss_tot = float(((target - target.mean()) ** 2).sum())
     return {
-        "n": int(p.size),
-        "residual_mean": float(r.mean()),
-        "residual_sd": float(r.std(ddof=1)) if r.size > 1 else 0.0,
+        "n": int(predicted.size),
+        "residual_mean": float(residual.mean()),
+        "residual_sd": float(residual.std(ddof=1)) if residual.size > 1 else 0.0,
         "normal_fit": {"mu": float(mu), "sigma": float(sigma)},
-        "mae": float(np.abs(r).mean()),
-        "mse": float((r**2).mean()),
-        "rmse": float(np.sqrt((r**2).mean())),
+        "mae": float(np.abs(residual).mean()),
+        "mse": float((residual**2).mean()),
+        "rmse": float(np.sqrt((residual**2).mean())),
         "pearson_r": pearson,
-        "r2": 1.0 - float((r**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
+        "r2": 1.0 - float((residual**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
         "linear_fit": {"slope": float(slope), "intercept": float(intercept)},
-        "true_mean": float(t.mean()), "pred_mean": float(p.mean()),
+        "true_mean": float(target.mean()), "pred_mean": float(predicted.mean()),
     }
 
 
@@ -142,29 +146,40 @@ def evaluate_predictions(pred: np.ndarray, true: np.ndarray,
     Cohen's kappa and the thresholds (`classes.clinical_class`: 1 good, 2 sufficient,
     3 insufficient)}. Predictions are clipped to [0, 1] for the classes only."""
     thresholds = ClinicalThresholds() if thresholds is None else thresholds
-    p = np.asarray(pred, dtype=np.float64).ravel()
-    t = np.asarray(true, dtype=np.float64).ravel()
-    if p.shape != t.shape:
-        raise ValueError(f"pred and true differ in length: {p.size} != {t.size}")
-    if p.size == 0:
+    predicted = np.asarray(pred, dtype=np.float64).ravel()
+    target = np.asarray(true, dtype=np.float64).ravel()
+    if predicted.shape != target.shape:
+        raise ValueError(f"pred and true differ in length: {predicted.size} != {target.size}")
+    if predicted.size == 0:
         raise ValueError("no predictions to evaluate")
-    if not (np.isfinite(p).all() and np.isfinite(t).all()):
+    if not (np.isfinite(predicted).all() and np.isfinite(target).all()):
         raise ValueError("pred and true must be finite")
-    pc = np.clip(p, 0.0, 1.0)
-    tc = np.clip(t, 0.0, 1.0)
-    out: dict[str, Any] = {"regression": regression_figures(p, t), "classification": {}}
-    for n in class_counts:
-        table = classification_table(uniform_class(tc, n), uniform_class(pc, n),
-                                     list(range(1, n + 1)))
-        table["edges"] = [float(e) for e in np.linspace(0.0, 1.0, n + 1)]
-        out["classification"][str(n)] = table
-    clin = classification_table(clinical_class(tc, thresholds), clinical_class(pc, thresholds),
-                                [1, 2, 3])
-    clin["names"] = {str(k): v for k, v in CLINICAL_NAMES.items()}
-    clin["thresholds"] = {"good": thresholds.good, "sufficient": thresholds.sufficient}
-    clin["cohen_kappa"] = _cohen_kappa(np.array(clin["confusion_matrix"]))
-    out["clinical"] = clin
+    predicted_01 = np.clip(predicted, 0.0, 1.0)
+    target_01 = np.clip(target, 0.0, 1.0)
+    out: dict[str, Any] = {"regression": regression_figures(predicted, target),
+                           "classification": {}}
+    for count in class_counts:
+        table = classification_table(uniform_class(target_01, count),
+                                     uniform_class(predicted_01, count), list(range(1, count + 1)))
+        table["edges"] = [float(e) for e in np.linspace(0.0, 1.0, count + 1)]
+        out["classification"][str(count)] = table
+    clinical = classification_table(clinical_class(target_01, thresholds),
+                                    clinical_class(predicted_01, thresholds), [1, 2, 3])
+    clinical["names"] = {str(k): v for k, v in CLINICAL_NAMES.items()}
+    clinical["thresholds"] = {"good": thresholds.good, "sufficient": thresholds.sufficient}
+    clinical["cohen_kappa"] = _cohen_kappa(np.array(clinical["confusion_matrix"]))
+    out["clinical"] = clinical
     return out
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate_checkpoints` measured: the report (every figure, as in report.json) and
+    the SSIMs behind it."""
+
+    report: dict[str, Any]
+    true: np.ndarray                     # (n,) true SSIM of the test slices
+    predictions: dict[str, np.ndarray]   # model name -> (n,) predicted SSIM, in `true` order
 
 
 # ----------------------------------------------------------------------------- test data
@@ -227,7 +242,7 @@ def evaluate_checkpoints(
 ) -> dict[str, Any]:
     """Evaluate several checkpoints on one seeded test set and write the report to `out_dir`.
     `slices`: the test slices, "central" half (the paper's protocol) or "all" non-empty ones.
-    Returns the report dict (as in report.json)."""
+    Returns an `Evaluation`: the report (as in report.json) and the true and predicted SSIMs."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -270,7 +285,8 @@ def evaluate_checkpoints(
     if bar is not None:
         bar.close()
     true = np.concatenate(trues)
-    models = {}
+    models: dict[str, Any] = {}
+    predictions: dict[str, np.ndarray] = {}
     for j, nm in enumerate(names):
         pred = np.concatenate(preds[j])
         meta = loaded[j].metadata
@@ -280,8 +296,8 @@ def evaluate_checkpoints(
             "metadata": {k: meta.get(k) for k in ("architecture", "train_input_size", "epoch",
                                                   "metrics", "schedule") if k in meta},
             "figures": evaluate_predictions(pred, true, thresholds=thresholds),
-            "_pred": pred,
         }
+        predictions[nm] = pred
     result = {
         "protocol": {"n": int(true.size), "seed": seed, "contrast_augmentation": contrast,
                      "p_torchio": p_torchio, "input_size": input_size, "chunk": chunk,
@@ -299,10 +315,8 @@ def evaluate_checkpoints(
             print(f"motionssim: warning: {nm} was trained on {len(v)} of the test volumes "
                   f"({', '.join(v[:5])}{', ...' if len(v) > 5 else ''}): the figures overstate "
                   "its accuracy", file=sys.stderr, flush=True)
-    write_report(result, out_dir, true)
-    for m in models.values():
-        m.pop("_pred", None)
-    return result
+    write_report(result, out_dir, true, predictions)
+    return Evaluation(result, true, predictions)
 
 
 # ----------------------------------------------------------------------------- report files
@@ -326,9 +340,11 @@ def _f(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
-def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray) -> None:
+def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray,
+                 predictions: dict[str, np.ndarray]) -> None:
     """Write report.json, report.md, summary.csv, classification_<n>.csv, predictions.csv and
-    the PNG plots for `result` (from `evaluate_checkpoints`; models carry "_pred")."""
+    the PNG plots for `result` (`Evaluation.report`); `true` (n,) and `predictions` (model name
+    -> (n,)) are the SSIMs of the test slices."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = result["models"]
@@ -371,7 +387,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray) 
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "true", *names])
-        cols = [models[nm]["_pred"] for nm in names]
+        cols = [predictions[nm] for nm in names]
         for i, tv in enumerate(true):
             w.writerow([i, f"{tv:.6f}", *[f"{c[i]:.6f}" for c in cols]])
 
@@ -379,7 +395,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray) 
     # drawing them can fail (fonts, backends) without making the figures above wrong.
     (out / "report.md").write_text(_markdown(result, plots=None), encoding="utf-8")
     try:
-        _plots(result, out, true)
+        _plots(result, out, true, predictions)
         plots = "drawn"
     except ImportError as exc:
         plots = f"not drawn: {exc.name or 'matplotlib'} is not installed"
@@ -508,7 +524,8 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
-def _plots(result: dict[str, Any], out: Path, true: np.ndarray) -> None:
+def _plots(result: dict[str, Any], out: Path, true: np.ndarray,
+           predictions: dict[str, np.ndarray]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -518,7 +535,7 @@ def _plots(result: dict[str, Any], out: Path, true: np.ndarray) -> None:
 
     for nm, m in result["models"].items():
         slug = _slug(nm)
-        pred = m["_pred"]
+        pred = predictions[nm]
         reg = m["figures"]["regression"]
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.scatter(true, pred, s=3, alpha=0.35, lw=0)

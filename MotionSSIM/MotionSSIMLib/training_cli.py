@@ -173,7 +173,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             progress=chosen.progress, slices=chosen.slices, acquisition=chosen.acquisition)
     except (MotionSSIMError, OSError) as exc:  # OSError: the report folder cannot be written
         return _error(exc)
-    for name, m in result["models"].items():
+    for name, m in result.report["models"].items():
         r = m["figures"]["regression"]
         acc = m["figures"]["classification"]
         print(f"{name}: residual {r['normal_fit']['mu']:+.4f} ± {r['normal_fit']['sigma']:.4f}, "
