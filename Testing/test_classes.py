@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from MotionSSIMLib.classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class, uniform_class
+from MotionSSIMLib.classes import (
+    CLASS_COLOURS,
+    CLASS_LABELS,
+    CLINICAL_NAMES,
+    SLICE_COLUMNS,
+    ClinicalThresholds,
+    clinical_class,
+    uniform_class,
+)
 
 
 def test_clinical_class_boundaries_belong_to_the_better_class():
@@ -46,3 +54,15 @@ def test_uniform_classes_equal_width_on_0_1(n):
 def test_uniform_class_rejects_zero_classes():
     with pytest.raises(ValueError):
         uniform_class([0.5], 0)
+
+
+def test_one_vocabulary_names_labels_colours_and_columns():
+    from MotionSSIMLib.report import CSV_COLUMNS
+
+    keys = [*CLINICAL_NAMES.values(), "empty"]
+    assert list(CLASS_LABELS) == keys and list(CLASS_COLOURS) == keys
+    assert [CLASS_LABELS[CLINICAL_NAMES[c]] for c in (1, 2, 3)] == [1, 2, 3]
+    assert sorted(CLASS_LABELS.values()) == [1, 2, 3, 4]  # 0 stays "no label"
+    assert all(len(rgb) == 3 and all(0 <= v <= 1 for v in rgb) for rgb in CLASS_COLOURS.values())
+    assert len(set(CLASS_COLOURS.values())) == len(keys)
+    assert CSV_COLUMNS == ("index", *SLICE_COLUMNS)

@@ -18,7 +18,13 @@ vtk = pytest.importorskip("vtk")
 torch = pytest.importorskip("torch")
 
 from MotionSSIMLib import scene as ms  # noqa: E402
-from MotionSSIMLib.classes import ClinicalThresholds, clinical_class  # noqa: E402
+from MotionSSIMLib.classes import (  # noqa: E402
+    CLASS_COLOURS,
+    CLASS_LABELS,
+    CLINICAL_NAMES,
+    ClinicalThresholds,
+    clinical_class,
+)
 from MotionSSIMLib.errors import InputError  # noqa: E402
 
 # --------------------------------------------------------------------------- fixtures
@@ -207,7 +213,7 @@ def test_assess_volume_node_writes_consistent_results(mrml, tmp_path, case, load
     np.testing.assert_allclose(ssim, [r.ssim for r in reference.records], atol=1e-5)
     np.testing.assert_array_equal(column(table, "class"), clinical_class(ssim, thresholds))
     assert list(column(table, "class_name")) == [
-        ms.CLASS_KEYS[int(c)] for c in column(table, "class")
+        CLINICAL_NAMES[int(c)] for c in column(table, "class")
     ]
     empty = column(table, "empty").astype(bool)
     assert empty[0] and empty[-1], "the all-zero end slices must be marked empty"
@@ -225,11 +231,11 @@ def test_assess_volume_node_writes_consistent_results(mrml, tmp_path, case, load
         assert series.GetTableNode() is result.plot_table
         y = column(result.plot_table, series.GetYColumnName())
         assert len(y) == n
-        if key in ms.LABELS:
-            mask = labels == ms.LABELS[key]
+        if key in CLASS_LABELS:
+            mask = labels == CLASS_LABELS[key]
             np.testing.assert_allclose(y[mask], ssim[mask], atol=1e-6)
             assert np.all(np.isnan(y[~mask]))
-            np.testing.assert_allclose(series.GetColor(), ms.COLORS[key], atol=1e-6)
+            np.testing.assert_allclose(series.GetColor(), CLASS_COLOURS[key], atol=1e-6)
     np.testing.assert_allclose(column(result.plot_table, "threshold_good"), 0.85)
     np.testing.assert_allclose(column(result.plot_table, "threshold_sufficient"), 0.60)
     assert result.series["empty"].GetMarkerStyle() != result.series["good"].GetMarkerStyle()
@@ -334,13 +340,13 @@ def test_every_class_gets_its_series_colour_and_label(mrml):
     for key, rows in expected.items():
         y = column(result.plot_table, key)
         assert np.nonzero(~np.isnan(y))[0].tolist() == rows, key
-        np.testing.assert_allclose(result.series[key].GetColor(), ms.COLORS[key])
+        np.testing.assert_allclose(result.series[key].GetColor(), CLASS_COLOURS[key])
         # the colour table entry of the label has the same colour, semi-transparent
         rgba = [0.0] * 4
-        result.color_table.GetColor(ms.LABELS[key], rgba)
-        np.testing.assert_allclose(rgba[:3], ms.COLORS[key], atol=1 / 255)
+        result.color_table.GetColor(CLASS_LABELS[key], rgba)
+        np.testing.assert_allclose(rgba[:3], CLASS_COLOURS[key], atol=1 / 255)
         assert 0.2 < rgba[3] < 1.0
-        assert result.color_table.GetColorName(ms.LABELS[key]) == key
+        assert result.color_table.GetColorName(CLASS_LABELS[key]) == key
     rgba = [1.0] * 4
     result.color_table.GetColor(0, rgba)
     assert rgba[3] == 0.0  # background transparent

@@ -21,12 +21,13 @@ def main() -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from MotionSSIMLib.classes import CLASS_COLOURS, CLINICAL_NAMES, ClinicalThresholds
     from MotionSSIMLib.geometry import extract_slices
     from MotionSSIMLib.inference import assess_volume
     from MotionSSIMLib.io import read_volume
 
-    colors = {1: (0.10, 0.70, 0.45), 2: (0.95, 0.75, 0.10), 3: (0.90, 0.15, 0.15)}
-    names = {1: "good", 2: "sufficient", 3: "insufficient"}
+    colors = {number: CLASS_COLOURS[name] for number, name in CLINICAL_NAMES.items()}
+    thresholds = ClinicalThresholds()
     vol = read_volume(ROOT / "MotionSSIM" / "Resources" / "Samples" / "sample_t2_motion.nii.gz")
     a = assess_volume(vol, device="cpu")
     stack = extract_slices(vol, a.orientation)
@@ -41,7 +42,7 @@ def main() -> int:
         ax.imshow(image, cmap="gray")
         ax.add_patch(plt.Rectangle((0, 0), image.shape[1] - 1, image.shape[0] - 1, fill=False,
                                    lw=6, ec=colors[r.clinical_class]))
-        ax.set_title(f"slice {r.index}: SSIM {r.ssim:.2f}, {names[r.clinical_class]}",
+        ax.set_title(f"slice {r.index}: SSIM {r.ssim:.2f}, {CLINICAL_NAMES[r.clinical_class]}",
                      color="white", fontsize=11)
         ax.axis("off")
     ax = fig.add_axes([0.55, 0.14, 0.43, 0.74], facecolor="white")
@@ -51,9 +52,9 @@ def main() -> int:
     for c in (1, 2, 3):
         sel = [r for r in records if r.clinical_class == c]
         ax.scatter([r.index for r in sel], [r.ssim for r in sel], color=colors[c], s=40,
-                   label=f"{names[c]} slices", zorder=3)
-    ax.axhline(0.85, color=colors[1], ls="--", lw=1)
-    ax.axhline(0.60, color=colors[3], ls="--", lw=1)
+                   label=f"{CLINICAL_NAMES[c]} slices", zorder=3)
+    ax.axhline(thresholds.good, color=colors[1], ls="--", lw=1)
+    ax.axhline(thresholds.sufficient, color=colors[3], ls="--", lw=1)
     ax.set_ylim(0, 1)
     ax.set_xlabel(f"{a.orientation} slice index")
     ax.set_ylabel("predicted SSIM")

@@ -1,4 +1,5 @@
-"""Quality classes from SSIM: the clinical 3-class scheme and N equal-width classes."""
+"""Quality classes from SSIM: the clinical 3-class scheme and N equal-width classes, and their
+vocabulary (names, overlay labels, colours, per-slice table columns) for every output."""
 
 from __future__ import annotations
 
@@ -9,6 +10,22 @@ import numpy as np
 from .errors import SettingsError
 
 CLINICAL_NAMES = {1: "good", 2: "sufficient", 3: "insufficient"}
+# Overlay label of each key: the clinical class, 4 for empty slices (too little head: predicted
+# and flagged, not classed); 0 = no label, transparent
+CLASS_LABELS = {**{name: number for number, name in CLINICAL_NAMES.items()}, "empty": 4}
+# RGB in [0, 1], one palette for the Slicer scene and the report charts, chosen to read on grey
+# MR and for red-green colour-blind users (blue-ish green, amber). The threshold lines take the
+# colour of the class above `good` and below `sufficient`.
+CLASS_COLOURS = {
+    "good": (0.10, 0.70, 0.45),
+    "sufficient": (0.95, 0.75, 0.10),
+    "insufficient": (0.90, 0.15, 0.15),
+    "empty": (0.60, 0.60, 0.60),
+}
+# Per-slice columns of the CSV report and of the Slicer table, after the slice's index column
+# (the CSV's `index`, the table's `slice`)
+SLICE_COLUMNS = ("position_mm", "ssim", "class", "class_name", "foreground", "empty",
+                 "ssim_sd", "uncertain")
 
 
 @dataclass(frozen=True)

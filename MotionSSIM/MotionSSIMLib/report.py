@@ -24,13 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from .classes import CLINICAL_NAMES
+from .classes import CLASS_COLOURS, CLINICAL_NAMES, SLICE_COLUMNS
 from .errors import InputError
 from .inference import UNCERTAIN_SDS, Assessment
 
-CLASS_COLOURS = {1: "#2ca02c", 2: "#e6a700", 3: "#d62728"}
-CSV_COLUMNS = ("index", "position_mm", "ssim", "class", "class_name", "foreground", "empty",
-               "ssim_sd", "uncertain")
+CSV_COLUMNS = ("index", *SLICE_COLUMNS)
 # --true-ssim: slice indices up to this (an array of that many floats, 8 MB), files up to this
 MAX_TRUE_SSIM_INDEX = 1_000_000
 MAX_TRUE_SSIM_BYTES = 64 * 2**20
@@ -276,7 +274,7 @@ def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
                        linewidths=1.0, label=f"uncertain ({unsure.sum()})", zorder=4)
         for k, name in CLINICAL_NAMES.items():
             m = (cls == k) & ~empty
-            ax.scatter(x[m], y[m], s=28, color=CLASS_COLOURS[k], label=f"{name} ({m.sum()})",
+            ax.scatter(x[m], y[m], s=28, color=CLASS_COLOURS[name], label=f"{name} ({m.sum()})",
                        zorder=3)
         if empty.any():
             ax.scatter(x[empty], y[empty], s=28, facecolors="none", edgecolors="0.5",
@@ -284,8 +282,8 @@ def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
         if true_ssim is not None:
             ax.plot(x, true_ssim, color="k", marker="x", ms=4, lw=0.6, label="true SSIM",
                     zorder=2)
-        ax.axhline(th["good"], color=CLASS_COLOURS[1], ls="--", lw=1)
-        ax.axhline(th["sufficient"], color=CLASS_COLOURS[3], ls="--", lw=1)
+        ax.axhline(th["good"], color=CLASS_COLOURS["good"], ls="--", lw=1)
+        ax.axhline(th["sufficient"], color=CLASS_COLOURS["insufficient"], ls="--", lw=1)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(f"{assessment.orientation} slice index ({assessment.axis})")
         ax.set_ylabel("predicted SSIM" + (f" (bars +- {UNCERTAIN_SDS:g} sd)"
@@ -316,7 +314,7 @@ def class_colormap(good: float, sufficient: float) -> Any:
 
     eps = 1e-6
     stops = [(0.0, "#67000d"), (max(sufficient - eps, eps), "#fb6a4a"),
-             (sufficient, "#fdd49e"), (max(good - eps, sufficient + eps), "#e6a700"),
+             (sufficient, "#fdd49e"), (max(good - eps, sufficient + eps), CLASS_COLOURS["sufficient"]),
              (good, "#c7e9c0"), (1.0, "#00441b")]
     return LinearSegmentedColormap.from_list("motionssim_classes", stops, N=1024)
 
@@ -401,14 +399,14 @@ def plot_frames_chart(assessment: Any, path: str | Path | Any, title: str = "") 
         ax.plot(frames, low, color="0.8", lw=0.8, zorder=1)
         for k, name in CLINICAL_NAMES.items():
             m = worst == k
-            ax.scatter(frames[m], low[m], s=28, color=CLASS_COLOURS[k], zorder=3,
+            ax.scatter(frames[m], low[m], s=28, color=CLASS_COLOURS[name], zorder=3,
                        label=f"lowest slice, frame {name} ({int(m.sum())})")
         if (worst == 0).any():
             m = worst == 0
             ax.scatter(frames[m], np.zeros(int(m.sum())), marker="x", color="0.5", zorder=2,
                        label=f"no assessable slice ({int(m.sum())})")
-        ax.axhline(th["good"], color=CLASS_COLOURS[1], ls="--", lw=1)
-        ax.axhline(th["sufficient"], color=CLASS_COLOURS[3], ls="--", lw=1)
+        ax.axhline(th["good"], color=CLASS_COLOURS["good"], ls="--", lw=1)
+        ax.axhline(th["sufficient"], color=CLASS_COLOURS["insufficient"], ls="--", lw=1)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("frame (index in the input)")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -27,6 +27,7 @@ import numpy as np
 import slicer
 import vtk
 
+from .classes import CLASS_COLOURS, CLASS_LABELS, CLINICAL_NAMES, SLICE_COLUMNS
 from .errors import InputError
 
 ROLE_ATTRIBUTE = "MotionSSIM.Role"
@@ -42,16 +43,6 @@ REF_CHART = "MotionSSIMChart"
 REF_OVERLAY = "MotionSSIMOverlay"
 REF_SERIES_PREFIX = "MotionSSIMSeries."
 
-# Overlay voxel values; 0 = no label (transparent).
-LABELS = {"good": 1, "sufficient": 2, "insufficient": 3, "empty": 4}
-CLASS_KEYS = {1: "good", 2: "sufficient", 3: "insufficient"}
-# RGB, chosen to read on grey MR and for red-green colour-blind users (blue-ish green, amber).
-COLORS = {
-    "good": (0.10, 0.70, 0.45),
-    "sufficient": (0.95, 0.75, 0.10),
-    "insufficient": (0.90, 0.15, 0.15),
-    "empty": (0.60, 0.60, 0.60),
-}
 OVERLAY_ALPHA = 0.6
 OVERLAY_STYLES = ("frame", "slice")
 COLOR_TABLE_NAME = "MotionSSIM classes"
@@ -65,8 +56,7 @@ SERIES_KEYS = (
     "threshold_good",
     "threshold_sufficient",
 )
-TABLE_COLUMNS = ("slice", "position_mm", "ssim", "class", "class_name", "foreground", "empty",
-                 "ssim_sd", "uncertain")
+TABLE_COLUMNS = ("slice", *SLICE_COLUMNS)
 
 AXES = ("i", "j", "k")
 
@@ -80,7 +70,7 @@ class SceneResult:
     plot_table: Any  # vtkMRMLTableNode behind the chart (same rows, NaN-masked class columns)
     chart: Any  # vtkMRMLPlotChartNode
     series: dict[str, Any]  # SERIES_KEYS -> vtkMRMLPlotSeriesNode
-    overlay: Any  # vtkMRMLLabelMapVolumeNode, input geometry, LABELS per slice
+    overlay: Any  # vtkMRMLLabelMapVolumeNode, input geometry, CLASS_LABELS per slice
     color_table: Any  # vtkMRMLColorTableNode (user type), shared by every overlay
     axis: str  # voxel axis cut through: "i", "j" or "k"
     orientation: str  # "axial", "coronal" or "sagittal"
@@ -200,10 +190,10 @@ def get_color_table():
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", COLOR_TABLE_NAME)
     node.SetAttribute(ROLE_ATTRIBUTE, "ColorTable")
     node.SetTypeToUser()
-    node.SetNumberOfColors(len(LABELS) + 1)
+    node.SetNumberOfColors(len(CLASS_LABELS) + 1)
     node.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-    for key, label in LABELS.items():
-        r, g, b = COLORS[key]
+    for key, label in CLASS_LABELS.items():
+        r, g, b = CLASS_COLOURS[key]
         node.SetColor(label, key, r, g, b, OVERLAY_ALPHA)
     return node
 
@@ -246,15 +236,16 @@ def find_result(volumeNode) -> SceneResult | None:
 
 
 def slice_labels(assessment) -> np.ndarray:
-    """Overlay label of every record: its clinical class, or LABELS['empty'] for empty slices."""
+    """Overlay label of every record: its clinical class, or CLASS_LABELS['empty'] for empty
+    slices."""
     return np.array(
-        [LABELS["empty"] if r.empty else int(r.clinical_class) for r in assessment.records],
+        [CLASS_LABELS["empty"] if r.empty else int(r.clinical_class) for r in assessment.records],
         dtype=np.uint8,
     )
 
 
 def _label_name(label: int) -> str:
-    return next(k for k, v in LABELS.items() if v == label)
+    return next(k for k, v in CLASS_LABELS.items() if v == label)
 
 
 def _write_table(table, assessment) -> None:
@@ -278,7 +269,7 @@ def _write_table(table, assessment) -> None:
     strings = vtk.vtkStringArray()
     strings.SetName("class_name")
     for r in records:
-        strings.InsertNextValue(CLASS_KEYS[int(r.clinical_class)])
+        strings.InsertNextValue(CLINICAL_NAMES[int(r.clinical_class)])
     vtable = table.GetTable()
     ordered = [vtable.GetColumnByName(n) for n in names]
     for _ in range(vtable.GetNumberOfColumns()):
@@ -315,8 +306,8 @@ def _write_plot_table(plot_table, assessment, thresholds) -> None:
     names = ["slice", "ssim"]
     # One column per class with NaN outside the class: every series then has a point per row,
     # so a picked point index is a row index whatever series it came from. VTK charts skip NaN.
-    for key in ("good", "sufficient", "insufficient", "empty"):
-        columns.append(np.where(labels == LABELS[key], y, np.nan))
+    for key in CLASS_LABELS:
+        columns.append(np.where(labels == CLASS_LABELS[key], y, np.nan))
         names.append(key)
     columns.append(np.full_like(y, float(thresholds.good)))
     names.append("threshold_good")
@@ -336,14 +327,14 @@ def _configure_series(node, plot_table, key: str, thresholds) -> None:
         node.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
         node.SetLineWidth(2)
         node.SetColor(0.55, 0.55, 0.55)
-    elif key in LABELS:
+    elif key in CLASS_LABELS:
         node.SetName(f"{key} slices" if key != "empty" else "empty slices (not assessed)")
         node.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
         node.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleNone)
         marker = "MarkerStyleCross" if key == "empty" else "MarkerStyleCircle"
         node.SetMarkerStyle(getattr(slicer.vtkMRMLPlotSeriesNode, marker))
         node.SetMarkerSize(10 if key == "empty" else 9)
-        node.SetColor(*COLORS[key])
+        node.SetColor(*CLASS_COLOURS[key])
     else:
         value = thresholds.good if key == "threshold_good" else thresholds.sufficient
         node.SetName(f"threshold {value:.2f}")
@@ -351,8 +342,7 @@ def _configure_series(node, plot_table, key: str, thresholds) -> None:
         node.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
         node.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
         node.SetLineWidth(1)
-        color = COLORS["good"] if key == "threshold_good" else COLORS["insufficient"]
-        node.SetColor(*color)
+        node.SetColor(*CLASS_COLOURS["good" if key == "threshold_good" else "insufficient"])
 
 
 def _write_overlay(overlay, volumeNode, assessment, color_table, style: str) -> None:
@@ -687,7 +677,7 @@ def row_text(result: SceneResult, row: int) -> str:
     index = int(_table_column(result, "slice")[row])
     ssim = float(_table_column(result, "ssim")[row])
     empty = bool(_table_column(result, "empty")[row])
-    name = CLASS_KEYS[int(_table_column(result, "class")[row])]
+    name = CLINICAL_NAMES[int(_table_column(result, "class")[row])]
     if empty:
         return f"slice {index}: SSIM {ssim:.2f}, empty (not assessed)"
     return f"slice {index}: SSIM {ssim:.2f}, {name}"
