@@ -223,7 +223,7 @@ def test_every_slicer_file_compiles_on_python39():
 # 3.9 (the others need numpy/torch, which a bare 3.9 lacks; the AST rules cover them).
 STDLIB_ONLY = ["MotionSSIMLib", "MotionSSIMLib.errors", "MotionSSIMLib.cli",
                "MotionSSIMLib.training_cli", "MotionSSIMLib.settings", "MotionSSIMLib.processes",
-               "MotionSSIMLib.dependencies"]
+               "MotionSSIMLib.dependencies", "MotionSSIMLib.jsonable"]
 
 
 @needs_python39
@@ -234,6 +234,11 @@ def test_torch_free_modules_import_and_run_on_python39(tmp_path):
         for name in {STDLIB_ONLY!r}:
             importlib.import_module(name)
         from MotionSSIMLib import dependencies, processes
+        from MotionSSIMLib.jsonable import jsonable
+        # JSON cleaning without numpy: NaN -> None, tuples -> lists, paths -> str, str keys
+        import pathlib
+        cleaned = jsonable({{1: (float("nan"), pathlib.Path("a"))}})
+        assert cleaned == {{"1": [None, "a"]}}, cleaned
         # the dependency report on a 3.9 without torch: parses requirements, says what is missing
         report = dependencies.check(dependencies.read_requirements(sys.argv[1]))
         assert "torch" in report.missing_names(), report.missing_names()

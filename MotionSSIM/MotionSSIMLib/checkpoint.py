@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .jsonable import jsonable
 from .model import ARCHITECTURES, architecture_of, build_model, unwrap
 from .resources import model_file
 
@@ -51,17 +52,6 @@ def default_model_path() -> Path:
     return model_file(DEFAULT_MODEL_NAME)
 
 
-def _json_default(value: Any) -> Any:
-    """JSON for the numpy scalars/arrays and paths that metrics and summaries often hold."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (Path, torch.dtype, torch.device)):
-        return str(value)
-    raise TypeError(f"checkpoint metadata: {type(value).__name__} is not JSON serialisable")
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any] | None = None,
                     dtype: torch.dtype = torch.float32) -> Path:
     """Write `model`'s weights (stored as `dtype`) and metadata atomically to a .safetensors file.
@@ -87,7 +77,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any]
     meta.update(format=FORMAT, format_version=FORMAT_VERSION, architecture=arch,
                 input_size=list(INPUT_SIZE), ssim_convention=SSIM_CONVENTION,
                 dtype=str(dtype).replace("torch.", ""), motionssim_version=__version__)
-    header = json.dumps(meta, default=_json_default, allow_nan=False)
+    header = json.dumps(jsonable(meta))
     tensors = {}
     for name, value in net.state_dict().items():
         t = value.detach().to("cpu")

@@ -25,6 +25,7 @@ import numpy as np
 
 from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class, uniform_class
 from .errors import InputError
+from .jsonable import jsonable
 
 __all__ = [
     "CLASS_COUNTS",
@@ -322,18 +323,6 @@ def evaluate_checkpoints(
 # ----------------------------------------------------------------------------- report files
 
 
-def _json_clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _json_clean(v) for k, v in x.items() if not str(k).startswith("_")}
-    if isinstance(x, (list, tuple)):
-        return [_json_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, np.generic):
-        return _json_clean(x.item())
-    return x
-
-
 def _f(x: Any, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
@@ -349,7 +338,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray,
     out.mkdir(parents=True, exist_ok=True)
     models = result["models"]
     names = list(models)
-    (out / "report.json").write_text(json.dumps(_json_clean(result), indent=1), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(jsonable(result), indent=1), encoding="utf-8")
 
     summary_cols = ["model", "n", "residual_mean", "residual_sd", "normal_mu", "normal_sigma",
                     "mae", "rmse", "pearson_r", "r2", "slope", "intercept", "acc_3", "acc_5",
@@ -403,7 +392,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, true: np.ndarray,
         plots = f"not drawn: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     result["protocol"]["plots"] = plots
     (out / "report.md").write_text(_markdown(result, plots=plots), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(_json_clean(result), indent=1), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(jsonable(result), indent=1), encoding="utf-8")
 
 
 def _markdown(result: dict[str, Any], plots: str | None = "drawn") -> str:

@@ -27,6 +27,7 @@ import numpy as np
 from .classes import CLASS_COLOURS, CLINICAL_NAMES, SLICE_COLUMNS
 from .errors import InputError
 from .inference import UNCERTAIN_SDS, Assessment
+from .jsonable import jsonable
 
 CSV_COLUMNS = ("index", *SLICE_COLUMNS)
 # --true-ssim: slice indices up to this (an array of that many floats, 8 MB), files up to this
@@ -170,15 +171,6 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _plain(value: Any) -> Any:
-    """JSON for numpy scalars/arrays in model metadata."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
                  true_ssim: np.ndarray | None = None, source: str | None = None,
                  ) -> dict[str, Path]:
@@ -228,7 +220,7 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
                 "mean_abs_error": float(np.abs(err).mean()),
                 "mean_residual": float(err.mean()), "residual_sd": float(err.std()),
                 "n_slices": int(keep.sum())}
-    body = json.dumps(summary, indent=2, default=_plain)
+    body = json.dumps(jsonable(summary), indent=2)
     with _atomic_files(paths) as files:
         files["csv"].write(text.getvalue().encode("utf-8"))
         files["json"].write(body.encode("utf-8"))
@@ -361,7 +353,7 @@ def write_series_report(assessment: Any, out_dir: str | Path, stem: str,
                                **assessment.summary, "model": assessment.model,
                                "files": {k: p.name for k, p in paths.items()},
                                "versions": _versions()}
-    body = json.dumps(summary, indent=2, default=_plain)
+    body = json.dumps(jsonable(summary), indent=2)
     with _atomic_files(paths) as files:
         files["csv"].write(text.getvalue().encode("utf-8"))
         files["json"].write(body.encode("utf-8"))

@@ -18,7 +18,6 @@ so that assessing the same volume twice updates the same nodes:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ import vtk
 
 from .classes import CLASS_COLOURS, CLASS_LABELS, CLINICAL_NAMES, SLICE_COLUMNS
 from .errors import InputError
+from .jsonable import jsonable
 
 ROLE_ATTRIBUTE = "MotionSSIM.Role"
 SOURCE_ATTRIBUTE = "MotionSSIM.SourceVolumeID"
@@ -387,7 +387,7 @@ def write_assessment(
 
     table = _get_or_create(volumeNode, REF_TABLE, "vtkMRMLTableNode", f"{name} MotionSSIM", "Table")
     _write_table(table, assessment)
-    summary = _jsonable(assessment.summary)
+    summary = jsonable(assessment.summary)
     table.SetAttribute(SUMMARY_ATTRIBUTE, json.dumps(summary))
     table.SetAttribute(AXIS_ATTRIBUTE, assessment.axis)
     table.SetAttribute(ORIENTATION_ATTRIBUTE, assessment.orientation)
@@ -444,25 +444,6 @@ def write_assessment(
         summary=summary,
         assessment=assessment,
     )
-
-
-def _jsonable(value):
-    """Plain JSON types for a summary that may hold numpy scalars/arrays."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "__dataclass_fields__"):
-        return _jsonable(vars(value))
-    return value
 
 
 def validate_settings(volumeNode, good: float = 0.85, sufficient: float = 0.60) -> list[str]:
@@ -856,7 +837,7 @@ def write_series_assessment(source, assessment, thresholds=None, browser=None,
     heatmap = _get_or_create(source, REF_HEATMAP, "vtkMRMLTableNode",
                              f"{name} MotionSSIM frames x slices", "FrameSliceTable")
     _write_heatmap_table(heatmap, assessment)
-    summary = _jsonable(assessment.summary)
+    summary = jsonable(assessment.summary)
     heatmap.SetAttribute(SERIES_SUMMARY_ATTRIBUTE, json.dumps(summary))
     heatmap.SetAttribute(AXIS_ATTRIBUTE, assessment.axis)
     heatmap.SetAttribute(ORIENTATION_ATTRIBUTE, assessment.orientation)
