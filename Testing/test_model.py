@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from MotionSSIMLib.model import ARCHITECTURES, architecture_of, build_model, unwrap
+from MotionSSIMLib.model import ARCHITECTURES, architecture_of, build_model, forward_ssim, unwrap
 
 
 def test_resnet18_maps_slices_to_one_value():
@@ -54,3 +54,19 @@ def test_unknown_architecture_is_refused():
     assert ARCHITECTURES == ("resnet18", "resnet101")
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("vgg16")
+
+
+def test_forward_ssim_is_the_plain_forward_in_float32_or_the_mixed_one():
+    torch.manual_seed(1)
+    net = build_model("resnet18").eval()
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plain = net(x).reshape(-1)
+        out = forward_ssim(net, x)
+        wrapped = forward_ssim(nn.Sequential(net), x)  # through a wrapper's own forward
+        mixed = forward_ssim(net, x, torch.bfloat16)
+    assert out.shape == (3,) and out.dtype == torch.float32
+    assert torch.equal(out, plain) and torch.equal(wrapped, plain)
+    # stem and fc in float32, the residual layers in bfloat16: close, not equal
+    assert mixed.dtype == torch.float32 and mixed.shape == (3,)
+    torch.testing.assert_close(mixed, plain, rtol=0.05, atol=0.05 * float(plain.abs().max()))

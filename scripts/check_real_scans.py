@@ -40,6 +40,7 @@ from torch import nn
 from MotionSSIMLib import classes, data, geometry, inference, motion, ssim
 from MotionSSIMLib.checkpoint import LoadedModel
 from MotionSSIMLib.errors import MotionSSIMError
+from MotionSSIMLib.model import forward_ssim
 
 # Corrupted copies of each slice per simulator; scans with few slices get more copies, so that
 # every scan has at least MIN_CORRUPTED corrupted samples per simulator.
@@ -187,7 +188,7 @@ def _predict(net: nn.Module, dev: torch.device, x: torch.Tensor) -> np.ndarray:
     try:
         with torch.inference_mode():
             for i in range(0, len(x), BATCH):
-                out.append(net(x[i:i + BATCH].to(dev)).float().flatten().cpu().numpy())
+                out.append(forward_ssim(net, x[i:i + BATCH].to(dev)).cpu().numpy())
     finally:
         net.train(was_training)
     pred = np.concatenate(out) if out else np.empty(0, np.float32)

@@ -249,6 +249,7 @@ def evaluate_checkpoints(
     from .checkpoint import load_checkpoint
     from .data import check_volumes, summarize_volumes
     from .devices import resolve_device
+    from .model import forward_ssim
 
     if not checkpoints:
         raise InputError("no checkpoint to evaluate")
@@ -280,7 +281,7 @@ def evaluate_checkpoints(
             images = images.to(dev)
             trues.append(labels.float().cpu().numpy())
             for j, m in enumerate(loaded):
-                preds[j].append(m.model(images).float().flatten().cpu().numpy())
+                preds[j].append(forward_ssim(m.model, images).cpu().numpy())
             if bar is not None:
                 bar.update(len(labels))
     if bar is not None:

@@ -161,13 +161,13 @@ def _forward(net: nn.Module, x: torch.Tensor, device: torch.device,
     `precision` as resolve_precision returns it. A batch whose reduced-precision forward is
     not finite (float16 overflow) is recomputed in the next dtype, finally in float32."""
     if device.type == "mps":
-        return net(x.to(device)).float().reshape(-1).cpu()
+        return forward_ssim(net, x.to(device)).cpu()
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
     x = x.contiguous(memory_format=torch.channels_last)
     out = None
     for amp in AMP_DTYPES[precision] + (None,):
-        out = forward_ssim(net, x, amp).float()
+        out = forward_ssim(net, x, amp)
         if bool(torch.isfinite(out).all()):
             break
     return out.cpu()

@@ -57,17 +57,18 @@ def architecture_of(model: nn.Module) -> str:
                      f"build_model(), one of {ARCHITECTURES}")
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 _RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
                  "avgpool", "fc")
 
 
 def forward_ssim(model: nn.Module, batch: torch.Tensor,
                  amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(B, 1, H, W) -> (B,) raw regression output.
+    """(B, 1, H, W) -> (B,) raw regression output in float32: the one forward pass of every
+    caller (assessment, evaluation, the trainer's steps and validation, scripts).
+
+    amp_dtype None: the plain forward through `model` itself, wrappers included (DDP needs its
+    own forward to synchronise gradients), inside whatever autocast the caller opened (the
+    trainer runs the whole network under its own).
 
     amp_dtype (torch.bfloat16 / torch.float16): the residual layers run under autocast in that
     dtype on the batch's device; the stem (conv1 to maxpool) and the last layer (fc) in
@@ -75,10 +76,10 @@ def forward_ssim(model: nn.Module, batch: torch.Tensor,
     would round away, for about 2 % of the arithmetic; the output is a value near [0, 1] whose
     rounding in bfloat16 alone would be up to 0.002. Measured on held-out slices, the largest
     difference from float32 halves (0.0035 -> 0.0019). A network that is not a torchvision
-    ResNet runs wholly under autocast (output in float32).
+    ResNet runs wholly under autocast. Wrappers are bypassed here: for inference only.
     """
     if amp_dtype is None:
-        return model(batch).reshape(-1)
+        return model(batch).float().reshape(-1)
     net = unwrap(model)
     if not all(isinstance(getattr(net, k, None), nn.Module) for k in _RESNET_PARTS):
         with torch.autocast(batch.device.type, dtype=amp_dtype):

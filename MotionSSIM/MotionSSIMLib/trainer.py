@@ -36,6 +36,7 @@ from . import pipeline
 from .data import STREAMS, SliceDataset, check_volumes, summarize_volumes
 from .devices import cpu_native_bf16, resolve_device
 from .errors import InputError, MotionSSIMError
+from .model import forward_ssim
 from .settings import COSINE_FLOOR, RUN_KEYS, TrainSettings
 from .train_support import (
     Dist,
@@ -158,7 +159,7 @@ class _Run:
     # -- model ---------------------------------------------------------------------------
 
     def build(self, load_init: bool = True) -> None:
-        from .model import build_model
+        from .model import build_model  # looked up at call time (tests substitute a spy)
 
         torch.manual_seed(self.settings.seed)  # the same initial weights for the same seed
         net = build_model(self.settings.architecture)
@@ -367,7 +368,7 @@ def _validate(run: _Run, val_set: list[tuple[torch.Tensor, torch.Tensor]]) -> di
         if run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(run):
-            pred = run.net(images).float().flatten()
+            pred = forward_ssim(run.net, images)
         r = (pred - labels.to(run.device)).double()
         sums += torch.stack([r.square().sum(), r.abs().sum(), r.sum(),
                              torch.tensor(float(r.numel()), dtype=torch.float64,
@@ -648,7 +649,7 @@ def train(
 def _step(run: _Run, images: torch.Tensor, labels: torch.Tensor, n_global: int) -> float:
     """One optimizer step on a batch; returns its summed squared error (all processes)."""
     with _autocast(run):
-        pred = run.model(images).float().flatten()
+        pred = forward_ssim(run.model, images)
     se = (pred - labels.float()).square().sum()
     # DDP averages gradients over processes: scale so that the gradient is that of the
     # global batch mean, whatever the split of the batch.
