@@ -43,21 +43,22 @@ def head_volume():
 
 
 def test_predict_slices_shapes_ranges_and_batching(ckpt):
+    # fp32: these are exactness checks of the fit and batching (bf16: test_precision.py)
     rng = np.random.default_rng(0)
     imgs = rng.random((5, 100, 120)).astype(np.float32)
-    a = predict_slices(imgs, model=ckpt, device="cpu", batch_size=1)
-    b = predict_slices(imgs, model=ckpt, device="cpu", batch_size=7)
+    a = predict_slices(imgs, model=ckpt, device="cpu", precision="fp32", batch_size=1)
+    b = predict_slices(imgs, model=ckpt, device="cpu", precision="fp32", batch_size=7)
     assert a.shape == (5,) and a.dtype == np.float64 and np.all((a >= 0) & (a <= 1))
     assert np.allclose(a, b, atol=1e-5)
     assert np.ptp(a) > 0  # really per slice, not one value for all
     # min-max normalisation: any intensity range (and integer types) gives the same prediction
-    c = predict_slices(imgs * 4000 - 300, model=ckpt, device="cpu")
+    c = predict_slices(imgs * 4000 - 300, model=ckpt, device="cpu", precision="fp32")
     assert np.allclose(a, c, atol=1e-5)
-    d = predict_slices(np.round(imgs * 1000).astype(np.int16), model=ckpt, device="cpu")
+    d = predict_slices(np.round(imgs * 1000).astype(np.int16), model=ckpt, device="cpu", precision="fp32")
     assert np.allclose(a, d, atol=2e-3)
-    one = predict_slices(imgs[2], model=ckpt, device="cpu")
+    one = predict_slices(imgs[2], model=ckpt, device="cpu", precision="fp32")
     assert one.shape == (1,) and one[0] == pytest.approx(a[2], abs=1e-5)
-    assert predict_slices(torch.from_numpy(imgs[:2]), model=ckpt, device="cpu") == \
+    assert predict_slices(torch.from_numpy(imgs[:2]), model=ckpt, device="cpu", precision="fp32") == \
         pytest.approx(a[:2], abs=1e-5)
 
 
@@ -132,9 +133,9 @@ def test_checkpoints_are_cached_until_the_file_changes(tmp_path):
 def test_a_callers_module_keeps_its_training_mode(ckpt):
     net = load_checkpoint(ckpt).model.train()
     imgs = np.random.default_rng(4).random((3, 40, 40))
-    p = predict_slices(imgs, model=net, device="cpu")
+    p = predict_slices(imgs, model=net, device="cpu", precision="fp32")
     assert net.training  # eval for the prediction only
-    assert np.allclose(p, predict_slices(imgs, model=ckpt, device="cpu"), atol=1e-6)
+    assert np.allclose(p, predict_slices(imgs, model=ckpt, device="cpu", precision="fp32"), atol=1e-6)
 
 
 def test_assess_volume_records_and_summary(ckpt, head_volume):
