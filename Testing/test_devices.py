@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,14 @@ def test_every_caller_uses_the_one_resolver():
     source = (LIB / "evaluation.py").read_text(encoding="utf-8")
     assert "from .devices import resolve_device" in source and "_resolve_device" not in source
     assert not hasattr(trainer, "_resolve_device") and evaluation is not None
+
+
+def test_engine_modules_import_the_resolver_from_devices_not_through_inference():
+    for path in sorted(LIB.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module != "devices":
+                names = {alias.name for alias in node.names}
+                assert "resolve_device" not in names, f"{path.name}:{node.lineno}"
 
 
 def test_auto_prefers_cuda_then_mps_then_cpu():

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from MotionSSIMLib import classes, data, geometry, inference, motion, ssim
+from MotionSSIMLib import classes, data, devices, geometry, inference, motion, ssim
 from MotionSSIMLib.checkpoint import LoadedModel
 from MotionSSIMLib.errors import MotionSSIMError
 from MotionSSIMLib.model import forward_ssim
@@ -172,7 +172,7 @@ def _seed(seed: int, name: str) -> int:
 
 
 def _net(model: inference.ModelLike, device: str) -> tuple[nn.Module, torch.device]:
-    dev = inference.resolve_device(device)
+    dev = devices.resolve_device(device)
     if isinstance(model, nn.Module):
         return model.to(dev), dev
     if isinstance(model, LoadedModel):
@@ -271,7 +271,7 @@ def real_scan_table(model: inference.ModelLike = None, seed: int = 0,
     (`report(message)` is told). For scripts/bundle_model.py's decision rule."""
     scans = SCANS if names is None else [get_scan(n) for n in names]
     if not isinstance(model, nn.Module):  # loaded (and checked) once for all scans
-        model = inference.get_model(model, inference.resolve_device(device))
+        model = inference.get_model(model, devices.resolve_device(device))
     table = {}
     for s in scans:
         try:

@@ -110,13 +110,8 @@ def run_assess(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .classes import ClinicalThresholds
-    from .inference import (
-        assess_volume,
-        check_tta,
-        get_model,
-        resolve_device,
-        resolve_precision,
-    )
+    from .devices import resolve_device
+    from .inference import assess_volume, check_tta, get_model, resolve_precision
     from .report import check_writable, printable, read_true_ssim, report_name, write_report
     from .series import Series, frame_chooser, read_series
 

@@ -519,7 +519,8 @@ class AssessmentJob:
 
         start = time.monotonic()
         try:
-            from .inference import assess_volume, resolve_device
+            from .devices import resolve_device
+            from .inference import assess_volume
 
             self.stage = "loading the model"
             self.device = resolve_device(self._args["device"])
@@ -591,7 +592,8 @@ def assess_volume_node(
     engine; when cancelled, nothing is written to the scene.
     """
     from .classes import ClinicalThresholds
-    from .inference import assess_volume, resolve_device
+    from .devices import resolve_device
+    from .inference import assess_volume
 
     thresholds = thresholds if thresholds is not None else ClinicalThresholds()
     vol = volume_from_node(volumeNode)
@@ -972,7 +974,7 @@ def assess_sequence_node(source, browser=None, model=None, orientation: str = "a
     sequence browser whose proxy the views show (found when None); `frames`: a subset as
     `series.parse_frames` accepts (indices into the sequence)."""
     from .classes import ClinicalThresholds
-    from .inference import resolve_device
+    from .devices import resolve_device
     from .series import assess_series, parse_frames
 
     thresholds = thresholds if thresholds is not None else ClinicalThresholds()
@@ -1045,7 +1047,7 @@ class SeriesAssessmentJob(AssessmentJob):
 
         start = time.monotonic()
         try:
-            from .inference import resolve_device
+            from .devices import resolve_device
             from .series import assess_series
 
             self.stage = "loading the model"

@@ -212,8 +212,9 @@ def assess_series(series: Series, model=None, orientation: str = "auto",
     the next batch (`inference.Cancelled`). A frame with no assessable slice (blank, all
     background) is listed with its reason and left out; a series with none assessable is
     refused (InputError)."""
+    from .devices import resolve_device
     from .geometry import resolve_orientation
-    from .inference import assess_volume, describe_model, get_model, resolve_device
+    from .inference import assess_volume, describe_model, get_model
 
     if not isinstance(series, Series):
         raise SettingsError(f"assess_series: expected a Series, not {type(series).__name__}")
