@@ -179,8 +179,10 @@ def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     """Slices of the mask's bounding box grown by margin voxels (clipped to the array)."""
     out = []
     for ax in range(mask.ndim):
-        nz = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
-        out.append(slice(max(0, nz[0] - margin), min(mask.shape[ax], nz[-1] + 1 + margin)))
+        others = tuple(other for other in range(mask.ndim) if other != ax)
+        occupied = np.flatnonzero(mask.any(axis=others))
+        out.append(slice(max(0, occupied[0] - margin),
+                         min(mask.shape[ax], occupied[-1] + 1 + margin)))
     return tuple(out)
 
 
@@ -202,10 +204,10 @@ def load_tissue_model() -> TissueModel:
         maps[key] = np.concatenate([np.repeat(maps[key][:1], _PAD_BELOW, axis=0), maps[key]])
     origin = affine[:3, 3] - np.array([0.0, 0.0, _PAD_BELOW])
     shape = maps["t1"].shape
-    gm, wm = maps["gm"], maps["wm"]
+    gm_map, wm_map = maps["gm"], maps["wm"]
 
     # Intracranial volume: the template's brain mask (it includes ventricles and sulci), closed.
-    brain = (maps["t1"] > 0) | (gm + wm > 0.3)
+    brain = (maps["t1"] > 0) | (gm_map + wm_map > 0.3)
     ball = _ellipsoid((7, 7, 7), (-3, -3, -3), (0, 0, 0), (3.2, 3.2, 3.2))
     box = _bbox(brain, margin=6)   # morphology on the brain's box only: 3x faster
     icv = np.zeros_like(brain)
@@ -217,22 +219,22 @@ def load_tissue_model() -> TissueModel:
     dist_out = ndi.distance_transform_edt(~icv).astype(np.float32)
 
     idx = np.flatnonzero(icv)
-    g, w = gm.ravel()[idx], wm.ravel()[idx]
-    s = g + w
-    scale = np.where(s > 1, 1 / np.maximum(s, 1e-6), 1.0)
-    g, w = g * scale, w * scale
-    frac = np.stack([1 - g - w, g, w]).astype(np.float32)
+    gm_frac, wm_frac = gm_map.ravel()[idx], wm_map.ravel()[idx]
+    gm_wm = gm_frac + wm_frac
+    scale = np.where(gm_wm > 1, 1 / np.maximum(gm_wm, 1e-6), 1.0)
+    gm_frac, wm_frac = gm_frac * scale, wm_frac * scale
+    frac = np.stack([1 - gm_frac - wm_frac, gm_frac, wm_frac]).astype(np.float32)
     deep = depth_in.ravel()[idx] > 22.0           # GM far from the surface: subcortical nuclei
     t1v = maps["t1"].ravel()[idx]
-    wm_vox = w > 0.5
+    wm_vox = wm_frac > 0.5
     bright = t1v > np.median(t1v[wm_vox])
     vent_dist, csf_dist, depth_b = _brain_distances(icv, box, idx, frac[0])
 
     # Lower head: neck (elliptic cylinder, cord at its back) and face (ellipsoid).
-    zc = np.arange(shape[0])[:, None, None] + origin[2]
+    z_mm = np.arange(shape[0])[:, None, None] + origin[2]
     # 2D ellipses (broadcast along z): the z term of _ellipsoid vanishes at centre z = origin.
     flat = (1, shape[1], shape[2])
-    neck = _ellipsoid(flat, origin, (0, -22, origin[2]), (56, 52, 1)) & (zc < -30)
+    neck = _ellipsoid(flat, origin, (0, -22, origin[2]), (56, 52, 1)) & (z_mm < -30)
     face = _ellipsoid(shape, origin, (0, 38, -58), (50, 52, 40))
     lower = (neck | face) & ~icv
     depth = np.zeros(shape, np.float32)
@@ -240,26 +242,27 @@ def load_tissue_model() -> TissueModel:
     depth[low_box] = ndi.distance_transform_edt((neck | face)[low_box])
     depth *= lower
     extra = np.zeros(shape, np.uint8)
-    for sx in (-1, 1):  # eyes with their orbital fat; maxillary sinuses below them
-        orbit = _ellipsoid(shape, origin, (32 * sx, 50, -36), (18, 20, 16))
+    for side in (-1, 1):  # eyes with their orbital fat; maxillary sinuses below them
+        orbit = _ellipsoid(shape, origin, (32 * side, 50, -36), (18, 20, 16))
         extra[orbit & ~icv] = _EXTRA_ORBIT_FAT
-        extra[_ellipsoid(shape, origin, (32 * sx, 55, -36), (12, 12, 12)) & ~icv] = _EXTRA_EYE
-        extra[_ellipsoid(shape, origin, (24 * sx, 40, -66), (12, 16, 14)) & ~icv] = _EXTRA_AIR
-    airway = _ellipsoid(flat, origin, (0, 10, origin[2]), (9, 7, 1)) & (zc < -62)
+        extra[_ellipsoid(shape, origin, (32 * side, 55, -36), (12, 12, 12)) & ~icv] = _EXTRA_EYE
+        extra[_ellipsoid(shape, origin, (24 * side, 40, -66), (12, 16, 14)) & ~icv] = _EXTRA_AIR
+    airway = _ellipsoid(flat, origin, (0, 10, origin[2]), (9, 7, 1)) & (z_mm < -62)
     extra[airway & ~icv] = _EXTRA_AIR
 
     cand = (~icv) & ((dist_out <= _SHELL_MAX) | lower | (extra > 0))
-    sidx = np.flatnonzero(cand)
+    shell_index = np.flatnonzero(cand)
     head = icv | (dist_out <= 20) | lower
-    nz = [np.flatnonzero(head.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    lo = np.array([nz[2][0], nz[1][0], nz[0][0]], float) + origin   # R, A, S
-    hi = np.array([nz[2][-1], nz[1][-1], nz[0][-1]], float) + origin
+    occupied = [np.flatnonzero(head.any(axis=tuple(other for other in range(3) if other != axis)))
+                for axis in range(3)]
+    head_low = np.array([occupied[2][0], occupied[1][0], occupied[0][0]], float) + origin  # RAS
+    head_high = np.array([occupied[2][-1], occupied[1][-1], occupied[0][-1]], float) + origin
     return TissueModel(
-        shape=tuple(int(v) for v in shape), origin=origin.astype(float),
+        shape=tuple(int(size) for size in shape), origin=origin.astype(float),
         brain_index=idx, brain_frac=frac, brain_deep_gm=deep, brain_bright_wm=bright,
-        shell_index=sidx, shell_dist=dist_out.ravel()[sidx],
-        shell_depth=depth.ravel()[sidx], shell_extra=extra.ravel()[sidx],
-        centre=(lo + hi) / 2, extent=hi - lo + 1,
+        shell_index=shell_index, shell_dist=dist_out.ravel()[shell_index],
+        shell_depth=depth.ravel()[shell_index], shell_extra=extra.ravel()[shell_index],
+        centre=(head_low + head_high) / 2, extent=head_high - head_low + 1,
         brain_vent_dist=vent_dist, brain_csf_dist=csf_dist, brain_depth=depth_b,
     )
 
@@ -276,30 +279,32 @@ def _brain_distances(icv: np.ndarray, box: tuple[slice, ...], idx: np.ndarray,
     csf[idx[csf_frac > 0.5]] = True
     csf_b = csf.reshape(icv.shape)[box]
     depth = ndi.distance_transform_edt(icv_b).astype(np.float32)
-    lab, n = ndi.label(csf_b & (depth > 12))
-    sizes = ndi.sum(np.ones_like(lab), lab, np.arange(1, n + 1)) if n else np.zeros(0)
+    regions, n_regions = ndi.label(csf_b & (depth > 12))
+    sizes = (ndi.sum(np.ones_like(regions), regions, np.arange(1, n_regions + 1)) if n_regions
+             else np.zeros(0))
     keep = np.flatnonzero(sizes > 5000) + 1   # the two lateral ventricles, not sulcal CSF
-    vent = np.isin(lab, keep)
-    vd = np.minimum(ndi.distance_transform_edt(~vent), _DIST_MAX).astype(np.float32)
-    cd = np.minimum(ndi.distance_transform_edt(~csf_b), _DIST_MAX).astype(np.float32)
+    vent = np.isin(regions, keep)
+    vent_mm = np.minimum(ndi.distance_transform_edt(~vent), _DIST_MAX).astype(np.float32)
+    csf_mm = np.minimum(ndi.distance_transform_edt(~csf_b), _DIST_MAX).astype(np.float32)
     # Flat model index -> position inside the box.
     k, j, i = np.unravel_index(idx, icv.shape)
     loc = (k - box[0].start, j - box[1].start, i - box[2].start)
-    return vd[loc], cd[loc], depth[loc]
+    return vent_mm[loc], csf_mm[loc], depth[loc]
 
 
 # --------------------------------------------------------------------------- random draws
 def _euler(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     """Rotation from three independent angles in [-max_deg, max_deg]."""
-    r = np.eye(3)
+    rotation = np.eye(3)
     for axis in range(3):
-        a = math.radians(rng.uniform(-max_deg, max_deg))
-        c, s = math.cos(a), math.sin(a)
-        m = np.eye(3)
-        p, q = [x for x in range(3) if x != axis]
-        m[p, p], m[p, q], m[q, p], m[q, q] = c, -s, s, c
-        r = m @ r
-    return r
+        angle = math.radians(rng.uniform(-max_deg, max_deg))
+        cos_a, sin_a = math.cos(angle), math.sin(angle)
+        turn = np.eye(3)
+        first, second = [other for other in range(3) if other != axis]
+        turn[first, first], turn[first, second] = cos_a, -sin_a
+        turn[second, first], turn[second, second] = sin_a, cos_a
+        rotation = turn @ rotation
+    return rotation
 
 
 def _contrast(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -354,9 +359,9 @@ def _acquisition(rng: np.random.Generator, kind: str, model: TissueModel,
     if epi:
         mode = "2d"
     else:
-        p3d = 0.5 if kind in ("t1", "post") else 0.2
-        u = rng.random()
-        mode = "3d" if u < p3d else ("mild" if u < p3d + 0.1 else "2d")
+        p_3d = 0.5 if kind in ("t1", "post") else 0.2
+        draw = rng.random()
+        mode = "3d" if draw < p_3d else ("mild" if draw < p_3d + 0.1 else "2d")
     plane = str(rng.choice(("axial", "coronal", "sagittal"), p=(0.5, 0.25, 0.25)))
     normal = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
     inplane = {"axial": [0, 1], "coronal": [0, 2], "sagittal": [1, 2]}[plane]
@@ -367,40 +372,40 @@ def _acquisition(rng: np.random.Generator, kind: str, model: TissueModel,
     fovs = [fov, fov * (rng.uniform(0.75, 1.0) if rng.random() < 0.3 else 1.0)]
     if rng.random() < 0.5:
         fovs = fovs[::-1]
-    u_sp = rng.random()
+    draw_pixel = rng.random()
     if kind == "dwi":
-        sp_acq = 1.2 + 1.8 * u_sp
+        acquired_mm = 1.2 + 1.8 * draw_pixel
         thick = rng.uniform(2.0, 5.5)
     elif kind == "epi":
-        sp_acq = 1.8 + 1.4 * u_sp
+        acquired_mm = 1.8 + 1.4 * draw_pixel
         thick = rng.uniform(2.5, 4.5)
     elif mode == "3d":
-        sp_acq = 0.7 + 0.6 * u_sp
-        thick = sp_acq * rng.uniform(0.9, 1.1)
+        acquired_mm = 0.7 + 0.6 * draw_pixel
+        thick = acquired_mm * rng.uniform(0.9, 1.1)
     else:
         # Mostly clinical 0.4-1.5 mm (log-uniform), some fast low-resolution 1.5-3 mm scans.
-        sp_acq = (math.exp(math.log(0.4) + math.log(1.5 / 0.4) * u_sp) if rng.random() < 0.85
-                  else 1.5 + 1.5 * u_sp)
+        acquired_mm = (math.exp(math.log(0.4) + math.log(1.5 / 0.4) * draw_pixel)
+                       if rng.random() < 0.85 else 1.5 + 1.5 * draw_pixel)
         thick = rng.uniform(1.5, 3.0) if mode == "mild" else rng.uniform(3.0, 6.0)
     cap = _MAX_3D_MATRIX if mode == "3d" else MATRIX_RANGE[1]
     kspace = rng.random() < (0.8 if epi else 0.6)
-    zf = 1.0 if rng.random() < 0.5 else rng.uniform(1.0, 2.0)
+    zero_fill = 1.0 if rng.random() < 0.5 else rng.uniform(1.0, 2.0)
     phase_axis = int(rng.integers(0, 2))
-    pf = rng.uniform(0.6, 1.0) if rng.random() < 0.5 else 1.0
+    phase_fraction = rng.uniform(0.6, 1.0) if rng.random() < 0.5 else 1.0
     window = 0.0 if rng.random() < 0.4 else rng.uniform(0.05, 0.5)
-    opt = options or {}
-    sp_acq = float(opt.get("spacing", sp_acq))
-    kspace = opt.get("recon", "kspace" if kspace else "direct") == "kspace"
-    zf = float(opt.get("zero_fill", zf))
-    pf = float(opt.get("phase_fraction", pf))
-    window = float(opt.get("window", window))
+    forced = options or {}
+    acquired_mm = float(forced.get("spacing", acquired_mm))
+    kspace = forced.get("recon", "kspace" if kspace else "direct") == "kspace"
+    zero_fill = float(forced.get("zero_fill", zero_fill))
+    phase_fraction = float(forced.get("phase_fraction", phase_fraction))
+    window = float(forced.get("window", window))
     if not kspace:
-        zf, pf, window = 1.0, 1.0, 0.0
+        zero_fill, phase_fraction, window = 1.0, 1.0, 0.0
     # Readout side fixes the pixel; the other side gets the same (square) pixel.
-    n_acq0 = int(np.clip(round(fovs[0] / sp_acq), MATRIX_RANGE[0], cap))
-    n_out0 = int(np.clip(round(n_acq0 * zf), n_acq0, cap))
-    sp = fovs[0] / n_out0
-    n_out1 = int(np.clip(round(fovs[1] / sp), MATRIX_RANGE[0], cap))
+    n_acq0 = int(np.clip(round(fovs[0] / acquired_mm), MATRIX_RANGE[0], cap))
+    n_out0 = int(np.clip(round(n_acq0 * zero_fill), n_acq0, cap))
+    pixel_mm = fovs[0] / n_out0
+    n_out1 = int(np.clip(round(fovs[1] / pixel_mm), MATRIX_RANGE[0], cap))
     n_out = [n_out0, n_out1]
     ratio = n_out0 / n_acq0
     n_acq = [n_acq0, max(8, min(n_out1, int(round(n_out1 / ratio))))]
@@ -409,34 +414,38 @@ def _acquisition(rng: np.random.Generator, kind: str, model: TissueModel,
         # template has no finer detail), so that k-space holds more than the acquired
         # frequencies and truncation rings at the template's edges. Finer ones ring little
         # anyway: they are sampled at the acquired pixel (speed).
-        sp_a = sp * ratio
-        fine = max(0.6, sp_a / 2.0) if sp_a >= 1.2 else sp_a
-        n_sample = [int(min(cap, max(n_acq[a], round(n_out[a] * sp / fine)))) for a in (0, 1)]
+        acquired_pixel = pixel_mm * ratio
+        fine = max(0.6, acquired_pixel / 2.0) if acquired_pixel >= 1.2 else acquired_pixel
+        n_sample = [int(min(cap, max(n_acq[side], round(n_out[side] * pixel_mm / fine))))
+                    for side in (0, 1)]
     else:
         n_sample = list(n_out)
-    sp_sample = [n_out[a] * sp / n_sample[a] for a in (0, 1)]
+    sp_sample = [n_out[side] * pixel_mm / n_sample[side] for side in (0, 1)]
     gap = 1.0 if mode == "3d" else rng.uniform(1.0, 1.25)   # slice spacing / thickness
-    sk = thick * gap
+    slice_step = thick * gap
     head_n = float(model.extent[normal])
     cover = head_n * rng.uniform(0.55, 1.05)
-    nk = max(8, int(round(cover / sk)))
+    n_slices = max(8, int(round(cover / slice_step)))
     # Voxel axes: in-plane columns/rows along anatomical axes, random signs, slight obliquity.
-    d = np.zeros((3, 3))
-    for col, ax in enumerate(inplane + [normal]):
-        d[ax, col] = rng.choice((-1.0, 1.0))
+    axes = np.zeros((3, 3))
+    for col, anatomical in enumerate(inplane + [normal]):
+        axes[anatomical, col] = rng.choice((-1.0, 1.0))
     oblique = 0.0
     if rng.random() < 0.5:
         oblique = rng.uniform(0, 12)
-        d = _rotation_about(rng, oblique) @ d
+        axes = _rotation_about(rng, oblique) @ axes
     shift = np.zeros(3)
     shift[inplane] = rng.uniform(-30, 30, 2) if partial else rng.uniform(-15, 15, 2)
-    shift[normal] = rng.uniform(-1, 1) * max(0.0, (head_n - nk * sk) / 2) + rng.uniform(-10, 10)
+    shift[normal] = (rng.uniform(-1, 1) * max(0.0, (head_n - n_slices * slice_step) / 2)
+                     + rng.uniform(-10, 10))
     recon = {"method": "kspace" if kspace else "direct", "acquired": n_acq,
              "sample": n_sample, "sample_spacing": sp_sample, "phase_axis": phase_axis,
-             "phase_fraction": float(pf), "window": float(window), "zero_fill": float(ratio),
-             "acquired_spacing": float(sp * ratio)}
-    return {"mode": mode, "plane": plane, "spacing": (sp, sp, sk), "thickness": thick,
-            "size": (n_out[0], n_out[1], nk), "directions": d, "shift": shift,
+             "phase_fraction": float(phase_fraction), "window": float(window),
+             "zero_fill": float(ratio),
+             "acquired_spacing": float(pixel_mm * ratio)}
+    return {"mode": mode, "plane": plane, "spacing": (pixel_mm, pixel_mm, slice_step),
+            "thickness": thick,
+            "size": (n_out[0], n_out[1], n_slices), "directions": axes, "shift": shift,
             "oblique_deg": oblique, "partial_fov": bool(partial), "recon": recon}
 
 
@@ -444,30 +453,30 @@ def _rotation_about(rng: np.random.Generator, deg: float) -> np.ndarray:
     """Rotation by deg degrees about a uniformly random axis (Rodrigues' formula)."""
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
-    a = math.radians(deg)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * (k @ k)
+    angle = math.radians(deg)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * (cross @ cross)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], step: int) -> torch.Tensor:
     """Unit-variance-ish Gaussian noise correlated over ~step voxels, as (1, 1, *shape)."""
-    coarse = [max(2, -(-n // step) + 1) for n in shape]
-    x = torch.from_numpy(rng.standard_normal(coarse, dtype=np.float32))[None, None]
-    return F.interpolate(x, size=shape, mode="trilinear", align_corners=True)
+    coarse = [max(2, -(-size // step) + 1) for size in shape]
+    noise = torch.from_numpy(rng.standard_normal(coarse, dtype=np.float32))[None, None]
+    return F.interpolate(noise, size=shape, mode="trilinear", align_corners=True)
 
 
 def _draw_anatomy(rng: np.random.Generator, kind: str, options: dict) -> dict:
     """Which anatomical changes one subject gets (see P_* above); options override draws."""
-    u = rng.random(5)
-    vent, sulc = rng.uniform(1.0, 6.0), rng.uniform(0.0, 2.0)
-    n_les = int(rng.integers(1, 21))
+    draws = rng.random(5)
+    ventricle_mm, sulcal_mm = rng.uniform(1.0, 6.0), rng.uniform(0.0, 2.0)
+    n_lesions = int(rng.integers(1, 21))
     anat = {
-        "ventricle_mm": float(vent) if u[0] < P_ATROPHY else 0.0,
-        "sulcal_mm": float(sulc) if u[0] < P_ATROPHY else 0.0,
-        "lesions": n_les if u[1] < P_LESIONS else 0,
-        "mass": bool(u[2] < P_MASS),
-        "skull_stripped": bool(u[3] < P_SKULL_STRIPPED),
-        "vessels": bool(kind == "post" or u[4] < P_VESSELS),
+        "ventricle_mm": float(ventricle_mm) if draws[0] < P_ATROPHY else 0.0,
+        "sulcal_mm": float(sulcal_mm) if draws[0] < P_ATROPHY else 0.0,
+        "lesions": n_lesions if draws[1] < P_LESIONS else 0,
+        "mass": bool(draws[2] < P_MASS),
+        "skull_stripped": bool(draws[3] < P_SKULL_STRIPPED),
+        "vessels": bool(kind == "post" or draws[4] < P_VESSELS),
     }
     for key in anat:
         if key in options:
@@ -484,24 +493,25 @@ def _paint(img3: np.ndarray, icv3: np.ndarray, centre: np.ndarray, radii: np.nda
     inside it, with a ~1 mm soft edge and an irregular, smoothly varying boundary; texture
     1 + tex_std * fine (fine: the subject's flat texture noise).
     """
-    reach = float(radii.max() * max(r for r, _ in shells) * 1.2) + 2
-    lo = np.maximum(np.floor(centre - reach).astype(int), 0)
-    hi = np.minimum(np.ceil(centre + reach).astype(int) + 1, img3.shape)
-    if np.any(hi <= lo):
+    reach = float(radii.max() * max(shell_radius for shell_radius, _ in shells) * 1.2) + 2
+    box_low = np.maximum(np.floor(centre - reach).astype(int), 0)
+    box_high = np.minimum(np.ceil(centre + reach).astype(int) + 1, img3.shape)
+    if np.any(box_high <= box_low):
         return
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    z, y, x = np.meshgrid(*(np.arange(a, b) - c for a, b, c in zip(lo, hi, centre)),
+    box = tuple(slice(int(low), int(high)) for low, high in zip(box_low, box_high))
+    z, y, x = np.meshgrid(*(np.arange(low, high) - mid
+                            for low, high, mid in zip(box_low, box_high, centre)),
                           indexing="ij")
-    p = np.stack([z, y, x], -1) @ rot                     # into the ellipsoid's own axes
-    rr = np.sqrt(((p / radii) ** 2).sum(-1))              # 1 on the ellipsoid surface
-    bumps = ndi.zoom(rng.standard_normal((4, 4, 4)), np.array(rr.shape) / 4.0, order=1,
-                     mode="nearest", grid_mode=True)[: rr.shape[0], : rr.shape[1], : rr.shape[2]]
-    rr = rr * (1.0 + 0.08 * bumps)
+    local = np.stack([z, y, x], -1) @ rot                     # into the ellipsoid's own axes
+    radius_map = np.sqrt(((local / radii) ** 2).sum(-1))              # 1 on the ellipsoid surface
+    bumps = ndi.zoom(rng.standard_normal((4, 4, 4)), np.array(radius_map.shape) / 4.0, order=1,
+                     mode="nearest", grid_mode=True)[tuple(slice(n) for n in radius_map.shape)]
+    radius_map = radius_map * (1.0 + 0.08 * bumps)
     mm_per_unit = float(radii.mean())
     inside = icv3[box]
     tex = 1.0 + tex_std * fine.reshape(img3.shape)[box]
     for radius, intensity in shells:
-        alpha = np.clip((radius - rr) * mm_per_unit + 0.5, 0.0, 1.0) * inside
+        alpha = np.clip((radius - radius_map) * mm_per_unit + 0.5, 0.0, 1.0) * inside
         img3[box] = img3[box] * (1 - alpha) + intensity * tex * alpha
 
 
@@ -517,29 +527,29 @@ def _tissue_image(rng: np.random.Generator, model: TissueModel, means: np.ndarra
     img = np.zeros(model.n_voxels, np.float32)
 
     # Brain: soft mixture of CSF / GM / WM, each with its own texture amplitude.
-    bi = model.brain_index
-    n = fine[bi]
-    gm_c = np.where(model.brain_deep_gm, C["gm_deep"], C["gm"])
-    wm_c = np.where(model.brain_bright_wm, C["wm_bright"], C["wm"])
-    f = model.brain_frac
+    brain_index = model.brain_index
+    brain_texture = fine[brain_index]
+    gm_class = np.where(model.brain_deep_gm, C["gm_deep"], C["gm"])
+    wm_class = np.where(model.brain_bright_wm, C["wm_bright"], C["wm"])
+    fractions = model.brain_frac
     if anat["ventricle_mm"] > 0 or anat["sulcal_mm"] > 0:
         # Atrophy: CSF spaces grow by a distance (ventricles more than sulci), soft 1 mm edge.
-        w = np.maximum(np.clip(anat["ventricle_mm"] - model.brain_vent_dist + 0.5, 0, 1),
+        grown_csf = np.maximum(np.clip(anat["ventricle_mm"] - model.brain_vent_dist + 0.5, 0, 1),
                        np.clip(anat["sulcal_mm"] - model.brain_csf_dist + 0.5, 0, 1)
                        * (anat["sulcal_mm"] > 0))
-        f = f * (1 - w)
-        f[0] += w
-    img[bi] = (f[0] * means[C["csf"]] * (1 + std[C["csf"]] * n)
-               + f[1] * means[gm_c] * (1 + std[gm_c] * n)
-               + f[2] * means[wm_c] * (1 + std[wm_c] * n))
+        fractions = fractions * (1 - grown_csf)
+        fractions[0] += grown_csf
+    img[brain_index] = (fractions[0] * means[C["csf"]] * (1 + std[C["csf"]] * brain_texture)
+                        + fractions[1] * means[gm_class] * (1 + std[gm_class] * brain_texture)
+                        + fractions[2] * means[wm_class] * (1 + std[wm_class] * brain_texture))
     if anat["vessels"]:
         # Curvilinear vessels: where two independent smooth fields are both near zero.
-        v1 = _smooth_noise(rng, model.shape, 10).view(-1).numpy()[bi]
-        v2 = _smooth_noise(rng, model.shape, 10).view(-1).numpy()[bi]
+        vessel_a = _smooth_noise(rng, model.shape, 10).view(-1).numpy()[brain_index]
+        vessel_b = _smooth_noise(rng, model.shape, 10).view(-1).numpy()[brain_index]
         width = rng.uniform(0.08, 0.16)
-        tube = np.clip(1.5 - np.maximum(np.abs(v1), np.abs(v2)) / width, 0, 1)
-        tube *= np.where(f[0] > 0.3, 1.0, 0.5)   # mostly in the sulci, some deep
-        img[bi] = img[bi] * (1 - tube) + means[C["vessel"]] * tube
+        tube = np.clip(1.5 - np.maximum(np.abs(vessel_a), np.abs(vessel_b)) / width, 0, 1)
+        tube *= np.where(fractions[0] > 0.3, 1.0, 0.5)   # mostly in the sulci, some deep
+        img[brain_index] = img[brain_index] * (1 - tube) + means[C["vessel"]] * tube
         drawn["vessel_width"] = round(float(width), 3)
 
     # Head: layers by distance from the intracranial volume, thickness varying smoothly.
@@ -550,47 +560,48 @@ def _tissue_image(rng: np.random.Generator, model: TissueModel, means: np.ndarra
     edges = np.cumsum(list(thick.values()))
     layers = np.array([C["csf"], C["dura"], C["skull"], C["marrow"], C["skull"], C["fat"],
                        C["skin"], C["background"]], np.int64)
-    si = model.shell_index
-    d = model.shell_dist + coarse[si] * rng.uniform(0.5, 3.0)
-    lab = layers[np.searchsorted(edges, d, side="right")]
+    shell_index = model.shell_index
+    shell_dist = model.shell_dist + coarse[shell_index] * rng.uniform(0.5, 3.0)
+    labels = layers[np.searchsorted(edges, shell_dist, side="right")]
     depth = model.shell_depth
     skin_t, fat_t = rng.uniform(1.5, 3.5), rng.uniform(2.0, 8.0)
     # In the neck and face, soft tissue replaces scalp layers (not the bone round the cord).
-    low = np.isin(lab, (C["background"], C["fat"], C["skin"])) & (depth > 0)
-    lab[low] = np.where(depth[low] <= skin_t, C["skin"],
+    low = np.isin(labels, (C["background"], C["fat"], C["skin"])) & (depth > 0)
+    labels[low] = np.where(depth[low] <= skin_t, C["skin"],
                         np.where(depth[low] <= skin_t + fat_t, C["fat"], C["muscle"]))
-    ex = model.shell_extra
-    lab[ex == _EXTRA_ORBIT_FAT] = C["fat"]
-    lab[ex == _EXTRA_EYE] = C["eye"]
-    lab[ex == _EXTRA_AIR] = C["background"]
-    img[si] = means[lab] * (1 + std[lab] * fine[si])
+    extra = model.shell_extra
+    labels[extra == _EXTRA_ORBIT_FAT] = C["fat"]
+    labels[extra == _EXTRA_EYE] = C["eye"]
+    labels[extra == _EXTRA_AIR] = C["background"]
+    img[shell_index] = means[labels] * (1 + std[labels] * fine[shell_index])
 
     if anat["lesions"] or anat["mass"]:
         img3 = img.reshape(model.shape)
         icv3 = np.zeros(model.n_voxels, np.float32)
-        icv3[bi] = 1.0
+        icv3[brain_index] = 1.0
         icv3 = icv3.reshape(model.shape)
-        zyx = np.stack(np.unravel_index(bi, model.shape), -1)
+        brain_zyx = np.stack(np.unravel_index(brain_index, model.shape), -1)
         lesions = []
         if anat["lesions"]:
             # White-matter lesions, 60 % of them next to the ventricles (MS-like).
-            wm = np.flatnonzero(f[2] > 0.6)
-            peri = wm[model.brain_vent_dist[wm] < 12]
+            wm_index = np.flatnonzero(fractions[2] > 0.6)
+            peri = wm_index[model.brain_vent_dist[wm_index] < 12]
             for _ in range(int(anat["lesions"])):
-                pool = peri if (rng.random() < 0.6 and peri.size) else wm
-                c = zyx[pool[rng.integers(0, pool.size)]].astype(float)
-                r = rng.uniform(1.5, 6.0) * rng.uniform(0.6, 1.0, 3)
-                lev = means[C["lesion"]] * rng.uniform(0.85, 1.15)
-                _paint(img3, icv3, c, r, _euler(rng, 90.0), [(1.0, lev)], float(std[C["lesion"]]),
+                pool = peri if (rng.random() < 0.6 and peri.size) else wm_index
+                centre = brain_zyx[pool[rng.integers(0, pool.size)]].astype(float)
+                radii = rng.uniform(1.5, 6.0) * rng.uniform(0.6, 1.0, 3)
+                level = means[C["lesion"]] * rng.uniform(0.85, 1.15)
+                _paint(img3, icv3, centre, radii, _euler(rng, 90.0), [(1.0, level)],
+                       float(std[C["lesion"]]),
                        fine, rng)
-                lesions.append(round(float(r.max()), 1))
+                lesions.append(round(float(radii.max()), 1))
             drawn["lesion_radii_mm"] = lesions
         if anat["mass"]:
             # Tumour-like mass: oedema halo, enhancing rim, necrotic or solid core.
             cand = np.flatnonzero((model.brain_depth > 15) & (model.brain_vent_dist > 3))
-            c = zyx[cand[rng.integers(0, cand.size)]].astype(float)
+            centre = brain_zyx[cand[rng.integers(0, cand.size)]].astype(float)
             radius = rng.uniform(8.0, 30.0)
-            r = radius * rng.uniform(0.7, 1.0, 3)
+            radii = radius * rng.uniform(0.7, 1.0, 3)
             rim_mm = rng.uniform(1.5, 4.0)
             halo = rng.uniform(1.2, 2.0) if rng.random() < 0.6 else 0.0
             necrotic = rng.random() < 0.6
@@ -601,18 +612,20 @@ def _tissue_image(rng: np.random.Generator, model: TissueModel, means: np.ndarra
             shells.append((1.0, solid))
             if necrotic:
                 shells.append((max(0.2, 1.0 - rim_mm / radius), means[C["necrosis"]]))
-            _paint(img3, icv3, c, r, _euler(rng, 90.0), shells, float(std[C["rim"]]), fine, rng)
+            _paint(img3, icv3, centre, radii, _euler(rng, 90.0), shells, float(std[C["rim"]]),
+                   fine, rng)
             drawn["mass"] = {"radius_mm": round(float(radius), 1),
-                             "centre_vox": [int(v) for v in c], "oedema": round(halo, 2),
+                             "centre_vox": [int(value) for value in centre],
+                             "oedema": round(halo, 2),
                              "necrotic": bool(necrotic), "rim_mm": round(float(rim_mm), 1)}
     np.maximum(img, 0, out=img)
     out = torch.from_numpy(img).view(1, 1, *model.shape)
     if anat["skull_stripped"]:
         mask = np.zeros(model.n_voxels, np.float32)
-        mask[bi] = 1.0
-        img[si] = 0.0
+        mask[brain_index] = 1.0
+        img[shell_index] = 0.0
         out = torch.cat([out, torch.from_numpy(mask).view(1, 1, *model.shape)], dim=1)
-    drawn["layers_mm"] = {k: round(float(v), 2) for k, v in thick.items()}
+    drawn["layers_mm"] = {key: round(float(value), 2) for key, value in thick.items()}
     return out, drawn
 
 
@@ -629,21 +642,23 @@ def _sample(model: TissueModel, img: torch.Tensor, origin: np.ndarray, axes: np.
     size). The map from output points to source voxels is affine plus a smooth warp, so it is
     computed exactly on every 4th point in-plane and interpolated trilinearly in between.
     """
-    mi, mj = min(ni, (ni - 1) // 4 + 2), min(nj, (nj - 1) // 4 + 2)
-    ci, cj = np.linspace(0, ni - 1, mi), np.linspace(0, nj - 1, mj)
-    world = (origin + ci[None, None, :, None] * axes[:, 0] + cj[None, :, None, None] * axes[:, 1]
+    coarse_ni, coarse_nj = min(ni, (ni - 1) // 4 + 2), min(nj, (nj - 1) // 4 + 2)
+    coarse_i, coarse_j = np.linspace(0, ni - 1, coarse_ni), np.linspace(0, nj - 1, coarse_nj)
+    world = (origin + coarse_i[None, None, :, None] * axes[:, 0]
+             + coarse_j[None, :, None, None] * axes[:, 1]
              + kpos[:, None, None, None] * axes[:, 2])               # (K, mj, mi, 3)
-    p = (world - head_centre) @ lin.T + head_centre
+    source_mm = (world - head_centre) @ lin.T + head_centre
     if disp is not None:
-        lo, size = disp_box
-        dgrid = torch.from_numpy(((world - lo) * (2.0 / size) - 1.0).astype(np.float32))
-        d = F.grid_sample(disp, dgrid[None], mode="bilinear", padding_mode="border",
+        box_low, box_size = disp_box
+        warp_unit = ((world - box_low) * (2.0 / box_size) - 1.0).astype(np.float32)
+        warp_grid = torch.from_numpy(warp_unit)
+        warp_mm = F.grid_sample(disp, warp_grid[None], mode="bilinear", padding_mode="border",
                           align_corners=True)[0]                     # (3, K, mj, mi) mm
-        p = p + d.permute(1, 2, 3, 0).double().numpy()
+        source_mm = source_mm + warp_mm.permute(1, 2, 3, 0).double().numpy()
     src_origin = model.origin + (src_step - 1) / 2.0   # pooled grid: centre of the 1st block
-    n_src = np.array([n // src_step for n in model.shape[::-1]], float)   # x, y, z
-    norm = ((p - src_origin) / src_step) * (2.0 / (n_src - 1)) - 1.0
-    coarse = torch.from_numpy(norm.astype(np.float32)).permute(3, 0, 1, 2)[None]
+    n_src = np.array([voxels // src_step for voxels in model.shape[::-1]], float)   # x, y, z
+    source_unit = ((source_mm - src_origin) / src_step) * (2.0 / (n_src - 1)) - 1.0
+    coarse = torch.from_numpy(source_unit.astype(np.float32)).permute(3, 0, 1, 2)[None]
     grid = F.interpolate(coarse, size=(len(kpos), nj, ni), mode="trilinear",
                          align_corners=True)
     grid = grid.permute(0, 2, 3, 4, 1)
@@ -658,12 +673,12 @@ OPTION_KEYS = ("ventricle_mm", "sulcal_mm", "lesions", "mass", "skull_stripped",
 def _tukey(n: int, alpha: float) -> torch.Tensor:
     """Weights of n centred k-space lines (DC at n // 2): 1, cosine roll-off over the outer
     share alpha."""
-    r = (torch.arange(n, dtype=torch.float64) - n // 2).abs() / (n / 2.0)
+    distance = (torch.arange(n, dtype=torch.float64) - n // 2).abs() / (n / 2.0)
     if alpha <= 0:
         return torch.ones(n, dtype=torch.float64)
     start = 1.0 - alpha
-    taper = 0.5 * (1.0 + torch.cos(math.pi * (r - start) / alpha))
-    return torch.where(r <= start, torch.ones_like(r), taper.clamp(min=0.0))
+    taper = 0.5 * (1.0 + torch.cos(math.pi * (distance - start) / alpha))
+    return torch.where(distance <= start, torch.ones_like(distance), taper.clamp(min=0.0))
 
 
 def _kspace_recon(img: torch.Tensor, rec: dict, n_out: tuple[int, int], sigma: float,
@@ -678,30 +693,33 @@ def _kspace_recon(img: torch.Tensor, rec: dict, n_out: tuple[int, int], sigma: f
     complex as on a scanner. DC sits at index M // 2 (fftshift), so pixel M // 2 of the
     sampling grid and pixel N // 2 of the output are the same point.
     """
-    k, mj, mi = img.shape
+    n_slices, mj, mi = img.shape
     keep = [int(rec["acquired"][0]), int(rec["acquired"][1])]        # i, j
-    ax = int(rec["phase_axis"])
-    keep[ax] = max(8, int(round(keep[ax] * rec["phase_fraction"])))
-    ki, kj = keep
+    phase_axis = int(rec["phase_axis"])
+    keep[phase_axis] = max(8, int(round(keep[phase_axis] * rec["phase_fraction"])))
+    lines_i, lines_j = keep
     ni, nj = n_out[1], n_out[0]
-    yy = torch.linspace(-1, 1, mj)[:, None]
-    xx = torch.linspace(-1, 1, mi)[None]
-    c = rng.uniform(-1, 1, 5) * rng.uniform(0, math.pi)
-    phi = c[0] * xx + c[1] * yy + c[2] * xx * xx + c[3] * yy * yy + c[4] * xx * yy
-    x = img.to(torch.complex64) * torch.polar(torch.ones_like(phi), phi)
-    spec = torch.fft.fftshift(torch.fft.fft2(x, norm="forward"), dim=(-2, -1))
-    j0, i0 = mj // 2 - kj // 2, mi // 2 - ki // 2
-    data = spec[:, j0: j0 + kj, i0: i0 + ki]
-    wj, wi = _tukey(kj, rec["window"]), _tukey(ki, rec["window"])
+    y_unit = torch.linspace(-1, 1, mj)[:, None]
+    x_unit = torch.linspace(-1, 1, mi)[None]
+    coefficients = rng.uniform(-1, 1, 5) * rng.uniform(0, math.pi)
+    phase = (coefficients[0] * x_unit + coefficients[1] * y_unit
+             + coefficients[2] * x_unit * x_unit + coefficients[3] * y_unit * y_unit
+             + coefficients[4] * x_unit * y_unit)
+    complex_image = img.to(torch.complex64) * torch.polar(torch.ones_like(phase), phase)
+    spec = torch.fft.fftshift(torch.fft.fft2(complex_image, norm="forward"), dim=(-2, -1))
+    keep_top, keep_left = mj // 2 - lines_j // 2, mi // 2 - lines_i // 2
+    data = spec[:, keep_top: keep_top + lines_j, keep_left: keep_left + lines_i]
+    window_j, window_i = _tukey(lines_j, rec["window"]), _tukey(lines_i, rec["window"])
     if sigma > 0:
         # Noise sd per kept sample such that the image noise is sigma (per channel).
-        s = sigma / math.sqrt(float((wj ** 2).sum() * (wi ** 2).sum()))
-        noise = torch.from_numpy(rng.standard_normal((2, k, kj, ki), dtype=np.float32))
-        data = data + s * torch.complex(noise[0], noise[1])
-    data = data * (wj[:, None] * wi[None]).to(torch.float32)
-    full = torch.zeros((k, nj, ni), dtype=torch.complex64)
-    a0, b0 = nj // 2 - kj // 2, ni // 2 - ki // 2
-    full[:, a0: a0 + kj, b0: b0 + ki] = data
+        sample_sd = sigma / math.sqrt(float((window_j ** 2).sum() * (window_i ** 2).sum()))
+        noise = torch.from_numpy(rng.standard_normal((2, n_slices, lines_j, lines_i),
+                                                     dtype=np.float32))
+        data = data + sample_sd * torch.complex(noise[0], noise[1])
+    data = data * (window_j[:, None] * window_i[None]).to(torch.float32)
+    full = torch.zeros((n_slices, nj, ni), dtype=torch.complex64)
+    out_top, out_left = nj // 2 - lines_j // 2, ni // 2 - lines_i // 2
+    full[:, out_top: out_top + lines_j, out_left: out_left + lines_i] = data
     return torch.fft.ifft2(torch.fft.ifftshift(full, dim=(-2, -1)), norm="forward").abs()
 
 
@@ -710,9 +728,9 @@ def _to_output_grid(mask: np.ndarray, m: tuple[int, int], n: tuple[int, int],
     """Nearest sample of a (K, Mj, Mi) sampling-grid array on the (K, Nj, Ni) output grid
     (both centred on pixel // 2; ratio = output pixel / sampling pixel, per axis j, i)."""
     idx = []
-    for a in (0, 1):
-        pos = m[a] // 2 + (np.arange(n[a]) - n[a] // 2) * ratio[a]
-        idx.append(np.clip(np.rint(pos).astype(int), 0, m[a] - 1))
+    for axis in (0, 1):
+        pos = m[axis] // 2 + (np.arange(n[axis]) - n[axis] // 2) * ratio[axis]
+        idx.append(np.clip(np.rint(pos).astype(int), 0, m[axis] - 1))
     return mask[:, idx[0][:, None], idx[1][None, :]]
 
 
@@ -833,7 +851,7 @@ def _rounded(value: object) -> object:
     if isinstance(value, float):
         return round(value, 3)
     if isinstance(value, list):
-        return [round(x, 3) if isinstance(x, float) else x for x in value]
+        return [round(item, 3) if isinstance(item, float) else item for item in value]
     return value
 
 
@@ -893,11 +911,11 @@ def synth_subject_info(rng: np.random.Generator, kind: str = "random", isotropic
     src_step = 2 if min(sample_spacing[0], sample_spacing[1]) >= 1.5 else 1
     src = F.avg_pool3d(img, 2) if src_step == 2 else img
     # Slices in chunks of ~6 M sample points: bounded memory for 512 x 512 matrices.
-    per = max(1, int(6e6 // (nsub * mi * mj)))
+    per_chunk = max(1, int(6e6 // (nsub * mi * mj)))
     chunks = []
-    for k0 in range(0, nk, per):
+    for first in range(0, nk, per_chunk):
         part = _sample(model, src, sample_origin, directions * sample_spacing[None, :],
-                       kpos[k0: k0 + per].ravel(), mi, mj, inverse_linear, centre,
+                       kpos[first: first + per_chunk].ravel(), mi, mj, inverse_linear, centre,
                        displacement, displacement_box, src_step)
         chunks.append(part.view(part.shape[0], -1, nsub, mj, mi).mean(2))
     del img, src
@@ -928,14 +946,14 @@ def synth_subject_info(rng: np.random.Generator, kind: str = "random", isotropic
         image = np.array(image, np.float32)  # a writable copy for the in-place edits
         extras += _background_edits(image, head, rng)
     image = (np.asarray(image, np.float32) * rng.uniform(1000, 4000)).astype(np.float32)
-    vol = volume(image, spacing=tuple(float(v) for v in spacing), directions=directions,
-                 origin=tuple(float(v) for v in origin))
+    vol = volume(image, spacing=tuple(float(value) for value in spacing), directions=directions,
+                 origin=tuple(float(value) for value in origin))
     info.update(
-        mode=acq["mode"], plane=acq["plane"], spacing=[round(float(v), 3) for v in spacing],
+        mode=acq["mode"], plane=acq["plane"], spacing=[round(float(value), 3) for value in spacing],
         slice_thickness=round(float(acq["thickness"]), 3), shape_kji=list(image.shape),
         oblique_deg=round(float(acq["oblique_deg"]), 2), pv_blur=round(blur, 3),
         bias_sd=round(float(bias_sd), 3), snr=round(snr, 2) if math.isfinite(snr) else None,
-        extras=extras, recon={k: _rounded(v) for k, v in rec.items()},
+        extras=extras, recon={key: _rounded(value) for key, value in rec.items()},
         partial_fov=bool(acq["partial_fov"]),
     )
     return vol, info
@@ -980,15 +998,16 @@ def resample(vol: Volume, spacing: tuple[float, float, float],
     shape_ijk = np.array(arr.shape[::-1])
     n_new = np.maximum(1, np.floor(shape_ijk * old / new + 1e-6).astype(int))
     coords = []
-    for ax in range(3):   # i, j, k; array axis = 2 - ax
-        f = new[ax] / old[ax]
-        if f > 1.0:
-            arr = ndi.uniform_filter1d(arr, size=max(1, int(round(f))), axis=2 - ax,
+    for axis in range(3):   # i, j, k; array axis = 2 - ax
+        factor = new[axis] / old[axis]
+        if factor > 1.0:
+            arr = ndi.uniform_filter1d(arr, size=max(1, int(round(factor))), axis=2 - axis,
                                        mode="nearest")
         # Edge-aligned: the new grid covers the same physical extent as the old one.
-        coords.append((np.arange(n_new[ax]) + 0.5) * f - 0.5)
-    ck, cj, ci = np.meshgrid(coords[2], coords[1], coords[0], indexing="ij")
-    out = ndi.map_coordinates(arr, [ck, cj, ci], order=1, mode="nearest").astype(np.float32)
+        coords.append((np.arange(n_new[axis]) + 0.5) * factor - 0.5)
+    grid_k, grid_j, grid_i = np.meshgrid(coords[2], coords[1], coords[0], indexing="ij")
+    out = ndi.map_coordinates(arr, [grid_k, grid_j, grid_i], order=1,
+                              mode="nearest").astype(np.float32)
     shift = (new - old) / 2.0
     origin = np.asarray(vol.origin, float) + np.asarray(vol.directions, float) @ shift
     if rng is not None:
@@ -996,15 +1015,15 @@ def resample(vol: Volume, spacing: tuple[float, float, float],
         ref = float(out[head].mean()) if head.any() else 1.0
         sigma = ref / float(np.exp(rng.uniform(math.log(8), math.log(60))))
         out = _rician(out, sigma, rng)
-    return volume(out, spacing=tuple(float(v) for v in new), directions=vol.directions,
-                  origin=tuple(float(v) for v in origin))
+    return volume(out, spacing=tuple(float(value) for value in new), directions=vol.directions,
+                  origin=tuple(float(value) for value in origin))
 
 
 # --------------------------------------------------------------------------- data sets
 def subject_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator of subject `index` of `split` ("train", "validation", "test")."""
-    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(SPLIT_IDS[split], int(index)))
-    return np.random.default_rng(ss)
+    sequence = np.random.SeedSequence(entropy=int(seed), spawn_key=(SPLIT_IDS[split], int(index)))
+    return np.random.default_rng(sequence)
 
 
 def _worker_init() -> None:
@@ -1048,9 +1067,9 @@ def write_dataset(out_dir: str | Path, n_train: int, n_val: int, n_test: int, se
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     load_tissue_model()   # build once here, so forked workers inherit it
-    jobs = [(str(out), split, i, int(seed), kind, isotropic)
-            for split, n in (("train", n_train), ("validation", n_val), ("test", n_test))
-            for i in range(int(n))]
+    jobs = [(str(out), split, index, int(seed), kind, isotropic)
+            for split, count in (("train", n_train), ("validation", n_val), ("test", n_test))
+            for index in range(int(count))]
     results: list[dict] = []
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
@@ -1059,8 +1078,8 @@ def write_dataset(out_dir: str | Path, n_train: int, n_val: int, n_test: int, se
         # fork shares the tissue model built above; spawn (Windows) rebuilds it per worker.
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
-                                 initializer=_worker_init) as ex:
-            for info in ex.map(_write_one, jobs):
+                                 initializer=_worker_init) as pool:
+            for info in pool.map(_write_one, jobs):
                 results.append(info)
                 if progress:
                     progress(len(results), len(jobs))
@@ -1069,11 +1088,12 @@ def write_dataset(out_dir: str | Path, n_train: int, n_val: int, n_test: int, se
             results.append(_write_one(job))
             if progress:
                 progress(len(results), len(jobs))
-    split = {s: [r["path"] for r in results if r["split"] == s] for s in SPLIT_IDS}
+    split = {name: [record["path"] for record in results if record["split"] == name]
+             for name in SPLIT_IDS}
     (out / "split.json").write_text(json.dumps(split, indent=1), encoding="utf-8")
     meta = {
         "generator": "MotionSSIMLib.synth",
-        "template": {k: f"nilearn/datasets/data/{v}" for k, v in TEMPLATE_FILES.items()},
+        "template": {key: f"nilearn/datasets/data/{file}" for key, file in TEMPLATE_FILES.items()},
         "seed": int(seed),
         "seed_streams": "numpy.random.default_rng(numpy.random.SeedSequence(entropy=seed, "
                         "spawn_key=(split_id, index))), split_id: train=0, validation=1, test=2",
