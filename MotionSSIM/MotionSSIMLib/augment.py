@@ -34,7 +34,7 @@ import torch.nn.functional as F
 __all__ = [
     "NOISE_P_NONE", "NOISE_SNR_RANGE", "RES_P_APPLY", "RES_MIN_MATRIX",
     "NoiseParams", "ResolutionParams",
-    "draw_noise_params", "apply_noise", "noise_pair", "tissue_level",
+    "draw_noise_params", "apply_noise", "noise_field", "noise_pair", "tissue_level",
     "draw_resolution_params", "apply_resolution", "random_resolution",
 ]
 
@@ -134,14 +134,36 @@ def tissue_level(x: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, level, torch.ones_like(level)).cpu()
 
 
-def apply_noise(x: torch.Tensor, params: NoiseParams, normalise: bool = True) -> torch.Tensor:
+def noise_field(params: NoiseParams, shape: tuple[int, int],
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """The standard-normal noise field of a batch, (B, 2, H, W) float32 on `device`: a function
+    of (params.seed, shape, device) only. With per-sample seeds, samples without noise
+    (snr = inf) get zeros and cost nothing. Draw it once and pass it to `apply_noise` for both
+    images of a pair (half the cost of drawing it twice)."""
+    b = len(params)
+    g = torch.Generator(device=device)
+    if not isinstance(params.seed, torch.Tensor):
+        g.manual_seed(int(params.seed))
+        return torch.randn((b, 2, *shape), generator=g, device=device)
+    field = torch.zeros((b, 2, *shape), device=device)
+    noisy = torch.isfinite(params.snr).tolist()
+    for i, seed in enumerate(params.seed.tolist()):
+        if noisy[i]:
+            g.manual_seed(int(seed))
+            field[i] = torch.randn((2, *shape), generator=g, device=device)
+    return field
+
+
+def apply_noise(x: torch.Tensor, params: NoiseParams, normalise: bool = True,
+                field: torch.Tensor | None = None) -> torch.Tensor:
     """Magnitude of x plus complex Gaussian noise: ``|x + sigma n1 + i sigma n2|``.
 
     x: (B, 1, H, W) float, non-negative. sigma = params.sigma, or tissue_level(x) / snr.
     The noise field is a function of (params.seed, B, H, W, device) only, so two images of one
     batch get the same realisation. Samples with snr = inf (sigma 0) come back as |x|.
     normalise: min-max each output slice to [0, 1] (the model-input range; the SSIM label
-    normalises anyway). Returns (B, 1, H, W) float32 on x's device.
+    normalises anyway). field: `noise_field(params, (H, W), x.device)` if already drawn.
+    Returns (B, 1, H, W) float32 on x's device.
     """
     _check_images(x, "apply_noise")
     b = x.shape[0]
@@ -151,15 +173,7 @@ def apply_noise(x: torch.Tensor, params: NoiseParams, normalise: bool = True) ->
     sigma = torch.where(torch.isfinite(params.snr), sigma, torch.zeros_like(sigma))
     xf = x.float()
     if bool((sigma > 0).any()):
-        g = torch.Generator(device=x.device)
-        if isinstance(params.seed, torch.Tensor):  # one field per sample
-            n = torch.empty((b, 2, *x.shape[-2:]), device=x.device)
-            for i, seed in enumerate(params.seed.tolist()):
-                g.manual_seed(int(seed))
-                n[i] = torch.randn((2, *x.shape[-2:]), generator=g, device=x.device)
-        else:
-            g.manual_seed(int(params.seed))
-            n = torch.randn((b, 2, *x.shape[-2:]), generator=g, device=x.device)
+        n = field if field is not None else noise_field(params, tuple(x.shape[-2:]), x.device)
         s = sigma.to(device=x.device, dtype=torch.float32).view(b, 1, 1, 1)
         real = xf + s * n[:, :1]
         imag = s * n[:, 1:]
@@ -189,8 +203,9 @@ def noise_pair(clean: torch.Tensor, corrupted: torch.Tensor,
                          f"{tuple(corrupted.shape)}")
     params = draw_noise_params(clean.shape[0], generator, p_none, snr_range)
     params = replace(params, sigma=tissue_level(clean) / params.snr)
-    return (apply_noise(clean, params, normalise), apply_noise(corrupted, params, normalise),
-            params)
+    field = noise_field(params, tuple(clean.shape[-2:]), clean.device)
+    return (apply_noise(clean, params, normalise, field),
+            apply_noise(corrupted, params, normalise, field), params)
 
 
 # ----------------------------------------------------------------------------- resolution

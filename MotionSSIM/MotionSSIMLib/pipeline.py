@@ -150,8 +150,9 @@ def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
         # sigma from the clean slice, so that both images get the same sigma and field
         noise = dataclasses.replace(params.noise,
                                     sigma=augment.tissue_level(x) / params.noise.snr)
-        x = augment.apply_noise(x, noise)
-        corrupted = augment.apply_noise(corrupted, noise)
+        field = augment.noise_field(noise, tuple(x.shape[-2:]), x.device)
+        x = augment.apply_noise(x, noise, field=field)
+        corrupted = augment.apply_noise(corrupted, noise, field=field)
     labels = ssim.ssim_label(x, corrupted)
     return corrupted.float(), labels.float()
 
