@@ -257,7 +257,8 @@ def predict_views(images, model: ModelLike = None, device: str | torch.device = 
     done = 0
     try:
         with torch.inference_mode():
-            for idx, chunk in _chunks(slices, batch_size):
+            # batch_size bounds the forward pass (memory): views of one slice share it
+            for idx, chunk in _chunks(slices, max(1, batch_size // tta)):
                 if (not np.issubdtype(chunk.dtype, np.number) and chunk.dtype != bool) or \
                         np.iscomplexobj(chunk):
                     raise InputError(f"predict_slices: non-numeric slices ({chunk.dtype})")
