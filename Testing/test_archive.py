@@ -226,8 +226,10 @@ def test_resume_skips_finished_scans(sharded, bids, capsys):
 
 def test_finished_needs_same_model_and_options(sharded, bids):
     scan = next(s for s in discover([bids]) if s.key == "sub-01/anat/sub-01_T1w")
+    from MotionSSIMLib.inference import DEFAULT_TTA
+
     opts = SimpleNamespace(orientation="auto", good=0.85, sufficient=0.60,
-                           min_foreground=0.05, series=None, frames=None)
+                           min_foreground=0.05, series=None, frames=None, tta=DEFAULT_TTA)
     sha = archive.file_sha256(sharded.common[1])
     assert finished(sharded.out, scan, fingerprint(sha, opts)) is not None
     assert finished(sharded.out, scan, fingerprint("0" * 64, opts)) is None  # another model
