@@ -479,6 +479,8 @@ class AssessmentJob:
     into the scene, unless the volume left the scene (node deleted, scene closed) meanwhile.
     """
 
+    _thread_name = "MotionSSIM assessment"
+
     def __init__(self, volumeNode, model=None, orientation: str = "auto", device: str = "auto",
                  thresholds=None, min_foreground: float = 0.05, batch_size: int = 4,
                  overlay_style: str = "frame") -> None:
@@ -492,7 +494,7 @@ class AssessmentJob:
         self.name = volumeNode.GetName()
         self.thresholds = thresholds if thresholds is not None else ClinicalThresholds()
         self.overlay_style = overlay_style
-        self._vol = volume_from_node(volumeNode)  # main thread: MRML read here only
+        self._vol = self._read(volumeNode)  # main thread: MRML read here only
         self._args = dict(model=model, orientation=orientation, device=device,
                           batch_size=batch_size, min_foreground=min_foreground)
         self.done_slices = 0
@@ -504,9 +506,24 @@ class AssessmentJob:
         self.elapsed_s = 0.0
         self._cancel = threading.Event()
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="MotionSSIM assessment",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
         self._thread.start()
+
+    # -- what a subclass changes: what it reads, which engine call, what it writes -------
+
+    def _read(self, node):
+        """The input copied from the node (main thread)."""
+        return volume_from_node(node)
+
+    def _engine(self):
+        """The engine function the worker calls on that copy."""
+        from .inference import assess_volume
+
+        return assess_volume
+
+    def _write(self) -> SceneResult:
+        """The results written into the scene (main thread)."""
+        return write_assessment(self.volume, self.assessment, self.thresholds, self.overlay_style)
 
     # -- worker thread -------------------------------------------------------------------
 
@@ -520,11 +537,10 @@ class AssessmentJob:
         start = time.monotonic()
         try:
             from .devices import resolve_device
-            from .inference import assess_volume
 
             self.stage = "loading the model"
             self.device = resolve_device(self._args["device"])
-            self.assessment = assess_volume(
+            self.assessment = self._engine()(
                 self._vol, model=self._args["model"], orientation=self._args["orientation"],
                 device=self.device, batch_size=self._args["batch_size"],
                 thresholds=self.thresholds, min_foreground=self._args["min_foreground"],
@@ -561,7 +577,7 @@ class AssessmentJob:
         return (scene is self.scene and self.volume.GetScene() is scene
                 and scene.GetNodeByID(self.volume_id) is self.volume)
 
-    def finish(self) -> SceneResult | None:
+    def finish(self) -> SceneResult | SeriesSceneResult | None:
         """Write the results into the scene (main thread, once `done`). Returns None when the
         job was cancelled or its volume is gone; raises the worker's error if it failed."""
         if not self.done:
@@ -570,7 +586,7 @@ class AssessmentJob:
             return None
         if self.error is not None:
             raise self.error
-        return write_assessment(self.volume, self.assessment, self.thresholds, self.overlay_style)
+        return self._write()
 
 
 def assess_volume_node(
@@ -992,7 +1008,7 @@ def assess_sequence_node(source, browser=None, model=None, orientation: str = "a
                                batch_size=batch_size, thresholds=thresholds,
                                min_foreground=min_foreground, progress=progress,
                                cancel=cancel)
-    assessment.summary["device"] = str(dev)
+    _record_device(assessment, dev)
     return write_series_assessment(source, assessment, thresholds, browser, overlay_style,
                                    follow)
 
@@ -1013,66 +1029,25 @@ class SeriesAssessmentJob(AssessmentJob):
     thread, the worker assesses them (series.assess_series, one model load), finish() writes
     the frame x slice table and the shown frame's results, and follows the browser."""
 
+    _thread_name = "MotionSSIM series assessment"
+
     def __init__(self, source, browser=None, model=None, orientation: str = "auto",
                  device: str = "auto", thresholds=None, min_foreground: float = 0.05,
                  batch_size: int = 4, overlay_style: str = "frame") -> None:
-        import threading
-
-        from .classes import ClinicalThresholds
-
-        self.volume = source
         self.browser = browser if browser is not None or not source.IsA(
             "vtkMRMLSequenceNode") else find_browser(source)
-        self.scene = _scene()
-        self.volume_id = source.GetID()
-        self.name = source.GetName()
-        self.thresholds = thresholds if thresholds is not None else ClinicalThresholds()
-        self.overlay_style = overlay_style
-        self._vol = read_series_source(source)  # main thread: MRML read here only
-        self._args = dict(model=model, orientation=orientation, device=device,
-                          batch_size=batch_size, min_foreground=min_foreground)
-        self.done_slices = self.total_slices = 0
-        self.stage = "starting"
-        self.device = self.assessment = None
-        self.error: BaseException | None = None
-        self.elapsed_s = 0.0
-        self._cancel = threading.Event()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="MotionSSIM series assessment",
-                                        daemon=True)
-        self._thread.start()
+        super().__init__(source, model=model, orientation=orientation, device=device,
+                         thresholds=thresholds, min_foreground=min_foreground,
+                         batch_size=batch_size, overlay_style=overlay_style)
 
-    def _run(self) -> None:
-        import time
+    def _read(self, node):
+        return read_series_source(node)
 
-        start = time.monotonic()
-        try:
-            from .devices import resolve_device
-            from .series import assess_series
+    def _engine(self):
+        from .series import assess_series
 
-            self.stage = "loading the model"
-            self.device = resolve_device(self._args["device"])
-            self.assessment = assess_series(
-                self._vol, model=self._args["model"], orientation=self._args["orientation"],
-                device=self.device, batch_size=self._args["batch_size"],
-                thresholds=self.thresholds, min_foreground=self._args["min_foreground"],
-                progress=self._progress, cancel=self._cancel.is_set)
-            self.assessment.summary["device"] = str(self.device)
-            self.stage = "done"
-        except BaseException as exc:  # reported on the main thread by finish()
-            self.error = exc
-            self.stage = "cancelled" if self._cancel.is_set() else "failed"
-        finally:
-            self.elapsed_s = time.monotonic() - start
-            self._vol = None
-            self._done.set()
+        return assess_series
 
-    def finish(self) -> SeriesSceneResult | None:
-        if not self.done:
-            raise RuntimeError("the assessment is still running")
-        if self.cancelled or not self.volume_still_present():
-            return None
-        if self.error is not None:
-            raise self.error
+    def _write(self) -> SeriesSceneResult:
         return write_series_assessment(self.volume, self.assessment, self.thresholds,
                                        self.browser, self.overlay_style)
