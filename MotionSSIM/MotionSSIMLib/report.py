@@ -236,6 +236,14 @@ def _short(text: str, limit: int = 110) -> str:
     return f"{text[:half]}...{text[-half:]}"
 
 
+def _save(fig: Any, path: str | Path | Any) -> None:
+    """Lay out `fig` and write it to `path` (a file name or a binary file object) as PNG."""
+    with warnings.catch_warnings():  # a glyph the font lacks: drawn as a box, no warning
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+
+
 def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
                true_ssim: np.ndarray | None = None) -> None:
     """SSIM per slice, points coloured by class, empty slices hollow grey, thresholds dashed;
@@ -285,10 +293,7 @@ def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
                      parse_math=False)
         ax.legend(loc="lower left", fontsize=8, ncol=6)
         ax.grid(alpha=0.3)
-        with warnings.catch_warnings():  # a glyph the font lacks: drawn as a box, no warning
-            warnings.simplefilter("ignore")
-            fig.tight_layout()
-            fig.savefig(path, format="png")
+        _save(fig, path)
     finally:
         plt.close(fig)
 
@@ -407,10 +412,7 @@ def plot_frames_chart(assessment: Any, path: str | Path | Any, title: str = "") 
                      f"{assessment.summary.get('verdict', '')}", fontsize=10, parse_math=False)
         ax.legend(loc="lower left", fontsize=8, ncol=3)
         ax.grid(alpha=0.3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fig.tight_layout()
-            fig.savefig(path, format="png")
+        _save(fig, path)
     finally:
         plt.close(fig)
 
@@ -457,9 +459,6 @@ def plot_heatmap(assessment: Any, path: str | Path | Any, title: str = "") -> No
                 f"(SSIM {worst['ssim']:.2f})") if worst else ""
         ax.set_title(f"{_short(printable(title))}\nverdict: {s.get('verdict', '')}{note}",
                      fontsize=10, parse_math=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fig.tight_layout()
-            fig.savefig(path, format="png")
+        _save(fig, path)
     finally:
         plt.close(fig)
