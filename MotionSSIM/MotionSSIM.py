@@ -812,6 +812,14 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_MotionSSIM_background()
 
+    def _skippedWithoutTorch(self, what):
+        """True (and says so) when PyTorch is missing: build machines have none, so the torch
+        paths are tested where it is installed."""
+        if importlib.util.find_spec("torch") is not None:
+            return False
+        self.delayDisplay(f"PyTorch is not installed: {what} skipped")
+        return True
+
     def _phantomVolume(self):
         import numpy as np
 
@@ -838,9 +846,7 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Parameter node test passed")
 
     def test_MotionSSIM_process(self):
-        if importlib.util.find_spec("torch") is None:
-            # Build machines have no PyTorch: the inference path is tested where it is installed.
-            self.delayDisplay("PyTorch is not installed: inference test skipped")
+        if self._skippedWithoutTorch("inference test"):
             return
         import tempfile
 
@@ -871,8 +877,7 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
 
     def test_MotionSSIM_background(self):
         """What Apply runs: the job on a worker thread, polled here, written on this thread."""
-        if importlib.util.find_spec("torch") is None:
-            self.delayDisplay("PyTorch is not installed: background test skipped")
+        if self._skippedWithoutTorch("background test"):
             return
         import time
 
