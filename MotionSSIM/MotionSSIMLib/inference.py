@@ -257,8 +257,8 @@ def predict_views(images, model: ModelLike = None, device: str | torch.device = 
     done = 0
     try:
         with torch.inference_mode():
-            # batch_size bounds the forward pass (memory): views of one slice share it
-            for idx, chunk in _chunks(slices, max(1, batch_size // tta)):
+            # (_predict_chunk runs the views in forward passes of at most batch_size)
+            for idx, chunk in _chunks(slices, batch_size):
                 if (not np.issubdtype(chunk.dtype, np.number) and chunk.dtype != bool) or \
                         np.iscomplexobj(chunk):
                     raise InputError(f"predict_slices: non-numeric slices ({chunk.dtype})")
