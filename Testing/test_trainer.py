@@ -391,3 +391,24 @@ def test_cpu_training_uses_channels_last_by_default(toy, tmp_path):
         assert seen and not any(seen)
     finally:
         model_mod.build_model = saved
+
+
+def test_plain_resume_keeps_the_saved_schedule(toy, tmp_path):
+    # `train --out RUN --resume` without --epochs must not stretch a cosine curve to the
+    # default 2000 epochs (it did: the learning rate fell 16x at the first resume)
+    from MotionSSIMLib.training_cli import add_train_arguments
+
+    s = small(lr_schedule="cosine", warmup=0.2)
+
+    def press_stop(event):
+        if event["step"] == 2:
+            (tmp_path / "stop").write_text("")
+
+    assert train(s, tmp_path, toy["train"], toy["val"], callback=press_stop).status == "stopped"
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    assert parser.parse_args(["--out", "x", "--resume"]).epochs is None
+    res = train(small(epochs=2000, lr_schedule="cosine", warmup=0.2), tmp_path, resume=True,
+                keep_epochs=True)
+    assert res.status == "finished" and res.epoch == 2 and res.step == 6
+    assert float(log_rows(tmp_path)[-1]["lr"]) == pytest.approx(trainer.learning_rate(s, 5))

@@ -239,10 +239,11 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type,
 
 
 def from_args(settings_class: type, args: argparse.Namespace) -> Any:
-    """The settings object of parsed `add_arguments` options (other settings: defaults)."""
+    """The settings object of parsed `add_arguments` options (other settings, and options left
+    at None, e.g. `train --epochs` when not given: the defaults)."""
     given = vars(args)
     return settings_class(**{f.name: given[f.name] for f in fields(settings_class)
-                             if f.name in given})
+                             if given.get(f.name) is not None})
 
 
 def _value_text(value: Any) -> str:

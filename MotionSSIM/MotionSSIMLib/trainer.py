@@ -573,6 +573,7 @@ def train(
     resume: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
     report: Callable[[str], None] | None = None,
+    keep_epochs: bool = False,
 ) -> TrainResult:
     """Train (or, with resume=True, continue training) a model; see the module docstring.
 
@@ -601,6 +602,10 @@ def train(
         base = {k: v for k, v in saved["settings"].items() if k in known}
         now = asdict(settings)
         settings = TrainSettings(**{**now, **{k: base[k] for k in RUN_KEYS if k in base}})
+        if keep_epochs and "epochs" in base:
+            # no --epochs given: the saved schedule, not the default (a cosine curve would
+            # otherwise be stretched to 2000 epochs on every plain --resume)
+            settings.epochs = int(base["epochs"])
         # Where the first weights came from stays on record (model card); they are not reloaded.
         settings.init_from = base.get("init_from")
         train_paths, val_paths = saved["train_paths"], saved["val_paths"]

@@ -75,6 +75,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="continue the run saved in --out (data and schedule come from it; "
                         "--epochs may extend it)")
     settings.add_arguments(parser, settings.TrainSettings)
+    # None = not given: a fresh run takes the default, a resumed run keeps its own schedule
+    parser.set_defaults(epochs=None)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +124,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         _check_out(args.out)
+        keep_epochs = args.epochs is None  # not given: the default, or the saved run's on resume
         chosen = settings.from_args(settings.TrainSettings, args)
         train_paths: list = []
         val_paths: list = []
@@ -141,7 +144,8 @@ def run_train(args: argparse.Namespace) -> int:
             if not val_paths:
                 print("motionssim: no validation volumes: the best checkpoint is chosen by "
                       "training loss (give --val-data)", file=sys.stderr)
-        result = train(chosen, args.out, train_paths, val_paths, resume=args.resume)
+        result = train(chosen, args.out, train_paths, val_paths, resume=args.resume,
+                       keep_epochs=keep_epochs)
     except (MotionSSIMError, OSError) as exc:  # OSError: the output folder cannot be written
         return _error(exc)
     except KeyboardInterrupt:
