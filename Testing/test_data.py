@@ -122,10 +122,11 @@ def test_samples_deterministic_central_and_not_empty(tmp_path):
     # a fresh data set (empty cache, as in another worker) gives the same sample
     fresh = data.SliceDataset([aniso], seed=3, input_size=64)
     assert torch.equal(fresh[(0, 1, 5)][0], a)
-    assert fresh.cache.misses == 2   # the volume and its usable slices
+    assert fresh.volume_cache.misses == 1 and fresh.cache.misses == 1  # volume, usable slices
 
     fresh[(0, 1, 7)]
-    assert fresh.cache.misses == 2, "the volume was read again"
+    assert fresh.volume_cache.misses == 1, "the volume was read again"
+    assert fresh.cache.misses == 1, "the usable slices were cut again"
 
 
 def test_all_slices_reach_the_edges_of_the_head(tmp_path):
@@ -235,3 +236,22 @@ def test_worker_batches_equal_in_process_batches(tmp_path):
     for a, batch in zip(main, pipeline.make_loader(ds, keys, lazy), strict=True):
         images, labels = pipeline.to_device_batch(batch, "cpu", lazy)
         assert torch.equal(images, a["images"]) and torch.equal(labels, a["labels"])
+
+
+def test_whole_volumes_never_evict_the_usable_slices(tmp_path):
+    # Four anisotropic volumes whose usable slices fit the bound but whose slices and whole
+    # volumes together do not: each volume is read once and its slices are cut once, however
+    # many samples are drawn (sharing one bound, a volume read evicted slices: one re-read per
+    # sample on a large data set).
+    paths = []
+    for v in range(4):
+        arr = np.zeros((24, 48, 48), np.float32)
+        arr[6:18, 10:38, 12:36] = 10.0 * (v + 1)
+        paths.append(write_volume(tmp_path / f"v{v}.nii.gz", arr, spacing=(1.0, 1.0, 3.0)))
+    slices_bytes = 12 * 48 * 48 * 4   # the usable slices of one volume (float32): half of it
+    ds = data.SliceDataset(paths, seed=0, input_size=32, cache_bytes=int(8.5 * slices_bytes))
+    for i in range(60):
+        ds[(0, 0, i)]
+    assert ds.cache.misses == 4, "usable slices were cut again"
+    assert ds.volume_cache.misses == 4, "a volume was read again"
+    assert ds.cache.nbytes <= ds.cache.max_bytes

@@ -294,6 +294,9 @@ def slice_candidates(stack: Any, slices: str = "central",
     return keep if keep.size else central_candidates(stack, min_foreground)
 
 
+VOLUME_CACHE_SHARE = 0.25  # of SliceDataset.cache_bytes, for whole volumes (on top of the slices)
+
+
 @dataclass
 class SliceDataset(torch.utils.data.Dataset):
     """Clean model-input slices drawn on the fly from a list of volumes.
@@ -301,7 +304,10 @@ class SliceDataset(torch.utils.data.Dataset):
     Items are indexed by keys (stream, epoch, index) (see `sample_rng`); `dataset[key]` returns
     (image (1, S, S) float32 tensor in [0, 1], key). Volumes are read with `io.read_volume` and
     their usable slices are kept in a byte-bounded LRU cache (one per process: each DataLoader
-    worker has its own). A volume that cannot be read is reported once per process and skipped
+    worker has its own). Whole volumes sit in a separate, small cache (`VOLUME_CACHE_SHARE` of
+    the bound): they are only needed to cut a new orientation, and sharing
+    one bound with the slices let them evict the slices every draw needs (a data set larger than
+    the bound then re-read a compressed volume for almost every sample: 2 samples/s). A volume that cannot be read is reported once per process and skipped
     (the sample is redrawn from the same random stream)."""
 
     paths: Sequence[str | Path]
@@ -311,6 +317,7 @@ class SliceDataset(torch.utils.data.Dataset):
     min_foreground: float = MIN_FOREGROUND
     slices: str = "central"  # see slice_candidates
     _cache: VolumeCache | None = field(default=None, init=False, repr=False)
+    _volumes: VolumeCache | None = field(default=None, init=False, repr=False)
     _info: dict = field(default_factory=dict, init=False, repr=False)
     _bad: set = field(default_factory=set, init=False, repr=False)
 
@@ -325,13 +332,22 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_cache"] = None
+        state["_volumes"] = None
         return state
 
     @property
     def cache(self) -> VolumeCache:
+        """The usable slices of each (volume, orientation): what every draw reads."""
         if self._cache is None:
             self._cache = VolumeCache(self.cache_bytes)
         return self._cache
+
+    @property
+    def volume_cache(self) -> VolumeCache:
+        """Whole volumes, read again only when a new orientation of them is cut."""
+        if self._volumes is None:
+            self._volumes = VolumeCache(int(self.cache_bytes * VOLUME_CACHE_SHARE))
+        return self._volumes
 
     def __len__(self) -> int:  # nominal: keys, not positions, index this data set
         return len(self.paths)
@@ -344,7 +360,7 @@ class SliceDataset(torch.utils.data.Dataset):
         return vol, int(vol.array.nbytes)
 
     def _volume(self, path: str) -> Any:
-        return self.cache.get(("volume", path), lambda: self._read(path))
+        return self.volume_cache.get(("volume", path), lambda: self._read(path))
 
     def _candidates(self, path: str, orientation: str) -> _Candidates:
         from . import geometry
