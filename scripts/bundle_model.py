@@ -55,24 +55,33 @@ CURVE_NAME = "learning_curve.png"
 
 TRAINED_ON = (
     "Synthetic subjects only (MotionSSIMLib.synth, SynthSeg-style, from the MNI152 2009c "
-    "template and tissue maps shipped with nilearn): random deformation, random per-tissue "
-    "contrast (T1, T2, PD, FLAIR, DWI/EPI-like and fully random), bias field, Rician noise, "
-    "2D multi-slice (3-6 mm) and 3D acquisitions in random planes, random field of view. "
-    "Slices corrupted on the fly by TorchIO motion and the k-space line simulator (50/50), "
-    "with the paper's contrast augmentation."
+    "template and tissue maps shipped with nilearn; no real scan was trained or tuned on): "
+    "random affine and elastic deformation; anatomy varied by atrophy (dilated ventricles, "
+    "wider sulci), white-matter lesions, tumour-like masses with necrosis and enhancing rims, "
+    "vessels and skull stripping; random per-tissue contrast (T1, T2, PD, FLAIR, DWI/b0, EPI, "
+    "post-contrast T1, inverted and fully random); bias fields; acquisitions in random planes "
+    "and obliquities, in-plane voxels 0.4-3 mm, matrices 64-512, 2D slices of 1.5-6 mm or 3D, "
+    "partial fields of view and cropped heads, direct or zero-filled k-space reconstruction "
+    "(Gibbs ringing), Rician noise from very clean to SNR ~3. During training each slice "
+    "is cut to its head window, degraded again at random (resolution loss, k-space truncation, "
+    "Rician noise drawn once and shared by the clean slice and its corrupted copy, so noise "
+    "alone never lowers the label), given the paper's contrast augmentation and corrupted by "
+    "TorchIO motion or the k-space line simulator (50/50)."
 )
 LIMITS = [
-    "Trained on one synthetic anatomy (the MNI152 average, warped): no lesions, tumours, "
-    "atrophy, post-surgical changes or children.",
+    "The anatomy is one warped average brain (MNI152) with painted pathology: no real lesion "
+    "appearance, post-surgical cavities, implants, children or non-brain anatomy.",
     "Only simulated rigid in-plane motion; real through-plane motion, pulsation, flow, EPI "
-    "ghosts, Gibbs ringing and parallel-imaging artefacts were never seen.",
-    "Not validated on real motion-corrupted clinical scans: use the prediction as a triage "
-    "aid, never as a diagnosis; a radiographer decides on a re-scan.",
-    "Trained on CPU for a shorter schedule than the paper's (see Schedule): it does not reach "
-    "the paper's accuracy; the evaluation above gives what it reaches.",
-    "Its bias depends on the input (compare the bundled sample with the real scans above): "
-    "read the chart as a ranking of the slices of one scan, and treat a slice near a class "
-    "boundary as uncertain.",
+    "ghosts and parallel-imaging artefacts were never seen.",
+    "Not validated on real motion-corrupted clinical scans (the real-scan set above is real "
+    "anatomy with simulated motion): use the prediction as a triage aid, never as a "
+    "diagnosis; a radiographer decides on a re-scan.",
+    "Trained on CPU, for fewer samples than the paper's best model (see Schedule): the "
+    "evaluation above gives what it reaches, and the per-slice uncertainty (spread over "
+    "flipped views) says where a reading is least sure.",
+    "Its bias still depends on the input (compare the real scans above): read the chart "
+    "as a ranking of the slices of one scan, and treat a slice flagged uncertain, or near a "
+    "class boundary, as such.",
     "Slices at the edge of the field of view (little foreground) are unreliable and are "
     "flagged empty by the engine.",
 ]
