@@ -151,6 +151,9 @@ def test_a_better_candidate_replaces_the_bundled_model(runs, tmp_path, c_locale)
     assert p2["offset"] == best1 * 16 and p2["bundled"] and not p1["bundled"]
     assert f"| 2 (bundled) | `phase2` | {best1 * 16:,} - {best1 * 16 + 32:,} |" in card
     assert json.loads((s["out"] / "motionssim_resnet18.json").read_text())["bundling"]["passed"]
+    # earlier phases whose folders are gone shift the whole curve
+    shifted = bundle.learning_curve([runs["p1"], runs["p2"]], None, runs["p2"], samples_before=1000)
+    assert [p["offset"] for p in shifted] == [1000, 1000 + best1 * 16]
 
 
 def _phases(tmp: Path) -> Path:

@@ -286,16 +286,18 @@ def _phase_rows(run: Path) -> tuple[list[dict], dict]:
     return out, log
 
 
-def learning_curve(runs: list[Path], path: Path | None, bundled: Path) -> list[dict]:
+def learning_curve(runs: list[Path], path: Path | None, bundled: Path,
+                   samples_before: int = 0) -> list[dict]:
     """Validation MSE against samples seen for every phase (run folders in training order) on
     one axis, drawn to `path` (None: figures only). A phase fine-tuned from a checkpoint of an
     earlier phase starts where that checkpoint was taken (its best or its last epoch), any
-    other phase where the previous one ended. Returns one summary per phase."""
+    other phase where the previous one ended; the first starts at `samples_before` (the
+    samples of earlier phases whose run folders are gone). Returns one summary per phase."""
     phases: list[dict] = []
     for i, run in enumerate(runs):
         rows, log = _phase_rows(run)
         settings = log.get("settings") or {}
-        offset = phases[-1]["end"] if phases else 0
+        offset = phases[-1]["end"] if phases else int(samples_before)
         init = settings.get("init_from")
         for p in phases:  # started from an earlier phase's checkpoint
             if init and Path(init).parent.resolve() == p["dir"].resolve():
@@ -363,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--phases", type=Path, help="Markdown: the phases of the training")
     ap.add_argument("--curve", type=Path, nargs="+", default=[], metavar="RUN_DIR",
                     help="earlier phases' run folders, in training order (RUN_DIR is the last)")
+    ap.add_argument("--samples-before", type=int, default=0, metavar="N",
+                    help="samples seen in earlier phases not given with --curve (their folders "
+                         "are gone): the curve starts at N")
     ap.add_argument("--real-scans", type=Path, help="the candidate's real_scans.json")
     ap.add_argument("--old-real-scans", type=Path, help="the bundled model's real_scans.json")
     ap.add_argument("--old-name", help="the bundled model's name in report.json")
@@ -484,7 +489,8 @@ def bundle(args: argparse.Namespace) -> int:
     meta["bundling"] = decision
 
     args.out.mkdir(parents=True, exist_ok=True)
-    meta["learning_curve"] = learning_curve(curve_runs, args.out / CURVE_NAME, args.run)
+    meta["learning_curve"] = learning_curve(curve_runs, args.out / CURVE_NAME, args.run,
+                                            args.samples_before)
     save_checkpoint(target, loaded.model, meta, dtype=torch.float16)
     (args.out / DEFAULT_MODEL_NAME.replace(".safetensors", ".json")).write_text(
         json.dumps(meta, indent=2, default=str), encoding="utf-8")
