@@ -1,5 +1,6 @@
 """corrupt_batch: drawn, then applied, and recorded (issue 10, point 3); TorchIO backends."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -112,8 +113,9 @@ def test_apply_corruption_refuses_mismatched_batches():
 
 
 def test_acquisition_stages_are_recorded_replayed_and_keep_clean_labels_at_one():
-    """Resolution before motion and one noise field on both images after it: recorded, replayed
-    exactly (a subset too: per-sample noise seeds), and motion-free samples still read 1."""
+    """Resolution before motion and noise on the model input after the label: recorded,
+    replayed exactly (a subset too: per-sample noise seeds), motion-free samples still read 1
+    and the noise never moves a label."""
     clean = _clean(n=24, size=64, seed=5)
     gen = pipeline.batch_generator(4, (0, 2, 0))
     images, labels, params = pipeline.corrupt_batch(clean, gen, return_params=True)
@@ -135,6 +137,13 @@ def test_acquisition_stages_are_recorded_replayed_and_keep_clean_labels_at_one()
     # noise is really in the model input: a noisy sample's background is not black
     i = int(torch.nonzero(noisy & (params.noise.snr < 10)).flatten()[0])
     assert float(images[i, 0, :4, :4].mean()) > 0.01
+    # the label is taken before the noise: the same draws without noise give the same labels
+    # (after a shared noise field they rose by 0.15 on average), and only the input changes
+    quiet_images, quiet_labels = pipeline.apply_corruption(
+        clean, dataclasses.replace(params, noise=None))
+    assert torch.equal(quiet_labels, labels), "the noise moved a label"
+    assert not torch.equal(quiet_images[noisy], images[noisy])
+    assert torch.equal(quiet_images[~noisy], images[~noisy])
     # without the stages: the paper's corruption, nothing recorded for them
     plain = pipeline.corrupt_batch(clean, pipeline.batch_generator(4, (0, 2, 0)),
                                    return_params=True, acquisition=False)[2]

@@ -8,10 +8,12 @@ training distribution spans what real scanners deliver (issue "Model v2", point 
   (which rings at edges: Gibbs), or by area down-sampling and bilinear up-sampling (an
   interpolated low-resolution series). Applied to the clean slice before motion, so the clean
   slice and its corrupted version share it, and the SSIM label measures motion only.
-* **Noise** (after motion): magnitude (Rician) noise with the *same* noise realisation added to
-  the clean slice and to its corrupted version, ``|x + n1 + i n2|`` and ``|y + n1 + i n2|``.
-  With no motion (``y == x``) both outputs are identical, so noise alone never lowers the
-  label (SSIM 1 stays 1). The SNR is defined in tissue: mean clean-tissue intensity / sigma.
+* **Noise** (after motion): magnitude (Rician) noise ``|y + n1 + i n2|`` on the corrupted
+  slice, the model input. `pipeline.apply_corruption` takes the SSIM label *before* it, so
+  noise neither lowers the label (SSIM 1 stays 1) nor raises it: a label taken after the same
+  noise on both images (``noise_pair``, as first built) rose by 0.15 on average over the same
+  motion, because identical noise swamps the ghosts in dark regions. The SNR is defined in
+  tissue: mean clean-tissue intensity / sigma.
 
 Both stages follow TorchIO's make-params / apply split: ``draw_*_params(batch, generator)``
 draws every random number with a (CPU) ``torch.Generator`` (so a seed gives the same
@@ -194,8 +196,9 @@ def noise_pair(clean: torch.Tensor, corrupted: torch.Tensor,
     the *clean* slice's tissue level, so both images get the same sigma and the same field.
     Returns (clean_noisy, corrupted_noisy, params), images (B, 1, H, W) float32 (in [0, 1]
     with normalise), params with sigma filled in (apply_noise(corrupted, params) repeats it).
-    Label: ``ssim_label(clean_noisy, corrupted_noisy)``; it is exactly 1 where corrupted ==
-    clean.
+    The two outputs are identical where corrupted == clean. Not the training label: SSIM
+    over a shared noise field rises with the noise (see the module docstring); training takes
+    the label before the noise and noises the model input only.
     """
     _check_images(clean, "noise_pair")
     if corrupted.shape != clean.shape:

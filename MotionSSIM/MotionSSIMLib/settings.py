@@ -115,7 +115,7 @@ class TrainSettings:
     p_torchio: float = setting(0.5, "share of slices corrupted by TorchIO; the rest by the "
                                "k-space line simulator (default 0.5)", check=share)
     acquisition: bool = setting(True, "no acquisition stages (lower acquired matrix, Rician "
-                                "noise on both images): the paper's corruption only")
+                                "noise on the model input): the paper's corruption only")
     val_samples: int = setting(500, "size of the fixed validation set (default 500)",
                                check=not_negative)
     seed: int = setting(0, "seed of every random draw (same seed, same slices)")
