@@ -48,7 +48,8 @@ def _volume(path: Path, rng: np.random.Generator, shape, spacing) -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two phases (the second fine-tuned from the first's best) and a damaged copy of the
-    second's model (`worse.safetensors` in its folder: noisy output layer, output shifted down)."""
+    second's model (`worse.safetensors` in its folder: noisy output layer, output shifted away
+    from the truth on the real scan)."""
     d = tmp_path_factory.mktemp("bundle")
     rng = np.random.default_rng(1)
     train_v = [_volume(d / f"t{i}.nii.gz", rng, (12, 48, 48), (1.0, 1.0, 3.0)) for i in range(2)]
@@ -65,7 +66,16 @@ def runs(tmp_path_factory):
     with torch.no_grad():
         fc = bad.model.fc
         fc.weight.add_(torch.randn(fc.weight.shape, generator=gen) * fc.weight.abs().max())
-        fc.bias.sub_(0.3)  # reads low: the tiny model already does on real scans
+    # The tiny model is far off on the real scan, and the noise moves its reading there either
+    # way: shift the damaged copy so that it reads 0.2 further off than the tiny model does.
+    def real_bias(model) -> float:
+        return crs.real_scan_table(model, names=["anat_t1"], max_slices=2,
+                                   repeats=1)["anat_t1"]["bias"]
+
+    target = real_bias(good.model)
+    target += 0.2 if target >= 0 else -0.2
+    with torch.no_grad():
+        fc.bias.add_(target - real_bias(bad.model))
     save_checkpoint(p2 / "worse.safetensors", bad.model, bad.metadata)
     return {"dir": d, "p1": p1, "p2": p2, "val": val_v, "good": good, "bad": bad}
 

@@ -63,10 +63,11 @@ TRAINED_ON = (
     "and obliquities, in-plane voxels 0.4-3 mm, matrices 64-512, 2D slices of 1.5-6 mm or 3D, "
     "partial fields of view and cropped heads, direct or zero-filled k-space reconstruction "
     "(Gibbs ringing), Rician noise from very clean to SNR ~3. During training each slice "
-    "is cut to its head window, degraded again at random (resolution loss, k-space truncation, "
-    "Rician noise drawn once and shared by the clean slice and its corrupted copy, so noise "
-    "alone never lowers the label), given the paper's contrast augmentation and corrupted by "
-    "TorchIO motion or the k-space line simulator (50/50)."
+    "is cut to its head window, given the paper's contrast augmentation, re-acquired at random "
+    "at a lower matrix (k-space truncation or interpolation) and corrupted by TorchIO motion or "
+    "the k-space line simulator (50/50); the SSIM label is taken then, and Rician noise (SNR "
+    "3-150 in tissue, none in 20 %) goes on the model input only, so noise neither lowers nor "
+    "raises the label."
 )
 LIMITS = [
     "The anatomy is one warped average brain (MNI152) with painted pathology: no real lesion "
@@ -305,7 +306,9 @@ def learning_curve(runs: list[Path], path: Path | None, bundled: Path,
                 match = [r for r in p["rows"] if r["epoch"] == epoch] or p["rows"][-1:]
                 offset = p["offset"] + (match[0]["samples"] if match else 0)
         finite = [r for r in rows if math.isfinite(r["mse"])]
-        best = min(finite, key=lambda r: r["mse"]) if finite else None
+        # the run's own best epoch (a run may have reset it, e.g. when its labels changed)
+        best = next((r for r in finite if r["epoch"] == log.get("best_epoch")), None) or (
+            min(finite, key=lambda r: r["mse"]) if finite else None)
         phases.append({
             "phase": i + 1, "dir": run, "name": run.name, "offset": offset, "rows": rows,
             "end": offset + (rows[-1]["samples"] if rows else 0),
