@@ -45,6 +45,7 @@ import torch
 
 from MotionSSIMLib.checkpoint import DEFAULT_MODEL_NAME, load_checkpoint, save_checkpoint
 from MotionSSIMLib.errors import MotionSSIMError
+from MotionSSIMLib.jsonable import jsonable
 from MotionSSIMLib.trainer import RUN_KEYS
 
 RULE = ("A candidate replaces the bundled model only if, on the same seeded held-out "
@@ -496,7 +497,7 @@ def bundle(args: argparse.Namespace) -> int:
                                             args.samples_before)
     save_checkpoint(target, loaded.model, meta, dtype=torch.float16)
     (args.out / DEFAULT_MODEL_NAME.replace(".safetensors", ".json")).write_text(
-        json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        json.dumps(jsonable(meta), indent=2), encoding="utf-8")
     (args.out / "MODEL_CARD.md").write_text(model_card(meta), encoding="utf-8")
     verdict = ("the rule was overridden (--force): " if decision["forced"] else
                "" if decision["passed"] is None else "it beats the bundled model: ")

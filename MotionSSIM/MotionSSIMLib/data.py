@@ -305,10 +305,11 @@ class SliceDataset(torch.utils.data.Dataset):
     (image (1, S, S) float32 tensor in [0, 1], key). Volumes are read with `io.read_volume` and
     their usable slices are kept in a byte-bounded LRU cache (one per process: each DataLoader
     worker has its own). Whole volumes sit in a separate, small cache (`VOLUME_CACHE_SHARE` of
-    the bound): they are only needed to cut a new orientation, and sharing
-    one bound with the slices let them evict the slices every draw needs (a data set larger than
-    the bound then re-read a compressed volume for almost every sample: 2 samples/s). A volume that cannot be read is reported once per process and skipped
-    (the sample is redrawn from the same random stream)."""
+    the bound): they are only needed to cut a new orientation, and sharing one bound with the
+    slices let them evict the slices every draw needs (a data set larger than the bound then
+    re-read a compressed volume for almost every sample: 2 samples/s). A volume that cannot be
+    read is reported once per process and skipped (the sample is redrawn from the same random
+    stream)."""
 
     paths: Sequence[str | Path]
     seed: int = 0
