@@ -229,13 +229,17 @@ def test_finished_needs_same_model_and_options(sharded, bids):
     from MotionSSIMLib.inference import DEFAULT_TTA
 
     opts = SimpleNamespace(orientation="auto", good=0.85, sufficient=0.60,
-                           min_foreground=0.05, series=None, frames=None, tta=DEFAULT_TTA)
+                           min_foreground=0.05, series=None, frames=None, tta=DEFAULT_TTA,
+                           precision="auto")
     sha = archive.file_sha256(sharded.common[1])
     assert finished(sharded.out, scan, fingerprint(sha, opts)) is not None
     assert finished(sharded.out, scan, fingerprint("0" * 64, opts)) is None  # another model
     opts.good = 0.9
     assert finished(sharded.out, scan, fingerprint(sha, opts)) is None  # other thresholds
     opts.good = 0.85
+    opts.precision = "fp32"
+    assert finished(sharded.out, scan, fingerprint(sha, opts)) is None  # other arithmetic
+    opts.precision = "auto"
     (sharded.out / "sub-01" / "anat" / "sub-01_T1w_chart.png").rename(
         sharded.out / "chart.bak")
     try:

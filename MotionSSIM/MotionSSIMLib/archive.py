@@ -57,8 +57,9 @@ MAX_SHARDS = 100_000
 PREFETCH = 1  # volumes read ahead: one waiting while one is assessed (memory: see README)
 MANIFEST_EVERY_S = 30.0  # an interrupted shard loses at most this much of its record
 # the options that change a scan's result: a finished scan is reused only if they are equal
+# precision as asked ("auto" stays "auto" on another machine): bf16 and fp32 differ by up to 0.01
 FINGERPRINT_OPTIONS = ("orientation", "good", "sufficient", "min_foreground", "series",
-                       "frames", "tta")
+                       "frames", "tta", "precision")
 _ENTITY = re.compile(r"^([A-Za-z0-9]+)-([A-Za-z0-9.+]+)$")
 
 
