@@ -367,3 +367,24 @@ def test_write_dataset_and_cli(tmp_path):
     a = np.asarray(nib.load(tmp_path / "cli" / split2["validation"][0]).dataobj)
     np.testing.assert_array_equal(a, np.asarray(img.dataobj))
     assert cli.main(["--out", str(tmp_path / "x"), "--train", "-1"]) == 2
+
+    # A supplement: a draw forced on every subject, recorded; the rest of the draw unchanged.
+    rc = cli.main(["--out", str(tmp_path / "strip"), "--train", "0", "--val", "1", "--test", "0",
+                   "--seed", "11", "--force", "skull_stripped=true", "--force", "snr=40"])
+    assert rc == 0
+    meta3 = json.loads((tmp_path / "strip" / "dataset.json").read_text())
+    assert meta3["options"] == {"skull_stripped": True, "snr": 40}
+    assert meta3["subjects"][0]["anatomy"]["skull_stripped"] is True
+    assert meta3["subjects"][0]["snr"] == 40
+    assert meta3["subjects"][0]["kind"] == meta["subjects"][2]["kind"]  # same stream
+    stripped = np.asarray(nib.load(tmp_path / "strip" / "val" / Path(split["validation"][0]).name)
+                          .dataobj)
+    head = synth.synth_subject(synth.subject_rng(11, "validation", 0),
+                               options={"snr": 40, "skull_stripped": False})
+    head = np.clip(np.round(head.array), 0, 32767).transpose(2, 1, 0)
+    assert stripped.shape == head.shape and (stripped == 0).mean() > (head == 0).mean() + 0.05
+    for bad in (["--force", "skull_stripped"], ["--force", "colour=red"]):
+        assert cli.main(["--out", str(tmp_path / "x"), "--train", "1", *bad]) == 2
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="unknown synth option"):
+        synth.write_dataset(tmp_path / "y", 1, 0, 0, options={"colour": "red"})

@@ -1035,8 +1035,9 @@ def _write_one(job: tuple) -> dict:
     """Generate and save one subject (run in a worker process)."""
     import nibabel as nib
 
-    out_dir, split, index, seed, kind, isotropic = job
-    vol, info = synth_subject_info(subject_rng(seed, split, index), kind, isotropic)
+    out_dir, split, index, seed, kind, isotropic, options = job
+    vol, info = synth_subject_info(subject_rng(seed, split, index), kind, isotropic,
+                                   options=options)
     folder = "train" if split == "train" else ("val" if split == "validation" else "test")
     rel = f"{folder}/synth_{split}_{index:05d}.nii.gz"
     arr = vol.array
@@ -1055,19 +1056,26 @@ def _write_one(job: tuple) -> dict:
 
 def write_dataset(out_dir: str | Path, n_train: int, n_val: int, n_test: int, seed: int = 0,
                   kind: str = "random", isotropic: bool = False, workers: int = 1,
-                  progress: Callable[[int, int], None] | None = None) -> Path:
+                  progress: Callable[[int, int], None] | None = None,
+                  options: dict | None = None) -> Path:
     """Write synthetic subjects as int16 NIfTI under out_dir/{train,val,test}/.
 
     Also writes out_dir/split.json ({"train", "validation", "test"}: paths relative to
     out_dir) and out_dir/dataset.json (generation parameters, seed streams, per-subject draws).
-    Returns out_dir. Output is identical for any number of workers.
+    options: draws forced on every subject (see `synth_subject`), e.g. {"skull_stripped":
+    True} for a supplement that raises one feature's share in a training mix; recorded in
+    dataset.json. Returns out_dir. Output is identical for any number of workers.
     """
     if kind not in ("random", *KINDS):
         raise ValueError(f"kind must be 'random' or one of {KINDS}, not {kind!r}")
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:  # refused before any subject is written
+        raise ValueError(f"unknown synth option(s) {unknown}; known: {OPTION_KEYS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     load_tissue_model()   # build once here, so forked workers inherit it
-    jobs = [(str(out), split, index, int(seed), kind, isotropic)
+    jobs = [(str(out), split, index, int(seed), kind, isotropic, options)
             for split, count in (("train", n_train), ("validation", n_val), ("test", n_test))
             for index in range(int(count))]
     results: list[dict] = []
@@ -1097,7 +1105,7 @@ def write_dataset(out_dir: str | Path, n_train: int, n_val: int, n_test: int, se
         "seed": int(seed),
         "seed_streams": "numpy.random.default_rng(numpy.random.SeedSequence(entropy=seed, "
                         "spawn_key=(split_id, index))), split_id: train=0, validation=1, test=2",
-        "kind": kind, "isotropic": bool(isotropic),
+        "kind": kind, "isotropic": bool(isotropic), "options": options,
         "counts": {"train": int(n_train), "validation": int(n_val), "test": int(n_test)},
         "format": "NIfTI-1 int16 (random intensity scale), qform = sform = scanner RAS",
         "subjects": results,
