@@ -855,16 +855,22 @@ def _rounded(value: object) -> object:
     return value
 
 
+def _checked_options(options: dict | None) -> dict:
+    """A copy of the forced draws; ValueError for a key not in OPTION_KEYS."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"unknown synth option(s) {unknown}; known: {OPTION_KEYS}")
+    return options
+
+
 def synth_subject_info(rng: np.random.Generator, kind: str = "random", isotropic: bool = False,
                        deform: bool = True, options: dict | None = None,
                        ) -> tuple[Volume, dict]:
     """One synthetic subject and a JSON-able record of what was drawn (see synth_subject)."""
     if kind not in ("random", *KINDS):
         raise ValueError(f"kind must be 'random' or one of {KINDS}, not {kind!r}")
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTION_KEYS))
-    if unknown:
-        raise ValueError(f"unknown synth option(s) {unknown}; known: {OPTION_KEYS}")
+    options = _checked_options(options)
     model = load_tissue_model()
     if kind == "random":
         kind = str(rng.choice(KINDS, p=KIND_PROBS))
@@ -1068,10 +1074,7 @@ def write_dataset(out_dir: str | Path, n_train: int, n_val: int, n_test: int, se
     """
     if kind not in ("random", *KINDS):
         raise ValueError(f"kind must be 'random' or one of {KINDS}, not {kind!r}")
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTION_KEYS))
-    if unknown:  # refused before any subject is written
-        raise ValueError(f"unknown synth option(s) {unknown}; known: {OPTION_KEYS}")
+    options = _checked_options(options)  # refused before any subject is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     load_tissue_model()   # build once here, so forked workers inherit it
