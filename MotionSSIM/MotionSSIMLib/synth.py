@@ -1037,25 +1037,30 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _write_one(job: tuple) -> dict:
-    """Generate and save one subject (run in a worker process)."""
+def save_subject(vol: Volume, path: str | Path) -> Path:
+    """Write a synthetic subject as NIfTI (int16, scanner geometry in qform and sform)."""
     import nibabel as nib
 
+    # int16 like most scanners' output; synth_subject already drew a random intensity scale.
+    data = np.clip(np.round(vol.array), 0, 32767).astype(np.int16)
+    img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), vol.ijk_to_ras())
+    img.set_qform(vol.ijk_to_ras(), code=1)
+    img.set_sform(vol.ijk_to_ras(), code=1)
+    img.header.set_xyzt_units("mm")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return path
+
+
+def _write_one(job: tuple) -> dict:
+    """Generate and save one subject (run in a worker process)."""
     out_dir, split, index, seed, kind, isotropic, options = job
     vol, info = synth_subject_info(subject_rng(seed, split, index), kind, isotropic,
                                    options=options)
     folder = "train" if split == "train" else ("val" if split == "validation" else "test")
     rel = f"{folder}/synth_{split}_{index:05d}.nii.gz"
-    arr = vol.array
-    # int16 like most scanners' output; synth_subject already drew a random intensity scale.
-    data = np.clip(np.round(arr), 0, 32767).astype(np.int16)
-    img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), vol.ijk_to_ras())
-    img.set_qform(vol.ijk_to_ras(), code=1)
-    img.set_sform(vol.ijk_to_ras(), code=1)
-    img.header.set_xyzt_units("mm")
-    path = Path(out_dir) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
+    save_subject(vol, Path(out_dir) / rel)
     info.update(path=rel, split=split, index=index)
     return info
 
