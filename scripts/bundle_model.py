@@ -78,7 +78,8 @@ LIMITS = [
     "Not validated on real motion-corrupted clinical scans (the real-scan set above is real "
     "anatomy with simulated motion): use the prediction as a triage aid, never as a "
     "diagnosis; a radiographer decides on a re-scan.",
-    "Trained on CPU, for fewer samples than the paper's best model (see Schedule): the "
+    "Trained on CPU in phases (see Schedule), and less accurate than the paper's best "
+    "model on synthetic slices (its residual sd is several times the paper's 0.014): the "
     "evaluation above gives what it reaches, and the per-slice uncertainty (spread over "
     "flipped views) says where a reading is least sure.",
     "Its bias still depends on the input (compare the real scans above): read the chart "
