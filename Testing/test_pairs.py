@@ -59,9 +59,10 @@ def test_summarize_pairs_by_subject():
 
 
 def test_cli_refuses_bad_arguments_in_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        pairs.main(["--subjects", "1"])
-    assert exc.value.code == 2
+    for args in (["--subjects", "1"], ["--slices", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            pairs.main(args)
+        assert exc.value.code == 2, args
     bad = tmp_path / "not_a_model.safetensors"
     bad.write_text("hello")
     assert pairs.main(["--model", str(bad), "--subjects", "2"]) == 2

@@ -92,9 +92,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| mean bias, {v} | " + " | ".join(
             f"{result['models'][m]['variants'][v]:+.4f}" for m in names) + " |")
     for a, b in PAIRS:
+        diffs = [result["models"][m]["pairs"][f"{a}-{b}"] for m in names]
         lines.append(f"| {a} - {b} | " + " | ".join(
-            f"{result['models'][m]['pairs'][f'{a}-{b}']['mean']:+.4f} (se "
-            f"{result['models'][m]['pairs'][f'{a}-{b}']['se']:.4f})" for m in names) + " |")
+            f"{d['mean']:+.4f} (se {d['se']:.4f})" for d in diffs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.subjects < 2:
         ap.error("--subjects must be at least 2 (a paired standard error needs two)")
+    if args.slices < 1:
+        ap.error("--slices must be at least 1")
 
     from tqdm import tqdm
 
