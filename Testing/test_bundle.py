@@ -62,21 +62,43 @@ def runs(tmp_path_factory):
           p2, train_v, val_v)
     good = load_checkpoint(p2 / "best.safetensors")
     bad = load_checkpoint(p2 / "best.safetensors")
-    gen = torch.Generator().manual_seed(0)
+    # Worse by construction on the fixture's own test slices, whatever floating-point path the
+    # CPU took in the tiny training: the output is stretched about its mean, p' = p + k (p - m).
+    # The residual r' = r + k (p - m) has var(r') = var(r) + k^2 var(p) + 2 k cov(r, p); k with
+    # the sign of cov(r, p) makes that at least var(r) + k^2 var(p), and |k| sets the added
+    # spread k * sd(p) to 0.15. (Noise added to the weights, as before, made it worse on one
+    # CPU and better on another.)
+    ev = evaluate_checkpoints([p2 / "best.safetensors"], val_v, d / "premise", n=N,
+                              batch_size=16, progress=False)
+    p = next(iter(ev.predictions.values())).astype(np.float64)
+    r = p - ev.true
+    m, sd_p = float(p.mean()), float(p.std())
+    assert sd_p > 1e-6, f"premise: the tiny model's output is constant on the test slices ({p})"
+    k = (1.0 if np.cov(r, p)[0, 1] >= 0 else -1.0) * max(1.0, 0.15 / sd_p)
+    fc = bad.model.fc
     with torch.no_grad():
-        fc = bad.model.fc
-        fc.weight.add_(torch.randn(fc.weight.shape, generator=gen) * fc.weight.abs().max())
-    # The tiny model is far off on the real scan, and the noise moves its reading there either
-    # way: shift the damaged copy so that it reads 0.2 further off than the tiny model does.
+        fc.weight.mul_(1.0 + k)
+        fc.bias.mul_(1.0 + k).sub_(k * m)
+    # The tiny model is far off on the real scan: shift the damaged copy so that it reads 0.2
+    # further off than the tiny model does (a shift moves neither the residual sd nor, but for
+    # clamping at 0 and 1, the real-scan spread; clamping is why it is iterated and checked).
     def real_bias(model) -> float:
         return crs.real_scan_table(model, names=["anat_t1"], max_slices=2,
                                    repeats=1)["anat_t1"]["bias"]
 
     target = real_bias(good.model)
     target += 0.2 if target >= 0 else -0.2
-    with torch.no_grad():
-        fc.bias.add_(target - real_bias(bad.model))
+    for _ in range(3):
+        with torch.no_grad():
+            fc.bias.add_(target - real_bias(bad.model))
+    assert abs(real_bias(bad.model)) >= abs(target) - 0.1, (
+        f"premise: the damaged model's real-scan bias {real_bias(bad.model):+.3f} is not "
+        f"further off than the tiny model's {target:+.3f} -/+ 0.2")
     save_checkpoint(p2 / "worse.safetensors", bad.model, bad.metadata)
+    both = evaluate_checkpoints([p2 / "best.safetensors", p2 / "worse.safetensors"], val_v,
+                                d / "premise2", n=N, batch_size=16, progress=False)
+    sd = [f["figures"]["regression"]["residual_sd"] for f in both.report["models"].values()]
+    assert sd[1] > sd[0] + 0.01, f"premise: residual sd damaged {sd[1]:.4f} vs tiny {sd[0]:.4f}"
     return {"dir": d, "p1": p1, "p2": p2, "val": val_v, "good": good, "bad": bad}
 
 

@@ -49,3 +49,58 @@ def test_cuda_without_a_gpu_is_refused_not_replaced():
 def test_a_bare_cuda_takes_the_local_rank():
     assert devices.resolve_device("cuda", index=0) == torch.device("cuda", 0)
     assert devices.resolve_device("cuda:0", index=5) == torch.device("cuda", 0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_precision():
+    """resolve_precision is cached: the faked CPUs below must neither see nor leave a cached
+    answer."""
+    inference.resolve_precision.cache_clear()
+    yield
+    inference.resolve_precision.cache_clear()
+
+
+def _fake_cpu(monkeypatch, flags: set[str], onednn: bool = True) -> None:
+    monkeypatch.setattr(devices, "_cpuinfo", lambda: ("Test CPU", frozenset(flags)))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn,
+                        raising=False)
+    for var in ("DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.parametrize("flags, native", [
+    ({"avx2", "avx512f", "avx512bw"}, False),          # Skylake to Ice Lake: oneDNN emulates
+    ({"avx2"}, False),                                 # AVX2 only (AMD Zen 2/3, laptops)
+    ({"avx2", "avx512f", "avx512_bf16"}, True),        # Cooper Lake, Zen 4
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, True),  # Sapphire Rapids
+])
+def test_native_bf16_needs_the_instructions_not_only_onednn(monkeypatch, flags, native):
+    _fake_cpu(monkeypatch, flags)
+    assert devices.cpu_native_bf16() is native
+    assert inference.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    if not native:  # precision auto never picks an emulated bfloat16 path; asked for, refused
+        with pytest.raises(SettingsError, match="no native bfloat16"):
+            inference.resolve_precision("bf16", "cpu")
+
+
+@pytest.mark.parametrize("cap, native", [("AVX2", False), ("avx512_core", False),
+                                         ("SSE41", False), ("AVX512_CORE_BF16", True),
+                                         ("AVX512_CORE_AMX", True), ("ALL", True)])
+def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16(monkeypatch, cap, native):
+    _fake_cpu(monkeypatch, {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", cap)
+    assert devices.cpu_native_bf16() is native
+
+
+def test_onednn_without_bf16_support_is_never_native(monkeypatch):
+    _fake_cpu(monkeypatch, {"avx512_bf16", "amx_bf16"}, onednn=False)
+    assert devices.cpu_native_bf16() is False
+
+
+def test_cpu_description_names_the_cpu_and_its_flags():
+    d = devices.cpu_description()
+    assert d["model"] and d["cores"] >= 1 and set(d["flags"]) == set(devices.ISA_FLAGS)
+    assert d["native_bf16"] is devices.cpu_native_bf16() and d["torch"] == torch.__version__
+    line = devices.cpu_line()
+    assert line.startswith("CPU ") and "\n" not in line and "avx2=" in line
+    assert "amx_bf16=" in line and f"torch {torch.__version__}" in line

@@ -2,15 +2,20 @@
 
     .venv/bin/python benchmarks/bench_inference.py [--device cpu|cuda] [--n 64]
 
-Ratios are measured within one run, because the machine may be shared:
-- predict_slices (preprocessing + model) vs the bare model forward on the same batch, and the
+Ratios are measured within one run, because the machine may be shared, and always against the
+fastest bare forward this machine really has (`bare_paths`): float32 in the default layout,
+float32 channels-last and, only where the CPU has native bfloat16 (AVX512-BF16 or AMX; on an
+AVX2-only CPU oneDNN emulates it, many times slower, and a ratio against it means nothing),
+bfloat16 channels-last; on CUDA float16 autocast channels-last. The CPU model, its ISA flags and
+the path taken as reference are printed first.
+- predict_slices (preprocessing + model) vs that bare forward on the same batch, and the
   share of time spent preprocessing (target < 15 % on CPU);
 - batched torch SSIM vs skimage one slice at a time (target on GPU: >= 20x);
 - batched torch k-space simulator vs a numpy reference of the same algorithm, slice by slice
   (target on GPU: >= 20x);
-- precision: the bundled model on the bundled sample's slices, float32 in the old layout
-  (today's path), float32 channels-last and the fast path (precision auto: bf16 on CPUs with
-  native bf16, fp16 autocast on CUDA): slices/s, the ratio and the largest |difference|;
+- precision: the bundled model on the bundled sample's slices, through forward_views with
+  precision fp32 and auto (bf16 on CPUs with native bf16, fp16 autocast on CUDA) against the
+  bare paths: slices/s, the ratio to the fastest bare path and the largest |difference|;
 - Table IV: --volumes variants of the bundled sample (flips and intensity scalings; 36 like the
   paper's 36 clinical volumes, 39.8 s on a desktop CPU, 8.8 s on a GTX 1080 Ti) through
   assess_volume with fp32 and one view (today), the fast path with one view, and the fast path
@@ -40,6 +45,53 @@ def _timeit(fn, repeat: int = 3, sync=None) -> float:
             sync()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def bare_paths(net: torch.nn.Module, dev: torch.device) -> dict[str, tuple[str, object]]:
+    """The bare forwards this machine really has, name -> (layout, autocast dtype or None):
+    float32 default and channels-last everywhere; bfloat16 channels-last only on a CPU with
+    native bfloat16; float16 autocast channels-last on CUDA."""
+    from MotionSSIMLib.devices import cpu_native_bf16
+
+    paths = {"fp32": ("default", None), "fp32 channels-last": ("channels_last", None)}
+    if dev.type == "cuda":
+        paths["fp16 channels-last"] = ("channels_last", torch.float16)
+    elif dev.type == "cpu" and cpu_native_bf16():
+        paths["bf16 channels-last"] = ("channels_last", torch.bfloat16)
+    return paths
+
+
+def bare_forward(net: torch.nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int,
+                 layout: str, amp) -> np.ndarray:
+    """The network alone on ready inputs, in batches: no preprocessing, no views, no checks."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            b = x[i:i + batch_size].to(dev).contiguous(memory_format=fmt)
+            if amp is None:
+                outs.append(net(b).float())
+            else:
+                with torch.autocast(dev.type, dtype=amp):
+                    outs.append(net(b).float())
+    return torch.cat(outs).reshape(-1).cpu().numpy()
+
+
+def fastest_bare(net: torch.nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int,
+                 sync=None, rounds: int = 2) -> tuple[str, dict[str, float]]:
+    """Slices/s of every bare path (interleaved, best of `rounds`: the machine may be shared)
+    and the name of the fastest, the reference of every ratio."""
+    paths = bare_paths(net, dev)
+    rates: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, (layout, amp) in paths.items():
+            t = _timeit(lambda layout=layout, amp=amp: bare_forward(net, x, dev, batch_size,
+                                                                    layout, amp),
+                        repeat=1, sync=sync)
+            rates[name] = max(rates.get(name, 0.0), len(x) / t)
+    net.to(memory_format=torch.contiguous_format)
+    return max(rates, key=rates.get), rates
 
 
 def numpy_kspace_motion(image: np.ndarray, rng: np.random.Generator, n_segments: int = 8,
@@ -75,6 +127,7 @@ def brain_like(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 def precision_and_table4(args) -> dict:
     """The bundled model, the bundled sample: fp32 vs the fast path, and the Table IV batch."""
     from MotionSSIMLib.checkpoint import default_model_path, load_checkpoint
+    from MotionSSIMLib.devices import cpu_description
     from MotionSSIMLib.geometry import extract_slices, to_model_input, volume
     from MotionSSIMLib.inference import (
         DEFAULT_TTA,
@@ -93,30 +146,26 @@ def precision_and_table4(args) -> dict:
     stack = extract_slices(sample, "auto")
     x = torch.from_numpy(to_model_input(stack.images, stack.pixel_spacing))[:, None]
     x = x[:args.batch_size]
-    old = load_checkpoint(default_model_path(), device=dev).model.eval()  # NCHW, no autocast
-
-    def old_path():
-        with torch.inference_mode():
-            return old(x.to(dev)).float().reshape(-1).cpu().numpy()
-
+    bare_net = load_checkpoint(default_model_path(), device=dev).model.eval()
+    ref, bare = fastest_bare(bare_net, x, dev, args.batch_size, sync)
     loaded = get_model(None, dev)
-    runs = {"fp32 (old layout)": old_path,
-            "fp32 channels-last": lambda: forward_views(x, loaded, dev, args.batch_size,
+    runs = {"forward_views fp32": lambda: forward_views(x, loaded, dev, args.batch_size,
                                                         "fp32", 1)[:, 0],
-            f"{fast} (auto)": lambda: forward_views(x, loaded, dev, args.batch_size,
-                                                    "auto", 1)[:, 0]}
+            f"forward_views {fast} (auto)": lambda: forward_views(x, loaded, dev,
+                                                                 args.batch_size, "auto", 1)[:, 0]}
     rates, outs = {}, {}
     for _ in range(2):  # interleaved, best of two: the machine may be shared
         for name, fn in runs.items():
             t = _timeit(fn, repeat=1, sync=sync)
             rates[name] = max(rates.get(name, 0.0), len(x) / t)
             outs[name] = fn()
-    base = rates["fp32 (old layout)"]
-    diff = np.abs(np.clip(outs[f"{fast} (auto)"], 0, 1) - np.clip(outs["fp32 (old layout)"], 0, 1))
+    base = bare[ref]
+    diff = np.abs(np.clip(outs[f"forward_views {fast} (auto)"], 0, 1)
+                  - np.clip(outs["forward_views fp32"], 0, 1))
     print(f"device {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"bundled model, {len(x)} sample slices")
-    for name, r in rates.items():
-        print(f"  {name:>20}: {r:7.1f} slices/s  ({r / base:4.2f}x fp32)")
+          f"bundled model, {len(x)} sample slices; reference: bare {ref}")
+    for name, r in {**{f"bare {k}": v for k, v in bare.items()}, **rates}.items():
+        print(f"  {name:>30}: {r:7.1f} slices/s  ({r / base:4.2f}x bare {ref})")
     print(f"  fast path vs fp32: mean |difference| {diff.mean():.5f}, max {diff.max():.5f}")
 
     arr, spacing = sample.array, sample.spacing
@@ -148,14 +197,17 @@ def precision_and_table4(args) -> dict:
     print(f"  same verdicts fp32 vs {fast} (1 view): {same}; paper: 36 volumes in 39.8 s "
           f"(desktop CPU), 8.8 s (GTX 1080 Ti)")
     return {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "precision_fast": fast, "slices": len(x), "slices_per_s": rates,
-            "ratio_fast_vs_fp32": rates[f"{fast} (auto)"] / base,
+            "cpu": cpu_description(), "reference": f"bare {ref}",
+            "precision_fast": fast, "slices": len(x), "slices_per_s": {**bare, **rates},
+            "ratio_fast_vs_reference": rates[f"forward_views {fast} (auto)"] / base,
             "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
             "table4": table, "table4_same_verdicts": same, "table4_volumes": len(variants),
             "table4_slices": n_slices}
 
 
 def main() -> None:
+    from MotionSSIMLib.devices import cpu_line
+
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -166,6 +218,7 @@ def main() -> None:
                     help="only the precision and Table IV parts")
     ap.add_argument("--json", metavar="PATH", help="write the precision/Table IV figures")
     args = ap.parse_args()
+    print(cpu_line(), flush=True)
     figures = precision_and_table4(args)
     if args.json:
         with open(args.json, "w") as f:
@@ -188,8 +241,6 @@ def main() -> None:
           f"N = {n} slices")
 
     net = build_model("resnet18").to(dev).eval()
-    if dev.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
     for label, imgs, spacing in (("256x256", rng.random((n, 256, 256)).astype(np.float32),
                                   (1.0, 1.0)),
                                  ("320x320", rng.random((n, 320, 320)).astype(np.float32),
@@ -198,22 +249,12 @@ def main() -> None:
                                      np.float32), (0.9, 1.2))):
         t_pre = _timeit(lambda imgs=imgs, spacing=spacing: to_model_input(imgs, spacing))
         x = torch.from_numpy(to_model_input(imgs, spacing))[:, None]
-
-        def forward(x=x):
-            with torch.inference_mode():
-                for i in range(0, n, args.batch_size):
-                    b = x[i:i + args.batch_size].to(dev)
-                    if dev.type == "cuda":
-                        with torch.autocast("cuda", dtype=torch.float16):
-                            net(b.contiguous(memory_format=torch.channels_last))
-                    else:
-                        net(b)
-
-        t_fwd = _timeit(forward, sync=sync)
+        ref, bare = fastest_bare(net, x, dev, args.batch_size, sync)
         t_all = _timeit(lambda imgs=imgs, spacing=spacing: predict_slices(
             imgs, net, dev, args.batch_size, spacing), sync=sync)
-        print(f"predict_slices {label:>18}: {n / t_all:8.1f} slices/s | bare forward "
-              f"{n / t_fwd:8.1f} slices/s | preprocessing {n / t_pre:8.0f} slices/s = "
+        print(f"predict_slices {label:>18}: {n / t_all:8.1f} slices/s = "
+              f"{n / t_all / bare[ref]:4.2f} of the fastest bare forward ({ref}, "
+              f"{bare[ref]:.1f} slices/s) | preprocessing {n / t_pre:8.0f} slices/s = "
               f"{100 * t_pre / t_all:4.1f} % of predict_slices")
 
     clean = torch.from_numpy(brain_like(n, 256, rng))[:, None]
