@@ -178,7 +178,10 @@ def test_model_input_pad_downscale_square_and_passthrough():
     out = geometry.to_model_input(small, crop=False)
     assert out.shape == (2, 256, 256) and out.dtype == np.float32
     assert out.min() == 0 and out.max() == 1
-    assert np.all(out[:, :78] == 0) and np.all(out[:, :, :38] == 0)  # centred padding
+    # scaled up (model v3: UPSCALE_WINDOW) so the longer side fills 256: 100 x 180 -> 142 x 256,
+    # then padded centred along the shorter side
+    assert np.all(out[:, :57] == 0) and np.all(out[:, 199:] == 0)
+    assert np.all(out[:, 60:196].std(axis=1) > 0.05)  # every column holds the image
     big = rng.random((1, 512, 300))
     out = geometry.to_model_input(big, crop=False)
     assert out.shape == (1, 256, 256)
@@ -187,7 +190,7 @@ def test_model_input_pad_downscale_square_and_passthrough():
     rect = np.zeros((1, 100, 50))
     rect[0, :, 25:] = 1
     out = geometry.to_model_input(rect, pixel_spacing=(1.0, 2.0), crop=False)
-    assert np.count_nonzero(out[0, 128]) in range(48, 53)
+    assert np.count_nonzero(out[0, 128] > 0.5) in range(125, 132)  # then scaled up to 256
     ready = rng.random((3, 256, 256)).astype(np.float32)
     ready = (ready - ready.min(axis=(1, 2), keepdims=True))
     ready /= ready.max(axis=(1, 2), keepdims=True)

@@ -274,3 +274,65 @@ def test_random_batch_backends_agree():
                             tio_backend="torchio")
     assert (a - b).abs().max() < 1e-5
     assert ssim_label(x, a).min() < 0.95
+
+
+def _band_limited(n: int = 6, size: int = 128, lines: int = 32):
+    """Head-like slices acquired with `lines` of `size` k-space lines on both axes (k-space
+    zero-filled to `size`), the same slices at their native `lines` x `lines` matrix, and the
+    resolution parameters."""
+    from MotionSSIMLib import augment
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:size, :size] / size - 0.5
+    imgs = []
+    for _ in range(n):
+        r = (yy / rng.uniform(0.3, 0.4)) ** 2 + (xx / rng.uniform(0.25, 0.35)) ** 2
+        imgs.append(np.where(r < 1, 0.5 + 0.4 * np.sin(18 * xx + rng.uniform(0, 6))
+                             * np.cos(15 * yy), 0))
+    x = torch.tensor(np.stack(imgs), dtype=torch.float32)[:, None]
+    res = augment.ResolutionParams(
+        apply=torch.ones(n, dtype=torch.bool), matrix_h=torch.full((n,), float(lines)).double(),
+        matrix_w=torch.full((n,), float(lines)).double(), kspace=torch.ones(n, dtype=torch.bool),
+        window=torch.zeros(n).double())
+    acquired = augment.apply_resolution(x, res)
+    lo = (size - lines) // 2  # the acquired lines: all the signal the zero-filled slice holds
+    k = torch.fft.fftshift(torch.fft.fft2(acquired), dim=(-2, -1))[..., lo:lo + lines,
+                                                                   lo:lo + lines]
+    native = torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1))).abs()
+    return acquired, native, res
+
+
+def _zero_fill(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A native slice reconstructed on a size x size grid (k-space zero-filled), as a scanner's
+    interpolation does."""
+    k = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
+    lo = (size - x.shape[-1]) // 2
+    big = torch.zeros(x.shape[:-2] + (size, size), dtype=k.dtype)
+    big[..., lo:lo + x.shape[-2], lo:lo + x.shape[-1]] = k
+    return torch.fft.ifft2(torch.fft.ifftshift(big, dim=(-2, -1))).abs()
+
+
+@pytest.mark.parametrize("p_torchio", [0.0, 1.0])
+def test_motion_acts_on_the_acquired_lines_of_a_lower_matrix(p_torchio):
+    """A slice acquired with 32 of 128 lines moves while those 32 are acquired. On the 128
+    grid, motion over the acquired lines (MotionParams.acquired) reads as the same motion
+    simulated at the native 32 x 32 matrix and zero-filled; over all 128 lines, as before model
+    v3, it did not (most of the motion fell on the empty outer lines)."""
+    x, native, res = _band_limited()
+    band = res.band((128, 128))
+    assert torch.allclose(band, torch.full((6, 2), 0.25))
+    params = M.draw_motion_params(6, (128, 128), torch.Generator().manual_seed(1), p_torchio,
+                                  severity=0.6)
+    whole = M.apply_motion(x, params)
+    assert torch.equal(whole, M.apply_motion(x, params.acquired(torch.ones(6, 2)))), \
+        "band 1 is the whole grid, exactly as before"
+    acquired = M.apply_motion(x, params.acquired(band))
+    small = M.draw_motion_params(6, (32, 32), torch.Generator().manual_seed(1), p_torchio,
+                                 severity=0.6)
+    ref = float(ssim_label(_zero_fill(native, 128),
+                           _zero_fill(M.apply_motion(native, small), 128)).mean())
+    got = float(ssim_label(x, acquired).mean())
+    old = float(ssim_label(x, whole).mean())
+    assert abs(got - ref) < 0.04 and abs(got - ref) < abs(old - ref), (got, ref, old)
+    assert params.acquired(band).describe(0)["acquired_band"] == pytest.approx(0.25)
+    assert params.describe(0)["acquired_band"] == 1.0

@@ -8,9 +8,9 @@ These scans are evaluation data only: never train or tune on their slices.
 
 The scans and where they come from are listed in SCANS (package, file, contrast, licence).
 Every non-empty slice of a scan's acquisition plane is read once clean (true SSIM 1) and
-corrupted by each simulator (the k-space line simulator and the TorchIO-style one), severity
-uniform on [0, 1], seeded per scan; the label is the DESIGN.md SSIM against the clean slice in
-the model-input geometry. Per scan: mean bias and residual sd (all samples, and per simulator),
+corrupted by each simulator (the k-space line simulator and the TorchIO-style one) at the
+slice's own matrix, severity uniform on [0, 1], seeded per scan; the label is the model v3 SSIM
+against the clean slice, both resampled to the model input (`ssim.fit_pair`). Per scan: mean bias and residual sd (all samples, and per simulator),
 MAE, how the clean slices read (mean, lowest, share >= 0.93, share read "good"), 3-class and
 clinical accuracy. Writes OUT/real_scans.{json,csv,md,png} and OUT/samples.csv.
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from MotionSSIMLib import classes, data, devices, geometry, inference, motion, ssim
+from MotionSSIMLib import classes, data, devices, geometry, inference, intensity, motion, ssim
 from MotionSSIMLib.checkpoint import LoadedModel
 from MotionSSIMLib.errors import MotionSSIMError
 from MotionSSIMLib.model import forward_ssim
@@ -99,10 +99,11 @@ SCANS: tuple[Scan, ...] = (
 )
 SCAN_NAMES = tuple(s.name for s in SCANS)
 
-COLUMNS = ("scan", "contrast", "package", "version", "slices", "samples", "mae", "bias",
+COLUMNS = ("scan", "contrast", "package", "version", "matrix", "slices", "samples", "mae", "bias",
            "residual_sd", "bias_kspace", "sd_kspace", "bias_torchio", "sd_torchio",
            "clean_mean_prediction", "clean_min_prediction", "clean_share_093",
-           "clean_share_good", "accuracy_3", "accuracy_clinical")
+           "clean_share_good", "accuracy_3", "accuracy_clinical", "recall_good",
+           "recall_sufficient", "recall_insufficient", "insufficient_read_good")
 
 
 def _package_dir(package: str) -> Path:
@@ -218,8 +219,12 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
     keep = data.slice_candidates(stack, "all")
     if max_slices is not None and len(keep) > max_slices:
         keep = keep[np.linspace(0, len(keep) - 1, max_slices).round().astype(int)]
-    clean = torch.from_numpy(geometry.to_model_input(stack.images[keep], stack.pixel_spacing))
-    clean = clean[:, None]
+    # Motion at the slice's own matrix, as the scanner acquired it (a 64 x 64 EPI moves during
+    # its 64 lines); then the pair is fitted to the model input (model v3 label, ssim.fit_pair).
+    native = torch.from_numpy(np.ascontiguousarray(stack.images[keep], dtype=np.float32))
+    native = intensity.minmax(native[:, None])
+    spacing = stack.pixel_spacing
+    clean = torch.from_numpy(geometry.to_model_input(native[:, 0].numpy(), spacing))[:, None]
     n = len(clean)
     per_sim = repeats or max(REPEATS_PER_SIMULATOR, math.ceil(MIN_CORRUPTED / n))
     net, dev = _net(model, device)  # first: a bad model file fails before any simulation
@@ -229,9 +234,10 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
     for simulator in SIMULATORS:
         for _ in range(per_sim):
             s = torch.rand(n, generator=gen) if severity is None else torch.full((n,), severity)
-            moved = _corrupt(clean, simulator, s, gen)
-            images.append(moved)
-            labels.append(ssim.ssim_label(clean, moved).float())
+            moved = _corrupt(native, simulator, s, gen)[:, 0].numpy()
+            x, y = ssim.fit_pair(native[:, 0].numpy(), moved, spacing)
+            images.append(y)
+            labels.append(ssim.ssim_label(x, y).float())
             sims += [simulator] * n
             sev += s.tolist()
             idx += list(range(n))
@@ -251,6 +257,8 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
         "accuracy_3": float((classes.uniform_class(pred, 3) == classes.uniform_class(true, 3))
                             .mean()),
         "accuracy_clinical": float((clin(pred) == clin(true)).mean()),
+        "matrix": "x".join(str(int(v)) for v in stack.images.shape[1:]),
+        **classes.clinical_recall(pred, true),
         "corrupted_mean_true": float(true[n:].mean()),
         "corrupted_mean_prediction": float(pred[n:].mean()),
     }
@@ -327,16 +335,21 @@ def write_outputs(table: dict[str, dict], out: Path, model: str, seed: int) -> l
 def markdown_table(table: dict[str, dict], model: str = "bundled", seed: int = 0) -> str:
     lines = [f"Real scans, model {model}, seed {seed}: bias = mean(predicted - true SSIM) over "
              "clean and corrupted samples; clean = the motion-free slices' predictions.", "",
-             "| scan | contrast | slices (samples) | MAE | bias | residual sd | bias k-space / "
-             "TorchIO | clean mean (min) | clean >= 0.93 | clean read good | 3-class acc. | "
-             "clinical acc. |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| scan | contrast | matrix | slices (samples) | MAE | bias | residual sd | bias "
+             "k-space / TorchIO | clean mean (min) | clean >= 0.93 | clean read good | 3-class "
+             "acc. | clinical acc. | recall good / sufficient / insufficient | insufficient "
+             "read good |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.values():
+        recall = " / ".join(f"{r['recall_' + c]:.2f}" for c in ("good", "sufficient",
+                                                                  "insufficient"))
         lines.append(
-            f"| {r['scan']} | {r['contrast']} | {r['slices']} ({r['samples']}) | {r['mae']:.3f} "
+            f"| {r['scan']} | {r['contrast']} | {r['matrix']} | {r['slices']} ({r['samples']}) "
+            f"| {r['mae']:.3f} "
             f"| {r['bias']:+.3f} | {r['residual_sd']:.3f} | {r['bias_kspace']:+.3f} / "
             f"{r['bias_torchio']:+.3f} | {r['clean_mean_prediction']:.3f} "
             f"({r['clean_min_prediction']:.3f}) | {r['clean_share_093']:.2f} | "
-            f"{r['clean_share_good']:.2f} | {r['accuracy_3']:.3f} | {r['accuracy_clinical']:.3f} |")
+            f"{r['clean_share_good']:.2f} | {r['accuracy_3']:.3f} | {r['accuracy_clinical']:.3f} "
+            f"| {recall} | {r['insufficient_read_good']} |")
     if table:
         lines += ["", f"Largest per-scan |bias|: {largest_abs_bias(table):.3f} (target <= 0.03).",
                   "", "| scan | package (version) | file | licence | what it is |",

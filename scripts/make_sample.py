@@ -6,7 +6,8 @@ in some slices and not others, and its true per-slice SSIM beside it.
 Each slice of a 2D multi-slice acquisition is acquired on its own, so motion is simulated per
 slice with the batched k-space simulator at the slice's native matrix. The true SSIM follows the
 label contract (README.md, "The SSIM label"): clean and corrupted slice, in display orientation,
-both cut to the clean slice's head window and fitted to the 256 x 256 model input.
+both cut to the clean slice's head window and resampled to the 256 x 256 model input
+(`ssim.slice_label`).
 """
 
 from __future__ import annotations
@@ -51,11 +52,7 @@ def true_ssim(clean: geometry.Volume, corrupted: geometry.Volume,
     where it is fixed before the motion). Slices without motion are 1 exactly."""
     a_st = geometry.extract_slices(clean, "axial")
     b_st = geometry.extract_slices(corrupted, "axial")
-    spacing = a_st.pixel_spacing
-    windows = geometry.model_windows(a_st.images, spacing)
-    a = torch.from_numpy(geometry.to_model_input(a_st.images, spacing, windows=windows))
-    b = torch.from_numpy(geometry.to_model_input(b_st.images, spacing, windows=windows))
-    true = ssim.ssim_label(a[:, None], b[:, None]).numpy().astype(np.float64)
+    true = ssim.slice_label(a_st.images, b_st.images, a_st.pixel_spacing)
     true[np.asarray(severity) == 0] = 1.0
     return true
 

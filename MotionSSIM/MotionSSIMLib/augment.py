@@ -234,6 +234,15 @@ class ResolutionParams:
     def __len__(self) -> int:
         return int(self.apply.numel())
 
+    def band(self, size: tuple[int, int]) -> torch.Tensor:
+        """(B, 2) float32: the share of the k-space lines of a `size` (H, W) slice acquired
+        along (y, x); 1 where the sample keeps its full matrix. Motion acts on these lines
+        (`motion.MotionParams.acquired`)."""
+        h, w = size
+        by = torch.where(self.apply, (self.matrix_h / h).clamp(max=1.0), torch.ones(len(self)))
+        bx = torch.where(self.apply, (self.matrix_w / w).clamp(max=1.0), torch.ones(len(self)))
+        return torch.stack([by, bx], dim=1).float()
+
     def select(self, index: torch.Tensor) -> ResolutionParams:
         """The parameters of samples `index`."""
         idx = torch.as_tensor(index, dtype=torch.long).cpu()

@@ -58,3 +58,19 @@ def uniform_class(ssim, n: int) -> np.ndarray:
         raise SettingsError(f"number of classes must be an integer >= 1, got {n!r}")
     s = np.clip(np.asarray(ssim, dtype=np.float64), 0.0, 1.0)
     return np.minimum(np.floor(s * n).astype(int), n - 1) + 1
+
+
+def clinical_recall(pred, true, thresholds: ClinicalThresholds = ClinicalThresholds(),
+                    ) -> dict[str, float]:
+    """Per clinical class of the TRUE SSIM, the share of its samples predicted in that class
+    ("recall_good", "recall_sufficient", "recall_insufficient"; NaN for a class without
+    samples), and "insufficient_read_good": how many truly insufficient samples read good (the
+    miss a re-scan tool must not make)."""
+    p = clinical_class(np.clip(np.asarray(pred, dtype=np.float64), 0.0, 1.0), thresholds)
+    t = clinical_class(np.clip(np.asarray(true, dtype=np.float64), 0.0, 1.0), thresholds)
+    out: dict[str, float] = {}
+    for number, name in CLINICAL_NAMES.items():
+        mine = t == number
+        out[f"recall_{name}"] = float((p[mine] == number).mean()) if mine.any() else float("nan")
+    out["insufficient_read_good"] = int(((t == 3) & (p == 1)).sum())
+    return out

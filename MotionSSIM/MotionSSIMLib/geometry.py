@@ -274,13 +274,16 @@ def extract_slices(vol: Volume, orientation: str = "auto") -> SliceStack:
 # motion evidence outside it, in view. 15 %: on the bundled sample the bundled model's mean
 # error was 0.077 / 0.068 / 0.061 / 0.058 / 0.060 at 4 / 8 / 12 / 16 / 20 %.
 CROP_MARGIN = 0.15
-# The contract scales a window down to the model input when it is larger and pads it when it
-# is smaller (so a low-resolution slice keeps its pixel size). True would scale every window to
-# the model input, which makes the input independent of the pixel size as well (the bundled
-# sample upsampled 2x: predictions move by up to 0.08 instead of 0.42), at the cost of a new
-# training: the bundled model was trained at native pixel size. Switching it changes the
-# label, training and inference together.
-UPSCALE_WINDOW = False
+# Model v3 (issue "Model v3", contract change): every window is resampled to the model input,
+# larger ones scaled down (anti-aliased), smaller ones scaled up (bicubic), so the label and the
+# input no longer depend on how many pixels the head has. Until v2 a smaller window was
+# zero-padded and the padding counted as agreement in the label: the same motion read 0.99 on a
+# 64 px head and 0.86 on a 256 px one (MNI152 slice, k-space motion stored at both matrices).
+# Resampled, the labels of one pair stored at 96-512 px across the head agree within 0.03, at 64
+# px within 0.06 (what a 64 px copy has lost cannot be compared): Testing/test_label.py.
+# Bicubic rather than bilinear up-sampling: a 64 px pair reads 0.01-0.03 closer to its 256 px
+# self. Heads of 200 px and more (windows above 256) are scaled down as before: same label.
+UPSCALE_WINDOW = True
 _MIN_HEAD_PIXELS = 16   # fewer foreground pixels than this: no head (the whole slice is used)
 _LINE_SHARE = 0.05      # a row/column is inside the box when it holds >= 5 % of the fullest one's
 _MIN_LINE_PIXELS = 2    # ... and at least 2 pixels: isolated noise spikes never stretch the box
@@ -409,8 +412,8 @@ def model_windows(images: np.ndarray, pixel_spacing=(1.0, 1.0), threshold: float
 
 def _fit(x: torch.Tensor, pixel_spacing, size: int) -> torch.Tensor:
     """Slices (n, h, w) of one shape: square pixels (the coarser axis resampled to the finer
-    spacing), min-max to [0, 1], then padded centred if they fit in size x size, else scaled
-    down (anti-aliased) so the longer side is size, then padded."""
+    spacing), min-max to [0, 1], then scaled so the longer side is size (UPSCALE_WINDOW; a
+    window that fits was only padded before model v3), then padded centred."""
     n, h, w = x.shape
     sr, sc = pixel_spacing
     if abs(sr - sc) > 1e-3 * min(sr, sc):
@@ -422,8 +425,9 @@ def _fit(x: torch.Tensor, pixel_spacing, size: int) -> torch.Tensor:
     if max(h, w) > size or (UPSCALE_WINDOW and max(h, w) < size):
         scale = size / max(h, w)
         h2, w2 = min(size, max(1, round(h * scale))), min(size, max(1, round(w * scale)))
-        x = F.interpolate(x[:, None], size=(h2, w2), mode="bilinear", antialias=max(h, w) > size,
-                          align_corners=False)[:, 0].clamp_(0.0, 1.0)
+        down = max(h, w) > size
+        x = F.interpolate(x[:, None], size=(h2, w2), mode="bilinear" if down else "bicubic",
+                          antialias=down, align_corners=False)[:, 0].clamp_(0.0, 1.0)
         h, w = h2, w2
     if (h, w) != (size, size):
         top, left = (size - h) // 2, (size - w) // 2

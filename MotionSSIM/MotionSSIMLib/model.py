@@ -29,6 +29,25 @@ def build_model(architecture: str = "resnet18") -> nn.Module:
     return net
 
 
+# A ResNet's stages in input order: the stem, then layer1..layer4 (the head, fc, always trains)
+STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+
+
+def freeze_stages(net: nn.Module, n: int) -> list[str]:
+    """Keep the first `n` stages of a ResNet (0: none; 1: the stem; 2: stem and layer1; ...)
+    fixed in fine-tuning: their weights get no gradient, so the backward pass stops before
+    them (the early, high-resolution stages cost most of it). Their BatchNorm statistics still
+    follow the data (calibration). Returns the names of the frozen modules."""
+    net = unwrap(net)
+    if not 0 <= n <= len(STAGES) - 1:
+        raise ValueError(f"freeze: 0 to {len(STAGES) - 1} stages, got {n}")
+    names = [name for stage in STAGES[:n] for name in stage]
+    for name in names:
+        for p in getattr(net, name).parameters():
+            p.requires_grad_(False)
+    return names
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain network inside DistributedDataParallel / torch.compile wrappers."""
     while True:

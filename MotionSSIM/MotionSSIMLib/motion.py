@@ -118,7 +118,13 @@ class _Params:
         """The parameters of samples `index` (a new object of the same class)."""
         idx = torch.as_tensor(index, dtype=torch.long).cpu()
         return dataclasses.replace(self, **{  # type: ignore[arg-type]
-            f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})  # type: ignore[arg-type]
+            f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None})  # type: ignore[arg-type]
+
+    def acquired_band(self) -> torch.Tensor:
+        """(B,) float32: the share of the lines acquired along the split axis (1: all)."""
+        band = getattr(self, "band", None)
+        return torch.ones(self.batch) if band is None else band.float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +141,8 @@ class KspaceMotionParams(_Params):
     about the slice centre; shift (B, KS_MAX_POSES, 2) float32 (y, x) translation in pixels;
     n_groups (B,) int64 groups of consecutive PE lines; offset (B,) float32 shift of the group
     boundaries, in groups; group_pose (B, KS_MAX_GROUPS + 1) int64: the pose each group takes
-    its lines from, -1 = unmoved (the central KS_CENTRE_FRACTION of the lines is always unmoved).
+    its lines from, -1 = unmoved (the central KS_CENTRE_FRACTION of the lines is always unmoved);
+    band (B,) float32 in (0, 1]: the share of the PE lines that were acquired (`MotionParams.acquired`).
     """
 
     severity: torch.Tensor
@@ -146,6 +153,7 @@ class KspaceMotionParams(_Params):
     n_groups: torch.Tensor
     offset: torch.Tensor
     group_pose: torch.Tensor
+    band: torch.Tensor | None = None  # None: the whole grid (1 for every sample)
 
     def describe(self, i: int) -> dict[str, Any]:
         """Sample i as plain Python values (JSON-serialisable)."""
@@ -158,6 +166,7 @@ class KspaceMotionParams(_Params):
             "poses_shift_yx_px": self.shift[i, :n].tolist(),
             "line_groups": g, "group_offset": float(self.offset[i]),
             "group_pose": self.group_pose[i, : g + 1].tolist(),
+            "acquired_band": float(self.acquired_band()[i]),
         }
 
 
@@ -230,17 +239,21 @@ def apply_kspace_motion(images: torch.Tensor, params: KspaceMotionParams) -> tor
     if b == 0:
         return x.clone()
 
-    # Line coordinate of every k-space sample in acquisition order: fftfreq + 0.5 runs from 0
-    # (k = -N/2) to 1 (k = N/2), so k = 0 sits at 0.5 and groups are contiguous in k.
+    # Line coordinate of every k-space sample in acquisition order: fftfreq / band + 0.5 runs
+    # from 0 (the first acquired line, k = -band N/2) to 1 (the last), so k = 0 sits at 0.5 and
+    # groups are contiguous in k. Lines past the acquired band hold no signal (lines < 0 or > 1
+    # join the outermost groups).
     fy = torch.fft.fftfreq(h, device=device)  # cycles / pixel
     fx = torch.fft.fftfreq(w, device=device)
+    band = params.acquired_band().to(device)[:, None, None]
     line = torch.where(
-        params.pe_rows.to(device)[:, None, None], fy[None, :, None] + 0.5, fx[None, None, :] + 0.5
+        params.pe_rows.to(device)[:, None, None], fy[None, :, None] / band + 0.5,
+        fx[None, None, :] / band + 0.5
     )  # (B, H, W)
     centre = (line - 0.5).abs() < KS_CENTRE_FRACTION / 2
     offset = params.offset.to(device)[:, None, None]  # random group boundaries
     n_groups = params.n_groups.float().to(device)[:, None, None]
-    group = (line * n_groups + offset).long().clamp(max=KS_MAX_GROUPS)
+    group = (line * n_groups + offset).floor().long().clamp(0, KS_MAX_GROUPS)
     pose = torch.gather(params.group_pose.to(device), 1, group.flatten(1)).view_as(line)
     pose = torch.where(centre, torch.full_like(pose, -1), pose)
 
@@ -301,7 +314,9 @@ class TioMotionParams(_Params):
     T = TIO_MAX_TRANSFORMS; degrees (B, T) float32: rotation about TorchIO's first axis (the
     through-plane one); translation (B, T, 2) float32: TorchIO's second and third components
     in mm (the first is 0); times (B, T) float32 in (0, 1), increasing: when each movement
-    happens, as a share of the acquisition. Entries past n_poses are unused (zero).
+    happens, as a share of the acquisition. Entries past n_poses are unused (zero). band (B,)
+    float32 in (0, 1]: the share of the k-space columns (the split axis) that were acquired
+    (`MotionParams.acquired`); the times are shares of those columns.
     """
 
     severity: torch.Tensor
@@ -310,6 +325,7 @@ class TioMotionParams(_Params):
     degrees: torch.Tensor
     translation: torch.Tensor
     times: torch.Tensor
+    band: torch.Tensor | None = None  # None: the whole grid (1 for every sample)
 
     def describe(self, i: int) -> dict[str, Any]:
         """Sample i as plain Python values (JSON-serialisable)."""
@@ -320,6 +336,7 @@ class TioMotionParams(_Params):
             "poses_degrees": self.degrees[i, :n].tolist(),
             "poses_translation_mm": self.translation[i, :n].tolist(),
             "times": self.times[i, :n].tolist(),
+            "acquired_band": float(self.acquired_band()[i]),
         }
 
 
@@ -444,7 +461,11 @@ def _tio_apply_torch(x: torch.Tensor, params: TioMotionParams) -> torch.Tensor:
     # Which spectrum fills each k-space column. Column c (fftshift order) is in segment
     # s = #{movements with floor(W * time) <= c}; float64 like TorchIO's numpy arithmetic.
     times = params.times[:, :t_used].double()
-    cut = torch.where(used, torch.floor(w * times), torch.full_like(times, float("inf")))
+    # the acquired columns are the central band * W of the shifted spectrum: times are shares
+    # of those (band 1: TorchIO's floor(W * time))
+    band = params.acquired_band().double()[:, None]
+    cut = torch.where(used, torch.floor(w * (1 - band) / 2 + w * band * times),
+                      torch.full_like(times, float("inf")))
     col = torch.arange(w, dtype=torch.float64)
     seg = (cut[:, None, :] <= col[None, :, None]).sum(-1)  # (N, W)
     late = used & (times > 0.5)
@@ -552,6 +573,9 @@ def apply_tio_motion(images: torch.Tensor, params: TioMotionParams,
                     torch.nonzero(chunk == c).flatten()))
                 for c in torch.unique(chunk).tolist()])
         else:
+            if bool((p.acquired_band() < 1).any()):
+                raise ValueError("apply_tio_motion: an acquired band below 1 needs the torch "
+                                 "backend (TorchIO itself splits the whole k-space)")
             arr = xs.detach().cpu().numpy()
             res = torch.from_numpy(np.stack([
                 tio_motion_call(arr[i], p.degrees[i, : int(p.n_poses[i])].numpy(),
@@ -619,6 +643,19 @@ class MotionParams(_Params):
         idx = torch.as_tensor(index, dtype=torch.long).cpu()
         return MotionParams(self.severity[idx], self.use_tio[idx], self.kspace.select(idx),
                             self.tio.select(idx))
+
+    def acquired(self, band_yx: torch.Tensor) -> MotionParams:
+        """These motions on slices acquired with only the central share band_yx (B, 2) of the
+        k-space lines along (y, x): each simulator's line order then spans the acquired lines
+        along its phase-encoding axis. A scanner that acquires 64 lines moves during those 64;
+        on a 256 grid the 192 outer lines hold no signal, and a line order over all 256 put
+        most of the motion there, where it changed nothing (model v3: low-matrix samples read
+        milder motion than they had)."""
+        by, bx = band_yx[:, 0].float().cpu(), band_yx[:, 1].float().cpu()
+        return MotionParams(
+            self.severity, self.use_tio,
+            dataclasses.replace(self.kspace, band=torch.where(self.kspace.pe_rows, by, bx)),
+            dataclasses.replace(self.tio, band=torch.where(self.tio.transpose, by, bx)))
 
     def describe(self, i: int) -> dict[str, Any]:
         """Sample i as plain Python values: the simulator it went through and its draw."""

@@ -129,8 +129,9 @@ def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generato
 def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
                      tio_backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Apply drawn corruption (deterministic): clean (B, 1, S, S) in [0, 1] -> (corrupted,
-    labels), on the device of `clean`. Order: contrast, acquired matrix (resolution), motion,
-    the label, then noise on the corrupted slice (the model input). The label is the SSIM
+    labels), on the device of `clean`. Order: contrast, acquired matrix (resolution), motion
+    over the acquired k-space lines only, the label, then noise on the corrupted slice (the
+    model input). The label is the SSIM
     between the clean slice so acquired (contrast, resolution) and its corrupted version,
     taken before the noise: noise neither lowers it (motion-free samples keep label 1) nor
     raises it. Taken after a noise field shared by both images, as first built, it rose by
@@ -147,9 +148,12 @@ def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
     x = clean.float()
     if params.contrast_names is not None:
         x = intensity.apply_contrast_batch(x, params.contrast_names, params.contrast_params)
+    moves = params.motion
     if params.resolution is not None:
         x = augment.apply_resolution(x, params.resolution)
-    corrupted = motion.apply_motion(x, params.motion, tio_backend)
+        # the motion happens while the acquired lines are acquired, not over the whole grid
+        moves = moves.acquired(params.resolution.band(tuple(x.shape[-2:])))
+    corrupted = motion.apply_motion(x, moves, tio_backend)
     labels = ssim.ssim_label(x, corrupted)
     if params.noise is not None:
         # sigma from the clean slice's tissue, as a scanner's noise does not follow the motion

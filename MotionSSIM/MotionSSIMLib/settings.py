@@ -146,6 +146,9 @@ class TrainSettings:
     distributed: bool | None = setting(None, "None = when WORLD_SIZE > 1", kind=bool, cli=False)
     init_from: str | None = setting(None, "start from this checkpoint's weights (fine-tune) "
                                     "instead of random ones", kind=str, metavar="CHECKPOINT")
+    freeze: int = setting(0, "leading stages kept fixed in fine-tuning (0: none; 1: the stem; "
+                          "2: stem and layer1; 3: and layer2): no backward pass through them",
+                          check=not_negative, metavar="N")
     slices: str = setting("central", "slices drawn from each volume: the central half (the "
                           "paper's) or all non-empty ones (top and bottom of the head included)",
                           choices=SLICE_RANGES)
@@ -169,6 +172,9 @@ class TrainSettings:
             raise InputError(f"warmup: must lie in [0, 1), got {self.warmup}")
         if self.max_time < 0:
             raise InputError("max_time must not be negative")
+        if self.freeze > 3:
+            raise InputError(f"freeze: at most 3 stages (the stem, layer1, layer2), got "
+                             f"{self.freeze}")
 
 
 def _like(name: str, default: Any = MISSING) -> Any:

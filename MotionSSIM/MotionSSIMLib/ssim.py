@@ -15,11 +15,13 @@ faster than float64 on the CPU. Other data ranges use float64 (except on MPS, wh
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from . import geometry
 from .intensity import minmax
 
-__all__ = ["ssim", "ssim_label"]
+__all__ = ["fit_pair", "slice_label", "ssim", "ssim_label"]
 
 K1 = 0.01
 K2 = 0.03
@@ -105,3 +107,28 @@ def ssim_label(clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
     """The MotionSSIM label: SSIM (data_range 1) between the clean and the corrupted slice,
     each min-max normalised to [0, 1] first. Shapes as `ssim`; returns (B,) float32."""
     return ssim(minmax(clean.float()), minmax(corrupted.float()), data_range=1.0)
+
+
+def fit_pair(clean: np.ndarray, corrupted: np.ndarray, pixel_spacing=(1.0, 1.0),
+             size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices as acquired, at any matrix -> the (N, 1, size, size) pair the label compares:
+    (N, H, W) or (H, W) clean and corrupted arrays of one shape, both cut to the CLEAN slice's
+    model-input window (`geometry.model_windows`; in training the window is fixed before the
+    motion) and fitted to the model input (`geometry.to_model_input`: resampled, whatever the
+    matrix). The corrupted one is also what the model reads in training."""
+    a, b = np.asarray(clean), np.asarray(corrupted)
+    if a.shape != b.shape or a.ndim not in (2, 3):
+        raise ValueError(f"slice_label: clean {a.shape} and corrupted {b.shape} must be one "
+                         "shape, (N, H, W) or (H, W)")
+    windows = geometry.model_windows(a, pixel_spacing)
+    x = geometry.to_model_input(a, pixel_spacing, size, windows=windows)
+    y = geometry.to_model_input(b, pixel_spacing, size, windows=windows)
+    return torch.from_numpy(x)[:, None], torch.from_numpy(y)[:, None]
+
+
+def slice_label(clean: np.ndarray, corrupted: np.ndarray, pixel_spacing=(1.0, 1.0),
+                size: int = 256) -> np.ndarray:
+    """The MotionSSIM label of slices as acquired, at any matrix: `ssim_label` of `fit_pair`,
+    (N,) float64. The motion is applied before, at the acquired matrix."""
+    x, y = fit_pair(clean, corrupted, pixel_spacing, size)
+    return ssim_label(x, y).numpy().astype(np.float64)

@@ -171,6 +171,10 @@ class _Run:
                 raise MotionSSIMError(f"{self.settings.init_from}: a {init.metadata['architecture']} "
                                       f"checkpoint cannot initialise a {self.settings.architecture}")
             net.load_state_dict(init.model.state_dict())
+        if self.settings.freeze:
+            from .model import freeze_stages
+
+            freeze_stages(net, self.settings.freeze)
         net = net.to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
