@@ -50,6 +50,14 @@ def printable(text: Any) -> str:
     return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
 
 
+def safe_stem(stem: str) -> str:
+    """The file name stem a report is written under: letters, digits, `.`, `_` and `-`
+    (any other run of characters becomes `_`), no leading dot. Archive keys go through it
+    too, so that two names it maps to one stem are seen to collide before anything is
+    written."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(stem)).lstrip(".") or "input"
+
+
 def report_name(path: str | os.PathLike) -> str:
     """The report name of an input: its file name without the extension (letters, digits,
     `.`, `_`, `-`; anything else becomes `_`), then `_` and the first 8 hex digits of the
@@ -185,7 +193,7 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(stem)).lstrip(".") or "input"
+    stem = safe_stem(stem)
     paths = {"csv": out / f"{stem}_slices.csv", "json": out / f"{stem}_summary.json",
              "png": out / f"{stem}_chart.png"}
     recs = assessment.records
@@ -342,7 +350,7 @@ def write_series_report(assessment: Any, out_dir: str | Path, stem: str,
     chart) and OUT/STEM_heatmap.png (frame x slice SSIM). Returns the four paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(stem)).lstrip(".") or "input"
+    stem = safe_stem(stem)
     paths = {"csv": out / f"{stem}_slices.csv", "json": out / f"{stem}_summary.json",
              "png": out / f"{stem}_chart.png", "heatmap": out / f"{stem}_heatmap.png"}
     text = io.StringIO(newline="")

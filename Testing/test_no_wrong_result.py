@@ -1,0 +1,167 @@
+"""Issue 26: no wrong result with exit 0 (resume, report names, 4D options, noise, group,
+DICOM frames, discovery, ratings), each class checked on real files through the command."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_archive import head, varied_model, write_nifti
+
+from MotionSSIMLib import archive
+from MotionSSIMLib.cli import main
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return varied_model(tmp_path_factory.mktemp("m") / "varied.safetensors")
+
+
+def run(ckpt, *args):
+    return main(["assess", *map(str, args), "--model", str(ckpt), "--device", "cpu",
+                 "--no-progress"])
+
+
+def rows(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "group_report.csv", newline="", encoding="utf-8") as f:
+        return {r["path"]: r for r in csv.DictReader(f)}
+
+
+def summary(out: Path, key: str) -> dict:
+    return json.loads((out / f"{key}_summary.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. resume is keyed on the input's content
+
+
+def test_resume_reassesses_a_replaced_or_other_scan(tmp_path, ckpt):
+    rng = np.random.default_rng(0)
+    ds, out = tmp_path / "site", tmp_path / "qc"
+    scan = ds / "s1" / "T2.nii.gz"
+    write_nifti(scan, head(rng, (40, 44, 5)))
+    assert run(ckpt, ds, "--out", out) == 0
+    first = summary(out, "s1/T2")
+    assert first["archive"]["input"]["sha256"] == archive.input_identity(scan)["sha256"]
+    assert run(ckpt, ds, "--out", out) == 0
+    assert rows(out)["s1/T2.nii.gz"]["status"] == "resumed"  # unchanged: reused
+    # replaced in place by another scan: assessed again, not handed the old result
+    write_nifti(scan, head(rng, (40, 44, 5), noise=60))
+    assert run(ckpt, ds, "--out", out) == 0
+    assert rows(out)["s1/T2.nii.gz"]["status"] == "assessed"
+    second = summary(out, "s1/T2")
+    assert second["archive"]["input"] != first["archive"]["input"]
+    # the same size and time but other bytes (copied with its time kept): the hash tells
+    st = scan.stat()
+    data = bytearray(scan.read_bytes())
+    data[-5] ^= 0xFF  # inside gzip's trailer: the file is then refused as corrupted
+    scan.write_bytes(bytes(data))
+    os.utime(scan, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert scan.stat().st_size == st.st_size
+    assert not archive.same_input(second["archive"]["input"], scan)
+    assert run(ckpt, ds, "--out", out) == 2
+    assert rows(out)["s1/T2.nii.gz"]["status"] == "failed"
+    # another dataset with the same layout into the same --out: assessed, not resumed
+    other = tmp_path / "other" / "site"
+    write_nifti(other / "s1" / "T2.nii.gz", head(rng, (40, 44, 5), noise=30))
+    assert run(ckpt, other, "--out", out) == 0
+    assert rows(out)["s1/T2.nii.gz"]["status"] == "assessed"
+
+
+def test_resume_keys_a_dicom_folder_and_detached_data_on_every_file(tmp_path):
+    (tmp_path / "dcm").mkdir()
+    for n in range(3):
+        (tmp_path / "dcm" / f"IM{n}").write_bytes(b"x" * 10)
+    before = archive.input_identity(tmp_path / "dcm")
+    assert before["n_files"] == 3
+    (tmp_path / "dcm" / "IM1").write_bytes(b"y" * 10)
+    assert not archive.same_input(before, tmp_path / "dcm")
+    (tmp_path / "v.mhd").write_text("ElementDataFile = data.raw\n")
+    (tmp_path / "data.raw").write_bytes(b"\0" * 8)
+    ident = archive.input_identity(tmp_path / "v.mhd")
+    (tmp_path / "data.raw").write_bytes(b"\1" * 8)
+    assert not archive.same_input(ident, tmp_path / "v.mhd")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. report names are unique once sanitised
+
+
+def test_names_that_sanitise_alike_get_distinct_reports(tmp_path, ckpt):
+    rng = np.random.default_rng(1)
+    ds, out = tmp_path / "ds", tmp_path / "qc"
+    write_nifti(ds / "T2 axial.nii.gz", head(rng, (40, 44, 5)))
+    write_nifti(ds / "T2_axial.nii.gz", head(rng, (40, 44, 5), noise=60))
+    write_nifti(ds / "t2_AXIAL.nii.gz", head(rng, (40, 44, 5), noise=30))  # case-folded alike
+    assert run(ckpt, ds, "--out", out) == 0
+    got = rows(out)
+    assert set(got) == {"T2 axial.nii.gz", "T2_axial.nii.gz", "t2_AXIAL.nii.gz"}
+    reports = {r["summary"] for r in got.values()}
+    assert len(reports) == 3  # three report sets, none overwritten
+    for rel, r in got.items():
+        assert summary(out, r["summary"][:-len("_summary.json")])["input"].endswith(rel)
+    # and each is resumed (the check looks for the name the reports were written under)
+    assert run(ckpt, ds, "--out", out) == 0
+    assert {r["status"] for r in rows(out).values()} == {"resumed"}
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. every option of a 3D assessment reaches a 4D one
+
+
+def _csv_sd(path: Path) -> list[float]:
+    with open(path, newline="") as f:
+        return [float(r["ssim_sd"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("archive_run", [False, True])
+def test_4d_takes_tta_and_precision(tmp_path, ckpt, archive_run):
+    rng = np.random.default_rng(2)
+    ds, out = tmp_path / "ds", tmp_path / "qc"
+    dwi = ds / "dwi.nii.gz"
+    write_nifti(dwi, head(rng, (40, 44, 5, 2), 20))
+    target = ds if archive_run else dwi
+    assert run(ckpt, target, "--out", out, "--no-uncertainty", "--precision", "fp32") == 0
+    js = next(out.rglob("*_summary.json"))
+    s = json.loads(js.read_text())
+    assert s["kind"] == "series"
+    assert s["inference"]["views"] == ["identity"] and s["inference"]["precision"] == "fp32"
+    assert set(_csv_sd(js.with_name(js.name.replace("_summary.json", "_slices.csv")))) == {0.0}
+    if archive_run:  # the fingerprint records what ran
+        assert s["archive"]["fingerprint"]["tta"] == 1
+    assert run(ckpt, target, "--out", out, "--tta", "3", "--force") == 0
+    s = json.loads(js.read_text())
+    assert len(s["inference"]["views"]) == 3
+    assert max(_csv_sd(js.with_name(js.name.replace("_summary.json", "_slices.csv")))) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. discovery follows folder links; one scan named twice is one scan
+
+
+def test_symlinked_subject_folder_and_a_scan_named_twice(tmp_path, ckpt, capsys):
+    rng = np.random.default_rng(3)
+    elsewhere = tmp_path / "store" / "sub-02"
+    write_nifti(elsewhere / "anat" / "sub-02_T1w.nii.gz", head(rng, (40, 44, 5)))
+    ds = tmp_path / "ds"
+    write_nifti(ds / "sub-01" / "anat" / "sub-01_T1w.nii.gz", head(rng, (40, 44, 5)))
+    (ds / "dataset_description.json").write_text('{"Name": "t"}')
+    (ds / "sub-02").symlink_to(elsewhere, target_is_directory=True)
+    (ds / "sub-01" / "anat" / "loop").symlink_to(ds, target_is_directory=True)  # a loop
+    keys = sorted(s.key for s in archive.discover([ds]))
+    assert keys == ["sub-01/anat/sub-01_T1w", "sub-02/anat/sub-02_T1w"]
+    # named twice (and once more through a symlink): assessed and counted once
+    f = ds / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    (tmp_path / "link.nii.gz").symlink_to(f)
+    out = tmp_path / "qc"
+    capsys.readouterr()
+    assert run(ckpt, f, f, tmp_path / "link.nii.gz", "--out", out) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 1
+    assert captured.err.count("assessed once") == 2
+    assert len(list(out.glob("*_summary.json"))) == 1
+    # a folder and a file in it: one scan
+    scans = archive.discover([ds, f])
+    assert len(scans) == 2
