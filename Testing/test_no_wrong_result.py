@@ -165,3 +165,70 @@ def test_symlinked_subject_folder_and_a_scan_named_twice(tmp_path, ckpt, capsys)
     # a folder and a file in it: one scan
     scans = archive.discover([ds, f])
     assert len(scans) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. noise reads no verdict
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "MotionSSIM" / "Resources" / "Samples" / \
+    "sample_t2_motion.nii.gz"
+
+
+def _rayleigh(rng, shape):
+    return np.hypot(rng.normal(0, 1, shape), rng.normal(0, 1, shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["rayleigh", "uniform"])
+def test_pure_noise_volume_is_refused(tmp_path, ckpt, capsys, kind):
+    rng = np.random.default_rng(4)
+    shape = (96, 80, 12)
+    arr = _rayleigh(rng, shape) if kind == "rayleigh" else \
+        rng.uniform(0, 100, shape).astype(np.float32)
+    write_nifti(tmp_path / "noise.nii.gz", arr)
+    capsys.readouterr()
+    assert run(ckpt, tmp_path / "noise.nii.gz", "--out", tmp_path / "qc") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "noise.nii.gz: no assessable slice" in err[0]
+    assert "noise without a head (12)" in err[0]
+
+
+def test_head_slices_replaced_by_noise_are_flagged_not_counted():
+    from MotionSSIMLib.geometry import extract_slices, volume
+    from MotionSSIMLib.inference import assess_volume
+    from MotionSSIMLib.io import read_volume
+
+    vol = read_volume(SAMPLE)
+    stack = extract_slices(vol)
+    assert not stack.noise.any()  # the sample: no slice taken for noise (its verdict stays)
+    arr = vol.array.copy()
+    rng = np.random.default_rng(5)
+    top = float(np.percentile(arr, 99))
+    for k in (20, 21):  # two head slices replaced by noise of the head's intensity
+        arr[k] = _rayleigh(rng, arr[k].shape) * top / 2
+    noisy = volume(arr, vol.spacing, vol.directions, vol.origin)
+    assert np.flatnonzero(extract_slices(noisy).noise).tolist() == [20, 21]
+    a = assess_volume(noisy, device="cpu", tta=1)  # the bundled model
+    flagged = [r.index for r in a.records if r.noise]
+    assert flagged == [20, 21] and all(r.empty for r in a.records if r.noise)
+    assert a.summary["n_noise"] == 2 and a.summary["n_assessed"] == 45 - 3 - 2
+
+
+def test_low_snr_and_small_head_slices_are_not_noise():
+    """Real heads at low SNR and on a 64 x 64 EPI-like matrix keep their structure."""
+    from MotionSSIMLib.geometry import extract_slices, volume
+    from MotionSSIMLib.io import read_volume
+
+    vol = read_volume(SAMPLE)
+    clean = extract_slices(vol)
+    heads = clean.foreground >= 0.05
+    rng = np.random.default_rng(6)
+    top = float(np.percentile(vol.array, 99))
+    for step, snr in ((1, 4), (4, 8), (3, 6)):  # 4: 65 x 55 in-plane, EPI-like
+        a = vol.array[:, ::step, ::step].astype(np.float64)
+        sigma = top / snr
+        noisy = np.hypot(a + rng.normal(0, sigma, a.shape), rng.normal(0, sigma, a.shape))
+        st = extract_slices(volume(noisy.astype(np.float32),
+                                   (vol.spacing[0] * step, vol.spacing[1] * step,
+                                    vol.spacing[2])))
+        assert not st.noise[heads].any(), (step, snr, np.flatnonzero(st.noise & heads))

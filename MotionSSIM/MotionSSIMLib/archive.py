@@ -32,6 +32,7 @@ import os
 import queue
 import re
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -109,6 +110,8 @@ def _looks_dicom(path: Path) -> bool:
     if "." in name:  # volumes, notes, sidecars: not read to find out
         return False
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the open
+            return False
         with open(path, "rb") as f:
             pre = f.read(132)
     except OSError:
@@ -347,8 +350,11 @@ def input_files(path: str | Path) -> list[Path]:
 
 
 def _stat_files(files: Sequence[Path]) -> tuple[int, int]:
-    """(total size, latest mtime_ns) of `files`; OSError if one cannot be stat'ed."""
+    """(total size, latest mtime_ns) of `files`; OSError if one cannot be stat'ed or is not
+    a regular file (a FIFO would block the hash's open: the reader refuses it instead)."""
     sts = [f.stat() for f in files]
+    if not all(stat.S_ISREG(st.st_mode) for st in sts):
+        raise OSError(f"{files[0]}: not a regular file")
     return sum(st.st_size for st in sts), max((st.st_mtime_ns for st in sts), default=0)
 
 
@@ -390,7 +396,8 @@ def finished(out: str | Path, scan: Scan, fp: dict[str, Any]) -> dict[str, Any] 
     now (`same_input`) whose report files are all there, else None."""
     p = summary_path(out, scan)
     try:
-        if p.is_symlink() or p.stat().st_size > 16 * 2**20:
+        st = p.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 16 * 2**20:  # links, FIFOs: no
             return None
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):

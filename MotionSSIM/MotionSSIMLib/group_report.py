@@ -27,6 +27,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import sys
 import time
 import urllib.parse
@@ -101,10 +102,11 @@ def _worst_frames(items: Any) -> str:
 def _read_summary(out: Path, rel: str) -> dict[str, Any] | None:
     p = out / rel
     try:
-        if p.stat().st_size > 16 * 2**20:
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 16 * 2**20:
             return None
         data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # nested too deeply: unreadable too
         return None
     return data if isinstance(data, dict) else None
 
@@ -150,22 +152,61 @@ def scan_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+MAX_MANIFEST_BYTES = 256 * 2**20  # a manifest of a million scans holds about 400 MB less
+
+
+def _manifest(p: Path) -> dict[str, Any]:
+    """A shard manifest read and checked (InputError naming the file otherwise): `shard`
+    [I, N] within the bounds `--shard` accepts (checked before anything is built from N),
+    `n_scans_found` a count, `scans` a list of entries whose key is text, `fingerprint`
+    an object."""
+    from .archive import MAX_SHARDS
+
+    def bad(why: str) -> InputError:
+        return InputError(f"{p}: not a MotionSSIM shard manifest ({why})")
+
+    try:
+        from .io import regular_file_size
+
+        if regular_file_size(p) > MAX_MANIFEST_BYTES:
+            raise bad(f"larger than {MAX_MANIFEST_BYTES // 2**20} MB")
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except InputError:
+        raise
+    except (OSError, ValueError, RecursionError) as exc:
+        raise bad(type(exc).__name__ if isinstance(exc, RecursionError)
+                  else str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                  ) from None
+    if not isinstance(m, dict):
+        raise bad("not a JSON object")
+    shard = m.get("shard")
+    if not (isinstance(shard, list) and len(shard) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+            and 1 <= shard[1] <= MAX_SHARDS and 1 <= shard[0] <= shard[1]):
+        raise bad(f"shard must be [I, N] with 1 <= I <= N <= {MAX_SHARDS}")
+    found = m.get("n_scans_found")
+    if not isinstance(found, int) or isinstance(found, bool) or found < 0:
+        raise bad("n_scans_found must be a count")
+    scans = m.get("scans")
+    if not isinstance(scans, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("key"), str) for e in scans):
+        raise bad("scans must be a list of entries with a text key")
+    if not isinstance(m.get("fingerprint", {}), dict):
+        raise bad("fingerprint must be an object")
+    return m
+
+
 def read_manifests(out: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The manifests of the latest set of shards in OUT (those with the N of the newest
-    manifest) and notes on what is missing or set aside."""
+    manifest) and notes on what is missing or set aside. Shards of that set made with another
+    model or other options are refused (InputError): their rows could not be compared."""
     from .archive import MANIFEST_DIR
 
     folder = Path(out) / MANIFEST_DIR
     found = []
     for p in sorted(folder.glob("shard-*-of-*.json")) if folder.is_dir() else []:
-        try:
-            m = json.loads(p.read_text(encoding="utf-8"))
-            i, n = (int(v) for v in m["shard"])
-            if not isinstance(m.get("scans"), list):
-                raise ValueError("no scan list")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{p}: not a MotionSSIM shard manifest ({exc})") from None
-        found.append((p.stat().st_mtime, i, n, m))
+        m = _manifest(p)
+        found.append((p.stat().st_mtime, *m["shard"], m, p))
     if not found:
         raise InputError(f"{out}: no shard manifest in {MANIFEST_DIR}/ (run `motionssim "
                          "assess FOLDER --out` here first)")
@@ -176,11 +217,29 @@ def read_manifests(out: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
         notes.append(f"manifests of earlier runs split in {', '.join(map(str, others))} "
                      f"shard(s) set aside; the latest run has {n}")
     chosen = {f[1]: f[3] for f in found if f[2] == n}
+    _same_fingerprint({i: (chosen[i], next(f[4] for f in found if f[2] == n and f[1] == i))
+                       for i in sorted(chosen)})
     missing = [i for i in range(1, n + 1) if i not in chosen]
     if missing:
         notes.append(f"shard(s) {', '.join(map(str, missing[:20]))} of {n} have not run: "
                      "their scans are not in this report")
     return [chosen[i] for i in sorted(chosen)], notes
+
+
+def _same_fingerprint(shards: dict[int, tuple[dict[str, Any], Path]]) -> None:
+    """InputError naming two shard manifests whose fingerprints (model hash and the options
+    that change a result) differ, and the items that differ."""
+    items = list(shards.values())
+    first, first_path = items[0]
+    ref = first.get("fingerprint") or {}
+    for m, p in items[1:]:
+        fp = m.get("fingerprint") or {}
+        if fp != ref:
+            diff = [f"{k} {str(ref.get(k))[:16]} vs {str(fp.get(k))[:16]}"
+                    for k in sorted(set(ref) | set(fp), key=str) if ref.get(k) != fp.get(k)]
+            raise InputError(f"{p}: made with another model or other options than "
+                             f"{first_path.name} ({'; '.join(diff)[:300]}); their results "
+                             "cannot be merged: assess every shard with the same command")
 
 
 def collect(out: str | Path) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
@@ -221,9 +280,11 @@ def read_ratings(path: str | Path) -> list[tuple[str, int]]:
     with a scan column (SCAN_COLUMNS) and a rating column (RATING_COLUMNS), or two columns.
     Ratings are 1 (clean), 2 (moderate) or 3 (re-scan); `n/a` or empty cells are left out.
     InputError naming the file (and line) otherwise."""
+    from .io import regular_file_size
+
     p = Path(path)
     try:
-        if p.stat().st_size > MAX_RATINGS_BYTES:
+        if regular_file_size(p) > MAX_RATINGS_BYTES:  # a FIFO or a device: refused unopened
             raise InputError(f"{p}: larger than {MAX_RATINGS_BYTES // 2**20} MB; not a ratings "
                              "table")
         text = p.read_bytes().decode("utf-8-sig")

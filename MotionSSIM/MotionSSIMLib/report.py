@@ -145,7 +145,9 @@ def read_true_ssim(path: str | Path) -> np.ndarray:
     0 to MAX_TRUE_SSIM_INDEX, values are finite SSIMs in [-1, 1]."""
     shown = printable(path)
     try:
-        if os.stat(path).st_size > MAX_TRUE_SSIM_BYTES:
+        from .io import regular_file_size
+
+        if regular_file_size(path) > MAX_TRUE_SSIM_BYTES:  # a FIFO or device: refused
             raise ValueError(f"larger than {MAX_TRUE_SSIM_BYTES // 2**20} MB")
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -161,6 +163,8 @@ def read_true_ssim(path: str | Path) -> np.ndarray:
         wrong = next((v for _, v in pairs if not -1.0 <= v <= 1.0), None)  # NaN too
         if wrong is not None:
             raise ValueError(f"true SSIM {wrong} is not a number in [-1, 1]")
+    except InputError as exc:
+        raise InputError(f"{printable(exc)[:200]} (--true-ssim)") from None
     except (OSError, ValueError, TypeError, csv.Error) as exc:
         detail = printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise InputError(f"{shown}: cannot read true SSIM ({detail[:160]})") from None
