@@ -232,3 +232,169 @@ def test_low_snr_and_small_head_slices_are_not_noise():
                                    (vol.spacing[0] * step, vol.spacing[1] * step,
                                     vol.spacing[2])))
         assert not st.noise[heads].any(), (step, snr, np.flatnonzero(st.noise & heads))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3, 10, 13. group: shards of other options refused; manifests bounded and checked
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory, ckpt):
+    rng = np.random.default_rng(7)
+    ds = tmp_path_factory.mktemp("g") / "ds"
+    for n in range(4):
+        write_nifti(ds / f"s{n}" / "T2.nii.gz", head(rng, (40, 44, 5)))
+    return ds
+
+
+def test_group_refuses_shards_of_other_options(tmp_path, ckpt, two_shards, capsys):
+    out = tmp_path / "qc"
+    assert run(ckpt, two_shards, "--out", out, "--shard", "1/2") == 0
+    assert run(ckpt, two_shards, "--out", out, "--shard", "2/2", "--good", "0.9") == 0
+    capsys.readouterr()
+    assert main(["group", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other options" in err[0] and "good 0.85 vs 0.9" in err[0]
+    assert not (out / "group_report.csv").exists()
+    # the same options again: merged
+    assert run(ckpt, two_shards, "--out", out, "--shard", "2/2") == 0
+    assert main(["group", str(out)]) == 0
+
+
+def _manifest(out: Path, **changes) -> Path:
+    m = {"motionssim_manifest": 1, "shard": [1, 1], "complete": True, "n_scans_found": 0,
+         "fingerprint": {}, "inputs": [], "scans": []}
+    m.update(changes)
+    p = out / "motionssim_shards" / "shard-0001-of-0001.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(m.pop("_raw", None) or json.dumps(m))
+    return p
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"shard": [1, 10**12]}, "shard must be [I, N]"),  # bounded before anything is built
+    ({"_raw": "[" * 100_000 + "]" * 100_000}, "RecursionError"),
+    ({"n_scans_found": None}, "n_scans_found"),
+    ({"scans": [{"key": ["a"], "status": "assessed"}]}, "text key"),
+    ({"fingerprint": [1]}, "fingerprint"),
+])
+def test_bad_manifest_is_one_line(tmp_path, capsys, changes, words):
+    p = _manifest(tmp_path, **changes)
+    assert main(["group", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {p}: not a MotionSSIM shard")
+    assert words in err[0]
+
+
+def test_deeply_nested_summary_is_no_traceback(tmp_path, capsys):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "a_summary.json").write_text(deep)
+    _manifest(tmp_path, n_scans_found=1, scans=[{"key": "a", "status": "assessed",
+                                                   "summary": "a_summary.json"}])
+    assert main(["group", str(tmp_path)]) == 2  # listed as missing, no traceback
+    assert "summary missing or unreadable" in capsys.readouterr().err
+    scan = archive.Scan(tmp_path / "a.nii.gz", "a", "a.nii.gz")
+    assert archive.finished(tmp_path, scan, {}) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. ratings
+
+
+def _ratings(tmp_path: Path, text: str, name: str = "r.tsv") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_ratings_two_spellings_of_one_scan_rated_differently(tmp_path, ckpt, capsys):
+    from MotionSSIMLib.group_report import match_ratings, read_ratings
+
+    r = _ratings(tmp_path, "scan\trating\nsub-01_T2w\t1\nsub-01/anat/sub-01_T2w.nii.gz\t3\n")
+    rows = [{"path": "sub-01/anat/sub-01_T2w.nii.gz"}, {"path": "sub-02/anat/sub-02_T2w.nii"}]
+    with pytest.raises(archive.InputError, match="name one scan.*rated 1 and 3"):
+        match_ratings(rows, read_ratings(r), r)
+    same = _ratings(tmp_path, "scan\trating\nsub-01_T2w\t3\nanat/sub-01_T2w.nii.gz\t3\n", "s.tsv")
+    assert match_ratings(rows, read_ratings(same), same)[0] == {0: 3}
+    # refused by an archive run before any scan is assessed
+    ds = tmp_path / "ds"
+    write_nifti(ds / "sub-01" / "anat" / "sub-01_T2w.nii.gz", head(np.random.default_rng(8),
+                                                                   (40, 44, 5)))
+    capsys.readouterr()
+    assert run(ckpt, ds, "--out", tmp_path / "qc", "--ratings", r) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rated 1 and 3" in err[0]
+    assert not list((tmp_path / "qc").rglob("*_summary.json"))
+
+
+def test_ratings_without_header_stray_quote_and_huge_cell(tmp_path):
+    from MotionSSIMLib.group_report import read_ratings
+
+    # no header: the first row is a rating too
+    assert read_ratings(_ratings(tmp_path, "sub-01_T1w\t2\nsub-02_T1w\t3\n")) == [
+        ("sub-01_T1w", 2), ("sub-02_T1w", 3)]
+    # TSV has no quoting: a stray " is a character, the rows after it are kept
+    got = read_ratings(_ratings(tmp_path, 'scan\tscore\nsub-"01\t1\nsub-02\t2\nsub-03\t3\n'))
+    assert [r for _, r in got] == [1, 2, 3]
+    # CSV: a quote left open is refused, naming its line
+    with pytest.raises(archive.InputError, match="line 3: a quote"):
+        read_ratings(_ratings(tmp_path, 'scan,score\nsub-01,1\n"sub-02,2\nsub-03,3\n',
+                              "r.csv"))
+    with pytest.raises(archive.InputError, match="r2.csv: line 2: not a readable table"):
+        read_ratings(_ratings(tmp_path, 'scan,score\n"' + "x" * 200_000 + '",1\n', "r2.csv"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. FIFOs and devices are refused unopened; discovery does not open them
+
+
+def test_fifos_and_devices_refused_without_hanging(tmp_path, ckpt):
+    import subprocess
+    import sys
+
+    ds = tmp_path / "ds"
+    write_nifti(ds / "a" / "T2.nii.gz", head(np.random.default_rng(9), (40, 44, 5)))
+    os.mkfifo(ds / "a" / "IM0001")  # no dot: the DICOM sniffer would open it
+    os.mkfifo(tmp_path / "fifo")
+    code = f"""
+import sys
+from MotionSSIMLib.cli import main
+common = ["--device", "cpu", "--no-progress", "--out", {str(tmp_path / "qc")!r}]
+m = ["--model", {str(ckpt)!r}]
+one = {str(ds / "a" / "T2.nii.gz")!r}
+print(main(["assess", {str(ds)!r}, *m, *common]))
+for opt, value in (("--ratings", {str(tmp_path / "fifo")!r}), ("--ratings", "/dev/zero"),
+                   ("--true-ssim", {str(tmp_path / "fifo")!r}), ("--true-ssim", "/dev/zero"),
+                   ("--model", {str(tmp_path / "fifo")!r})):
+    args = [one, opt, value] + (m if opt != "--model" else [])
+    print(main(["assess", *args, *common]))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.stdout.split()[-6:] == ["0", "2", "2", "2", "2", "2"], done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 5 and all("FIFO" in e or "device" in e for e in errors), errors
+
+
+# ---------------------------------------------------------------------------------------------
+# 14, 15. a folder symlink in --out is not written through; no formula in the group CSV
+
+
+def test_folder_symlink_in_out_and_formula_names(tmp_path, ckpt, capsys):
+    rng = np.random.default_rng(10)
+    ds, out, elsewhere = tmp_path / "ds", tmp_path / "qc", tmp_path / "elsewhere"
+    write_nifti(ds / "sub-01" / "T2.nii.gz", head(rng, (40, 44, 5)))
+    formula = '=HYPERLINK("x")'
+    write_nifti(ds / f"{formula}.nii.gz", head(rng, (40, 44, 5)))
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "sub-01").symlink_to(elsewhere, target_is_directory=True)
+    capsys.readouterr()
+    assert run(ckpt, ds, "--out", out) == 2
+    assert "a symlink inside the report folder" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
+    with open(out / "group_report.csv", newline="", encoding="utf-8") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    assert f"'{formula}.nii.gz" in cells
+    assert not any(c.startswith(("=", "+", "@")) for c in cells)

@@ -455,7 +455,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def write_manifest(out: str | Path, i: int, n: int, fp: dict[str, Any], n_found: int,
                    entries: list[dict[str, Any]], complete: bool,
                    inputs: Sequence[str]) -> Path:
-    path = manifest_path(out, i, n)
+    path = inside_out(Path(out), [MANIFEST_DIR]) / manifest_path(out, i, n).name
     write_json_atomic(path, {
         "motionssim_manifest": MANIFEST_VERSION, "shard": [i, n], "complete": complete,
         "n_scans_found": n_found, "fingerprint": fp, "inputs": [_shown(x) for x in inputs],
@@ -640,11 +640,26 @@ def _is_series(a: Any) -> bool:
     return series is not None and isinstance(a, series.SeriesAssessment)
 
 
+def inside_out(out: Path, parts: Sequence[str]) -> Path:
+    """OUT/parts..., each folder on the way created if needed and none of them a symlink
+    (InputError otherwise): a link planted in OUT (`qc/sub-01 -> elsewhere`) would put the
+    reports outside it."""
+    here = Path(out)
+    for part in parts:
+        here = here / part
+        if here.is_symlink():
+            raise InputError(f"{_shown(here)}: a symlink inside the report folder; refusing "
+                             "to write the reports through it")
+        here.mkdir(exist_ok=True)
+    return here
+
+
 def _write(a: Any, out: Path, scan: Scan) -> dict[str, Path]:
     from . import report
 
     write = report.write_series_report if _is_series(a) else report.write_report
-    return write(a, scan.report_dir(out), scan.stem, source=str(scan.path))
+    folder = inside_out(out, scan.key.split("/")[:-1])
+    return write(a, folder, scan.stem, source=str(scan.path))
 
 
 def _line(scan: Scan, a: Any, summary: Path) -> str:
@@ -675,18 +690,20 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
         if args.true_ssim:
             raise SettingsError("--true-ssim goes with one input, not with a folder or "
                                 "--shard")
-        if getattr(args, "ratings", None):
-            if n > 1:
-                raise SettingsError("--ratings: give it to `motionssim group` once every "
-                                    "shard is done (a shard sees only its part)")
-            from .group_report import read_ratings
-
-            read_ratings(args.ratings)  # refused now, not after hours of work
+        if getattr(args, "ratings", None) and n > 1:
+            raise SettingsError("--ratings: give it to `motionssim group` once every "
+                                "shard is done (a shard sees only its part)")
         if model.path is None:
             raise SettingsError("an archive run needs a model file (its SHA-256 is how "
                                 "finished scans are recognised)")
         model_sha = file_sha256(model.path)
         scans = discover(args.inputs)
+        if getattr(args, "ratings", None):  # refused now, not after hours of work: a bad
+            # rating, one scan rated twice differently under two spellings
+            from .group_report import match_ratings, read_ratings
+
+            match_ratings([{"path": s.rel} for s in scans], read_ratings(args.ratings),
+                          args.ratings)
     except (MotionSSIMError, OSError) as exc:
         _say(f"error: {exc}", sys.stderr)
         return 2
@@ -707,7 +724,11 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
         return write_manifest(out, i, n, fp, len(scans), list(entries.values()), complete,
                               [str(x) for x in args.inputs])
 
-    save(False)
+    try:
+        save(False)
+    except (MotionSSIMError, OSError) as exc:  # a symlink planted in OUT, a full disk
+        _say(f"error: {exc}", sys.stderr)
+        return 2
     where = f"shard {i}/{n}: " if n > 1 else ""
     _say(f"{where}{len(mine)} of {len(scans)} scans found"
          + (f", {resumed} already assessed with this model (skipped; --force assesses them "

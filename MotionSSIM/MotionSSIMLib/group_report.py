@@ -292,25 +292,25 @@ def read_ratings(path: str | Path) -> list[tuple[str, int]]:
         raise InputError(f"{p}: not a text table (not UTF-8)") from None
     except OSError as exc:
         raise InputError(f"{p}: cannot read the ratings ({exc.strerror or exc})") from None
-    lines = text.splitlines()
-    header = lines[0] if lines else ""
-    delim = max("\t,;", key=header.count)
-    rows = [r for r in csv.reader(io.StringIO(text), delimiter=delim) if any(c.strip()
-                                                                         for c in r)]
-    if len(rows) < 2:
+    rows = _table_rows(p, text)
+    if not rows:
         raise InputError(f"{p}: no ratings (expected a header and one row per scan)")
-    names = [c.strip().lower() for c in rows[0]]
+    names = [c.strip().lower() for c in rows[0][1]]
     scan_col = next((names.index(c) for c in SCAN_COLUMNS if c in names), None)
     rate_col = next((names.index(c) for c in RATING_COLUMNS if c in names), None)
     if (scan_col is None or rate_col is None) and len(names) == 2:
         scan_col, rate_col = 0, 1
+        if _cell(rows[0][1], 1) in ("1", "2", "3"):  # no header: the first row is a rating
+            rows = [(0, ["scan", "rating"]), *rows]
+    if len(rows) < 2:
+        raise InputError(f"{p}: no ratings (expected a header and one row per scan)")
     if scan_col is None or rate_col is None or scan_col == rate_col:
         raise InputError(f"{p}: expected a scan column and a rating column (MR-ART's "
                          "derivatives/scores.tsv: bids_name and score; or scan and rating); "
                          f"found {', '.join(c for c in names if c)[:120]}")
     pairs: list[tuple[str, int]] = []
     seen: dict[str, tuple[int, int]] = {}
-    for line, r in enumerate(rows[1:], start=2):
+    for line, r in rows[1:]:
         name, value = _cell(r, scan_col), _cell(r, rate_col)
         if not name or value.lower() in MISSING_RATING:
             continue
@@ -332,6 +332,30 @@ def read_ratings(path: str | Path) -> list[tuple[str, int]]:
     return pairs
 
 
+def _table_rows(p: Path, text: str) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of the non-empty rows of a ratings table. Tab-separated text is
+    split plainly (TSV has no quoting: a stray `"` is a character, it cannot swallow the rows
+    after it); comma or semicolon text is read as CSV, where a quote left open, which would
+    swallow the rest of the file, is refused, naming its line."""
+    lines = text.splitlines()
+    delim = max("\t,;", key=(lines[0] if lines else "").count)
+    if delim == "\t":
+        rows = [(n, ln.split("\t")) for n, ln in enumerate(lines, start=1)]
+    else:
+        reader = csv.reader(io.StringIO(text), delimiter=delim)
+        rows, start = [], 1
+        try:
+            for r in reader:
+                if any("\n" in c or "\r" in c for c in r):
+                    raise InputError(f"{p}: line {start}: a quote (\") is not closed on its "
+                                     "line; not a ratings table")
+                rows.append((start, r))
+                start = reader.line_num + 1
+        except csv.Error as exc:  # a cell beyond the csv module's limit, a NUL byte
+            raise InputError(f"{p}: line {start}: not a readable table ({exc})") from None
+    return [(n, r) for n, r in rows if any(c.strip() for c in r)]
+
+
 def _parts(name: str) -> list[str]:
     from .archive import strip_suffix
 
@@ -341,14 +365,17 @@ def _parts(name: str) -> list[str]:
     return parts
 
 
-def match_ratings(rows: list[dict[str, Any]], ratings: Sequence[tuple[str, int]]
+def match_ratings(rows: list[dict[str, Any]], ratings: Sequence[tuple[str, int]],
+                  source: str | Path | None = None
                   ) -> tuple[dict[int, int], list[str], list[str]]:
     """Ratings matched to rows: a rating names a scan when one's path components (file
     extension dropped) end with the other's, so `sub-01_T1w` (MR-ART's bids_name),
     `anat/sub-01_T1w.nii.gz` (a scans.tsv) and a full path all find
     `sub-01/anat/sub-01_T1w.nii.gz`. Returns ({row index: rating}, names matching no scan,
-    names matching several)."""
+    names matching several). Two names of one scan (`sub-01_T1w` and
+    `sub-01/anat/sub-01_T1w.nii.gz`) rated differently: InputError naming `source`."""
     by_last: dict[str, list[int]] = {}
+    by_row: dict[int, str] = {}
     row_parts = []
     for n, r in enumerate(rows):
         parts = _parts(str(r.get("path", "")))
@@ -365,7 +392,12 @@ def match_ratings(rows: list[dict[str, Any]], ratings: Sequence[tuple[str, int]]
         hits = [n for n in by_last.get(key[-1], [])
                 if row_parts[n][-len(key):] == key or key[-len(row_parts[n]):] == row_parts[n]]
         if len(hits) == 1:
+            if matched.get(hits[0], rating) != rating:
+                raise InputError(f"{source}: {by_row[hits[0]][:80]} and {name[:80]} name one "
+                                 f"scan, {rows[hits[0]].get('path', '')}, rated "
+                                 f"{matched[hits[0]]} and {rating}")
             matched[hits[0]] = rating
+            by_row.setdefault(hits[0], name)
         elif hits:
             ambiguous.append(name)
         else:
@@ -552,13 +584,29 @@ def _atomic_write(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text starting with `=`, `+`, `-`, `@`, a tab or a
+    carriage return (a file named `=HYPERLINK(...).nii.gz`) gets a leading `'` (OWASP's rule
+    against CSV injection); numbers are kept as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path, ratings: dict[int, int] | None) -> None:
     cols = GROUP_COLUMNS + (("rating",) if ratings is not None else ())
     text = io.StringIO(newline="")
     w = csv.writer(text)
     w.writerow(cols)
     for n, r in enumerate(rows):
-        vals = [r.get(c, "") for c in GROUP_COLUMNS]
+        vals = [csv_safe(r.get(c, "")) for c in GROUP_COLUMNS]
         if ratings is not None:
             vals.append(ratings.get(n, ""))
         w.writerow(vals)
@@ -784,7 +832,7 @@ def build_group_report(out: str | Path, ratings_path: str | Path | None = None
     paths: dict[str, Any] = {"csv": out / GROUP_CSV, "html": out / GROUP_HTML}
     if ratings_path is not None:
         ratings = read_ratings(ratings_path)
-        matched, unmatched, ambiguous = match_ratings(rows, ratings)
+        matched, unmatched, ambiguous = match_ratings(rows, ratings, ratings_path)
         agr = agreement(rows, matched)
         agr["n_ratings"] = len(ratings)
         agr["n_ratings_unmatched"] = len(unmatched)
