@@ -398,3 +398,18 @@ def test_folder_symlink_in_out_and_formula_names(tmp_path, ckpt, capsys):
         cells = [c for row in csv.reader(f) for c in row]
     assert f"'{formula}.nii.gz" in cells
     assert not any(c.startswith(("=", "+", "@")) for c in cells)
+
+
+# ---------------------------------------------------------------------------------------------
+# 19. an unsharded run replacing an earlier run's manifest says so
+
+
+def test_replacing_an_earlier_manifest_is_said(tmp_path, ckpt, capsys):
+    rng = np.random.default_rng(11)
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "qc"
+    write_nifti(a / "x" / "T2.nii.gz", head(rng, (40, 44, 5)))
+    write_nifti(b / "y" / "T2.nii.gz", head(rng, (40, 44, 5)))
+    assert run(ckpt, a, "--out", out) == 0
+    capsys.readouterr()
+    assert run(ckpt, b, "--out", out) == 0
+    assert "listed 1 scan(s) this run does not have" in capsys.readouterr().err

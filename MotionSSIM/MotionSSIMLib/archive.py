@@ -724,12 +724,17 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
         return write_manifest(out, i, n, fp, len(scans), list(entries.values()), complete,
                               [str(x) for x in args.inputs])
 
+    lost = _replaced_scans(out, i, n, entries)
     try:
         save(False)
     except (MotionSSIMError, OSError) as exc:  # a symlink planted in OUT, a full disk
         _say(f"error: {exc}", sys.stderr)
         return 2
     where = f"shard {i}/{n}: " if n > 1 else ""
+    if lost:
+        _say(f"note: {manifest_path(out, i, n)} of an earlier run listed {lost} scan(s) this "
+             "run does not have: replaced, they leave the group report (assess them with "
+             "these inputs, or use another --out)", sys.stderr)
     _say(f"{where}{len(mine)} of {len(scans)} scans found"
          + (f", {resumed} already assessed with this model (skipped; --force assesses them "
             "again)" if resumed else ""), sys.stderr)
@@ -807,6 +812,17 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
         _say(f"{where}manifest {manifest_path(out, i, n)}; when every shard is done: "
              f"motionssim group {out}", sys.stderr)
     return 1 if internal else 2 if failed else 0
+
+
+def _replaced_scans(out: Path, i: int, n: int, entries: dict[str, Any]) -> int:
+    """How many scans the manifest this run is about to replace lists that this run lacks
+    (an earlier run on other inputs into the same --out): 0 when none or unreadable."""
+    try:
+        old = json.loads(manifest_path(out, i, n).read_text(encoding="utf-8"))
+        keys = {e["key"] for e in old["scans"] if isinstance(e.get("key"), str)}
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        return 0
+    return len(keys - set(entries))
 
 
 def _about(scan: Scan, exc: BaseException) -> str:
