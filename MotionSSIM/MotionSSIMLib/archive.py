@@ -13,8 +13,9 @@
   key alone, not on the order or number of scans found, so N jobs that see the same archive
   cover it exactly once, whatever each one's file system listing order.
 - Resume: a scan whose summary JSON records the same *fingerprint* (SHA-256 of the model file
-  and the options that change the result) and whose report files exist is not assessed again
-  unless `--force`.
+  and the options that change the result) and the same input (`input_identity`: size, mtime
+  and SHA-256 of its bytes) and whose report files exist is not assessed again unless
+  `--force`.
 - Each run (or shard) writes a manifest, `OUT/motionssim_shards/shard-I-of-N.json`: every
   scan of the shard with its status (assessed, resumed, failed with its one-line reason, or
   pending if the run was stopped). `group_report` merges the manifests into the group report.
@@ -831,6 +832,7 @@ def _about(scan: Scan, exc: BaseException) -> str:
     return msg if msg.startswith(shown) else f"{shown}: {msg}"
 
 
-__all__ = ["Scan", "archive_mode", "bids_entities", "discover", "file_sha256", "finished",
-           "fingerprint", "is_bids_root", "manifest_path", "parse_shard", "run_archive",
+__all__ = ["Scan", "archive_mode", "bids_entities", "discover", "distinct_inputs",
+           "file_sha256", "finished", "fingerprint", "input_identity", "inside_out",
+           "is_bids_root", "manifest_path", "parse_shard", "run_archive", "same_input",
            "select_shard", "shard_of"]
