@@ -96,13 +96,14 @@ def test_discover_bids(bids):
     assert (s.entity("subject"), s.entity("datatype"), s.entity("run"),
             s.entity("suffix")) == ("02", "anat", "2", "T1w")
     assert s.path == bids / s.rel
-    # two roots: each one's keys start with its name; the same file twice is kept once
+    # two roots: each one's keys start with its name; the same file twice is kept once,
+    # also when given by name besides its folder (the first found is kept)
     other = bids.parent / "plain"
     other.mkdir(exist_ok=True)
     write_nifti(other / "a" / "T2.nii.gz", head(np.random.default_rng(1), (40, 44, 5)))
     both = discover([bids, other, other / "a" / "T2.nii.gz"])
     assert {s.key for s in both} >= {"bids/sub-01/anat/sub-01_T1w", "plain/a/T2"}
-    assert len(both) == len(EXPECTED_KEYS) + 2  # the loose file keeps its flat report name
+    assert len(both) == len(EXPECTED_KEYS) + 1
     assert not archive.archive_mode(SimpleNamespace(inputs=[str(other / "a" / "T2.nii.gz")]))
     assert archive.archive_mode(SimpleNamespace(inputs=[str(other)]))
 

@@ -36,8 +36,9 @@ def inputs(tmp_path_factory):
     head = rng.normal(5, 1, (40, 44, 6)).astype(np.float32)
     head[8:32, 8:36, 1:5] += 300
     nib.save(nib.Nifti1Image(head, np.diag([1.0, 1.0, 5.0, 1.0])), d / "head.nii.gz")
-    sitk.WriteImage(sitk.GetImageFromArray((rng.random((50, 60)) * 255).astype(np.uint8)),
-                    str(d / "slice.png"))
+    picture = rng.random((50, 60)) * 40
+    picture[10:40, 12:48] += 200  # a head-like blob: pure noise is not assessed (issue 26)
+    sitk.WriteImage(sitk.GetImageFromArray(picture.astype(np.uint8)), str(d / "slice.png"))
     nib.save(nib.Nifti1Image(rng.random((20, 20, 6, 2)).astype(np.float32), np.eye(4)),
              d / "fourd.nii.gz")
     # 4D inputs are assessed frame by frame (test_series.py); 5D ones are still refused

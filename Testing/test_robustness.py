@@ -394,8 +394,9 @@ def test_model_metadata_in_reports_is_bounded(tmp_path):
     meta = {"name": "n" * 1_000_000, "trained_on": nested, "epoch": 10**40,
             "evaluation": {f"k{i}": i * 0.5 for i in range(10_000)}}
     path = save_checkpoint(tmp_path / "big.safetensors", net, meta)
-    a = assess_volume(np.random.default_rng(0).random((8, 40, 40)) * 100, model=path,
-                      device="cpu", min_foreground=0.0)
+    arr = np.random.default_rng(0).random((8, 40, 40)) * 100
+    arr[:, 8:32, 10:30] += 300  # a head: pure noise is not assessed
+    a = assess_volume(arr, model=path, device="cpu", min_foreground=0.0)
     paths = write_report(a, tmp_path / "out", "vol", source="vol.nii.gz")
     assert paths["json"].stat().st_size < 20_000
     model = json.loads(paths["json"].read_text())["model"]

@@ -13,8 +13,9 @@
   key alone, not on the order or number of scans found, so N jobs that see the same archive
   cover it exactly once, whatever each one's file system listing order.
 - Resume: a scan whose summary JSON records the same *fingerprint* (SHA-256 of the model file
-  and the options that change the result) and whose report files exist is not assessed again
-  unless `--force`.
+  and the options that change the result) and the same input (`input_identity`: size, mtime
+  and SHA-256 of its bytes) and whose report files exist is not assessed again unless
+  `--force`.
 - Each run (or shard) writes a manifest, `OUT/motionssim_shards/shard-I-of-N.json`: every
   scan of the shard with its status (assessed, resumed, failed with its one-line reason, or
   pending if the run was stopped). `group_report` merges the manifests into the group report.
@@ -32,6 +33,7 @@ import os
 import queue
 import re
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -109,6 +111,8 @@ def _looks_dicom(path: Path) -> bool:
     if "." in name:  # volumes, notes, sidecars: not read to find out
         return False
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the open
+            return False
         with open(path, "rb") as f:
             pre = f.read(132)
     except OSError:
@@ -153,10 +157,23 @@ def bids_entities(rel: str) -> dict[str, str]:
 
 
 def _walk(root: Path, bids: bool) -> Iterator[tuple[str, bool, str]]:
-    """(relative posix path, is a DICOM folder, error) of the scans under `root`, sorted."""
+    """(relative posix path, is a DICOM folder, error) of the scans under `root`, sorted.
+    Folder symlinks are followed (a subject folder linked in from elsewhere is part of the
+    dataset); a folder reached twice (a link loop, two links to one folder) is walked once."""
     errors: list[OSError] = []
-    for folder, dirs, files in os.walk(root, onerror=errors.append, followlinks=False):
+    walked: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, onerror=errors.append, followlinks=True):
         here = Path(folder)
+        try:
+            st = here.stat()
+            ident = (st.st_dev, st.st_ino)
+        except OSError:
+            ident = None
+        if ident is not None and ident in walked:
+            dirs[:] = []
+            continue
+        if ident is not None:
+            walked.add(ident)
         rel_dir = here.relative_to(root).as_posix()
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and not (bids and d in BIDS_SKIP))
@@ -174,6 +191,14 @@ def _walk(root: Path, bids: bool) -> Iterator[tuple[str, bool, str]]:
         except ValueError:
             rel = where.name
         yield rel, True, f"cannot list the folder ({exc.strerror or exc})"
+
+
+def _report_key(key: str) -> str:
+    """`key` with its last component as the report files will be named (report.safe_stem)."""
+    from .report import safe_stem
+
+    head, _, stem = key.rpartition("/")
+    return f"{head}/{safe_stem(stem)}" if head else safe_stem(stem)
 
 
 def discover(inputs: Sequence[str | os.PathLike]) -> list[Scan]:
@@ -195,14 +220,14 @@ def discover(inputs: Sequence[str | os.PathLike]) -> list[Scan]:
                 base = rel if is_dir else strip_suffix(rel)
                 if is_dir and rel in ("", "."):
                     base = name
-                key = f"{name}/{base}" if prefix else base
+                key = _report_key(f"{name}/{base}" if prefix else base)
                 ent = tuple(bids_entities(rel).items()) if bids else ()
                 scans.append(Scan(p / rel, key, rel, str(p), bids, ent, error))
             if len(scans) == before:  # listed as a failure: an empty folder is no success
                 what = ("no NIfTI file in this BIDS dataset" if bids else
                         "no scan in this folder (NIfTI, NRRD, MetaImage files or folders of "
                         "DICOM files, in it or below)")
-                scans.append(Scan(p, name, str(raw), str(p), bids, (), what))
+                scans.append(Scan(p, _report_key(name), str(raw), str(p), bids, (), what))
         else:
             scans.append(Scan(p, report_name(p), str(raw)))
     return _unique(scans)
@@ -215,20 +240,38 @@ def _resolved(path: Path) -> str:
         return os.path.abspath(path)
 
 
+def distinct_inputs(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The inputs with each file or folder once, by resolved path (the first spelling kept),
+    and the (dropped, kept) pairs: `a.nii` named twice, or once through a symlink, is one scan."""
+    kept: dict[str, str] = {}
+    dropped = []
+    for raw in inputs:
+        ident = _resolved(Path(raw))
+        if ident in kept:
+            dropped.append((raw, kept[ident]))
+        else:
+            kept[ident] = raw
+    return list(kept.values()), dropped
+
+
 def _unique(scans: list[Scan]) -> list[Scan]:
-    seen: set[tuple[str, str]] = set()
+    """Each input once (by its resolved path: a file named twice, or given by name and found
+    in a folder, is one scan, the first found), then keys made distinct: two scans whose keys
+    would name the same report files (equal once case is ignored, since macOS and Windows
+    file systems ignore it) each get the 8-hex SHA-256 of their resolved path appended."""
+    seen: set[str] = set()
     kept = []
     for s in scans:
-        ident = (s.key, _resolved(s.path))
+        ident = _resolved(s.path)
         if ident not in seen:
             seen.add(ident)
             kept.append(s)
     by_key: dict[str, int] = {}
     for s in kept:
-        by_key[s.key] = by_key.get(s.key, 0) + 1
+        by_key[s.key.casefold()] = by_key.get(s.key.casefold(), 0) + 1
     out = []
     for s in kept:
-        if by_key[s.key] > 1:
+        if by_key[s.key.casefold()] > 1:
             digest = hashlib.sha256(os.fsencode(_resolved(s.path))).hexdigest()[:8]
             s = Scan(s.path, f"{s.key}_{digest}", s.rel, s.root, s.bids, s.entities, s.error)
         out.append(s)
@@ -288,15 +331,77 @@ def summary_path(out: str | Path, scan: Scan) -> Path:
     return scan.report_dir(out) / f"{scan.stem}_summary.json"
 
 
+# formats whose header may name detached data files (any name, a list, a pattern)
+DETACHED_HEADERS = (".mhd", ".nhdr")
+
+
+def input_files(path: str | Path) -> list[Path]:
+    """The files whose bytes make up an input, sorted: a file itself; a folder's regular,
+    non-hidden files (a DICOM series); for a header that may name detached data (.mhd,
+    .nhdr) every regular file of its folder, since its data files may have any name."""
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent if p.name.lower().endswith(DETACHED_HEADERS) \
+        else None
+    if folder is None:
+        return [p]
+    with os.scandir(folder) as it:
+        found = [Path(e.path) for e in it if not e.name.startswith(".")
+                 and e.is_file(follow_symlinks=True)]
+    return sorted(set(found) | ({p} if p.is_file() else set()))
+
+
+def _stat_files(files: Sequence[Path]) -> tuple[int, int]:
+    """(total size, latest mtime_ns) of `files`; OSError if one cannot be stat'ed or is not
+    a regular file (a FIFO would block the hash's open: the reader refuses it instead)."""
+    sts = [f.stat() for f in files]
+    if not all(stat.S_ISREG(st.st_mode) for st in sts):
+        raise OSError(f"{files[0]}: not a regular file")
+    return sum(st.st_size for st in sts), max((st.st_mtime_ns for st in sts), default=0)
+
+
+def input_identity(path: str | Path) -> dict[str, Any]:
+    """What a stored result is keyed on besides the fingerprint: the input's size, latest
+    mtime (ns) and SHA-256 over its files' names and bytes (`input_files`). OSError when a
+    file cannot be read."""
+    files = input_files(path)
+    size, mtime = _stat_files(files)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(os.fsencode(f.name) + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return {"size": size, "mtime_ns": mtime, "n_files": len(files), "sha256": h.hexdigest()}
+
+
+def same_input(recorded: Any, path: str | Path) -> bool:
+    """Whether the input at `path` is still the one `recorded` (input_identity) describes:
+    size and mtime compared first (no read), then the content hash (a file replaced by
+    another of the same size and time, e.g. copied with its time kept)."""
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        files = input_files(path)
+        if (*_stat_files(files), len(files)) != (recorded.get("size"),
+                                                 recorded.get("mtime_ns"),
+                                                 recorded.get("n_files")):
+            return False
+        return input_identity(path)["sha256"] == recorded.get("sha256")
+    except OSError:
+        return False
+
+
 def finished(out: str | Path, scan: Scan, fp: dict[str, Any]) -> dict[str, Any] | None:
-    """The summary of a scan already assessed with fingerprint `fp` whose report files are
-    all there, else None."""
+    """The summary of a scan already assessed with fingerprint `fp` from the input as it is
+    now (`same_input`) whose report files are all there, else None."""
     p = summary_path(out, scan)
     try:
-        if p.is_symlink() or p.stat().st_size > 16 * 2**20:
+        st = p.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 16 * 2**20:  # links, FIFOs: no
             return None
         data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("archive"), dict) \
             or data["archive"].get("fingerprint") != fp:
@@ -305,6 +410,8 @@ def finished(out: str | Path, scan: Scan, fp: dict[str, Any]) -> dict[str, Any] 
     if not isinstance(files, dict) or not all(
             isinstance(v, str) and "/" not in v and (p.parent / v).is_file()
             for v in files.values()):
+        return None
+    if not same_input(data["archive"].get("input"), scan.path):
         return None
     return data
 
@@ -349,7 +456,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def write_manifest(out: str | Path, i: int, n: int, fp: dict[str, Any], n_found: int,
                    entries: list[dict[str, Any]], complete: bool,
                    inputs: Sequence[str]) -> Path:
-    path = manifest_path(out, i, n)
+    path = inside_out(Path(out), [MANIFEST_DIR]) / manifest_path(out, i, n).name
     write_json_atomic(path, {
         "motionssim_manifest": MANIFEST_VERSION, "shard": [i, n], "complete": complete,
         "n_scans_found": n_found, "fingerprint": fp, "inputs": [_shown(x) for x in inputs],
@@ -499,43 +606,34 @@ def _reader(args: Any) -> Callable[[Scan], Any]:
 
     series = _series_module()
 
-    def read(scan: Scan) -> Any:
+    def read(scan: Scan) -> tuple[dict[str, Any] | None, Any]:
+        """(input_identity or None when it cannot be taken, the Volume or Series): the
+        identity first, so that a file changed while it is read is assessed again next run."""
         if scan.error:
             raise InputError(f"{scan.path}: {scan.error}")
+        try:
+            identity = input_identity(scan.path)
+        except OSError:  # the reader says what is wrong with it in its own words
+            identity = None
         if series is not None:
-            return series.read_series(scan.path, series=args.series,
-                                      frames=getattr(args, "frames", None))
-        return read_input(scan.path, series=args.series)
+            return identity, series.read_series(scan.path, series=args.series,
+                                                frames=getattr(args, "frames", None))
+        return identity, read_input(scan.path, series=args.series)
     return read
 
 
-# options passed on to the engine when the installed engine takes them
-OPTIONAL_ENGINE_OPTIONS = ("precision", "tta")
-
-
-def _engine_kwargs(fn: Callable[..., Any], args: Any, base: dict[str, Any]) -> dict[str, Any]:
-    import inspect
-
-    accepted = inspect.signature(fn).parameters
-    kw = dict(base)
-    for name in OPTIONAL_ENGINE_OPTIONS:
-        if name in accepted and getattr(args, name, None) is not None:
-            kw[name] = getattr(args, name)
-    return kw
-
-
 def _assess(obj: Any, args: Any, model: Any, device: Any, thresholds: Any) -> Any:
-    """Assess a Volume (3D) or a series.Series (4D) with the run's options, as `assess`
-    does for a file given by itself."""
+    """Assess a Volume (3D) or a series.Series (4D) with the run's options, every one of them
+    (`--precision` and `--tta` too), as `assess` does for a file given by itself."""
     from .inference import assess_volume
 
-    base = dict(model=model, orientation=args.orientation, device=device,
-                batch_size=args.batch_size, thresholds=thresholds,
-                min_foreground=args.min_foreground)
+    kw = dict(model=model, orientation=args.orientation, device=device,
+              batch_size=args.batch_size, thresholds=thresholds,
+              min_foreground=args.min_foreground, precision=args.precision, tta=args.tta)
     series = _series_module()
     if series is not None and isinstance(obj, series.Series):
-        return series.assess_series(obj, **_engine_kwargs(series.assess_series, args, base))
-    return assess_volume(obj, **_engine_kwargs(assess_volume, args, base))
+        return series.assess_series(obj, **kw)
+    return assess_volume(obj, **kw)
 
 
 def _is_series(a: Any) -> bool:
@@ -543,11 +641,26 @@ def _is_series(a: Any) -> bool:
     return series is not None and isinstance(a, series.SeriesAssessment)
 
 
+def inside_out(out: Path, parts: Sequence[str]) -> Path:
+    """OUT/parts..., each folder on the way created if needed and none of them a symlink
+    (InputError otherwise): a link planted in OUT (`qc/sub-01 -> elsewhere`) would put the
+    reports outside it."""
+    here = Path(out)
+    for part in parts:
+        here = here / part
+        if here.is_symlink():
+            raise InputError(f"{_shown(here)}: a symlink inside the report folder; refusing "
+                             "to write the reports through it")
+        here.mkdir(exist_ok=True)
+    return here
+
+
 def _write(a: Any, out: Path, scan: Scan) -> dict[str, Path]:
     from . import report
 
     write = report.write_series_report if _is_series(a) else report.write_report
-    return write(a, scan.report_dir(out), scan.stem, source=str(scan.path))
+    folder = inside_out(out, scan.key.split("/")[:-1])
+    return write(a, folder, scan.stem, source=str(scan.path))
 
 
 def _line(scan: Scan, a: Any, summary: Path) -> str:
@@ -578,18 +691,20 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
         if args.true_ssim:
             raise SettingsError("--true-ssim goes with one input, not with a folder or "
                                 "--shard")
-        if getattr(args, "ratings", None):
-            if n > 1:
-                raise SettingsError("--ratings: give it to `motionssim group` once every "
-                                    "shard is done (a shard sees only its part)")
-            from .group_report import read_ratings
-
-            read_ratings(args.ratings)  # refused now, not after hours of work
+        if getattr(args, "ratings", None) and n > 1:
+            raise SettingsError("--ratings: give it to `motionssim group` once every "
+                                "shard is done (a shard sees only its part)")
         if model.path is None:
             raise SettingsError("an archive run needs a model file (its SHA-256 is how "
                                 "finished scans are recognised)")
         model_sha = file_sha256(model.path)
         scans = discover(args.inputs)
+        if getattr(args, "ratings", None):  # refused now, not after hours of work: a bad
+            # rating, one scan rated twice differently under two spellings
+            from .group_report import match_ratings, read_ratings
+
+            match_ratings([{"path": s.rel} for s in scans], read_ratings(args.ratings),
+                          args.ratings)
     except (MotionSSIMError, OSError) as exc:
         _say(f"error: {exc}", sys.stderr)
         return 2
@@ -610,8 +725,17 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
         return write_manifest(out, i, n, fp, len(scans), list(entries.values()), complete,
                               [str(x) for x in args.inputs])
 
-    save(False)
+    lost = _replaced_scans(out, i, n, entries)
+    try:
+        save(False)
+    except (MotionSSIMError, OSError) as exc:  # a symlink planted in OUT, a full disk
+        _say(f"error: {exc}", sys.stderr)
+        return 2
     where = f"shard {i}/{n}: " if n > 1 else ""
+    if lost:
+        _say(f"note: {manifest_path(out, i, n)} of an earlier run listed {lost} scan(s) this "
+             "run does not have: replaced, they leave the group report (assess them with "
+             "these inputs, or use another --out)", sys.stderr)
     _say(f"{where}{len(mine)} of {len(scans)} scans found"
          + (f", {resumed} already assessed with this model (skipped; --force assesses them "
             "again)" if resumed else ""), sys.stderr)
@@ -628,10 +752,12 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
                 try:
                     if err is not None:
                         raise err
+                    identity, obj = obj
                     a = _assess(obj, args, model, device, thresholds)
                     del obj
                     a.model = {**a.model, "sha256": model_sha}
-                    a.summary["archive"] = {"fingerprint": fp, "key": scan.key,
+                    a.summary["archive"] = {"fingerprint": fp, "input": identity,
+                                            "key": scan.key,
                                             "rel": _shown(scan.rel), "root": _shown(scan.root),
                                             "entities": dict(scan.entities)}
                     paths = _write(a, out, scan)
@@ -689,12 +815,24 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
     return 1 if internal else 2 if failed else 0
 
 
+def _replaced_scans(out: Path, i: int, n: int, entries: dict[str, Any]) -> int:
+    """How many scans the manifest this run is about to replace lists that this run lacks
+    (an earlier run on other inputs into the same --out): 0 when none or unreadable."""
+    try:
+        old = json.loads(manifest_path(out, i, n).read_text(encoding="utf-8"))
+        keys = {e["key"] for e in old["scans"] if isinstance(e.get("key"), str)}
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        return 0
+    return len(keys - set(entries))
+
+
 def _about(scan: Scan, exc: BaseException) -> str:
     msg = _shown(_one_line(exc))
     shown = _shown(scan.path)
     return msg if msg.startswith(shown) else f"{shown}: {msg}"
 
 
-__all__ = ["Scan", "archive_mode", "bids_entities", "discover", "file_sha256", "finished",
-           "fingerprint", "is_bids_root", "manifest_path", "parse_shard", "run_archive",
+__all__ = ["Scan", "archive_mode", "bids_entities", "discover", "distinct_inputs",
+           "file_sha256", "finished", "fingerprint", "input_identity", "inside_out",
+           "is_bids_root", "manifest_path", "parse_shard", "run_archive", "same_input",
            "select_shard", "shard_of"]

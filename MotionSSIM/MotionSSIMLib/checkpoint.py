@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a model file")
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open, a device never end
+            raise CheckpointError(f"{path}: not a regular file (a FIFO, device or socket); "
+                                  "expected a model file")
+        size = st.st_size
         with open(path, "rb") as f:
             head = f.read(9)
     except OSError as exc:

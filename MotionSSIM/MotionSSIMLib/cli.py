@@ -139,8 +139,11 @@ def run_assess(args: argparse.Namespace) -> int:
     except (MotionSSIMError, ValueError, OSError) as exc:
         _say(f"error: {exc}", sys.stderr)
         return 2
-    from .archive import archive_mode, run_archive
+    from .archive import archive_mode, distinct_inputs, run_archive
 
+    args.inputs, twice = distinct_inputs(args.inputs)
+    for dropped, kept in twice:
+        _say(f"note: {dropped} is {kept} again: assessed once", sys.stderr)
     if archive_mode(args):  # folders, BIDS datasets, --shard, --ratings: the group report
         return run_archive(args, model, device, thresholds)
     unusable, internal = 0, 0
@@ -198,7 +201,8 @@ def _assess_series(args: argparse.Namespace, path: Path, series, model, device, 
                          f"{series.n_input_frames} frames")
     a = assess_series(series, model=model, orientation=args.orientation, device=device,
                       batch_size=args.batch_size, thresholds=thresholds,
-                      min_foreground=args.min_foreground)
+                      min_foreground=args.min_foreground, precision=args.precision,
+                      tta=args.tta)
     return a, write_series_report(a, args.out, report_name(path), source=str(path))
 
 

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import sys
 import time
 import urllib.parse
@@ -101,10 +102,11 @@ def _worst_frames(items: Any) -> str:
 def _read_summary(out: Path, rel: str) -> dict[str, Any] | None:
     p = out / rel
     try:
-        if p.stat().st_size > 16 * 2**20:
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 16 * 2**20:
             return None
         data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # nested too deeply: unreadable too
         return None
     return data if isinstance(data, dict) else None
 
@@ -150,22 +152,61 @@ def scan_row(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+MAX_MANIFEST_BYTES = 256 * 2**20  # a manifest of a million scans holds about 400 MB less
+
+
+def _manifest(p: Path) -> dict[str, Any]:
+    """A shard manifest read and checked (InputError naming the file otherwise): `shard`
+    [I, N] within the bounds `--shard` accepts (checked before anything is built from N),
+    `n_scans_found` a count, `scans` a list of entries whose key is text, `fingerprint`
+    an object."""
+    from .archive import MAX_SHARDS
+
+    def bad(why: str) -> InputError:
+        return InputError(f"{p}: not a MotionSSIM shard manifest ({why})")
+
+    try:
+        from .io import regular_file_size
+
+        if regular_file_size(p) > MAX_MANIFEST_BYTES:
+            raise bad(f"larger than {MAX_MANIFEST_BYTES // 2**20} MB")
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except InputError:
+        raise
+    except (OSError, ValueError, RecursionError) as exc:
+        raise bad(type(exc).__name__ if isinstance(exc, RecursionError)
+                  else str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                  ) from None
+    if not isinstance(m, dict):
+        raise bad("not a JSON object")
+    shard = m.get("shard")
+    if not (isinstance(shard, list) and len(shard) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+            and 1 <= shard[1] <= MAX_SHARDS and 1 <= shard[0] <= shard[1]):
+        raise bad(f"shard must be [I, N] with 1 <= I <= N <= {MAX_SHARDS}")
+    found = m.get("n_scans_found")
+    if not isinstance(found, int) or isinstance(found, bool) or found < 0:
+        raise bad("n_scans_found must be a count")
+    scans = m.get("scans")
+    if not isinstance(scans, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("key"), str) for e in scans):
+        raise bad("scans must be a list of entries with a text key")
+    if not isinstance(m.get("fingerprint", {}), dict):
+        raise bad("fingerprint must be an object")
+    return m
+
+
 def read_manifests(out: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The manifests of the latest set of shards in OUT (those with the N of the newest
-    manifest) and notes on what is missing or set aside."""
+    manifest) and notes on what is missing or set aside. Shards of that set made with another
+    model or other options are refused (InputError): their rows could not be compared."""
     from .archive import MANIFEST_DIR
 
     folder = Path(out) / MANIFEST_DIR
     found = []
     for p in sorted(folder.glob("shard-*-of-*.json")) if folder.is_dir() else []:
-        try:
-            m = json.loads(p.read_text(encoding="utf-8"))
-            i, n = (int(v) for v in m["shard"])
-            if not isinstance(m.get("scans"), list):
-                raise ValueError("no scan list")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{p}: not a MotionSSIM shard manifest ({exc})") from None
-        found.append((p.stat().st_mtime, i, n, m))
+        m = _manifest(p)
+        found.append((p.stat().st_mtime, *m["shard"], m, p))
     if not found:
         raise InputError(f"{out}: no shard manifest in {MANIFEST_DIR}/ (run `motionssim "
                          "assess FOLDER --out` here first)")
@@ -176,11 +217,29 @@ def read_manifests(out: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
         notes.append(f"manifests of earlier runs split in {', '.join(map(str, others))} "
                      f"shard(s) set aside; the latest run has {n}")
     chosen = {f[1]: f[3] for f in found if f[2] == n}
+    _same_fingerprint({i: (chosen[i], next(f[4] for f in found if f[2] == n and f[1] == i))
+                       for i in sorted(chosen)})
     missing = [i for i in range(1, n + 1) if i not in chosen]
     if missing:
         notes.append(f"shard(s) {', '.join(map(str, missing[:20]))} of {n} have not run: "
                      "their scans are not in this report")
     return [chosen[i] for i in sorted(chosen)], notes
+
+
+def _same_fingerprint(shards: dict[int, tuple[dict[str, Any], Path]]) -> None:
+    """InputError naming two shard manifests whose fingerprints (model hash and the options
+    that change a result) differ, and the items that differ."""
+    items = list(shards.values())
+    first, first_path = items[0]
+    ref = first.get("fingerprint") or {}
+    for m, p in items[1:]:
+        fp = m.get("fingerprint") or {}
+        if fp != ref:
+            diff = [f"{k} {str(ref.get(k))[:16]} vs {str(fp.get(k))[:16]}"
+                    for k in sorted(set(ref) | set(fp), key=str) if ref.get(k) != fp.get(k)]
+            raise InputError(f"{p}: made with another model or other options than "
+                             f"{first_path.name} ({'; '.join(diff)[:300]}); their results "
+                             "cannot be merged: assess every shard with the same command")
 
 
 def collect(out: str | Path) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
@@ -221,9 +280,11 @@ def read_ratings(path: str | Path) -> list[tuple[str, int]]:
     with a scan column (SCAN_COLUMNS) and a rating column (RATING_COLUMNS), or two columns.
     Ratings are 1 (clean), 2 (moderate) or 3 (re-scan); `n/a` or empty cells are left out.
     InputError naming the file (and line) otherwise."""
+    from .io import regular_file_size
+
     p = Path(path)
     try:
-        if p.stat().st_size > MAX_RATINGS_BYTES:
+        if regular_file_size(p) > MAX_RATINGS_BYTES:  # a FIFO or a device: refused unopened
             raise InputError(f"{p}: larger than {MAX_RATINGS_BYTES // 2**20} MB; not a ratings "
                              "table")
         text = p.read_bytes().decode("utf-8-sig")
@@ -231,25 +292,25 @@ def read_ratings(path: str | Path) -> list[tuple[str, int]]:
         raise InputError(f"{p}: not a text table (not UTF-8)") from None
     except OSError as exc:
         raise InputError(f"{p}: cannot read the ratings ({exc.strerror or exc})") from None
-    lines = text.splitlines()
-    header = lines[0] if lines else ""
-    delim = max("\t,;", key=header.count)
-    rows = [r for r in csv.reader(io.StringIO(text), delimiter=delim) if any(c.strip()
-                                                                         for c in r)]
-    if len(rows) < 2:
+    rows = _table_rows(p, text)
+    if not rows:
         raise InputError(f"{p}: no ratings (expected a header and one row per scan)")
-    names = [c.strip().lower() for c in rows[0]]
+    names = [c.strip().lower() for c in rows[0][1]]
     scan_col = next((names.index(c) for c in SCAN_COLUMNS if c in names), None)
     rate_col = next((names.index(c) for c in RATING_COLUMNS if c in names), None)
     if (scan_col is None or rate_col is None) and len(names) == 2:
         scan_col, rate_col = 0, 1
+        if _cell(rows[0][1], 1) in ("1", "2", "3"):  # no header: the first row is a rating
+            rows = [(0, ["scan", "rating"]), *rows]
+    if len(rows) < 2:
+        raise InputError(f"{p}: no ratings (expected a header and one row per scan)")
     if scan_col is None or rate_col is None or scan_col == rate_col:
         raise InputError(f"{p}: expected a scan column and a rating column (MR-ART's "
                          "derivatives/scores.tsv: bids_name and score; or scan and rating); "
                          f"found {', '.join(c for c in names if c)[:120]}")
     pairs: list[tuple[str, int]] = []
     seen: dict[str, tuple[int, int]] = {}
-    for line, r in enumerate(rows[1:], start=2):
+    for line, r in rows[1:]:
         name, value = _cell(r, scan_col), _cell(r, rate_col)
         if not name or value.lower() in MISSING_RATING:
             continue
@@ -271,6 +332,30 @@ def read_ratings(path: str | Path) -> list[tuple[str, int]]:
     return pairs
 
 
+def _table_rows(p: Path, text: str) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of the non-empty rows of a ratings table. Tab-separated text is
+    split plainly (TSV has no quoting: a stray `"` is a character, it cannot swallow the rows
+    after it); comma or semicolon text is read as CSV, where a quote left open, which would
+    swallow the rest of the file, is refused, naming its line."""
+    lines = text.splitlines()
+    delim = max("\t,;", key=(lines[0] if lines else "").count)
+    if delim == "\t":
+        rows = [(n, ln.split("\t")) for n, ln in enumerate(lines, start=1)]
+    else:
+        reader = csv.reader(io.StringIO(text), delimiter=delim)
+        rows, start = [], 1
+        try:
+            for r in reader:
+                if any("\n" in c or "\r" in c for c in r):
+                    raise InputError(f"{p}: line {start}: a quote (\") is not closed on its "
+                                     "line; not a ratings table")
+                rows.append((start, r))
+                start = reader.line_num + 1
+        except csv.Error as exc:  # a cell beyond the csv module's limit, a NUL byte
+            raise InputError(f"{p}: line {start}: not a readable table ({exc})") from None
+    return [(n, r) for n, r in rows if any(c.strip() for c in r)]
+
+
 def _parts(name: str) -> list[str]:
     from .archive import strip_suffix
 
@@ -280,14 +365,17 @@ def _parts(name: str) -> list[str]:
     return parts
 
 
-def match_ratings(rows: list[dict[str, Any]], ratings: Sequence[tuple[str, int]]
+def match_ratings(rows: list[dict[str, Any]], ratings: Sequence[tuple[str, int]],
+                  source: str | Path | None = None
                   ) -> tuple[dict[int, int], list[str], list[str]]:
     """Ratings matched to rows: a rating names a scan when one's path components (file
     extension dropped) end with the other's, so `sub-01_T1w` (MR-ART's bids_name),
     `anat/sub-01_T1w.nii.gz` (a scans.tsv) and a full path all find
     `sub-01/anat/sub-01_T1w.nii.gz`. Returns ({row index: rating}, names matching no scan,
-    names matching several)."""
+    names matching several). Two names of one scan (`sub-01_T1w` and
+    `sub-01/anat/sub-01_T1w.nii.gz`) rated differently: InputError naming `source`."""
     by_last: dict[str, list[int]] = {}
+    by_row: dict[int, str] = {}
     row_parts = []
     for n, r in enumerate(rows):
         parts = _parts(str(r.get("path", "")))
@@ -304,7 +392,12 @@ def match_ratings(rows: list[dict[str, Any]], ratings: Sequence[tuple[str, int]]
         hits = [n for n in by_last.get(key[-1], [])
                 if row_parts[n][-len(key):] == key or key[-len(row_parts[n]):] == row_parts[n]]
         if len(hits) == 1:
+            if matched.get(hits[0], rating) != rating:
+                raise InputError(f"{source}: {by_row[hits[0]][:80]} and {name[:80]} name one "
+                                 f"scan, {rows[hits[0]].get('path', '')}, rated "
+                                 f"{matched[hits[0]]} and {rating}")
             matched[hits[0]] = rating
+            by_row.setdefault(hits[0], name)
         elif hits:
             ambiguous.append(name)
         else:
@@ -491,13 +584,29 @@ def _atomic_write(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text starting with `=`, `+`, `-`, `@`, a tab or a
+    carriage return (a file named `=HYPERLINK(...).nii.gz`) gets a leading `'` (OWASP's rule
+    against CSV injection); numbers are kept as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path, ratings: dict[int, int] | None) -> None:
     cols = GROUP_COLUMNS + (("rating",) if ratings is not None else ())
     text = io.StringIO(newline="")
     w = csv.writer(text)
     w.writerow(cols)
     for n, r in enumerate(rows):
-        vals = [r.get(c, "") for c in GROUP_COLUMNS]
+        vals = [csv_safe(r.get(c, "")) for c in GROUP_COLUMNS]
         if ratings is not None:
             vals.append(ratings.get(n, ""))
         w.writerow(vals)
@@ -723,7 +832,7 @@ def build_group_report(out: str | Path, ratings_path: str | Path | None = None
     paths: dict[str, Any] = {"csv": out / GROUP_CSV, "html": out / GROUP_HTML}
     if ratings_path is not None:
         ratings = read_ratings(ratings_path)
-        matched, unmatched, ambiguous = match_ratings(rows, ratings)
+        matched, unmatched, ambiguous = match_ratings(rows, ratings, ratings_path)
         agr = agreement(rows, matched)
         agr["n_ratings"] = len(ratings)
         agr["n_ratings_unmatched"] = len(unmatched)

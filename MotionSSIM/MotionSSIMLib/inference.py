@@ -426,6 +426,7 @@ class SliceRecord:
     blank: bool = False  # no contrast (constant or nearly so): flagged empty
     ssim_sd: float = 0.0  # spread of the prediction over the views (0 with one view)
     uncertain: bool = False  # ssim +- UNCERTAIN_SDS * ssim_sd contains a class threshold
+    noise: bool = False  # noise without a head (geometry.slice_structure): flagged empty
 
 
 @dataclass
@@ -566,8 +567,9 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
     what ran (`inference`: device, precision, views).
 
     A bare array is taken as [k, j, i] with 1 mm isotropic voxels and identity directions.
-    Slices whose foreground share is below `min_foreground`, and blank slices (no contrast:
-    `geometry.BLANK_CONTRAST`), are predicted but flagged empty, and left out of the summary
+    Slices whose foreground share is below `min_foreground`, blank slices (no contrast:
+    `geometry.BLANK_CONTRAST`) and noise slices (no structure at the head's scale:
+    `geometry.slice_structure`) are predicted but flagged empty, and left out of the summary
     and the verdict (see the module docstring for the rule). A volume with no slice left to
     assess is refused (InputError): it has no verdict.
     """
@@ -588,11 +590,13 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
     stack = extract_slices(vol, orientation)
     foreground = np.asarray(stack.foreground, dtype=float)
     blank = np.asarray(stack.blank, dtype=bool)
-    empty = (foreground < min_foreground) | blank
+    noise = np.asarray(stack.noise, dtype=bool)
+    empty = (foreground < min_foreground) | blank | noise
     if empty.all():  # refused before the model runs: nothing here could be scored
         raise InputError(f"no assessable slice: all {len(empty)} {stack.orientation} slices "
-                         f"are empty (foreground share < {min_foreground}) or blank "
-                         f"({int(blank.sum())} constant or nearly so)")
+                         f"are empty (foreground share < {min_foreground}), blank "
+                         f"({int(blank.sum())} constant or nearly so) or noise without a "
+                         f"head ({int(noise.sum())})")
     dev = resolve_device(device)
     resolve_precision(precision, dev)  # a wrong setting is refused before the model loads
     loaded = get_model(model, dev)
@@ -602,13 +606,14 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
     classes = clinical_class(pred, thresholds)
     unsure = uncertain_slices(pred, sd, thresholds) & ~empty
     records = [SliceRecord(int(i), float(p), float(s), int(c), float(f), bool(e), bool(b),
-                           float(d), bool(u))
-               for i, p, s, c, f, e, b, d, u in zip(stack.indices, stack.positions_mm, pred,
-                                                    classes, foreground, empty, blank, sd,
-                                                    unsure)]
+                           float(d), bool(u), bool(z))
+               for i, p, s, c, f, e, b, d, u, z in zip(stack.indices, stack.positions_mm, pred,
+                                                       classes, foreground, empty, blank, sd,
+                                                       unsure, noise)]
     summary = summarize(pred, classes, empty, np.asarray(stack.indices), thresholds, sd=sd)
     summary["min_foreground"] = float(min_foreground)
     summary["n_blank"] = int(blank.sum())
+    summary["n_noise"] = int(noise.sum())
     summary["inference"] = {"device": result.device, "precision": result.precision,
                             "views": list(result.view_names)}
     return Assessment(records, summary, stack.orientation, stack.axis,

@@ -290,6 +290,16 @@ def _require_regular(p: Path, st: os.stat_result, what: str = "") -> None:
         raise InputError(f"{p}: {what}permission denied")
 
 
+def regular_file_size(path: str | Path) -> int:
+    """The size of `path` if it is a regular, readable file; InputError naming it otherwise.
+    A FIFO, a device or a socket is refused before it is opened: reading one would wait
+    forever or never end (`/dev/zero` has size 0)."""
+    p = Path(path)
+    st = _stat_input(p)
+    _require_regular(p, st)
+    return int(st.st_size)
+
+
 def _corrupted(path: Path, detail: str) -> InputError:
     return InputError(f"{path}: corrupted file ({detail})")
 

@@ -50,6 +50,14 @@ def printable(text: Any) -> str:
     return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
 
 
+def safe_stem(stem: str) -> str:
+    """The file name stem a report is written under: letters, digits, `.`, `_` and `-`
+    (any other run of characters becomes `_`), no leading dot. Archive keys go through it
+    too, so that two names it maps to one stem are seen to collide before anything is
+    written."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(stem)).lstrip(".") or "input"
+
+
 def report_name(path: str | os.PathLike) -> str:
     """The report name of an input: its file name without the extension (letters, digits,
     `.`, `_`, `-`; anything else becomes `_`), then `_` and the first 8 hex digits of the
@@ -137,7 +145,9 @@ def read_true_ssim(path: str | Path) -> np.ndarray:
     0 to MAX_TRUE_SSIM_INDEX, values are finite SSIMs in [-1, 1]."""
     shown = printable(path)
     try:
-        if os.stat(path).st_size > MAX_TRUE_SSIM_BYTES:
+        from .io import regular_file_size
+
+        if regular_file_size(path) > MAX_TRUE_SSIM_BYTES:  # a FIFO or device: refused
             raise ValueError(f"larger than {MAX_TRUE_SSIM_BYTES // 2**20} MB")
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -153,6 +163,8 @@ def read_true_ssim(path: str | Path) -> np.ndarray:
         wrong = next((v for _, v in pairs if not -1.0 <= v <= 1.0), None)  # NaN too
         if wrong is not None:
             raise ValueError(f"true SSIM {wrong} is not a number in [-1, 1]")
+    except InputError as exc:
+        raise InputError(f"{printable(exc)[:200]} (--true-ssim)") from None
     except (OSError, ValueError, TypeError, csv.Error) as exc:
         detail = printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise InputError(f"{shown}: cannot read true SSIM ({detail[:160]})") from None
@@ -185,7 +197,7 @@ def write_report(assessment: Assessment, out_dir: str | Path, stem: str,
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(stem)).lstrip(".") or "input"
+    stem = safe_stem(stem)
     paths = {"csv": out / f"{stem}_slices.csv", "json": out / f"{stem}_summary.json",
              "png": out / f"{stem}_chart.png"}
     recs = assessment.records
@@ -342,7 +354,7 @@ def write_series_report(assessment: Any, out_dir: str | Path, stem: str,
     chart) and OUT/STEM_heatmap.png (frame x slice SSIM). Returns the four paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(stem)).lstrip(".") or "input"
+    stem = safe_stem(stem)
     paths = {"csv": out / f"{stem}_slices.csv", "json": out / f"{stem}_summary.json",
              "png": out / f"{stem}_chart.png", "heatmap": out / f"{stem}_heatmap.png"}
     text = io.StringIO(newline="")

@@ -204,17 +204,20 @@ def assess_series(series: Series, model=None, orientation: str = "auto",
                   thresholds: ClinicalThresholds = ClinicalThresholds(),
                   min_foreground: float = 0.05,
                   progress: Callable[[int, int], None] | None = None,
-                  cancel: Callable[[], bool] | None = None) -> SeriesAssessment:
+                  cancel: Callable[[], bool] | None = None, precision: str = "auto",
+                  tta: int | None = None) -> SeriesAssessment:
     """Assess every frame of `series` slice by slice (`inference.assess_volume`, the model
     loaded once), and summarise over the frames (module docstring: verdict and ranking).
 
     `progress(done, total)` counts slices over all frames; `cancel()` returning True stops at
     the next batch (`inference.Cancelled`). A frame with no assessable slice (blank, all
     background) is listed with its reason and left out; a series with none assessable is
-    refused (InputError)."""
+    refused (InputError). `precision` and `tta` (default inference.DEFAULT_TTA) reach every
+    frame's assessment exactly as `assess_volume` takes them; the summary's `inference`
+    says what ran."""
     from .devices import resolve_device
     from .geometry import resolve_orientation
-    from .inference import assess_volume, describe_model, get_model
+    from .inference import DEFAULT_TTA, assess_volume, describe_model, get_model
 
     if not isinstance(series, Series):
         raise SettingsError(f"assess_series: expected a Series, not {type(series).__name__}")
@@ -234,7 +237,8 @@ def assess_series(series: Series, model=None, orientation: str = "auto",
             a = assess_volume(series.frame(n), model=loaded, orientation=plane, device=dev,
                               batch_size=batch_size, thresholds=thresholds,
                               min_foreground=min_foreground, progress=frame_progress,
-                              cancel=cancel)
+                              cancel=cancel, precision=precision,
+                              tta=DEFAULT_TTA if tta is None else tta)
         except InputError as exc:  # this frame only: e.g. a blank frame of a series
             if "no assessable slice" not in str(exc):
                 raise
@@ -250,6 +254,7 @@ def assess_series(series: Series, model=None, orientation: str = "auto",
     first = ok[0].assessment
     summary = summarize_series(results, thresholds, series.n_input_frames)
     summary["min_foreground"] = float(min_foreground)
+    summary["inference"] = first.summary["inference"]
     return SeriesAssessment(results, summary, first.orientation, first.axis,
                             first.pixel_spacing, describe_model(loaded))
 
