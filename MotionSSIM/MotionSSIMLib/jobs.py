@@ -278,3 +278,15 @@ def crash_line(code: int, log: list[str]) -> str:
                  and not line.startswith((" ", "\t"))), "")
     return f"the assessment process {how}" + (f": {last}" if last else "") + \
         ". Slicer is unaffected; see the log for details."
+
+
+def series_estimate(n_frames: int, slices_per_frame: int,
+                    seconds_per_slice: float | None) -> str:
+    """'150 slices, about 2 min' for the question before a whole sequence is assessed; the
+    time from the last assessment's speed, when there was one."""
+    slices = int(n_frames) * int(slices_per_frame)
+    if not seconds_per_slice:
+        return f"{slices} slices"
+    seconds = slices * float(seconds_per_slice)
+    when = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    return f"{slices} slices, about {when} at the speed of the last assessment"
