@@ -483,3 +483,93 @@ def test_requirements_never_replace_slicer_packages():
     assert names, "requirements.txt lists the packages installed at first use"
     assert not set(names) & {"numpy", "simpleitk", "vtk", "torch", "torchvision"}
     assert "torchio" in names and "safetensors" in names
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_parameter_node_is_connected_once(name):
+    """Slicer 5.8's connectGui returns None, so disconnectGui(None) leaves the old connectors
+    live, and a new connector clears the comboboxes (issue 7545): a chosen checkpoint became
+    the bundled model on every module entry. Connect once per parameter node, with
+    connectParametersToGui (a tag on 5.8 and 5.10), and keep it connected on exit()."""
+    tree = parse(name)
+    widget = f"{name}Widget"
+    source = MODULES[name].read_text(encoding="utf-8")
+    assert ".connectGui(" not in source
+    setter = ast.unparse(function(tree, widget, "setParameterNode"))
+    assert "sameParameterNode(inputParameterNode, self._parameterNode)" in setter
+    assert "connectParametersToGui(" in setter and "parameterWidgets(self.ui)" in setter
+    exit_ = function(tree, widget, "exit")
+    assert "disconnectGui" not in ast.unparse(exit_)
+    assert "self.setParameterNode(None)" in ast.unparse(function(tree, widget, "cleanup"))
+
+
+def test_parameter_widgets_finds_what_connectgui_finds():
+    """parameterWidgets replicates connectGui's search (wrapper.py: the ui's attributes with a
+    SlicerParameterName property); checked with stand-in widgets."""
+    import types
+
+    tree = parse("MotionSSIM")
+    namespace = {}
+    exec(compile(ast.Module(body=[module_function(tree, "parameterWidgets"),
+                                  module_function(tree, "sameParameterNode")],
+                            type_ignores=[]), "MotionSSIM.py", "exec"), namespace)
+
+    class Widget:
+        def __init__(self, parameter):
+            self.parameter = parameter
+
+        def property(self, key):
+            return self.parameter if key == "SlicerParameterName" else None
+
+    combo, label, edit = Widget("device"), Widget(None), Widget("modelPath")
+    ui = types.SimpleNamespace(deviceComboBox=combo, label=label, modelPathLineEdit=edit,
+                               layout=object())
+    assert namespace["parameterWidgets"](ui) == {"device": combo, "modelPath": edit}
+    node = object()
+    same = namespace["sameParameterNode"]
+    assert same(types.SimpleNamespace(parameterNode=node), types.SimpleNamespace(parameterNode=node))
+    assert not same(types.SimpleNamespace(parameterNode=node), None)
+    assert not same(types.SimpleNamespace(parameterNode=node),
+                    types.SimpleNamespace(parameterNode=object()))
+    # the names it finds are exactly the .ui's SlicerParameterName properties
+    assert {p for _, p in ui_widgets("MotionSSIM").values() if p} == set(
+        parameter_fields(tree))
+
+
+def test_installation_dialogs_are_not_under_a_wait_cursor_and_restart_is_offered():
+    for name in MODULES:
+        tree = parse(name)
+        start = "onApplyButton" if name == "MotionSSIM" else "onStartButton"
+        text = ast.unparse(function(tree, f"{name}Widget", start))
+        assert "waitCursor=True" not in text, name
+    tree = parse("MotionSSIM")
+    confirm = ast.unparse(module_function(tree, "ensureDependenciesWithConfirmation"))
+    assert "with slicer.util.WaitCursor():" in confirm and "offerRestart(" in confirm
+    restart = ast.unparse(module_function(tree, "offerRestart"))
+    assert "slicer.util.confirmYesNoDisplay" in restart and "slicer.util.restart()" in restart
+
+
+def test_packages_are_installed_under_constraints_with_package_info_and_force_reinstall():
+    tree = parse("MotionSSIM")
+    install = ast.unparse(function(tree, "MotionSSIMLogic", "installDependencies"))
+    assert "dependencies.write_constraints(" in install and "dependencies.pip_arguments(" in install
+    assert "dependencies.offline_message(" in install  # offline: one line, not a traceback
+    assert "force=True" in install
+    setup = ast.unparse(function(tree, "MotionSSIMWidget", "setup"))
+    assert "self.ui.packageInfoButton.connect" in setup
+    assert "self.ui.forceReinstallButton.connect" in setup
+    assert "dependencies.package_info(" in ast.unparse(
+        function(tree, "MotionSSIMLogic", "packageInfo"))
+
+
+def test_self_test_skips_when_any_requirement_is_missing():
+    tree = parse("MotionSSIM")
+    skip = ast.unparse(function(tree, "MotionSSIMTest", "_skippedWithoutTorch"))
+    assert "dependencyReport()" in skip and "report.ok" in skip
+
+
+def test_training_module_declares_its_dependency():
+    tree = parse("MotionSSIMTraining")
+    module = ast.unparse(next(c for c in tree.body if isinstance(c, ast.ClassDef)
+                              and c.name == "MotionSSIMTraining"))
+    assert "self.parent.dependencies = ['MotionSSIM']" in module
