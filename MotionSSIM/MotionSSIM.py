@@ -48,6 +48,13 @@ MINIMUM_SLICER = (5, 8)
 POLL_INTERVAL_MS = 100  # progress of a running assessment
 GUI_BATCH_SIZE = 4  # slices per batch when run from the panel: progress every few slices
 SAMPLE_FILE = "sample_t2_motion.nii.gz"
+# SampleData compares its cached copy with this and copies the file again when they differ
+# (without a checksum a stale copy from an older version is reused). Testing/
+# test_slicer_module.py checks it against the file.
+SAMPLE_SHA256 = "SHA256:842b2c22f4ea4f1a7f4e7c52579493b21f1ff73e4d0849b150ab269c00a91f69"
+REPOSITORY_URL = "https://github.com/motionssim/SlicerMotionSSIM"
+# "Name (Affiliation)", as the Extensions Index lists contributors; the same in CMakeLists.txt
+CONTRIBUTORS = ["MotionSSIM maintainers (SlicerMotionSSIM project)"]
 
 
 def slicerVersionProblem():
@@ -70,14 +77,14 @@ class MotionSSIM(ScriptedLoadableModule):
         self.parent.title = "MotionSSIM"
         self.parent.categories = ["Quantification"]
         self.parent.dependencies = []
-        self.parent.contributors = ["MotionSSIM contributors"]
+        self.parent.contributors = CONTRIBUTORS
         self.parent.helpText = (
             "Predicts, for every slice of the selected MR volume, the SSIM the slice would have "
             "against a motion-free version of itself (no reference image needed), and classifies "
             "each slice as good (SSIM &gt;= 0.85), sufficient (0.60-0.85) or insufficient: "
             "re-scan (&lt; 0.60). Results: a table, a chart (click a point to jump to the slice), "
             "a coloured verdict overlay on the slice views and a volume verdict. "
-            '<a href="https://github.com/motionssim/MotionSSIM">Documentation</a>.'
+            f'<a href="{REPOSITORY_URL}">Documentation</a>.'
         )
         self.parent.acknowledgementText = (
             "Method: S. Chatterjee, A. Sciarra, M. Duennwald, et al., Automated SSIM Regression "
@@ -105,6 +112,7 @@ def registerSampleData() -> None:
         uris=pathlib.Path(path).as_uri(),
         fileNames=SAMPLE_FILE,
         nodeNames="MotionSSIM sample T2 (motion)",
+        checksums=SAMPLE_SHA256,
         thumbnailFileName=os.path.join(here, "Resources", "Icons", "MotionSSIM.png"),
     )
 
@@ -125,6 +133,24 @@ class MotionSSIMParameterNode:
     sufficientThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.60
     minForeground: Annotated[float, WithinRange(0.0, 1.0)] = 0.05
     overlayStyle: Annotated[str, Choice(OVERLAY_STYLES)] = "frame"
+
+
+def parameterWidgets(ui) -> dict:
+    """SlicerParameterName -> widget, for the widgets of `ui` (childWidgetVariables): what
+    connectGui(ui) binds. Both modules bind through connectParametersToGui(this), which returns
+    a tag on Slicer 5.8 too, where connectGui returns None (wrapper.py) so that disconnectGui
+    could never disconnect."""
+    found = {}
+    for widget in vars(ui).values():
+        name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+        if name:
+            found[str(name)] = widget
+    return found
+
+
+def sameParameterNode(a, b) -> bool:
+    """Whether two parameter node wrappers wrap the same MRML node."""
+    return a is not None and b is not None and a.parameterNode is b.parameterNode
 
 
 #
@@ -172,6 +198,8 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.worstSlicesListWidget.connect("itemClicked(QListWidgetItem*)", self.onWorstSliceClicked)
+        self.ui.packageInfoButton.connect("clicked(bool)", self.onPackageInfo)
+        self.ui.forceReinstallButton.connect("clicked(bool)", self.onForceReinstall)
         self.ui.modelPathLineEdit.nameFilters = ["MotionSSIM checkpoint (*.safetensors)"]
         self.ui.progressBar.visible = False
 
@@ -182,19 +210,21 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         if self._job is not None:
-            self._job.cancel()
+            self._job.cancel()  # a child process: its tree ends now (and its files go)
+            self._job = None
         self._timer.stop()
+        self._stopSeries()  # the observer on the sequence browser
+        self.setParameterNode(None)
         self.removeObservers()
         self._removeViewConnections()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        self.initializeParameterNode()  # the same node: kept connected (setParameterNode)
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        # The GUI stays connected to the parameter node while the module is not shown:
+        # reconnecting on enter() would reset the comboboxes on Slicer 5.8 (issue 7545).
+        pass
 
     def log(self, message: str) -> None:
         """A line in the panel's status box (and the application log)."""
@@ -240,12 +270,18 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.modelSource = MODEL_SOURCES[1]
 
     def setParameterNode(self, inputParameterNode) -> None:
+        """Connect the GUI once per parameter node (a new one only after a scene close)."""
+        if sameParameterNode(inputParameterNode, self._parameterNode):
+            self._checkCanApply()
+            return
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(
+                parameterWidgets(self.ui))
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
 
@@ -289,45 +325,30 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         if self._job is not None:
-            self._job.cancel()
-            self.ui.applyButton.enabled = False  # until the worker has stopped
+            self._job.cancel()  # the child's whole process tree ends at once
             self.log("Cancelling...")
             return
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("MotionSSIM failed.", waitCursor=True):
+        # no wait cursor here: the installation and restart questions must look clickable
+        with slicer.util.tryWithErrorDisplay("MotionSSIM failed."):
             if not ensureDependenciesWithConfirmation(self.logic):
                 return
             from MotionSSIMLib import scene
-            from MotionSSIMLib.classes import ClinicalThresholds
 
             source = scene.series_source(p.inputVolume)
-            if source is not None:  # a sequence's proxy or a multi-volume: every frame
-                self._job = scene.SeriesAssessmentJob(
-                    source[0],
-                    browser=source[1],
-                    model=self._modelArgument(),
-                    orientation=p.orientation,
-                    device=p.device,
-                    thresholds=ClinicalThresholds(good=p.goodThreshold,
-                                                  sufficient=p.sufficientThreshold),
-                    min_foreground=p.minForeground,
-                    batch_size=GUI_BATCH_SIZE,
-                    overlay_style=p.overlayStyle,
-                )
-                self.log(f"{p.inputVolume.GetName()} shows a series: assessing all its frames.")
-            else:
-                self._job = None
-            self._job = self._job or scene.AssessmentJob(
-                p.inputVolume,
-                model=self._modelArgument(),
-                orientation=p.orientation,
-                device=p.device,
-                thresholds=ClinicalThresholds(good=p.goodThreshold, sufficient=p.sufficientThreshold),
-                min_foreground=p.minForeground,
-                batch_size=GUI_BATCH_SIZE,
-                overlay_style=p.overlayStyle,
-            )
-            self.log(f"Assessing {self._job.name} (device: {p.device})...")
+            wholeSeries = False
+            if source is not None:
+                wholeSeries = self._askSeriesScope(p.inputVolume, source[0])
+                if wholeSeries is None:
+                    return
+            with slicer.util.WaitCursor():  # the voxels are copied for the child process
+                self._job = self.logic.startAssessment(
+                    p.inputVolume, model=self._modelArgument(), orientation=p.orientation,
+                    device=p.device, goodThreshold=p.goodThreshold,
+                    sufficientThreshold=p.sufficientThreshold, minForeground=p.minForeground,
+                    overlayStyle=p.overlayStyle, wholeSeries=wholeSeries)
+            what = f"all {self._job.volume.GetName()} frames" if wholeSeries else self._job.name
+            self.log(f"Assessing {what} in a separate process (device: {p.device})...")
             self._setInputsEnabled(False)
             self.ui.progressBar.maximum = 0  # busy until the slice count is known
             self.ui.progressBar.value = 0
@@ -335,16 +356,53 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
             self._timer.start()
 
+    def _askSeriesScope(self, volume, source):
+        """A sequence: assess the frame shown or all frames? True all, False this frame, None
+        cancelled. A multi-volume node holds all frames in one node: always all."""
+        if not source.IsA("vtkMRMLSequenceNode"):
+            return True
+        from MotionSSIMLib import jobs
+
+        frames = source.GetNumberOfDataNodes()
+        estimate = jobs.series_estimate(frames, self.logic.slicesPerFrame(volume),
+                                        self.logic.secondsPerSlice)
+        box = qt.QMessageBox(slicer.util.mainWindow())
+        box.setWindowTitle("MotionSSIM")
+        box.setText(f"{volume.GetName()} is a frame of the sequence {source.GetName()}.")
+        box.setInformativeText(f"Assess only the frame shown, or all {frames} frames "
+                               f"({estimate})?")
+        thisFrame = box.addButton("This frame", qt.QMessageBox.AcceptRole)
+        allFrames = box.addButton(f"All {frames} frames", qt.QMessageBox.AcceptRole)
+        box.addButton(qt.QMessageBox.Cancel)
+        box.setDefaultButton(thisFrame)
+        box.exec_()
+        clicked = box.clickedButton()
+        return True if clicked == allFrames else False if clicked == thisFrame else None
+
+    def onPackageInfo(self) -> None:
+        self.log(self.logic.packageInfo())
+
+    def onForceReinstall(self) -> None:
+        if not slicer.util.confirmOkCancelDisplay(
+                "Reinstall MotionSSIM's Python packages (Slicer's numpy, scipy, SimpleITK and "
+                "vtk and the PyTorch extension's torch are kept as they are)?", "MotionSSIM"):
+            return
+        with slicer.util.tryWithErrorDisplay("Reinstalling failed."):
+            with slicer.util.WaitCursor():
+                restart = self.logic.installDependencies(force=True)
+            offerRestart(restart, "MotionSSIM")
+
     def onPollJob(self) -> None:
         """Timer on the main thread: progress, then the results written into the scene."""
         job = self._job
         if job is None:
             self._timer.stop()
             return
+        finished = job.poll()  # reads the child's new output lines; never blocks
         if job.total_slices:
             self.ui.progressBar.maximum = job.total_slices
             self.ui.progressBar.value = job.done_slices
-        if not job.done:
+        if not finished:
             return
         self._timer.stop()
         self._job = None
@@ -353,13 +411,16 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
         try:
             result = job.finish()
-        except Exception as exc:
+        except Exception as exc:  # one line (a crash of the child included); Slicer goes on
             self.log(f"Failed after {job.elapsed_s:.1f} s: {exc}")
+            for line in getattr(exc, "log", [])[-10:]:  # a crash: the child's last words
+                logging.error(f"MotionSSIM child process: {line}")
             slicer.util.errorDisplay(f"MotionSSIM failed: {exc}", windowTitle="MotionSSIM")
             return
         if result is None:
             self.log(f"Cancelled after {job.elapsed_s:.1f} s: the scene is unchanged.")
             return
+        self.logic.rememberSpeed(job)
         from MotionSSIMLib import scene
 
         if isinstance(result, scene.SeriesSceneResult):
@@ -544,12 +605,21 @@ def ensureDependenciesWithConfirmation(logic, requester: str = "MotionSSIM") -> 
     ):
         logic.log("Installation declined: nothing was changed.")
         return False
-    # callers run this inside slicer.util.tryWithErrorDisplay(..., waitCursor=True)
-    restart = logic.installDependencies(report)
+    # the wait cursor only while installing: the questions above and below stay clickable
+    # (tryWithErrorDisplay(waitCursor=True) would set it before them)
+    with slicer.util.WaitCursor():
+        restart = logic.installDependencies(report)
     if restart:
-        slicer.util.infoDisplay(restart, windowTitle=requester)
+        offerRestart(restart, requester)
         return False
     return True
+
+
+def offerRestart(message, requester: str = "MotionSSIM") -> None:
+    """After an installation that needs a restart: ask, and restart Slicer if the user agrees."""
+    if message and slicer.util.confirmYesNoDisplay(f"{message}\n\nRestart Slicer now?",
+                                                   windowTitle=requester):
+        slicer.util.restart()
 
 
 def _formatNumber(value) -> str:
@@ -578,6 +648,7 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.logCallback = None  # the panel's status box; None: the application log
+        self.secondsPerSlice = None  # measured by the last assessment (rememberSpeed)
 
     def getParameterNode(self):
         return MotionSSIMParameterNode(super().getParameterNode())
@@ -632,6 +703,49 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
         if showResults:
             self.showResults(result)
         return result
+
+    def startAssessment(self, inputVolume, model=None, orientation: str = "auto",
+                        device: str = "auto", goodThreshold: float = 0.85,
+                        sufficientThreshold: float = 0.60, minForeground: float = 0.05,
+                        overlayStyle: str = "frame", wholeSeries: bool = False):
+        """Start assessing `inputVolume` (with `wholeSeries`, every frame of the sequence or
+        multi-volume it shows) in a child process of Slicer's Python, and return the
+        MotionSSIMLib.scene.AssessmentJob at once: call its poll() from a timer (it never
+        blocks), and finish() once it is done to write the results into the scene.
+
+        A child process and not a thread: Slicer's main thread holds the GIL while it idles in
+        the Qt event loop, so a Python thread would run only while Slicer runs Python.
+        """
+        from MotionSSIMLib import jobs, scene
+        from MotionSSIMLib.classes import ClinicalThresholds
+
+        problem = slicerVersionProblem()
+        problems = ([problem] if problem else []) + scene.validate_settings(
+            inputVolume, goodThreshold, sufficientThreshold)
+        if problems:
+            raise ValueError(f"MotionSSIM: {problems[0]}")
+        args = dict(model=model, orientation=orientation, device=device,
+                    thresholds=ClinicalThresholds(good=goodThreshold,
+                                                  sufficient=sufficientThreshold),
+                    min_foreground=minForeground, batch_size=GUI_BATCH_SIZE,
+                    overlay_style=overlayStyle,
+                    child=jobs.ChildProcess(env=slicer.util.startupEnvironment(),
+                                            temp_root=slicer.app.temporaryPath))
+        source = scene.series_source(inputVolume) if wholeSeries else None
+        if source is not None:
+            return scene.SeriesAssessmentJob(source[0], browser=source[1], **args)
+        return scene.AssessmentJob(inputVolume, **args)
+
+    def rememberSpeed(self, job) -> None:
+        """Seconds per slice of a finished job (start-up included): the next estimate."""
+        if job.total_slices:
+            self.secondsPerSlice = job.elapsed_s / job.total_slices
+
+    @staticmethod
+    def slicesPerFrame(volumeNode, orientation: str = "auto") -> int:
+        from MotionSSIMLib import geometry, scene
+
+        return geometry.slice_count(scene.volume_from_node(volumeNode), orientation)
 
     def processSequence(
         self,
@@ -743,10 +857,19 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
 
         return dependencies.check(dependencies.read_requirements(self.requirementsPath()))
 
-    def installDependencies(self, report=None):
+    def packageInfo(self) -> str:
+        """The installed versions of what MotionSSIM uses, and of Slicer's own packages."""
+        from MotionSSIMLib import dependencies
+
+        return "Python packages:\n" + dependencies.package_info(
+            dependencies.read_requirements(self.requirementsPath()))
+
+    def installDependencies(self, report=None, force: bool = False):
         """Install what `report` (default: dependencyReport()) lists as missing or of the wrong
-        version: torch/torchvision through the PyTorch extension, the rest with pip. Never
-        touches Slicer's numpy, SimpleITK or vtk. Opens no dialog (usable from scripts).
+        version: torch/torchvision through the PyTorch extension, the rest with pip under
+        constraints that pin Slicer's numpy, scipy, SimpleITK and vtk and the installed torch
+        (dependencies.PINNED). `force`: reinstall every package of requirements.txt (not torch,
+        which the PyTorch extension manages). Opens no dialog (usable from scripts).
 
         Returns None when everything can be used now, or a one-line message when Slicer must be
         restarted (an older version of a package was already imported).
@@ -754,7 +877,7 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
         from MotionSSIMLib import dependencies
 
         report = report if report is not None else self.dependencyReport()
-        if report.ok:
+        if report.ok and not force:
             return None
         loaded = []
         torchProblems = report.torch_problems()
@@ -777,13 +900,26 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
             if torch is None:
                 raise RuntimeError("PyTorch installation failed: see the Python console.")
         pipProblems = report.pip_problems()
+        if force:  # every pip package, installed or not
+            pipProblems = [p for p in report.packages if p not in report.torch_problems()
+                           and dependencies.normalize(p.requirement.name)
+                           not in ("torch", "torchvision")]
         if pipProblems:
             lines = [str(p.requirement) for p in pipProblems]
-            self.log("Installing with pip: " + " ".join(lines))
+            self.log(("Reinstalling" if force else "Installing") + " with pip: " + " ".join(lines))
             importNames = {v: k for k, v in dependencies.IMPORT_TO_DISTRIBUTION.items()}
             loaded += [p.requirement.name for p in pipProblems if p.installed is not None
                        and importNames.get(p.requirement.name, p.requirement.name) in sys.modules]
-            slicer.util.pip_install(lines)
+            constraintsPath = dependencies.write_constraints(
+                os.path.join(slicer.app.temporaryPath, "MotionSSIM-constraints.txt"))
+            try:
+                if force:  # the packages themselves; then anything missing, as usual
+                    slicer.util.pip_install(dependencies.pip_arguments(lines, constraintsPath,
+                                                                       force=True))
+                slicer.util.pip_install(dependencies.pip_arguments(lines, constraintsPath))
+            except Exception as exc:  # CalledProcessError: no network, most often
+                logging.error(f"MotionSSIM: pip failed: {exc}")
+                raise RuntimeError(dependencies.offline_message(lines)) from None
         after = self.dependencyReport()
         self.log(after.text())
         if not after.ok:
@@ -813,12 +949,16 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         self.test_MotionSSIM_background()
 
     def _skippedWithoutTorch(self, what):
-        """True (and says so) when PyTorch is missing: build machines have none, so the torch
-        paths are tested where it is installed."""
-        if importlib.util.find_spec("torch") is not None:
-            return False
-        self.delayDisplay(f"PyTorch is not installed: {what} skipped")
-        return True
+        """True (and says so) when PyTorch or another requirement is missing: build machines
+        have none, so the torch paths are tested where everything is installed."""
+        if importlib.util.find_spec("torch") is None:
+            self.delayDisplay(f"PyTorch is not installed: {what} skipped")
+            return True
+        report = MotionSSIMLogic().dependencyReport()
+        if not report.ok:
+            self.delayDisplay(f"{what} skipped: " + "; ".join(p.text() for p in report.problems()))
+            return True
+        return False
 
     def _phantomVolume(self):
         import numpy as np
@@ -876,7 +1016,8 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Inference test passed")
 
     def test_MotionSSIM_background(self):
-        """What Apply runs: the job on a worker thread, polled here, written on this thread."""
+        """What Apply runs: the job in a child process (PythonSlicer), polled here, written on
+        this thread."""
         if self._skippedWithoutTorch("background test"):
             return
         import time
@@ -887,10 +1028,10 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         logic = MotionSSIMLogic()
         self.assertEqual(scene.validate_settings(volume, 0.85, 0.6), [])
         self.assertTrue(scene.validate_settings(volume, 0.6, 0.85))
-        job = scene.AssessmentJob(volume, device="cpu", batch_size=2)
+        job = logic.startAssessment(volume, device="cpu")
         start = time.time()
-        while not job.done and time.time() - start < 300:
-            slicer.app.processEvents()  # the GUI thread stays free while the worker predicts
+        while not job.poll() and time.time() - start < 300:
+            slicer.app.processEvents()  # the GUI thread stays free while the child predicts
             time.sleep(0.05)
         result = job.finish()
         self.assertIsNotNone(result)
@@ -899,7 +1040,7 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         logic.showResults(result)
         # a cancelled job writes nothing
         tables = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode")
-        job = scene.AssessmentJob(volume, device="cpu", batch_size=1)
+        job = logic.startAssessment(volume, device="cpu")
         job.cancel()
         job.wait(300)
         self.assertIsNone(job.finish())

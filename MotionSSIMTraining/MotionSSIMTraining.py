@@ -8,14 +8,18 @@ an evaluation report is made and the new model can be handed to the MotionSSIM m
 
 The process is started in a process group of its own and stopped as a tree
 (MotionSSIMLib.processes): PythonSlicer is a launcher, and ending only the launcher would leave
-the Python process training on.
+the Python process training on. Its output goes into a file in the output folder that the timer
+reads (no reader thread: Slicer's idle main thread holds the GIL). Every stop is escalated from
+the timer (SIGTERM, then SIGKILL after a grace time): the GUI thread never sleeps. The trainer
+holds OUT/train.lock (MotionSSIMLib.folder_lock): a second trainer on the folder is refused.
+The run's folders and settings are those of Start (RunSettings), whatever the fields show later;
+the inputs are locked while it runs, and it is stopped when the module is cleaned up or Slicer
+quits.
 """
 
 import logging
 import os
 import pathlib
-import shutil
-import sys
 from typing import Annotated
 
 import ctk
@@ -35,8 +39,9 @@ ARCHITECTURES = ["resnet18", "resnet101"]
 DEVICES = ["auto", "cpu", "cuda"]
 MODEL_SETTINGS_KEY = "MotionSSIM/ModelPath"  # read by the MotionSSIM module
 STOP_TIMEOUT_S = 60  # after Stop: time the trainer gets to save its state before the tree is ended
-KILL_GRACE_S = 10  # SIGTERM to the process group, then SIGKILL after this
+KILL_GRACE_S = 10  # SIGTERM to the process group, then SIGKILL (from the timer) after this
 POLL_INTERVAL_MS = 2000
+FAILURE_LINES = 8  # the last output lines shown when a process fails
 # Parameter -> MotionSSIMLib.settings.TrainSettings field. The defaults below are that class's
 # (Testing/test_settings.py checks them; the engine is imported lazily, so they are repeated).
 PARAMETER_SETTINGS = {
@@ -61,8 +66,8 @@ class MotionSSIMTraining(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "MotionSSIM Training"
         self.parent.categories = ["Quantification"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["MotionSSIM contributors"]
+        self.parent.dependencies = ["MotionSSIM"]  # the engine and the shared helpers
+        self.parent.contributors = ["MotionSSIM maintainers (SlicerMotionSSIM project)"]
         self.parent.helpText = (
             "Trains a ResNet that predicts the SSIM of an MR slice against its motion-free "
             "version, with synthetic motion (TorchIO and a k-space line simulator) and contrast "
@@ -152,8 +157,11 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._updateButtons()
 
     def cleanup(self) -> None:
-        self.removeObservers()
+        """The module goes away (Slicer quits): a running process is stopped, not orphaned."""
+        self.logic.shutdown()
         self._timer.stop()
+        self.setParameterNode(None)
+        self.removeObservers()
 
     def onChooseFolder(self, parameterName: str) -> None:
         """A folder of volumes (flat, or with train/validation/test sub-folders) as data."""
@@ -168,16 +176,18 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             setattr(p, parameterName, pathlib.Path(folder))
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        self.initializeParameterNode()  # the same node: kept connected (setParameterNode)
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        # The GUI stays connected while the module is not shown: reconnecting on enter() would
+        # reset the comboboxes on Slicer 5.8 (issue 7545; resnet101 would become resnet18).
+        pass
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        # node IDs start again in the next scene: the chart is written and shown anew there
+        self._shownChartID = None
+        self._logMTime = None
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -187,12 +197,20 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.setParameterNode(self.logic.getParameterNode())
 
     def setParameterNode(self, inputParameterNode) -> None:
+        """Connect the GUI once per parameter node (a new one only after a scene close)."""
+        import MotionSSIM
+
+        if MotionSSIM.sameParameterNode(inputParameterNode, self._parameterNode):
+            self._updateButtons()
+            return
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(
+                MotionSSIM.parameterWidgets(self.ui))
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
             self._updateButtons()
 
@@ -200,10 +218,15 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         running = self.logic.isRunning()
         p = self._parameterNode
         ready = p is not None and _isSet(p.outputFolder) and (p.resume or _isSet(p.trainingData))
+        # the inputs are the running job's (RunSettings): locked until it ends
+        for widget in (self.ui.dataCollapsibleButton, self.ui.trainingCollapsibleButton):
+            widget.enabled = not running
         self.ui.startButton.enabled = ready and not running
-        self.ui.stopButton.enabled = running
+        self.ui.stopButton.enabled = running and not self.logic.stopRequested
+        folder = self.logic.run.outputFolder if self.logic.run is not None else (
+            p.outputFolder if p is not None else None)
         self.ui.useModelButton.enabled = (
-            not running and p is not None and self.logic.bestModelPath(p.outputFolder) is not None
+            not running and self.logic.bestModelPath(folder) is not None
         )
         self.ui.startButton.toolTip = (
             "Start training" if ready else "Choose the training data and an output folder"
@@ -211,7 +234,8 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onStartButton(self) -> None:
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the training.", waitCursor=True):
+        # no wait cursor: the installation and restart questions must look clickable
+        with slicer.util.tryWithErrorDisplay("Could not start the training."):
             import MotionSSIM
 
             motionLogic = MotionSSIM.MotionSSIMLogic()
@@ -221,7 +245,7 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.logTextEdit.clear()
             self.ui.reportTextBrowser.clear()
             self._logMTime = None
-            self.logic.startTraining(p)
+            self.logic.startTraining(p)  # refused when a live trainer holds the folder
             self.ui.progressBar.maximum = p.epochs
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = "Training started (the first epoch can take a while)..."
@@ -231,24 +255,28 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def onStopButton(self) -> None:
         self.logic.requestStop()
         self.ui.statusLabel.text = "Stopping: the trainer saves a resumable state..."
-        self.ui.stopButton.enabled = False
+        self._updateButtons()
 
     def onPoll(self) -> None:
         """Timer: new output lines, the live loss chart, progress, and the end of the process."""
         for line in self.logic.takeOutput():
             self.ui.logTextEdit.appendPlainText(line)
-        p = self._parameterNode
-        state = self.logic.poll()
-        if p is not None:
-            self._updateChart(p.outputFolder)
-        if state["status"] == "running":
+        state = self.logic.poll()  # never blocks: a stop is escalated from here
+        run = self.logic.run
+        if run is not None:
+            self._updateChart(run.outputFolder)
+        if state["status"] in ("running", "stopping"):
             return
         self._timer.stop()
         self.ui.statusLabel.text = state["message"]
+        if state["status"] == "failed" and state.get("lines"):
+            self.ui.logTextEdit.appendPlainText("Last lines of the failed process:")
+            for line in state["lines"]:
+                self.ui.logTextEdit.appendPlainText("  " + line)
         if state["status"] == "evaluated":
             self._showReport(state.get("report"))
-        elif state["status"] == "trained" and p is not None and p.evaluateAfterTraining:
-            started, message = self.logic.startEvaluation(p)
+        elif state["status"] == "trained" and run is not None and run.evaluateAfterTraining:
+            started, message = self.logic.startEvaluation()
             self.ui.logTextEdit.appendPlainText(message)
             if started:
                 self.ui.statusLabel.text = "Training done; evaluating the best model..."
@@ -286,14 +314,19 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return
         with open(reportPath, encoding="utf-8") as f:
             text = f.read()
-        if hasattr(self.ui.reportTextBrowser, "setMarkdown"):
-            self.ui.reportTextBrowser.setMarkdown(text)
+        browser = self.ui.reportTextBrowser
+        # the report's images are PNG files beside it, named relative to it
+        browser.setSearchPaths([os.path.dirname(os.path.abspath(reportPath))])
+        if hasattr(browser, "setMarkdown"):
+            browser.setMarkdown(text)
         else:
-            self.ui.reportTextBrowser.setPlainText(text)
+            browser.setPlainText(text)
         self.ui.reportCollapsibleButton.collapsed = False
 
     def onUseModelButton(self) -> None:
-        path = self.logic.bestModelPath(self._parameterNode.outputFolder)
+        run = self.logic.run
+        folder = run.outputFolder if run is not None else self._parameterNode.outputFolder
+        path = self.logic.bestModelPath(folder)
         if path is None:
             return
         self.logic.useModelInMotionSSIM(path)
@@ -307,6 +340,18 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 #
 
 
+class RunSettings:
+    """What a training run was started with (its folders and the evaluation settings),
+    copied from the parameter node at Start: the panel follows these, not the fields."""
+
+    def __init__(self, p) -> None:
+        self.outputFolder = str(p.outputFolder)
+        self.trainingData = str(p.trainingData) if _isSet(p.trainingData) else None
+        self.evaluateAfterTraining = bool(p.evaluateAfterTraining)
+        self.evaluationSlices = int(p.evaluationSlices)
+        self.device = str(p.device)
+
+
 class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
     """Starts, follows and stops the training and evaluation processes (one at a time)."""
 
@@ -314,9 +359,13 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._job = None  # MotionSSIMLib.processes.Job
         self._kind = None  # "train" or "evaluate"
-        self._outputFolder = None
-        self._stopRequested = False
-        self._killTimer = None
+        self.run = None  # RunSettings of the current (or last) run
+        self.stopRequested = False
+        self._stopDeadline = None  # time.monotonic() after which Stop ends the tree
+        self._exitCode = None
+        self._pending = []  # output lines read, not yet taken
+        self._lastLines = []
+        self._quitConnected = False
 
     def getParameterNode(self):
         return MotionSSIMTrainingParameterNode(super().getParameterNode())
@@ -326,12 +375,9 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def pythonExecutable() -> str:
         """Slicer's own Python (PythonSlicer), so the process sees the same packages."""
-        found = shutil.which("PythonSlicer")
-        if found:
-            return found
-        name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-        candidate = os.path.join(os.path.dirname(sys.executable), name)
-        return candidate if os.path.isfile(candidate) else sys.executable
+        from MotionSSIMLib import processes
+
+        return processes.python_executable()
 
     @staticmethod
     def trainScriptPath() -> str:
@@ -342,13 +388,6 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         if not os.path.isfile(path):
             raise RuntimeError(f"MotionSSIM Training: {path} is missing: reinstall the extension")
         return path
-
-    @staticmethod
-    def engineFolder() -> str:
-        """The folder holding the MotionSSIMLib package (put on the subprocess' PYTHONPATH)."""
-        import MotionSSIMLib
-
-        return os.path.dirname(os.path.dirname(os.path.abspath(MotionSSIMLib.__file__)))
 
     @staticmethod
     def bestModelPath(outputFolder):
@@ -381,24 +420,34 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         )
 
     @staticmethod
-    def evaluationArguments(p, checkpoint) -> list:
-        """`evaluate` arguments: `checkpoint` on the test split of the training data."""
+    def evaluationArguments(run, checkpoint) -> list:
+        """`evaluate` arguments: `checkpoint` on the test split of the run's training data."""
         from MotionSSIMLib.settings import EvaluateSettings, evaluate_arguments
 
-        chosen = EvaluateSettings(n=p.evaluationSlices, device=p.device, progress=False)
-        return evaluate_arguments(chosen, str(p.trainingData), [checkpoint],
-                                  os.path.join(str(p.outputFolder), "evaluation"))
+        chosen = EvaluateSettings(n=run.evaluationSlices, device=run.device, progress=False)
+        return evaluate_arguments(chosen, run.trainingData, [checkpoint],
+                                  os.path.join(run.outputFolder, "evaluation"))
 
     def startTraining(self, p) -> None:
+        from MotionSSIMLib import folder_lock
+        from MotionSSIMLib.errors import InputError
+
+        if self.isRunning():
+            raise RuntimeError("A training or evaluation process is already running")
+        who = folder_lock.holder(str(p.outputFolder))
+        if who is not None:  # e.g. a trainer left running by an earlier Slicer session
+            raise InputError(f"{p.outputFolder}: a training ({who}) is already running in this "
+                             "folder; stop it first, or choose another output folder")
         os.makedirs(str(p.outputFolder), exist_ok=True)
         stopFile = os.path.join(str(p.outputFolder), "stop")
         if os.path.exists(stopFile):
             os.remove(stopFile)  # a stale request would stop the new run at once
         command = [self.pythonExecutable(), self.trainScriptPath(), *self.trainingArguments(p)]
-        self._start(command, "train", str(p.outputFolder))
+        self.run = RunSettings(p)
+        self._start(command, "train")
 
-    def startEvaluation(self, p):
-        """Evaluate best.safetensors on the held-out test split of the training data.
+    def startEvaluation(self):
+        """Evaluate the run's best.safetensors on the held-out test split of its training data.
 
         Returns (started, message). Refused when the test split shares volumes with the
         training split (a plain folder of volumes puts every volume in every split): that
@@ -407,20 +456,21 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         from MotionSSIMLib.errors import MotionSSIMError
         from MotionSSIMLib.evaluation import held_out_test_volumes
 
-        best = self.bestModelPath(p.outputFolder)
-        if best is None or not _isSet(p.trainingData):
+        run = self.run
+        best = self.bestModelPath(run.outputFolder) if run is not None else None
+        if best is None or not run.trainingData:
             return False, "no best.safetensors or no training data to take the test split from"
         try:
-            test = held_out_test_volumes(str(p.trainingData))
+            test = held_out_test_volumes(run.trainingData)
         except MotionSSIMError as exc:
             return False, str(exc)
         command = [self.pythonExecutable(), "-m", "MotionSSIMLib", "evaluate",
-                   *self.evaluationArguments(p, best)]
-        self._start(command, "evaluate", str(p.outputFolder))
+                   *self.evaluationArguments(run, best)]
+        self._start(command, "evaluate")
         names = ", ".join(path.name for path in test[:20]) + (", ..." if len(test) > 20 else "")
         return True, f"Evaluating on {len(test)} held-out test volumes: {names}"
 
-    def _start(self, command, kind, outputFolder) -> None:
+    def _start(self, command, kind) -> None:
         from MotionSSIMLib import processes
 
         if self.isRunning():
@@ -428,71 +478,104 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         logging.info("MotionSSIMTraining: " + " ".join(command))
         # Slicer's start-up environment (as launchConsoleProcess uses) plus the engine folder;
         # PythonSlicer adds Slicer's own paths. UTF-8 output whatever the locale.
-        env = dict(slicer.util.startupEnvironment())
-        env.update({"PYTHONPATH": self.engineFolder(), "PYTHONUNBUFFERED": "1",
-                    "PYTHONIOENCODING": "utf-8"})
-        self._stopRequested = False
+        env = processes.child_environment(slicer.util.startupEnvironment())
+        self.stopRequested = False
+        self._stopDeadline = None
+        self._exitCode = None
+        self._pending = []
+        self._lastLines = []
         self._kind = kind
-        self._outputFolder = outputFolder
-        # own process group, output read by a thread that decodes with replacement
-        self._job = processes.start(command, env=env)
+        # own process group; output into a file in the output folder, read by the timer
+        self._job = processes.start(
+            command, env=env, log_path=os.path.join(self.run.outputFolder, f"console_{kind}.log"))
+        if not self._quitConnected:  # Slicer quits: the trainer saves its state and exits
+            slicer.app.connect("aboutToQuit()", self.shutdown)
+            self._quitConnected = True
+
+    def _collect(self) -> None:
+        if self._job is not None:
+            lines = self._job.take_lines()
+            self._pending += lines
+            self._lastLines = (self._lastLines + lines)[-FAILURE_LINES:]
 
     def takeOutput(self) -> list:
-        return self._job.take_lines() if self._job is not None else []
+        """The process's output lines since the last call."""
+        self._collect()
+        lines, self._pending = self._pending, []
+        return lines
 
     def isRunning(self) -> bool:
-        return self._job is not None and self._job.is_running()
+        """A process of this logic is running, or its tree is still being stopped."""
+        return self._job is not None and self._exitCode is None
 
     def poll(self) -> dict:
-        """{'status': running|trained|stopped|failed|evaluated, 'message': ..., 'report': ...}."""
+        """{'status': running|stopping|trained|stopped|failed|evaluated, 'message': ...,
+        'report': ..., 'lines': the last output lines of a failure}. Never blocks: after a Stop
+        it ends the tree (SIGKILL) once the grace time is over; after the launcher's exit it
+        waits (in later calls) until nothing of the tree is left."""
+        import time
+
+        from MotionSSIMLib.training_cli import EXIT_STOPPED
+
         if self._job is None:
             return {"status": "failed", "message": "Nothing is running."}
+        if self._stopDeadline is not None and time.monotonic() >= self._stopDeadline:
+            logging.warning("MotionSSIMTraining: the trainer did not stop in time; ending it")
+            self._stopDeadline = None
+            self._job.stop(KILL_GRACE_S)  # SIGTERM (it still saves), SIGKILL from step()
         code = self._job.poll()
         if code is None:
-            return {"status": "running", "message": ""}
-        if self._killTimer is not None:
-            self._killTimer.stop()
-            self._killTimer = None
-        # the launcher is gone: make sure nothing it started is left (a crashed launcher)
-        self._job.kill(grace_s=KILL_GRACE_S)
-        kind = self._kind
-        if kind == "evaluate":
-            report = os.path.join(self._outputFolder, "evaluation", "report.md")
+            self._job.step()
+            return {"status": "stopping" if self.stopRequested else "running", "message": ""}
+        self._job.stop(KILL_GRACE_S)  # the launcher is gone: nothing it started may stay
+        if not self._job.step():
+            return {"status": "stopping", "message": ""}
+        self._collect()
+        self._exitCode = code
+        self._stopDeadline = None
+        run = self.run
+        if self._kind == "evaluate":
+            report = os.path.join(run.outputFolder, "evaluation", "report.md")
             if code == 0 and os.path.isfile(report):
                 return {"status": "evaluated", "message": f"Evaluation report: {report}", "report": report}
-            if self._stopRequested:
+            if self.stopRequested:
                 return {"status": "stopped", "message": "Evaluation stopped."}
-            return {"status": "failed", "message": f"Evaluation failed (exit status {code}): see the log."}
+            return {"status": "failed", "lines": list(self._lastLines),
+                    "message": f"Evaluation failed (exit status {code}): see the log."}
         if code == 0:
             return {"status": "trained", "message": "Training finished."}
-        if code == 1 or self._stopRequested:
+        if code == EXIT_STOPPED or (self.stopRequested and code < 0):  # < 0: ended by a signal
             return {
                 "status": "stopped",
                 "message": "Stopped. Tick 'Resume' and press Start to continue this run.",
             }
-        return {"status": "failed", "message": f"Training failed (exit status {code}): see the log."}
+        return {"status": "failed", "lines": list(self._lastLines),
+                "message": f"Training failed (exit status {code}): see the last lines below."}
 
     def requestStop(self) -> None:
-        """Training: ask the trainer to checkpoint and exit (OUT/stop), and end the whole process
-        tree if it has not within STOP_TIMEOUT_S. Evaluation: end the tree now."""
+        """Training: ask the trainer to checkpoint and exit (OUT/stop); poll() ends the whole
+        tree if it has not within STOP_TIMEOUT_S. Evaluation: SIGTERM now, SIGKILL from poll()
+        after KILL_GRACE_S. Returns at once."""
+        import time
+
         if not self.isRunning():
             return
-        self._stopRequested = True
+        self.stopRequested = True
         if self._kind != "train":
-            self._job.kill(grace_s=KILL_GRACE_S)
+            self._job.stop(KILL_GRACE_S)
             return
-        with open(os.path.join(self._outputFolder, "stop"), "w", encoding="utf-8") as f:
+        with open(os.path.join(self.run.outputFolder, "stop"), "w", encoding="utf-8") as f:
             f.write("stop requested from MotionSSIMTraining\n")
-        self._killTimer = qt.QTimer()
-        self._killTimer.setSingleShot(True)
-        self._killTimer.connect("timeout()", self._terminate)
-        self._killTimer.start(STOP_TIMEOUT_S * 1000)
+        self._stopDeadline = time.monotonic() + STOP_TIMEOUT_S
 
-    def _terminate(self) -> None:
-        if self.isRunning():
-            logging.warning("MotionSSIMTraining: the trainer did not stop in time; ending it")
-            # SIGTERM to the group first (the trainer still saves its state), then SIGKILL
-            self._job.kill(grace_s=KILL_GRACE_S)
+    def shutdown(self) -> None:
+        """The module is cleaned up or Slicer quits: SIGTERM to the tree now (the trainer saves
+        a resumable state, then exits by itself; it runs in its own session and would otherwise
+        train on, holding its folder). Returns at once."""
+        if self.isRunning() and self._job.poll() is None:
+            self.stopRequested = True
+            self._job.interrupt()
+            logging.info("MotionSSIMTraining: stopping the running process (Slicer quits)")
 
     def useModelInMotionSSIM(self, path) -> None:
         """Make `path` the MotionSSIM module's model (now, and as the default next time)."""
@@ -579,10 +662,11 @@ class MotionSSIMTrainingTest(ScriptedLoadableModuleTest):
         p.epochs, p.samplesPerEpoch, p.batchSize, p.device = 1, 4, 2, "cpu"
         logic.startTraining(p)
         start = time.time()
-        while logic.isRunning() and time.time() - start < 600:
+        state = logic.poll()
+        while state["status"] in ("running", "stopping") and time.time() - start < 600:
             slicer.app.processEvents()
             time.sleep(0.5)
-        state = logic.poll()
+            state = logic.poll()
         self.assertEqual(state["status"], "trained", "\n".join(logic.takeOutput()[-20:]))
         self.assertIsNotNone(logic.bestModelPath(p.outputFolder))
         self.delayDisplay("Training run test passed")

@@ -89,3 +89,67 @@ def test_torch_build_info_does_not_import_torch():
     assert imported == "False", "torch was imported"
     assert info.startswith(f"torch {importlib.metadata.version('torch')} (")
     assert "build" in info
+
+
+# --------------------------------------------------------------------------- installing in Slicer
+
+
+def test_constraints_pin_slicers_packages_and_torch_as_installed(tmp_path):
+    from MotionSSIMLib import dependencies as d
+
+    lines = d.constraints()
+    pinned = {line.split("==")[0]: line.split("==")[1] for line in lines}
+    for name in ("numpy", "scipy", "SimpleITK", "vtk", "torch", "torchvision"):
+        if d.installed_version(name) is not None:
+            assert pinned[name] == d.installed_version(name)
+    path = d.write_constraints(tmp_path / "constraints.txt")
+    body = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    assert body == lines
+    args = d.pip_arguments(["torchio>=0.20"], path)
+    assert args == ["-c", str(path), "torchio>=0.20"]
+    assert d.pip_arguments(["tqdm"], path, force=True)[:2] == ["--force-reinstall", "--no-deps"]
+    # nothing MotionSSIM installs is pinned: the constraints only hold what it must not change
+    assert not {d.normalize(r.name) for r in d.read_requirements()} & {
+        d.normalize(n) for n in pinned}
+
+
+def test_requirements_resolve_under_the_constraints_without_changing_anything(tmp_path):
+    """pip itself (offline, --dry-run) reads the constraints file with the requirements and
+    finds every package satisfied by what is installed: the file is valid and consistent."""
+    import subprocess
+    import sys
+
+    from MotionSSIMLib import dependencies as d
+
+    constraints = d.write_constraints(tmp_path / "constraints.txt")
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index",
+                          *d.pip_arguments(["-r", str(d.requirements_path())], constraints)],
+                         capture_output=True, text=True, timeout=300)
+    if "No module named pip" in out.stderr:
+        pytest.skip("pip is not installed in this environment")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Would install" not in out.stdout, out.stdout[-2000:]
+    # and a constraint that contradicts what is installed is enforced (pip refuses)
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("numpy==0.0.1\n")
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index",
+                          "-c", str(wrong), "numpy"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode != 0
+
+
+def test_offline_failure_is_one_line_saying_what_and_how():
+    from MotionSSIMLib import dependencies as d
+
+    line = d.offline_message(["torchio>=0.20", "tqdm>=4.60"])
+    assert "\n" not in line and "torchio>=0.20 tqdm>=4.60" in line
+    assert "pip download" in line and "--no-index --find-links" in line
+
+
+def test_package_info_lists_requirements_and_slicers_own():
+    from MotionSSIMLib import dependencies as d
+
+    text = d.package_info()
+    assert text.splitlines()[0].startswith("torch")
+    assert "Slicer's own (never changed by MotionSSIM):" in text
+    assert f"numpy {d.installed_version('numpy')}" in text

@@ -248,7 +248,7 @@ def test_extensions_index_entry_is_complete():
     """The screenshot and icon the metadata name exist in the repository; the description is
     one or two sentences and names the oldest supported Slicer; README states the package size."""
     sets = cmake_sets(ROOT / "CMakeLists.txt")
-    prefix = "https://raw.githubusercontent.com/motionssim/MotionSSIM/main/"
+    prefix = "https://raw.githubusercontent.com/motionssim/SlicerMotionSSIM/main/"
     urls = sets["EXTENSION_SCREENSHOTURLS"] + sets["EXTENSION_ICONURL"]
     for url in urls:
         assert url.startswith(prefix), url
@@ -285,3 +285,41 @@ def test_package_size_stated_in_readme_matches_the_files():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     stated = int(re.search(r"package is about (\d+) MB", readme).group(1))
     assert abs(total / 1e6 - stated) <= 2, (total / 1e6, stated)
+
+
+def test_repository_is_named_for_the_extensions_index():
+    """The index's check_git_repository_name wants the git repository's name to start with
+    "Slicer" (the extension's name must not): SlicerMotionSSIM everywhere a URL names it."""
+    sets = cmake_sets(ROOT / "CMakeLists.txt")
+    index = json.loads((ROOT / "MotionSSIM.json").read_text())
+    repo = index["scm_url"].rstrip("/").removesuffix(".git").rsplit("/", 1)[1]
+    assert repo == "SlicerMotionSSIM" and repo.startswith("Slicer")
+    assert sets["EXTENSION_HOMEPAGE"][0].endswith("/SlicerMotionSSIM")
+    for url in sets["EXTENSION_ICONURL"] + sets["EXTENSION_SCREENSHOTURLS"]:
+        assert "/SlicerMotionSSIM/" in url, url
+    text = "\n".join((ROOT / p).read_text(encoding="utf-8") for p in (
+        "README.md", "MotionSSIM/MotionSSIM.py", "MotionSSIMTraining/MotionSSIMTraining.py"))
+    assert "motionssim/MotionSSIM" not in text  # no URL of the old repository name
+    assert "github.com/motionssim/SlicerMotionSSIM" in text
+
+
+def test_contributors_read_name_and_affiliation():
+    sets = cmake_sets(ROOT / "CMakeLists.txt")
+    cmake = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]*)"\)',
+                      cmake_text(ROOT / "CMakeLists.txt")).group(1)
+    assert sets["EXTENSION_CONTRIBUTORS"]
+    names = [n.strip() for n in cmake.split(",")]
+    assert all(re.fullmatch(r"[^()]+ \([^()]+\)", n) for n in names), names
+    for module in ("MotionSSIM/MotionSSIM.py", "MotionSSIMTraining/MotionSSIMTraining.py"):
+        assert repr(names)[1:-1].replace("'", '"') in (ROOT / module).read_text(), module
+
+
+def test_sample_checksum_is_the_files():
+    """SampleData re-copies a cached sample whose checksum differs (an older version)."""
+    import hashlib
+
+    module = (ROOT / "MotionSSIM" / "MotionSSIM.py").read_text(encoding="utf-8")
+    stated = re.search(r'SAMPLE_SHA256 = "SHA256:([0-9a-f]{64})"', module).group(1)
+    sample = ROOT / "MotionSSIM" / "Resources" / "Samples" / "sample_t2_motion.nii.gz"
+    assert hashlib.sha256(sample.read_bytes()).hexdigest() == stated
+    assert "checksums=SAMPLE_SHA256" in module

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +174,60 @@ def test_kill_of_a_finished_job_is_harmless():
             slow.wait(timeout=0.1)
     finally:
         slow.kill(grace_s=1)
+
+
+def test_output_into_a_file_is_read_without_a_thread(tmp_path):
+    """The form for Slicer's main thread (its idle event loop holds the GIL: a reader thread
+    would hardly run): the child writes into a file, take_lines reads what is new."""
+    code = (
+        "import sys, time\n"
+        "out = sys.stdout.buffer\n"
+        "out.write(b'one\\ntw'); out.flush(); time.sleep(0.5)\n"
+        "out.write(b'o\\ncaf\\xe9\\nno newline at the end'); out.flush()\n"
+    )
+    log = tmp_path / "log.txt"
+    job = processes.start([sys.executable, "-c", code], log_path=log)
+    assert job._reader is None  # no thread
+    deadline = time.monotonic() + 30
+    seen = []
+    while not seen and time.monotonic() < deadline:
+        seen = job.take_lines()
+    assert seen == ["one"]  # the partial "tw" waits for its end of line
+    assert job.wait(timeout=30) == 0
+    assert job.take_lines() == ["two", "caf\ufffd", "no newline at the end"]
+    assert job.take_lines() == []
+
+
+def test_log_tail_of_a_missing_file_is_empty(tmp_path):
+    tail = processes.LogTail(tmp_path / "not yet")
+    assert tail.take_lines() == [] and tail.take_lines(final=True) == []
+
+
+@posix_only
+def test_stop_returns_at_once_and_step_escalates(tmp_path):
+    """No sleeping on the GUI thread: stop() sends SIGTERM and returns; a child that ignores
+    it is killed by step() (the panel's timer) once the grace time is over."""
+    code = ("import signal, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    job = processes.start([sys.executable, "-c", code], log_path=tmp_path / "log.txt")
+    deadline = time.monotonic() + 30
+    while "ready" not in job.take_lines() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    start = time.monotonic()
+    job.stop(grace_s=1.0)
+    assert time.monotonic() - start < 0.5  # returned at once
+    assert not job.step()  # SIGTERM ignored: still there
+    while not job.step() and time.monotonic() - start < 10:
+        time.sleep(0.05)
+    assert job.step() and 1.0 <= time.monotonic() - start < 10
+    assert job.poll() == -9
+
+
+def test_child_environment_puts_the_engine_first(tmp_path):
+    env = processes.child_environment({"PYTHONPATH": "/elsewhere", "KEEP": "1"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [processes.engine_folder(), "/elsewhere"]
+    assert env["KEEP"] == "1" and env["PYTHONIOENCODING"] == "utf-8"
+    assert (Path(processes.engine_folder()) / "MotionSSIMLib" / "__init__.py").is_file()
+    assert processes.python_executable()  # outside Slicer: this interpreter

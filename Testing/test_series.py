@@ -506,9 +506,41 @@ def test_panel_heatmap_clicks_jump_to_frame_and_slice():
     assert "mapToSource" in click  # the view sorts through a proxy model
     assert "scene.heatmap_cell(" in click and "scene.jump_to_frame_and_slice(" in click
     apply = ast.unparse(_method(tree, "MotionSSIMWidget", "onApplyButton"))
-    assert "scene.series_source(" in apply and "scene.SeriesAssessmentJob(" in apply
-    close = ast.unparse(_method(tree, "MotionSSIMWidget", "onSceneStartClose"))
-    assert "_stopSeries" in close  # the browser observer goes with the scene
+    assert "scene.series_source(" in apply and "self._askSeriesScope(" in apply
+    assert "wholeSeries=wholeSeries" in apply
+    start = ast.unparse(_method(tree, "MotionSSIMLogic", "startAssessment"))
+    assert "scene.SeriesAssessmentJob(" in start and "scene.AssessmentJob(" in start
+    for method in ("onSceneStartClose", "cleanup"):  # the browser observer goes with them
+        assert "_stopSeries" in ast.unparse(_method(tree, "MotionSSIMWidget", method))
+
+
+def test_panel_asks_this_frame_or_all_frames_of_a_sequence():
+    """Before a sequence is assessed (MONAIAuto3DSeg asks the same): the frame shown, or all
+    N frames with an estimate of the time."""
+    import ast
+
+    tree = _module_tree()
+    ask = ast.unparse(_method(tree, "MotionSSIMWidget", "_askSeriesScope"))
+    assert "'This frame'" in ask and "f'All {frames} frames'" in ask
+    assert "jobs.series_estimate(" in ask and "qt.QMessageBox.Cancel" in ask
+    from MotionSSIMLib.jobs import series_estimate
+
+    assert series_estimate(10, 12, None) == "120 slices"
+    assert series_estimate(10, 12, 0.5) == "120 slices, about 60 s at the speed of the last " \
+        "assessment"
+    assert series_estimate(100, 30, 0.5).startswith("3000 slices, about 25 min")
+
+
+def test_slices_per_frame_matches_what_is_assessed():
+    from MotionSSIMLib.geometry import extract_slices, slice_count
+
+    for shape, spacing in (((9, 40, 36), (1.0, 1.0, 3.0)), ((40, 36, 12), (4.0, 0.9, 0.9)),
+                           ((20, 24, 28), (1.0, 1.0, 1.0))):
+        g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+        array = np.where(sum(x**2 for x in g) < 0.7, 100.0, 0.0).astype(np.float32)
+        vol = Volume(array, spacing, np.eye(3), (0.0, 0.0, 0.0))
+        for orientation in ("auto", "axial", "coronal", "sagittal"):
+            assert slice_count(vol, orientation) == len(extract_slices(vol, orientation).images)
 
 
 def test_logic_sequence_entry_uses_real_names():

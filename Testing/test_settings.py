@@ -90,9 +90,9 @@ def test_training_module_evaluate_command_matches_the_evaluate_parser(tmp_path):
     # the module builds exactly this: its evaluate command goes through evaluate_arguments
     tree = ast.parse((ROOT / "MotionSSIMTraining" / "MotionSSIMTraining.py").read_text())
     methods = {n.name: ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
-    assert "self.evaluationArguments(p, best)" in methods["startEvaluation"]
+    assert "self.evaluationArguments(run, best)" in methods["startEvaluation"]
     assert "evaluate_arguments(chosen" in methods["evaluationArguments"]
-    assert "EvaluateSettings(n=p.evaluationSlices, device=p.device, progress=False)" \
+    assert "EvaluateSettings(n=run.evaluationSlices, device=run.device, progress=False)" \
         in methods["evaluationArguments"]
     assert "train_arguments(" in methods["trainingArguments"]
 

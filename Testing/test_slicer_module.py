@@ -366,10 +366,20 @@ def test_apply_runs_off_the_gui_thread_and_turns_into_cancel():
         assert "processEvents" not in ast.unparse(node), f"{cls}: no event pumping in a computation"
     apply = function(tree, "MotionSSIMWidget", "onApplyButton")
     text = ast.unparse(apply)
-    assert "scene.AssessmentJob" in text and "self._job.cancel" in text
+    assert "self.logic.startAssessment(" in text and "self._job.cancel" in text
     assert "self._setInputsEnabled(False)" in text and "self._timer.start" in text
+    # the job is a child process of Slicer's Python (a thread would crawl: Slicer's idle main
+    # thread holds the GIL; Testing/test_jobs.py measures it), started with Slicer's
+    # environment, its temporary copy in Slicer's temporary folder
+    start = ast.unparse(function(tree, "MotionSSIMLogic", "startAssessment"))
+    assert "jobs.ChildProcess(env=slicer.util.startupEnvironment()" in start
+    assert "temp_root=slicer.app.temporaryPath" in start and "scene.validate_settings" in start
     poll = ast.unparse(function(tree, "MotionSSIMWidget", "onPollJob"))
+    assert "job.poll()" in poll  # reads the child's progress without blocking
     assert "job.finish()" in poll and "self._setInputsEnabled(True)" in poll
+    # the console API stays synchronous, in this process
+    process = ast.unparse(function(tree, "MotionSSIMLogic", "process"))
+    assert "scene.assess_volume_node(" in process and "startAssessment" not in process
     check = ast.unparse(function(tree, "MotionSSIMWidget", "_checkCanApply"))
     assert "'Cancel'" in check and "validate_settings" in check
     disable = ast.unparse(function(tree, "MotionSSIMWidget", "_setInputsEnabled"))
@@ -391,14 +401,52 @@ def test_slice_view_text_is_cleared_when_there_is_no_result():
     assert "SetText(vtk.vtkCornerAnnotation.UpperEdge, '')" in clear
 
 
-def test_training_stop_ends_the_process_tree():
+def test_training_stop_ends_the_process_tree_without_sleeping_on_the_gui_thread():
     tree = parse("MotionSSIMTraining")
     source = MODULES["MotionSSIMTraining"].read_text(encoding="utf-8")
     assert ".terminate()" not in source and "launchConsoleProcess(" not in source
+    # Job.kill() sleeps until the tree is gone: never on the GUI thread (nor time.sleep
+    # outside the self-test); stop() returns at once and poll() (the timer) escalates
+    logic = ast.unparse(next(c for c in tree.body if isinstance(c, ast.ClassDef)
+                             and c.name == "MotionSSIMTrainingLogic"))
+    widget = ast.unparse(next(c for c in tree.body if isinstance(c, ast.ClassDef)
+                              and c.name == "MotionSSIMTrainingWidget"))
+    for text in (logic, widget):
+        assert ".kill(" not in text and "time.sleep" not in text and "QTimer" not in logic
     start = ast.unparse(function(tree, "MotionSSIMTrainingLogic", "_start"))
     assert "processes.start" in start and "startupEnvironment" in start
-    for method in ("requestStop", "_terminate"):
-        assert "self._job.kill" in ast.unparse(function(tree, "MotionSSIMTrainingLogic", method))
+    assert "log_path=" in start  # output into a file read by the timer: no reader thread
+    assert "self._job.stop(" in ast.unparse(function(tree, "MotionSSIMTrainingLogic", "requestStop"))
+    poll = ast.unparse(function(tree, "MotionSSIMTrainingLogic", "poll"))
+    assert "self._job.stop(" in poll and "self._job.step()" in poll
+    assert "_stopDeadline" in poll  # the minute after Stop is counted here, not by a sleep
+
+
+def test_training_is_tied_to_the_panel_and_to_slicer():
+    """The run's own folders (RunSettings), inputs locked while it runs, stopped on cleanup and
+    when Slicer quits, a folder held by a live trainer refused, a crash not called a stop."""
+    tree = parse("MotionSSIMTraining")
+    start = ast.unparse(function(tree, "MotionSSIMTrainingLogic", "startTraining"))
+    assert "folder_lock.holder(" in start and "self.run = RunSettings(p)" in start
+    assert "aboutToQuit()" in ast.unparse(function(tree, "MotionSSIMTrainingLogic", "_start"))
+    shutdown = ast.unparse(function(tree, "MotionSSIMTrainingLogic", "shutdown"))
+    assert "self._job.interrupt()" in shutdown
+    assert "self.logic.shutdown()" in ast.unparse(
+        function(tree, "MotionSSIMTrainingWidget", "cleanup"))
+    buttons = ast.unparse(function(tree, "MotionSSIMTrainingWidget", "_updateButtons"))
+    assert "dataCollapsibleButton" in buttons and "trainingCollapsibleButton" in buttons
+    assert "widget.enabled = not running" in buttons
+    poll = ast.unparse(function(tree, "MotionSSIMTrainingWidget", "onPoll"))
+    assert "run.outputFolder" in poll and "p.outputFolder" not in poll
+    assert "self.logic.startEvaluation()" in poll
+    evaluation = ast.unparse(function(tree, "MotionSSIMTrainingLogic", "startEvaluation"))
+    assert "run.trainingData" in evaluation and "p." not in evaluation
+    status = ast.unparse(function(tree, "MotionSSIMTrainingLogic", "poll"))
+    assert "code == EXIT_STOPPED" in status and "code == 1" not in status
+    close = ast.unparse(function(tree, "MotionSSIMTrainingWidget", "onSceneStartClose"))
+    assert "self._shownChartID = None" in close  # node IDs start again after a close
+    report = ast.unparse(function(tree, "MotionSSIMTrainingWidget", "_showReport"))
+    assert "setSearchPaths(" in report  # the report's PNGs are found beside it
 
 
 def test_training_data_can_be_a_folder_or_a_split_file():
@@ -435,3 +483,93 @@ def test_requirements_never_replace_slicer_packages():
     assert names, "requirements.txt lists the packages installed at first use"
     assert not set(names) & {"numpy", "simpleitk", "vtk", "torch", "torchvision"}
     assert "torchio" in names and "safetensors" in names
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_parameter_node_is_connected_once(name):
+    """Slicer 5.8's connectGui returns None, so disconnectGui(None) leaves the old connectors
+    live, and a new connector clears the comboboxes (issue 7545): a chosen checkpoint became
+    the bundled model on every module entry. Connect once per parameter node, with
+    connectParametersToGui (a tag on 5.8 and 5.10), and keep it connected on exit()."""
+    tree = parse(name)
+    widget = f"{name}Widget"
+    source = MODULES[name].read_text(encoding="utf-8")
+    assert ".connectGui(" not in source
+    setter = ast.unparse(function(tree, widget, "setParameterNode"))
+    assert "sameParameterNode(inputParameterNode, self._parameterNode)" in setter
+    assert "connectParametersToGui(" in setter and "parameterWidgets(self.ui)" in setter
+    exit_ = function(tree, widget, "exit")
+    assert "disconnectGui" not in ast.unparse(exit_)
+    assert "self.setParameterNode(None)" in ast.unparse(function(tree, widget, "cleanup"))
+
+
+def test_parameter_widgets_finds_what_connectgui_finds():
+    """parameterWidgets replicates connectGui's search (wrapper.py: the ui's attributes with a
+    SlicerParameterName property); checked with stand-in widgets."""
+    import types
+
+    tree = parse("MotionSSIM")
+    namespace = {}
+    exec(compile(ast.Module(body=[module_function(tree, "parameterWidgets"),
+                                  module_function(tree, "sameParameterNode")],
+                            type_ignores=[]), "MotionSSIM.py", "exec"), namespace)
+
+    class Widget:
+        def __init__(self, parameter):
+            self.parameter = parameter
+
+        def property(self, key):
+            return self.parameter if key == "SlicerParameterName" else None
+
+    combo, label, edit = Widget("device"), Widget(None), Widget("modelPath")
+    ui = types.SimpleNamespace(deviceComboBox=combo, label=label, modelPathLineEdit=edit,
+                               layout=object())
+    assert namespace["parameterWidgets"](ui) == {"device": combo, "modelPath": edit}
+    node = object()
+    same = namespace["sameParameterNode"]
+    assert same(types.SimpleNamespace(parameterNode=node), types.SimpleNamespace(parameterNode=node))
+    assert not same(types.SimpleNamespace(parameterNode=node), None)
+    assert not same(types.SimpleNamespace(parameterNode=node),
+                    types.SimpleNamespace(parameterNode=object()))
+    # the names it finds are exactly the .ui's SlicerParameterName properties
+    assert {p for _, p in ui_widgets("MotionSSIM").values() if p} == set(
+        parameter_fields(tree))
+
+
+def test_installation_dialogs_are_not_under_a_wait_cursor_and_restart_is_offered():
+    for name in MODULES:
+        tree = parse(name)
+        start = "onApplyButton" if name == "MotionSSIM" else "onStartButton"
+        text = ast.unparse(function(tree, f"{name}Widget", start))
+        assert "waitCursor=True" not in text, name
+    tree = parse("MotionSSIM")
+    confirm = ast.unparse(module_function(tree, "ensureDependenciesWithConfirmation"))
+    assert "with slicer.util.WaitCursor():" in confirm and "offerRestart(" in confirm
+    restart = ast.unparse(module_function(tree, "offerRestart"))
+    assert "slicer.util.confirmYesNoDisplay" in restart and "slicer.util.restart()" in restart
+
+
+def test_packages_are_installed_under_constraints_with_package_info_and_force_reinstall():
+    tree = parse("MotionSSIM")
+    install = ast.unparse(function(tree, "MotionSSIMLogic", "installDependencies"))
+    assert "dependencies.write_constraints(" in install and "dependencies.pip_arguments(" in install
+    assert "dependencies.offline_message(" in install  # offline: one line, not a traceback
+    assert "force=True" in install
+    setup = ast.unparse(function(tree, "MotionSSIMWidget", "setup"))
+    assert "self.ui.packageInfoButton.connect" in setup
+    assert "self.ui.forceReinstallButton.connect" in setup
+    assert "dependencies.package_info(" in ast.unparse(
+        function(tree, "MotionSSIMLogic", "packageInfo"))
+
+
+def test_self_test_skips_when_any_requirement_is_missing():
+    tree = parse("MotionSSIM")
+    skip = ast.unparse(function(tree, "MotionSSIMTest", "_skippedWithoutTorch"))
+    assert "dependencyReport()" in skip and "report.ok" in skip
+
+
+def test_training_module_declares_its_dependency():
+    tree = parse("MotionSSIMTraining")
+    module = ast.unparse(next(c for c in tree.body if isinstance(c, ast.ClassDef)
+                              and c.name == "MotionSSIMTraining"))
+    assert "self.parent.dependencies = ['MotionSSIM']" in module

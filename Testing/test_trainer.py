@@ -287,12 +287,12 @@ def test_train_script_help_and_sigterm(toy, tmp_path):
         while time.time() < deadline and not (run / "log.csv").exists():
             time.sleep(0.2)
         assert (run / "log.csv").exists(), proc.stderr.read() if proc.poll() is not None else ""
-        proc.terminate()  # SIGTERM: save and exit with status 1
+        proc.terminate()  # SIGTERM: save and exit with status 3 (stopped)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 1, err
+    assert proc.returncode == 3, err  # training_cli.EXIT_STOPPED
     assert "--resume" in err
     st = torch.load(run / "state.pt", weights_only=True)
     assert st["step"] >= 1 and st["settings"]["epochs"] == 1000

@@ -207,3 +207,60 @@ def torch_build_info() -> str:
             pass
     build = f"CUDA {cuda} build" if cuda else "CPU build (or Apple MPS)"
     return f"torch {version} ({build})"
+
+
+# What pip must leave as it is when it installs MotionSSIM's packages inside Slicer: Slicer's
+# own packages (other modules rely on exactly these builds) and the torch build the PyTorch
+# extension chose for the GPU driver. torchio, for one, requires numpy, scipy, SimpleITK and
+# torch: without constraints pip may upgrade them (as TotalSegmentator guards SimpleITK).
+PINNED = ("numpy", "scipy", "SimpleITK", "vtk", "torch", "torchvision")
+
+
+def constraints(names: tuple[str, ...] = PINNED) -> list[str]:
+    """pip constraint lines 'name==version' for the installed ones of `names`. A local build
+    tag (torch's '+cu121') is kept: pip matches it exactly against the installed build."""
+    lines = []
+    for name in names:
+        version = installed_version(name)
+        if version is not None:
+            lines.append(f"{name}=={version}")
+    return lines
+
+
+def write_constraints(path: str | os.PathLike, names: tuple[str, ...] = PINNED) -> Path:
+    """The constraints file for `pip install -c PATH` (see constraints)."""
+    path = Path(path)
+    path.write_text("# what MotionSSIM's installation must not change (Slicer's own packages, "
+                    "the PyTorch extension's torch)\n" + "".join(f"{line}\n" for line in
+                                                                  constraints(names)),
+                    encoding="utf-8")
+    return path
+
+
+def pip_arguments(requirements: list[str], constraints_path: str | os.PathLike,
+                  force: bool = False) -> list[str]:
+    """`pip install` arguments (slicer.util.pip_install takes them as a list): the
+    requirements under the constraints; `force` reinstalls them (without their dependencies,
+    which are Slicer's or the PyTorch extension's)."""
+    extra = ["--force-reinstall", "--no-deps"] if force else []
+    return [*extra, "-c", os.fspath(constraints_path), *requirements]
+
+
+def offline_message(requirements: list[str]) -> str:
+    """One line for a pip installation that failed (no network, most often): what is missing
+    and how to install it from wheels on disk."""
+    names = " ".join(requirements)
+    return (f"Could not install {names} with pip (no internet connection?). On a computer "
+            f"with internet: 'pip download {names} -d wheels', copy the folder 'wheels' here, "
+            "then in Slicer's Python console: slicer.util.pip_install('--no-index "
+            f"--find-links /path/to/wheels {names}'), and restart Slicer.")
+
+
+def package_info(requirements: list[Requirement] | None = None) -> str:
+    """What MotionSSIM uses, one package a line: its requirements with the installed versions
+    (check().text()), then Slicer's own packages, never changed by MotionSSIM."""
+    lines = [check(requirements).text(), "Slicer's own (never changed by MotionSSIM):"]
+    for name in sorted(SLICER_BUNDLED):
+        distribution = "SimpleITK" if name == "simpleitk" else name
+        lines.append(f"  {distribution} {installed_version(distribution) or 'not installed'}")
+    return "\n".join(lines)

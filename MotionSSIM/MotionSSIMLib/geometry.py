@@ -141,6 +141,13 @@ def resolve_orientation(vol: Volume, orientation: str = "auto") -> str:
     return _plane_of_voxel_axis(vol.directions, int(np.argmax(sp)))
 
 
+def slice_count(vol: Volume, orientation: str = "auto") -> int:
+    """How many slices extract_slices cuts (the voxels along the plane's normal)."""
+    plane = resolve_orientation(vol, orientation)
+    through = _nearest_voxel_axis(np.asarray(vol.directions, float), _NORMAL_AXIS[plane])
+    return int(vol.array.shape[::-1][through])
+
+
 @dataclass
 class SliceStack:
     """Slices of a volume in display orientation, with where each one is."""

@@ -471,21 +471,21 @@ def _record_device(assessment, device) -> None:
 
 
 class AssessmentJob:
-    """One assessment running on a worker thread, so that the GUI stays responsive.
+    """One assessment running beside the main thread, so that the GUI stays responsive.
 
     Created on the main thread: the voxels are copied there (so later edits of the node cannot
-    reach the running job) and the worker only runs the engine on that copy; it never touches
-    MRML, VTK or Qt. `finish()`, called again on the main thread once `done`, writes the results
-    into the scene, unless the volume left the scene (node deleted, scene closed) meanwhile.
+    reach the running job) and handed to a runner (MotionSSIMLib.jobs) that never touches MRML,
+    VTK or Qt: a worker thread (default; scripts), or with `child` (a jobs.ChildProcess) a child
+    process of Slicer's Python, which the panel uses because Slicer's idle main thread holds
+    the GIL. `poll()` (a timer on the main thread) follows it without blocking; `finish()`,
+    called on the main thread once `done`, writes the results into the scene, unless the
+    volume left the scene (node deleted, scene closed) meanwhile.
     """
-
-    _thread_name = "MotionSSIM assessment"
 
     def __init__(self, volumeNode, model=None, orientation: str = "auto", device: str = "auto",
                  thresholds=None, min_foreground: float = 0.05, batch_size: int = 4,
-                 overlay_style: str = "frame") -> None:
-        import threading
-
+                 overlay_style: str = "frame", child=None) -> None:
+        from . import jobs
         from .classes import ClinicalThresholds
 
         self.volume = volumeNode
@@ -494,83 +494,48 @@ class AssessmentJob:
         self.name = volumeNode.GetName()
         self.thresholds = thresholds if thresholds is not None else ClinicalThresholds()
         self.overlay_style = overlay_style
-        self._vol = self._read(volumeNode)  # main thread: MRML read here only
-        self._args = dict(model=model, orientation=orientation, device=device,
-                          batch_size=batch_size, min_foreground=min_foreground)
-        self.done_slices = 0
-        self.total_slices = 0
-        self.stage = "starting"
-        self.device = None
-        self.assessment = None
-        self.error: BaseException | None = None
-        self.elapsed_s = 0.0
-        self._cancel = threading.Event()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
-        self._thread.start()
+        data = self._read(volumeNode)  # main thread: MRML read here only
+        args = dict(model=model, orientation=orientation, device=device,
+                    batch_size=batch_size, thresholds=self.thresholds,
+                    min_foreground=min_foreground)
+        self.run = jobs.ChildRun(data, child=child, **args) if child is not None else \
+            jobs.ThreadRun(data, **args)
 
-    # -- what a subclass changes: what it reads, which engine call, what it writes -------
+    # -- what a subclass changes: what it reads and what it writes -----------------------
 
     def _read(self, node):
         """The input copied from the node (main thread)."""
         return volume_from_node(node)
 
-    def _engine(self):
-        """The engine function the worker calls on that copy."""
-        from .inference import assess_volume
-
-        return assess_volume
-
     def _write(self) -> SceneResult:
         """The results written into the scene (main thread)."""
         return write_assessment(self.volume, self.assessment, self.thresholds, self.overlay_style)
 
-    # -- worker thread -------------------------------------------------------------------
+    # -- the runner's state --------------------------------------------------------------
 
-    def _progress(self, done: int, total: int) -> None:
-        self.done_slices, self.total_slices = int(done), int(total)
-        self.stage = "predicting"
-
-    def _run(self) -> None:
-        import time
-
-        start = time.monotonic()
-        try:
-            from .devices import resolve_device
-
-            self.stage = "loading the model"
-            self.device = resolve_device(self._args["device"])
-            self.assessment = self._engine()(
-                self._vol, model=self._args["model"], orientation=self._args["orientation"],
-                device=self.device, batch_size=self._args["batch_size"],
-                thresholds=self.thresholds, min_foreground=self._args["min_foreground"],
-                progress=self._progress, cancel=self._cancel.is_set)
-            _record_device(self.assessment, self.device)
-            self.stage = "done"
-        except BaseException as exc:  # reported on the main thread by finish()
-            self.error = exc
-            self.stage = "cancelled" if self._cancel.is_set() else "failed"
-        finally:
-            self.elapsed_s = time.monotonic() - start
-            self._vol = None
-            self._done.set()
-
-    # -- main thread ---------------------------------------------------------------------
+    done_slices = property(lambda self: self.run.done_slices)
+    total_slices = property(lambda self: self.run.total_slices)
+    stage = property(lambda self: self.run.stage)
+    assessment = property(lambda self: self.run.assessment)
+    error = property(lambda self: self.run.error)
+    elapsed_s = property(lambda self: self.run.elapsed_s)
+    cancelled = property(lambda self: self.run.cancelled)
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self.run.poll()
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
+    def poll(self) -> bool:
+        """Follow the runner without blocking (a timer calls it); True once it has ended."""
+        return self.run.poll()
 
     def cancel(self) -> None:
-        """Ask the worker to stop at the next batch; nothing will be written."""
-        self._cancel.set()
+        """Stop the runner (a thread at its next batch, a child process at once); nothing will
+        be written."""
+        self.run.cancel()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+        return self.run.wait(timeout)
 
     def volume_still_present(self) -> bool:
         scene = getattr(slicer, "mrmlScene", None)
@@ -579,7 +544,7 @@ class AssessmentJob:
 
     def finish(self) -> SceneResult | SeriesSceneResult | None:
         """Write the results into the scene (main thread, once `done`). Returns None when the
-        job was cancelled or its volume is gone; raises the worker's error if it failed."""
+        job was cancelled or its volume is gone; raises the runner's error if it failed."""
         if not self.done:
             raise RuntimeError("the assessment is still running")
         if self.cancelled or not self.volume_still_present():
@@ -1026,27 +991,20 @@ def _select_frames(series, chosen):
 
 class SeriesAssessmentJob(AssessmentJob):
     """AssessmentJob for a sequence or multi-volume node: the frames are copied on the main
-    thread, the worker assesses them (series.assess_series, one model load), finish() writes
+    thread, the runner assesses them (series.assess_series, one model load), finish() writes
     the frame x slice table and the shown frame's results, and follows the browser."""
-
-    _thread_name = "MotionSSIM series assessment"
 
     def __init__(self, source, browser=None, model=None, orientation: str = "auto",
                  device: str = "auto", thresholds=None, min_foreground: float = 0.05,
-                 batch_size: int = 4, overlay_style: str = "frame") -> None:
+                 batch_size: int = 4, overlay_style: str = "frame", child=None) -> None:
         self.browser = browser if browser is not None or not source.IsA(
             "vtkMRMLSequenceNode") else find_browser(source)
         super().__init__(source, model=model, orientation=orientation, device=device,
                          thresholds=thresholds, min_foreground=min_foreground,
-                         batch_size=batch_size, overlay_style=overlay_style)
+                         batch_size=batch_size, overlay_style=overlay_style, child=child)
 
     def _read(self, node):
         return read_series_source(node)
-
-    def _engine(self):
-        from .series import assess_series
-
-        return assess_series
 
     def _write(self) -> SeriesSceneResult:
         return write_series_assessment(self.volume, self.assessment, self.thresholds,

@@ -1,6 +1,8 @@
 """Command-line front ends of training and evaluation (`python -m MotionSSIMLib train|evaluate`,
-MotionSSIMTraining/train.py). Each `run_*` returns an exit status: 0 done, 1 stopped early
-(stop file / signal; resume later), 2 a user error (one line on stderr)."""
+MotionSSIMTraining/train.py). Each `run_*` returns an exit status: 0 done, EXIT_STOPPED (3)
+stopped early on request (stop file / signal; resume later), 2 a user error (one line on
+stderr). Anything else propagates: Python's own status 1 with a traceback (train.py prints it
+and exits 1 inside Slicer too), so a crash is never mistaken for a requested stop."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from pathlib import Path
 from . import settings
 from .errors import MotionSSIMError
 
-__all__ = ["add_evaluate_arguments", "add_train_arguments", "run_evaluate", "run_train",
+EXIT_STOPPED = 3  # stopped on request with a resumable state (not 1: Python's crash status)
+
+__all__ = ["EXIT_STOPPED", "add_evaluate_arguments", "add_train_arguments", "run_evaluate", "run_train",
            "train_main", "DATA_HELP"]
 
 DATA_HELP = """\
@@ -117,12 +121,17 @@ def _check_out(out: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train from parsed `add_train_arguments` arguments; returns the exit status."""
-    from .data import resolve_split
+    """Train from parsed `add_train_arguments` arguments; returns the exit status. The main
+    process holds the output folder's lock (folder_lock) while it trains."""
+    import os
+
+    from . import folder_lock
     from .errors import InputError
-    from .trainer import train
 
     try:
+        from .data import resolve_split
+        from .trainer import train  # torch: a missing or broken install is one line here
+
         _check_out(args.out)
         keep_epochs = args.epochs is None  # not given: the default, or the saved run's on resume
         chosen = settings.from_args(settings.TrainSettings, args)
@@ -144,19 +153,28 @@ def run_train(args: argparse.Namespace) -> int:
             if not val_paths:
                 print("motionssim: no validation volumes: the best checkpoint is chosen by "
                       "training loss (give --val-data)", file=sys.stderr)
-        result = train(chosen, args.out, train_paths, val_paths, resume=args.resume,
-                       keep_epochs=keep_epochs)
-    except (MotionSSIMError, OSError) as exc:  # OSError: the output folder cannot be written
+        # one trainer per folder; torchrun's other ranks share their main process's folder
+        main = int(os.environ.get("RANK", "0")) == 0
+        with folder_lock.held(args.out) if main else _nothing():
+            result = train(chosen, args.out, train_paths, val_paths, resume=args.resume,
+                           keep_epochs=keep_epochs)
+    except (MotionSSIMError, OSError, ImportError) as exc:  # OSError: OUT cannot be written
         return _error(exc)
     except KeyboardInterrupt:
         print("motionssim: interrupted", file=sys.stderr)
-        return 1
+        return EXIT_STOPPED
     if result.status == "stopped":
-        return 1
+        return EXIT_STOPPED
     best = result.best_val_loss
     print(f"done: {result.epoch} epochs, {result.step} steps; best loss {best:.5f}; "
           f"checkpoints in {result.out_dir}", file=sys.stderr)
     return 0
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -8,8 +8,13 @@ This file lives in a sub-folder of the module folder because Slicer's module fac
 .py file directly in a module folder as a module ("class train was not found" at start-up). The
 installed extension keeps the same layout: <scripted modules>/MotionSSIMTrainingScripts/train.py.
 
-Same arguments as `python -m MotionSSIMLib train` (see --help). Exit status: 0 done, 1 stopped
-early (a `stop` file in the output folder, Ctrl-C or SIGTERM; continue with --resume), 2 error.
+Same arguments as `python -m MotionSSIMLib train` (see --help). Exit status: 0 done, 3 stopped
+early on request (a `stop` file in the output folder, Ctrl-C or SIGTERM; continue with
+--resume), 2 an error of the data or settings (one line), 1 a crash (the traceback is printed).
+
+Inside Slicer (`--python-script`) Slicer does not exit by itself after the script (only `-c`
+or a bare script argument set runPythonAndExit): every path, exceptions included, ends in
+slicer.util.exit(status).
 """
 
 from __future__ import annotations
@@ -39,18 +44,28 @@ def _make_engine_importable() -> None:
             return
 
 
-def main(argv: list[str] | None = None) -> int:
-    _make_engine_importable()
-    from MotionSSIMLib.training_cli import train_main
+EXIT_CRASHED = 1  # an unexpected exception (Python's own status for one)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Train; the exit status (module docstring). Never raises."""
     if argv is None:
         argv = sys.argv[1:]
         if argv[:1] == ["--"]:  # Slicer passes everything after its own "--"
             argv = argv[1:]
     try:
+        _make_engine_importable()
+        from MotionSSIMLib.training_cli import train_main
+
         return train_main(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except BaseException:  # a crash: its traceback, and a status that is not "stopped"
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        return EXIT_CRASHED
 
 
 def _run_as_script() -> bool:
