@@ -68,7 +68,7 @@ def test_every_setting_round_trips_through_its_command_line():
         seed=9, workers=0, device="cpu", pipeline="workers", amp=False, channels_last=False,
         threads=1, max_time=60.5, checkpoint_every=0, cache_mb=16, progress=False,
         init_from="a.safetensors", slices="all", bn_calibration=0, lr_schedule="cosine",
-        warmup=0.1)
+        warmup=0.1, motion_families="torchio:2,epi:1")
     cli = [f.name for f in dataclasses.fields(st.TrainSettings) if f.metadata["cli"]]
     assert all(getattr(changed, n) != getattr(st.TrainSettings(), n) for n in cli)
     parsed = parse_train_args(st.train_arguments(changed, out="o", data="d"))
@@ -117,11 +117,43 @@ def test_validate_refuses_with_the_setting_named():
         parse_train_args(["--out", "o", "--epochs", "0"])
 
 
+def test_motion_families_parse_check_and_default_to_the_two_simulators():
+    """--motion-families: names with optional weights, or all; refused in one line naming the
+    problem; the default shares out TorchIO's and the k-space lines by p_torchio exactly."""
+    n = len(st.MOTION_FAMILIES)
+    assert st.family_weights("", 0.3) == (0.3, 0.7) + (0.0,) * (n - 2)
+    assert st.family_weights(None) == (0.5, 0.5) + (0.0,) * (n - 2)
+    w = st.family_weights("torchio:2, epi:1,moves")
+    assert w[st.MOTION_FAMILIES.index("torchio")] == 0.5
+    assert w[st.MOTION_FAMILIES.index("epi")] == w[st.MOTION_FAMILIES.index("moves")] == 0.25
+    assert sum(w) == pytest.approx(1.0)
+    assert st.family_weights("all") == (1 / n,) * n
+    assert st.parse_families({"epi": 1}) == {"epi": 1.0}
+    for bad, words in (("epi,warp", "unknown motion family 'warp'"), ("epi,epi", "twice"),
+                       ("epi:x", "not a number"), ("epi:-1", ">= 0"), ("epi:0", "sum to 0")):
+        with pytest.raises(ValueError, match=words):
+            st.parse_families(bad)
+    parsed = parse_train_args(["--out", "o", "--motion-families", "torchio,kspace,epi"])
+    assert parsed.motion_families == "torchio,kspace,epi"
+    with pytest.raises(SystemExit):
+        parse_train_args(["--out", "o", "--motion-families", "torchio,warp"])
+    assert parse_evaluate_args(["--data", "d", "--checkpoint", "c", "--out", "o",
+                                "--motion-families", "epi"]).motion_families == "epi"
+    assert "motion_families" in st.RUN_KEYS  # it fixes the random stream: a resume keeps it
+    with pytest.raises(InputError, match="p_torchio"):
+        st.TrainSettings(motion_families="epi", p_torchio=0.3).validate()
+    st.TrainSettings(motion_families="all").validate()
+
+
 def test_engine_constants_come_from_settings():
     from MotionSSIMLib import data, model, trainer
 
     assert model.ARCHITECTURES is st.ARCHITECTURES and data.SLICE_RANGES is st.SLICE_RANGES
     assert trainer.TrainSettings is st.TrainSettings and trainer.RUN_KEYS is st.RUN_KEYS
+    from MotionSSIMLib import motion, scanner_motion
+
+    assert motion.MOTION_FAMILIES is st.MOTION_FAMILIES
+    assert list(scanner_motion.FAMILY_SIMULATORS) == list(st.MOTION_FAMILIES[2:])
 
 
 def test_training_module_parameters_default_to_the_settings():

@@ -26,6 +26,7 @@ import numpy as np
 from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class, uniform_class
 from .errors import InputError
 from .jsonable import jsonable
+from .settings import parse_families
 
 __all__ = [
     "CLASS_COUNTS",
@@ -190,18 +191,22 @@ def test_set(paths: Sequence[str | Path], n: int = 10000, seed: int = 0, input_s
              contrast: bool = True, p_torchio: float = 0.5, device: Any = "cpu",
              workers: int = 0, chunk: int = 100,
              cache_mb: int = 2048, slices: str = "central",
-             acquisition: bool = True) -> Iterator[tuple[Any, Any]]:
+             acquisition: bool = True, families: str | None = None,
+             ) -> Iterator[tuple[Any, Any]]:
     """The N corrupted test slices drawn from the test volumes as in training, in chunks of
     `chunk`: yields (images (c, 1, S, S), labels (c,)) on `device`. Deterministic for a given
-    (paths, n, seed, input_size, contrast, p_torchio, chunk, slices); `slices` as in
-    `data.slice_candidates` (the paper's central half by default)."""
+    (paths, n, seed, input_size, contrast, p_torchio, chunk, slices, families); `slices` as in
+    `data.slice_candidates` (the paper's central half by default). `families`: the motion
+    families (`settings.parse_families`; one name evaluates one family: the slices, contrasts
+    and severities stay those of the other families for the same seed)."""
     from .data import STREAMS, SliceDataset
     from .pipeline import fixed_set
 
     ds = SliceDataset(list(paths), seed=seed, input_size=input_size,
                       cache_bytes=int(cache_mb) << 20, slices=slices)
     yield from fixed_set(ds, STREAMS["test"], n, seed, contrast, p_torchio, device,
-                         chunk=chunk, workers=workers, acquisition=acquisition)
+                         chunk=chunk, workers=workers, acquisition=acquisition,
+                         families=families)
 
 
 test_set.__test__ = False  # type: ignore[attr-defined]  # pytest: not a test
@@ -240,9 +245,12 @@ def evaluate_checkpoints(
     report: Any = None,
     slices: str = "central",
     acquisition: bool = True,
+    families: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate several checkpoints on one seeded test set and write the report to `out_dir`.
     `slices`: the test slices, "central" half (the paper's protocol) or "all" non-empty ones.
+    `families`: the motion families of the test slices (default: TorchIO's by p_torchio and
+    the k-space lines; e.g. "epi" evaluates on EPI artefacts alone).
     Returns an `Evaluation`: the report (as in report.json) and the true and predicted SSIMs."""
     import torch
 
@@ -253,6 +261,10 @@ def evaluate_checkpoints(
 
     if not checkpoints:
         raise InputError("no checkpoint to evaluate")
+    try:
+        parse_families(families)
+    except ValueError as exc:
+        raise InputError(f"motion families: {exc}") from None
     dev = resolve_device(device)
     ckpts = [Path(c) for c in checkpoints]
     loaded = [load_checkpoint(str(c), device=str(dev)) for c in ckpts]
@@ -277,7 +289,7 @@ def evaluate_checkpoints(
     with torch.no_grad():
         for images, labels in test_set(good, n, seed, input_size, contrast, p_torchio,
                                        dev, workers, chunk, slices=slices,
-                                       acquisition=acquisition):
+                                       acquisition=acquisition, families=families):
             images = images.to(dev)
             trues.append(labels.float().cpu().numpy())
             for j, m in enumerate(loaded):
@@ -302,7 +314,8 @@ def evaluate_checkpoints(
         predictions[nm] = pred
     result = {
         "protocol": {"n": int(true.size), "seed": seed, "contrast_augmentation": contrast,
-                     "p_torchio": p_torchio, "input_size": input_size, "chunk": chunk,
+                     "p_torchio": p_torchio, "motion_families": families or "",
+                     "input_size": input_size, "chunk": chunk,
                      "slices": slices, "acquisition": acquisition,
                      "test_data": summarize_volumes(infos), "class_counts": list(CLASS_COUNTS),
                      "residuals": "predicted - true"},
@@ -406,7 +419,7 @@ def _markdown(result: dict[str, Any], plots: str | None = "drawn") -> str:
         "",
         f"{p['n']} corrupted test slices from {p['test_data'].get('volumes', 0)} test volumes, "
         f"seed {p['seed']}, contrast augmentation {'on' if p['contrast_augmentation'] else 'off'}"
-        f", TorchIO share {p['p_torchio']}, input {p['input_size']} px, "
+        f", {_motion_text(p)}, input {p['input_size']} px, "
         f"{p.get('slices', 'central')} slices. "
         "Residual = predicted − true SSIM.",
         "",
@@ -461,6 +474,11 @@ def _markdown(result: dict[str, Any], plots: str | None = "drawn") -> str:
                   f"![residuals](residuals_{slug}.png)", "", f"![confusion](confusion_{slug}.png)",
                   ""]
     return "\n".join(lines) + "\n"
+
+
+def _motion_text(protocol: dict[str, Any]) -> str:
+    families = protocol.get("motion_families")
+    return f"motion families {families}" if families else f"TorchIO share {protocol['p_torchio']}"
 
 
 def _tested_subjects_lines(protocol: dict[str, Any]) -> list[str]:

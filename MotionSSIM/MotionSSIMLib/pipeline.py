@@ -14,7 +14,7 @@ GPU (the arithmetic then differs only by floating-point rounding).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,11 +103,14 @@ class CorruptionParams:
 
 def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generator | None,
                     contrast: bool = True, p_torchio: float = 0.5,
-                    p_clean: float = P_CLEAN, acquisition: bool = True) -> CorruptionParams:
+                    p_clean: float = P_CLEAN, acquisition: bool = True,
+                    families: str | Mapping[str, float] | None = None) -> CorruptionParams:
     """Draw a batch's corruption (TorchIO's make_params step), in a fixed order: contrast
     names and parameters, then the severities (a share p_clean motion-free), then the motion
-    of both simulators for every sample, then (acquisition=True) the acquired matrix and the
-    noise (`augment`). Deterministic for a seeded generator."""
+    (`motion.draw_motion_params`: the family of each sample, among `families` or by default
+    TorchIO's with p_torchio and the k-space lines, and every chosen family's parameters for
+    every sample), then (acquisition=True) the acquired matrix and the noise (`augment`).
+    Deterministic for a seeded generator."""
     from . import augment, intensity, motion
 
     names, cparams = (intensity.sample_contrast_batch(batch, generator) if contrast
@@ -116,7 +119,7 @@ def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generato
     u = torch.rand((2, batch), generator=generator, device=gen_device).cpu()
     severity = torch.where(u[0] < p_clean, torch.zeros_like(u[1]), u[1])
     mparams = motion.draw_motion_params(batch, size, generator, p_torchio=p_torchio,
-                                        severity=severity)
+                                        severity=severity, families=families)
     if not acquisition:
         return CorruptionParams(names, cparams, mparams)
     rparams = augment.draw_resolution_params(batch, generator, int(min(size)),
@@ -172,6 +175,7 @@ def corrupt_batch(
     tio_backend: str = "torch",
     return_params: bool = False,
     acquisition: bool = True,
+    families: str | Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, CorruptionParams]:
     """Clean slices (B, 1, S, S) in [0, 1] -> (corrupted (B, 1, S, S), labels (B,)), on the
     device of `clean`: optional random contrast (one of the paper's five per sample), motion
@@ -182,7 +186,8 @@ def corrupt_batch(
     uniform on [0, 1]. acquisition=True adds the acquisition stages (`augment`: a lower
     acquired matrix before motion, Rician noise on the model input after the label). Draw
     (:func:`draw_corruption`) then apply (:func:`apply_corruption`); return_params=True also
-    returns the CorruptionParams drawn."""
+    returns the CorruptionParams drawn. families: the motion families and their weights
+    (`settings.parse_families`; default: TorchIO's and the k-space lines by p_torchio)."""
     if clean.ndim != 4 or clean.shape[1] != 1:
         raise ValueError(f"corrupt_batch: expected (B, 1, H, W), got {tuple(clean.shape)}")
     from . import motion
@@ -191,7 +196,7 @@ def corrupt_batch(
         raise ValueError(f"corrupt_batch: tio_backend must be one of {motion.TIO_BACKENDS}, "
                          f"got {tio_backend!r}")
     params = draw_corruption(clean.shape[0], tuple(clean.shape[-2:]), generator, contrast,
-                             p_torchio, p_clean, acquisition)
+                             p_torchio, p_clean, acquisition, families)
     corrupted, labels = apply_corruption(clean, params, tio_backend)
     return (corrupted, labels, params) if return_params else (corrupted, labels)
 
@@ -207,6 +212,7 @@ class Collate:
     corrupt: bool = True
     tio_backend: str = "torch"  # "torchio": the real TorchIO, one slice at a time (checks)
     acquisition: bool = True    # resolution and noise stages (augment)
+    families: str | None = None  # motion families and weights (None / "": the default two)
 
     def __call__(self, items: list[tuple[torch.Tensor, tuple[int, int, int]]]) -> dict[str, Any]:
         clean = torch.stack([img for img, _ in items])
@@ -216,7 +222,7 @@ class Collate:
         corrupted, labels = corrupt_batch(clean, batch_generator(self.seed, key),
                                           self.contrast, self.p_torchio,
                                           tio_backend=self.tio_backend,
-                                          acquisition=self.acquisition)
+                                          acquisition=self.acquisition, families=self.families)
         return {"images": corrupted, "labels": labels, "key": key}
 
 
@@ -233,7 +239,8 @@ def to_device_batch(batch: dict[str, Any], device: torch.device | str, collate: 
         images, labels = corrupt_batch(clean, batch_generator(collate.seed, batch["key"]),
                                        collate.contrast, collate.p_torchio,
                                        tio_backend=collate.tio_backend,
-                                       acquisition=collate.acquisition)
+                                       acquisition=collate.acquisition,
+                                       families=collate.families)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, labels
@@ -287,6 +294,7 @@ def fixed_set(dataset: torch.utils.data.Dataset, stream: int, n: int, seed: int,
               contrast: bool, p_torchio: float, device: torch.device | str = "cpu",
               chunk: int = 100, workers: int = 0, rank: int = 0,
               world_size: int = 1, acquisition: bool = True,
+              families: str | None = None,
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed, seeded sample set of `stream` (validation or test): n corrupted slices in
     chunks of `chunk`, yielded as (images, labels) on `device`. Deterministic for a given
@@ -294,7 +302,7 @@ def fixed_set(dataset: torch.utils.data.Dataset, stream: int, n: int, seed: int,
     world_size > 1 this rank yields only the chunks rank, rank + world_size, ... (whole chunks,
     so the set is the same whatever the number of processes)."""
     collate = Collate(seed, contrast, p_torchio, corrupt=torch.device(device).type == "cpu",
-                      acquisition=acquisition)
+                      acquisition=acquisition, families=families)
     batches = batch_keys(stream, 0, n, chunk)[rank::world_size]
     if not batches:
         return

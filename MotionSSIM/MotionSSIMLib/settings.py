@@ -11,7 +11,8 @@ and Python 3.9 syntax (Slicer 5.8).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -21,12 +22,15 @@ __all__ = [
     "ARCHITECTURES",
     "EvaluateSettings",
     "LR_SCHEDULES",
+    "MOTION_FAMILIES",
     "RUN_KEYS",
     "SLICE_RANGES",
     "TrainSettings",
     "add_arguments",
     "evaluate_arguments",
+    "family_weights",
     "from_args",
+    "parse_families",
     "train_arguments",
 ]
 
@@ -35,10 +39,14 @@ SLICE_RANGES = ("central", "all")
 LR_SCHEDULES = ("constant", "cosine")
 PIPELINES = ("auto", "device", "workers")
 TIO_BACKENDS = ("torch", "torchio")
+# Motion families (`motion.draw_motion_params`), in the order their draws and picks use: the
+# paper's two, then those of `scanner_motion` (issue 22).
+MOTION_FAMILIES = ("torchio", "kspace", "trajectory", "ordering", "epi", "through_plane",
+                   "moves")
 COSINE_FLOOR = 0.01  # the cosine schedule decays to this share of the peak learning rate
 # Settings that fix the random stream or the model: on resume the saved values win.
 RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
-            "p_torchio", "val_samples", "seed", "slices",
+            "p_torchio", "motion_families", "val_samples", "seed", "slices",
             "bn_calibration", "lr_schedule", "warmup", "acquisition")
 SCHEDULE, MACHINE = "model and schedule (defaults: the paper's)", "machine"
 
@@ -64,6 +72,55 @@ def share(value: float) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"must lie in [0, 1], got {value}")
     return float(value)
+
+
+def parse_families(spec: str | Mapping[str, float] | None) -> dict[str, float]:
+    """Motion families and weights from "torchio,kspace,epi" (equal weights),
+    "torchio:2,epi:1" or "all"; a mapping is checked the same way. Empty or None: {} (the
+    default families). ValueError names what is wrong."""
+    if spec is None or isinstance(spec, str) and not spec.strip():
+        return {}
+    if isinstance(spec, str):
+        if spec.strip() == "all":
+            return {f: 1.0 for f in MOTION_FAMILIES}
+        items = [item.partition(":") for item in spec.split(",")]
+        pairs = [(name.strip(), weight.strip() or "1") for name, _, weight in items]
+    else:
+        pairs = [(str(k), str(v)) for k, v in spec.items()]
+    out: dict[str, float] = {}
+    for name, text in pairs:
+        if name not in MOTION_FAMILIES:
+            raise ValueError(f"unknown motion family {name!r}; choose from "
+                             f"{', '.join(MOTION_FAMILIES)} (or all)")
+        if name in out:
+            raise ValueError(f"motion family {name!r} given twice")
+        try:
+            weight = float(text)
+        except ValueError:
+            raise ValueError(f"motion family {name}: weight {text!r} is not a number") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"motion family {name}: weight must be finite and >= 0, got {text}")
+        out[name] = weight
+    if sum(out.values()) <= 0:
+        raise ValueError("the motion family weights sum to 0")
+    return out
+
+
+def motion_families(value: str) -> str:
+    """A `--motion-families` value, checked (kept as given)."""
+    parse_families(value)
+    return str(value)
+
+
+def family_weights(spec: str | Mapping[str, float] | None = None,
+                   p_torchio: float = 0.5) -> tuple[float, ...]:
+    """Each family's share, in MOTION_FAMILIES order. The default (None or ""): TorchIO's
+    with p_torchio and the k-space lines with the rest, exactly as before the families."""
+    chosen = parse_families(spec)
+    if not chosen:
+        return (float(p_torchio), 1.0 - float(p_torchio)) + (0.0,) * (len(MOTION_FAMILIES) - 2)
+    total = sum(chosen.values())
+    return tuple(chosen.get(f, 0.0) / total for f in MOTION_FAMILIES)
 
 
 def _parser_type(check: Callable[[Any], Any], kind: type) -> Callable[[str], Any]:
@@ -114,6 +171,11 @@ class TrainSettings:
     contrast: bool = setting(True, "no contrast augmentation")
     p_torchio: float = setting(0.5, "share of slices corrupted by TorchIO; the rest by the "
                                "k-space line simulator (default 0.5)", check=share)
+    motion_families: str = setting(
+        "", "motion families and weights: e.g. torchio,kspace,epi (equal shares), "
+        "torchio:2,kspace:2,trajectory:1 or all; families: " + ", ".join(MOTION_FAMILIES)
+        + " (default: torchio and kspace by --p-torchio)", check=motion_families,
+        metavar="LIST")
     acquisition: bool = setting(True, "no acquisition stages (lower acquired matrix, Rician "
                                 "noise on the model input): the paper's corruption only")
     val_samples: int = setting(500, "size of the fixed validation set (default 500)",
@@ -175,6 +237,7 @@ class TrainSettings:
         if self.freeze > 3:
             raise InputError(f"freeze: at most 3 stages (the stem, layer1, layer2), got "
                              f"{self.freeze}")
+        _check_families(self)
 
 
 def _like(name: str, default: Any = MISSING) -> Any:
@@ -195,6 +258,7 @@ class EvaluateSettings:
     slices: str = _like("slices")
     contrast: bool = _like("contrast")
     p_torchio: float = _like("p_torchio")
+    motion_families: str = _like("motion_families")
     acquisition: bool = _like("acquisition")
     good: float = setting(0.85, "clinical threshold: SSIM >= this is good (default 0.85)")
     sufficient: float = setting(0.60, "clinical threshold: SSIM >= this is sufficient "
@@ -203,6 +267,14 @@ class EvaluateSettings:
     batch_size: int = _like("batch_size")
     workers: int | None = _like("workers", 0)
     progress: bool = _like("progress")
+
+
+def _check_families(settings: Any) -> None:
+    """p_torchio shares out the default families only: refused beside motion_families."""
+    default = {f.name: f.default for f in fields(settings)}["p_torchio"]
+    if settings.motion_families and settings.p_torchio != default:
+        raise InputError("p_torchio: applies to the default families only; give the torchio "
+                         "and kspace weights in motion_families instead")
 
 
 def _check_fields(settings: Any) -> None:

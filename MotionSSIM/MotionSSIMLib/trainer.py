@@ -252,7 +252,8 @@ class _Run:
                 "epochs", "samples_per_epoch", "batch_size", "lr")},
                 "optimizer": "Adam", "loss": "MSE", "contrast_augmentation": settings.contrast,
                 **{k: getattr(settings, k) for k in (
-                    "p_torchio", "seed", "slices", "acquisition", "lr_schedule",
+                    "p_torchio", "motion_families", "seed", "slices", "acquisition",
+                    "lr_schedule",
                     "bn_calibration")},
                 "world_size": self.dist.world},
             "epoch": self.epoch + 1,
@@ -302,7 +303,8 @@ def _validation_set(run: _Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
         ds, STREAMS["validation"], run.settings.val_samples, run.settings.seed, run.settings.contrast,
         run.settings.p_torchio, run.device if run.pipe == "device" else "cpu",
         chunk=min(run.settings.batch_size, 100), workers=run.workers,
-        rank=run.dist.rank, world_size=run.dist.world, acquisition=run.settings.acquisition))
+        rank=run.dist.rank, world_size=run.dist.world, acquisition=run.settings.acquisition,
+        families=run.settings.motion_families))
 
 
 def _calibration_set(run: _Run) -> list[torch.Tensor]:
@@ -317,7 +319,8 @@ def _calibration_set(run: _Run) -> list[torch.Tensor]:
     return [images for images, _ in pipeline.fixed_set(
         ds, STREAMS["calibration"], n, run.settings.seed, run.settings.contrast, run.settings.p_torchio,
         run.device if run.pipe == "device" else "cpu", chunk=run.settings.batch_size,
-        workers=run.workers, acquisition=run.settings.acquisition)]
+        workers=run.workers, acquisition=run.settings.acquisition,
+        families=run.settings.motion_families)]
 
 
 @torch.no_grad()
@@ -413,7 +416,8 @@ def _train_loader(run: _Run, n_batches: int) -> tuple[Any, pipeline.Collate]:
                             cache_bytes=settings.cache_mb << 20, slices=settings.slices)
     collate = pipeline.Collate(settings.seed, settings.contrast, settings.p_torchio,
                                corrupt=run.pipe == "workers", tio_backend=settings.tio_backend,
-                               acquisition=settings.acquisition)
+                               acquisition=settings.acquisition,
+                               families=settings.motion_families)
     loader = pipeline.make_loader(train_ds, _train_batches(run, n_batches), collate,
                                   run.workers, pin_memory=run.cuda)
     return loader, collate

@@ -55,6 +55,9 @@ examples:
   # a quick look with 1000 slices
   python -m MotionSSIMLib evaluate --data data/synth --checkpoint best.safetensors \\
       --out eval/ --n 1000
+  # one motion family at a time (scripts/check_families.py runs them all)
+  python -m MotionSSIMLib evaluate --data data/synth --checkpoint best.safetensors \\
+      --out eval_epi/ --motion-families epi
 
 The test slices are drawn from the test volumes exactly as in training (random orientation,
 central non-empty slice, contrast augmentation, motion); the same --seed gives the same slices,
@@ -190,6 +193,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_checkpoints(
             args.checkpoint, test_paths, args.out, n=chosen.n, seed=chosen.seed,
             contrast=chosen.contrast, p_torchio=chosen.p_torchio, device=chosen.device,
+            families=chosen.motion_families,
             batch_size=chosen.batch_size, workers=chosen.workers,
             thresholds=ClinicalThresholds(good=chosen.good, sufficient=chosen.sufficient),
             progress=chosen.progress, slices=chosen.slices, acquisition=chosen.acquisition)
