@@ -14,9 +14,10 @@ included). Two steps:
 
 `run` installs nibabel from the carried wheel when it is missing, makes synthetic subjects in
 parallel (MotionSSIMLib.synth), measures the training rate, plans the schedule to fill the time
-budget (cosine learning rate with warm-up, from the bundled model's weights), trains with the
-corruption on the GPU (batched k-space and TorchIO-equivalent motion: torchio and SimpleITK are
-never imported), evaluates the best weights on held-out subjects and writes at most 8 files of at
+budget (cosine learning rate with warm-up, from the bundled model's weights), trains the model
+v3 recipe (the v3 label and input: windows resampled to 256; motion over the acquired lines;
+every motion family, settings.V3_MOTION_FAMILIES) with the corruption on the GPU (batched torch
+motion: torchio and SimpleITK are never imported), evaluates the best weights on held-out subjects and writes at most 8 files of at
 most 16 MiB into --out: the fp16 weights in shards, manifest.json (shard checksums, the plan,
 samples/s, GPU memory, timings), train_log.csv, report.md, report.json and campaign.log.
 `run --device cpu --tiny` is the dry run the test suite makes of the same code.
@@ -37,6 +38,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MotionSSIM"))
+
+from MotionSSIMLib.settings import V3_MOTION_FAMILIES  # noqa: E402  (torch-free)
 
 CARRY = ROOT / "campaign_carry"
 SHARD_BYTES = 15 << 20          # below the 16 MiB a returned file may have
@@ -190,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
 
     init = args.init_from or str(default_model_path())
     base = dict(architecture="resnet18", batch_size=plan["batch"], lr=args.lr,
-                input_size=plan["input_size"], p_torchio=0.5, seed=args.seed,
+                input_size=plan["input_size"], motion_families=args.motion_families,
+                freeze=args.freeze, seed=args.seed,
                 workers=plan["workers"], device=str(dev), pipeline="auto", amp=True,
                 channels_last=True, progress=False, slices="all", cache_mb=4096)
 
@@ -253,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
         "sha256": hashlib.sha256(fp16.read_bytes()).hexdigest(), "parts": parts,
         "device": str(dev), "gpu": gpu, "torch": torch.__version__, "cores": os.cpu_count(),
         "plan": {**plan, "epochs": epochs, "lr": args.lr, "init_from": Path(init).name,
+                 "motion_families": args.motion_families, "freeze": args.freeze,
                  "budget_s": budget},
         "measured": {"probe_samples_per_s": round(rate, 2), "train_s": round(train_time, 1),
                      "steps": result.step, "samples": samples,
@@ -301,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--lr", type=float, default=1e-3)
     r.add_argument("--seed", type=int, default=11)
     r.add_argument("--init-from", help="starting weights (default: the bundled model)")
+    r.add_argument("--motion-families", default=V3_MOTION_FAMILIES,
+                   help=f"training motion mix (default, model v3's: {V3_MOTION_FAMILIES})")
+    r.add_argument("--freeze", type=int, default=0,
+                   help="leading stages kept fixed (default 0: a GPU has the time to train all)")
     r.add_argument("--tiny", action="store_true", help="dry run at a tiny scale (tests)")
     r.add_argument("--keep-work", action="store_true")
     args = ap.parse_args(argv)

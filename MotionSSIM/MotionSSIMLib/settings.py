@@ -269,6 +269,11 @@ class EvaluateSettings:
     progress: bool = _like("progress")
 
 
+# Model v3's motion mix (issue "Model v3", point 2): the two original families at twice the
+# weight of each scanner family (scanner_motion), so every family is seen in training.
+V3_MOTION_FAMILIES = "torchio:2,kspace:2,trajectory:1,ordering:1,epi:1,through_plane:1,moves:1"
+
+
 def _check_families(settings: Any) -> None:
     """p_torchio shares out the default families only: refused beside motion_families."""
     default = {f.name: f.default for f in fields(settings)}["p_torchio"]
