@@ -26,3 +26,36 @@ def c_locale():
         yield
     finally:
         locale.setlocale(locale.LC_CTYPE, before)
+
+
+# --------------------------------------------------------------------------- real MRML fixtures
+# (test_scene.py, test_jobs.py; slicer-core is imported only by the tests that ask for them)
+
+
+@pytest.fixture()
+def mrml():
+    """A fresh scene, installed as slicer.mrmlScene, with a volumes logic that can read files."""
+    slicer = pytest.importorskip("slicer")
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    # Without Slicer's application logic, loading logs a harmless "invalid Colors module logic".
+    volumes_logic = slicer.vtkSlicerVolumesLogic()
+    volumes_logic.SetMRMLScene(scene)
+    yield scene, volumes_logic
+    slicer.mrmlScene = None
+    scene.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A randomly initialised ResNet-18 saved as a MotionSSIM checkpoint."""
+    import torch
+
+    from MotionSSIMLib.checkpoint import save_checkpoint
+    from MotionSSIMLib.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18").eval()
+    path = tmp_path_factory.mktemp("model") / "random_resnet18.safetensors"
+    save_checkpoint(path, model, {"architecture": "resnet18", "note": "random weights, tests only"})
+    return str(path)

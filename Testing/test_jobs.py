@@ -38,28 +38,6 @@ IDLE_TICK_S = 0.1  # the panel polls every 100 ms (MotionSSIM.POLL_INTERVAL_MS)
 
 
 @pytest.fixture()
-def mrml():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    volumes_logic = slicer.vtkSlicerVolumesLogic()
-    volumes_logic.SetMRMLScene(scene)
-    yield scene, volumes_logic
-    slicer.mrmlScene = None
-    scene.Clear(1)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    from MotionSSIMLib.checkpoint import save_checkpoint
-    from MotionSSIMLib.model import build_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "random_resnet18.safetensors"
-    save_checkpoint(path, build_model("resnet18").eval(), {"architecture": "resnet18"})
-    return str(path)
-
-
-@pytest.fixture()
 def temp_root(tmp_path):
     """The jobs' temporary folders go here, so a test can see that none is left."""
     root = tmp_path / "jobs"
