@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -80,23 +81,26 @@ def _head(n=10, seed=0):
     return a.astype(np.int16)
 
 
-def write_dicom_4d(folder, frames, tags_of, step=2.5, z0=-10.0, seed=1):
+def write_dicom_4d(folder, frames, tags_of, step=2.5, z0=-10.0, seed=1, instance=None):
     """Frames [t][k, j, i] as one DICOM series, one file per image, written in shuffled order
-    under names that say nothing of the order; instance numbers run frame by frame."""
+    under names that say nothing of the order; instance numbers run frame by frame (or
+    `instance(t, k)`; `tags_of(t)` or `tags_of(t, k)` adds tags)."""
     folder.mkdir(parents=True, exist_ok=True)
     uid = "1.2.826.0.1.3680043.2.1125.77"
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     jobs = [(t, k) for t in range(len(frames)) for k in range(frames[t].shape[0])]
     order = np.random.default_rng(seed).permutation(len(jobs))
-    for n in order:
-        t, k = jobs[n]
+    per_image = tags_of.__code__.co_argcount == 2
+    for n, job in enumerate(order):  # file n holds a random image: names tell nothing
+        t, k = jobs[job]
         sl = sitk.GetImageFromArray(frames[t][k])
         sl.SetSpacing((0.8, 0.9))
         tags = {"0008|0060": "MR", "0020|000e": uid, "0008|103e": "4D test",
                 "0020|0032": f"-20\\-15\\{z0 + step * k:.4f}", "0020|0037": "1\\0\\0\\0\\1\\0",
-                "0020|0013": str(t * 100 + k + 1), "0008|0018": f"{uid}.{t}.{k}"}
-        tags.update(tags_of(t))
+                "0020|0013": str(t * 100 + k + 1 if instance is None else instance(t, k)),
+                "0008|0018": f"{uid}.{t}.{k}"}
+        tags.update(tags_of(t, k) if per_image else tags_of(t))
         for tag, value in tags.items():
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"img{n:05d}.dcm"))
@@ -229,6 +233,77 @@ def test_dicom_b_values_in_acquisition_order_and_incomplete_refused(tmp_path):
     os.unlink(sorted(folder.iterdir())[0])
     with pytest.raises(InputError, match="incomplete 4D series"):
         S.read_series(folder)
+
+
+def _same_frames(s, frames):
+    """Every frame read is one frame written, each once, as labelled (never a mix)."""
+    found = [next((t for t, f in enumerate(frames) if np.array_equal(a, f)), None)
+             for a in s.array]
+    assert sorted(found, key=str) == list(range(len(frames))), found
+    return found
+
+
+@pytest.mark.parametrize("told_by, tags_of", [
+    ("acquisition time", lambda t, k: {"0008|0032": f"10{t:02d}{k:02d}.250000"}),
+    ("trigger time", lambda t, k: {"0018|1060": f"{40 * t + 0.01 * k:.2f}"}),
+    ("diffusion direction", lambda t, k: {"0018|9087": "1000",
+                                          "0018|9089": ("0\\1\\0", "1\\0\\0", "0\\0\\1")[t]}),
+])
+def test_dicom_volumes_told_apart_by_another_tag_with_instances_per_volume(tmp_path, told_by,
+                                                                             tags_of):
+    # issue 26 #5: instance numbers restart in each volume, so they tie at every position;
+    # the volumes differ only in a tag the sort key did not use: frames mixed both volumes
+    frames = [_head(seed=t) + 300 * t for t in range(3)]
+    folder = write_dicom_4d(tmp_path / "s", frames, tags_of, instance=lambda t, k: k + 1)
+    s = S.read_series(folder)
+    found = _same_frames(s, frames)
+    if told_by == "diffusion direction":
+        assert [s.frame_labels[t] for t in np.argsort(found)] == [
+            "dir=0,1,0", "dir=1,0,0", "dir=0,0,1"]
+    else:
+        assert found == [0, 1, 2]  # acquisition order
+
+
+def test_dicom_volumes_no_tag_tells_apart_refused_naming_the_tags(tmp_path):
+    # the same without any such tag: refused, naming what could separate them; and instance
+    # numbers that restart in reverse order do not order them either (they are not unique)
+    frames = [_head(seed=t) + 300 * t for t in range(2)]
+    for name, instance in (("restart", lambda t, k: k + 1),
+                           ("reversed", lambda t, k: k + 1 if t == 0 else 10 - k)):
+        folder = write_dicom_4d(tmp_path / name, frames, lambda t: {}, instance=instance)
+        with pytest.raises(InputError) as info:
+            S.read_series(folder)
+        msg = str(info.value)
+        assert "\n" not in msg and str(folder) in msg, msg
+        for tag in ("cannot be separated", "instance numbers repeat", "AcquisitionTime",
+                    "TemporalPositionIdentifier", "DiffusionGradientOrientation"):
+            assert tag in msg, msg
+
+
+def test_fully_duplicated_dicom_folder_refused_as_duplicates(tmp_path):
+    # issue 26 #6: every file copied under another name read as a 2-frame series
+    folder = write_dicom_4d(tmp_path / "s", [_head()], lambda t: {})
+    for p in sorted(folder.iterdir()):
+        shutil.copy(p, folder / f"copy of {p.name}")
+    with pytest.raises(InputError, match="duplicate images.*same image.*SOPInstanceUID"):
+        S.read_series(folder)
+    with pytest.raises(InputError, match="duplicate slice position"):
+        read_volume(folder)  # the 3D reader, as for one duplicated slice
+    # copies given new UIDs: the same tags and identical pixel data at each position
+    again = write_dicom_4d(tmp_path / "uids", [_head(), _head()], lambda t: {},
+                           instance=lambda t, k: k + 1)
+    with pytest.raises(InputError, match="duplicate images.*identical pixel data"):
+        S.read_series(again)
+
+
+def test_dicom_4d_far_from_the_isocentre(tmp_path):
+    # issue 26 #18: at z = 1200 mm a tolerance of 1e-3 x |z| (1.2 mm) exceeded the 1 mm spacing
+    frames = [_head() + 300 * t for t in range(2)]
+    folder = write_dicom_4d(tmp_path / "s", frames, lambda t: {"0020|0100": str(t + 1)},
+                            step=1.0, z0=1200.0)
+    s = S.read_series(folder)
+    assert s.n_frames == 2 and np.array_equal(s.array, np.stack(frames))
+    assert np.allclose(s.spacing, (0.8, 0.9, 1.0)) and np.isclose(s.origin[2], 1200.0)
 
 
 # --------------------------------------------------------------------------- assessment + CLI
