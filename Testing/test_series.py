@@ -9,6 +9,7 @@ order. Frame and slice indices and positions are checked against the geometry wr
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import shutil
@@ -204,6 +205,30 @@ def test_nrrd_4d_and_list_axis_nrrd(tmp_path):
     sitk.WriteImage(vec, str(tmp_path / "vector.nrrd"))
     with pytest.raises(InputError, match="vector image"):
         S.read_series(tmp_path / "vector.nrrd")
+
+
+def test_gzip_nrrd_with_the_list_axis_last(tmp_path):
+    # issue 26 #16: ITK reads a list axis as each voxel's components wherever the file puts
+    # it; the verified data (file order) was compared with ITK's order: "corrupted"
+    frames = np.random.default_rng(4).random((3, 8, 20, 24)).astype(np.float32)
+    paths = {}
+    for encoding in ("raw", "gzip"):
+        header = ("NRRD0004\ntype: float\ndimension: 4\nspace: left-posterior-superior\n"
+                  "sizes: 24 20 8 3\nspace directions: (0.7,0,0) (0,0.8,0) (0,0,3) none\n"
+                  f"kinds: domain domain domain list\nendian: little\n"
+                  f"encoding: {encoding}\nspace origin: (5,-4,2)\n\n")
+        data = frames.astype("<f4").tobytes()  # x fastest, frames slowest
+        paths[encoding] = p = tmp_path / f"{encoding}.nrrd"
+        p.write_bytes(header.encode() + (gzip.compress(data) if encoding == "gzip" else data))
+        s = S.read_series(p, frames="0,2")
+        assert s.frame_indices == (0, 2) and s.n_input_frames == 3, encoding
+        assert np.array_equal(s.array, frames[[0, 2]]), encoding
+        assert np.allclose(s.spacing, (0.7, 0.8, 3.0)), encoding
+    # still verified to the end of its stream
+    cut = tmp_path / "cut.nrrd"
+    cut.write_bytes(paths["gzip"].read_bytes()[:-100])
+    with pytest.raises(InputError, match="corrupted"):
+        S.read_series(cut)
 
 
 def test_dicom_time_points_read_as_frames(tmp_path):

@@ -365,13 +365,17 @@ def _verify_stream(path: Path, f, offset: int, kind: str, expected: int | None,
     return digest.h.digest()
 
 
-def _voxel_digest(img, dtype: np.dtype) -> bytes:
+def _voxel_digest(img, dtype: np.dtype, components_axis: int = 0) -> bytes:
     """BLAKE2b of the voxels ITK read, laid out as the file stores them (`dtype`, with its byte
-    order), one slice at a time."""
+    order), one slice at a time. `components_axis`: where the file stores the axis that ITK
+    reads as the components of a voxel (a NRRD's list axis, fastest first): ITK always makes
+    it the fastest, so a file with the list axis elsewhere is laid out otherwise."""
     import SimpleITK as sitk
 
     h = hashlib.blake2b(digest_size=16)
     view = sitk.GetArrayViewFromImage(img)
+    if view.ndim > img.GetDimension() and components_axis:  # [k, j, i, c] -> the file's order
+        view = np.moveaxis(view, -1, view.ndim - 1 - components_axis)
     for k in range(view.shape[0] if view.ndim > 2 else 1):
         part = np.ascontiguousarray(view[k] if view.ndim > 2 else view)
         if np.iscomplexobj(part):
@@ -399,6 +403,7 @@ _NRRD_DTYPES = {"i1": ("signed char", "int8", "int8_t"),
                 "u8": ("ulonglong", "unsigned long long", "unsigned long long int", "uint64",
                        "uint64_t"),
                 "f8": ("double",)}
+_NRRD_DOMAIN_KINDS = ("domain", "space", "time", "none", "???")
 _MAX_HEADER = 1 << 20
 
 
@@ -456,7 +461,9 @@ def _data_files(header: Path, spec: str, rest: list[str]) -> list[Path]:
     return out
 
 
-_Verify = Callable[[], "tuple[bytes, np.dtype] | None"]
+# verify(): None, or (digest of the verified voxel bytes, their dtype, the file's components
+# axis as `_voxel_digest` takes it)
+_Verify = Callable[[], "tuple[bytes, np.dtype, int] | None"]
 
 
 def _check_metaimage(path: Path) -> _Verify | None:
@@ -514,11 +521,11 @@ def _check_metaimage(path: Path) -> _Verify | None:
               for k in ("binarydatabyteordermsb", "elementbyteordermsb"))
     dtype = np.dtype(met).newbyteorder(">" if msb else "<")
 
-    def verify() -> tuple[bytes, np.dtype] | None:
+    def verify() -> tuple[bytes, np.dtype, int] | None:
         if compressed:
             with open(files[0], "rb") as f:
                 return _verify_stream(files[0], f, start, "zlib", expected,
-                                      compressed_size=csize_n), dtype
+                                      compressed_size=csize_n), dtype, 0
         have = sum(q.stat().st_size for q in files) - start - max(skip, 0)
         if have < expected:
             raise InputError(f"{files[0]}: truncated file (its data holds {have} bytes, the "
@@ -570,8 +577,12 @@ def _check_nrrd(path: Path) -> _Verify | None:
 
     dtype = np.dtype(base).newbyteorder(">" if fields.get("endian", "").lower() == "big"
                                         else "<")
+    # ITK reads a range axis (a list of frames, a vector) as each voxel's components
+    ranges = [n for n, kind in enumerate(fields.get("kinds", "").lower().split())
+              if kind not in _NRRD_DOMAIN_KINDS]
+    list_axis = ranges[0] if len(ranges) == 1 else 0
 
-    def verify() -> tuple[bytes, np.dtype] | None:
+    def verify() -> tuple[bytes, np.dtype, int] | None:
         with open(files[0], "rb") as f:
             f.seek(start)
             for _ in range(max(0, line_skip)):
@@ -588,7 +599,7 @@ def _check_nrrd(path: Path) -> _Verify | None:
                 _verify_stream(files[0], f, begin, encoding, expected, exact=False)
                 return None
             return _verify_stream(files[0], f, begin, encoding, expected + byte_skip,
-                                  skip=byte_skip), dtype
+                                  skip=byte_skip), dtype, list_axis
     return verify
 
 
@@ -694,7 +705,7 @@ def _read_sitk_file(path: Path, frames: FrameChoice | None = None):
         img = reader.Execute()
     except RuntimeError as exc:
         raise _sitk_error(path, exc) from None
-    if checked is not None and _voxel_digest(img, checked[1]) != checked[0]:
+    if checked is not None and _voxel_digest(img, checked[1], checked[2]) != checked[0]:
         # the stream is intact but ITK read other values from it: the header (not covered by
         # any checksum) was altered, e.g. its type, byte order or matrix
         raise _corrupted(path, "the voxels read differ from the verified compressed data: "
