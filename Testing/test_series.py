@@ -13,6 +13,8 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -229,6 +231,54 @@ def test_gzip_nrrd_with_the_list_axis_last(tmp_path):
     cut.write_bytes(paths["gzip"].read_bytes()[:-100])
     with pytest.raises(InputError, match="corrupted"):
         S.read_series(cut)
+
+
+def _declared_huge_nrrd(path, frames=32000, shape=(64, 64, 16)):
+    """A valid gzip NRRD of `frames` int16 frames (4.2 GB of zeros for the default) in 4 MB:
+    one gzip member of 1 MiB of zeros, repeated."""
+    n = frames * int(np.prod(shape)) * 2
+    member = gzip.compress(bytes(1 << 20), 9)
+    header = (f"NRRD0004\ntype: short\ndimension: 4\nsizes: {' '.join(map(str, shape))} "
+              f"{frames}\nendian: little\nencoding: gzip\n\n")
+    with open(path, "wb") as f:
+        f.write(header.encode())
+        for _ in range(n >> 20):
+            f.write(member)
+        f.write(gzip.compress(bytes(n & ((1 << 20) - 1))))
+
+
+def test_frames_bound_covers_what_itk_reads_whole(tmp_path):
+    # issue 26 #11: ITK reads a NRRD or MetaImage whole: --frames 0 of 32,000 frames of
+    # 64 x 64 x 16 peaked at 4.9 GB. Every frame counts now, refused from the header. The
+    # child may not grow its address space by more than 1.5 GiB, so a reader that tried to
+    # allocate the file fails there instead of taking the memory
+    _declared_huge_nrrd(tmp_path / "huge.nrrd")
+    (tmp_path / "huge.mha").write_text(
+        "ObjectType = Image\nNDims = 4\nDimSize = 64 64 16 32000\nElementType = MET_SHORT\n"
+        "ElementDataFile = huge.raw\n")
+    (tmp_path / "huge.raw").write_bytes(bytes(1024))
+    code = ("import resource, sys, pathlib\n"
+            f"sys.path.insert(0, {str(ROOT / 'MotionSSIM')!r})\n"
+            "from MotionSSIMLib.series import read_series\n"
+            "from MotionSSIMLib.errors import InputError\n"
+            "def status(key):\n"
+            " return [int(x.split()[1]) for x in pathlib.Path('/proc/self/status')"
+            ".read_text().splitlines() if x.startswith(key)][0] * 1024\n"
+            "lim = status('VmSize') + 3 * 2**29\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (lim, lim))\n"
+            "before = status('VmRSS')\n"
+            f"for name in ('huge.nrrd', 'huge.mha'):\n"
+            f" try:\n  read_series({str(tmp_path)!r} + '/' + name, frames='0')\n"
+            " except InputError as e:\n  print(e)\n"
+            "print((status('VmHWM') - before) // 2**20)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         encoding="utf-8", timeout=120)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3, out
+    for line, name in zip(lines, ("huge.nrrd", "huge.mha")):
+        assert name in line and "too large (32000 frames of 64x64x16" in line, out
+        assert "read whole, whatever --frames chooses" in line, out
+    assert int(lines[-1]) < 100, lines  # MB beyond the imports: nothing was read
 
 
 def test_dicom_time_points_read_as_frames(tmp_path):

@@ -119,8 +119,17 @@ def check_budget(path: str | Path, size_ijk, spacing_ijk=(1.0, 1.0, 1.0)) -> Non
                 f"{MAX_SLICE_PIXELS}, which keeps the assessment within {MEMORY_BOUND_GB} GB)")
 
 
-def _choose_frames(path: Path, frames: FrameChoice, n: int, size3) -> list[int]:
-    """The frames `frames` picks among n, within MAX_SERIES_VOXELS together."""
+def _choose_frames(path: Path, frames: FrameChoice, n: int, size3,
+                   whole: bool = False) -> list[int]:
+    """The frames `frames` picks among n, within MAX_SERIES_VOXELS together; `whole`: the
+    reader reads every frame whatever is chosen (ITK: NRRD, MetaImage), so all must fit."""
+    size = "x".join(str(int(v)) for v in size3)
+    every = int(np.prod([int(v) for v in size3], dtype=np.int64)) * int(n)
+    if whole and every > MAX_SERIES_VOXELS:  # refused before any frame is chosen or read
+        raise InputError(f"{path}: too large ({int(n)} frames of {size}, {every} voxels; at "
+                         f"most {MAX_SERIES_VOXELS}, which keeps the assessment within "
+                         f"{MEMORY_BOUND_GB} GB): this format is read whole, whatever --frames "
+                         "chooses; convert it to NIfTI (read frame by frame) or split it")
     try:
         chosen = list(frames(int(n)))
     except ValueError as exc:
@@ -135,17 +144,19 @@ def _choose_frames(path: Path, frames: FrameChoice, n: int, size3) -> list[int]:
 
 
 def _check_header_size(path: Path, size: tuple[int, ...], spacing=None,
-                       frames: FrameChoice | None = None) -> list[int] | None:
+                       frames: FrameChoice | None = None,
+                       whole: bool = False) -> list[int] | None:
     """Checks on an ITK-ordered size (i, j[, k[, t...]]) read from a header. A 4D size is
     refused unless `frames` is given (a series read): then each frame is checked as a 3D
-    volume and the frames chosen are returned (None for a 3D size)."""
+    volume and the frames chosen are returned (None for a 3D size). `whole`: every frame is
+    read (`_choose_frames`)."""
     size = tuple(int(s) for s in size)
     ndim = len(size)
     while len(size) > 3 and size[-1] == 1:
         size = size[:-1]
     chosen = None
     if len(size) == 4 and frames is not None:
-        chosen = _choose_frames(path, frames, size[3], size[:3])
+        chosen = _choose_frames(path, frames, size[3], size[:3], whole)
         size = size[:3]
     if len(size) > 3:
         nvol = int(np.prod(size[3:], dtype=np.int64))
@@ -210,8 +221,9 @@ def _extreme(path: Path, top: float, how: str = "") -> InputError:
                       f"computes with (|value| <= {MAX_ABS_VALUE:.0e})")
 
 
-def _magnitude(path: Path, arr: np.ndarray, how: str) -> np.ndarray:
-    log.warning("%s: %s voxels: their magnitude is assessed", path, how)
+def _magnitude(path: Path, arr: np.ndarray, how: str, note: bool = True) -> np.ndarray:
+    if note:  # once per input: a series converts frame by frame
+        log.warning("%s: %s voxels: their magnitude is assessed", path, how)
     return np.abs(arr).astype(np.float32) if np.iscomplexobj(arr) else \
         np.hypot(arr[..., 0], arr[..., 1], dtype=np.float32)
 
@@ -659,28 +671,36 @@ def _frames_as_components(reader, suffix: str) -> bool:
 
 
 def _sitk_to_series(path: Path, img, chosen: list[int], components: bool):
-    """A 4D SimpleITK image (or a list-axis NRRD's components) as a Series of `chosen`."""
+    """A 4D SimpleITK image (or a list-axis NRRD's components) as a Series of `chosen`.
+    Memory: ITK's buffer and the frames chosen, each copied and converted on its own."""
     import SimpleITK as sitk
 
     from .series import series_from_array
 
     dim = img.GetDimension()
     sp, org, d = img.GetSpacing(), img.GetOrigin(), np.asarray(img.GetDirection())
-    arr = sitk.GetArrayFromImage(img)  # [t, k, j, i], or [k, j, i, t] for components
-    del img
+    view = sitk.GetArrayViewFromImage(img)  # [t, k, j, i], or [k, j, i, t] for components
     if components:
-        arr = np.moveaxis(arr, -1, 0)
+        view = np.moveaxis(view, -1, 0)
         if dim == 2:
-            arr = arr[:, None]
+            view = view[:, None]
             d2 = np.eye(3)
             d2[:2, :2] = d.reshape(2, 2)
             sp, org, d, dim = (*sp, 1.0), (*org, 0.0), d2.reshape(-1), 3
-    if np.iscomplexobj(arr):
-        arr = _magnitude(path, arr, "complex")
-    arr = _compact(path, np.ascontiguousarray(arr[chosen]))
+    out = None
+    for n, t in enumerate(chosen):
+        a = np.array(view[t])  # a copy: the view dies with ITK's buffer
+        if np.iscomplexobj(a):
+            a = _magnitude(path, a, "complex", note=n == 0)
+        a = _compact(path, a)
+        if out is None:
+            out = np.empty((len(chosen), *a.shape), dtype=a.dtype)
+        out[n] = a
+        del a
+    del view
     d3 = d.reshape(dim, dim)[:3, :3]
     flip = np.diag([-1.0, -1.0, 1.0])  # LPS -> RAS
-    return series_from_array(arr, sp[:3], flip @ d3, tuple(flip @ np.asarray(org[:3], float)),
+    return series_from_array(out, sp[:3], flip @ d3, tuple(flip @ np.asarray(org[:3], float)),
                              chosen, None, None, name=str(path))
 
 
@@ -700,7 +720,8 @@ def _read_sitk_file(path: Path, frames: FrameChoice | None = None):
         components = frames is not None and _frames_as_components(reader, suffix)
         size = (*(tuple(reader.GetSize()) + (1, 1))[:3], reader.GetNumberOfComponents()) \
             if components else reader.GetSize()
-        chosen = _check_header_size(path, size, reader.GetSpacing(), frames)
+        # ITK reads a NRRD or MetaImage whole: every frame counts, not the ones chosen
+        chosen = _check_header_size(path, size, reader.GetSpacing(), frames, whole=True)
         checked = verify() if verify is not None else None
         img = reader.Execute()
     except RuntimeError as exc:
@@ -888,7 +909,7 @@ def _read_nifti_frames(path: Path, img, chosen: list[int], unreadable):
         for n, t in enumerate(chosen):
             raw = np.asanyarray(proxy[(slice(None),) * 3 + (t,) + (0,) * (ndim - 4)])
             if np.iscomplexobj(raw):
-                raw = _magnitude(path, raw, "complex")
+                raw = _magnitude(path, raw, "complex", note=n == 0)
             if raw.dtype.names or not np.issubdtype(raw.dtype, np.number):
                 raise InputError(f"{path}: unsupported voxel type {raw.dtype} (RGB or "
                                  "structured voxels); expected one grey-scale value per voxel")
