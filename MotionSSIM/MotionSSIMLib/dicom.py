@@ -6,6 +6,8 @@ size). From the headers: the series in the folder are listed (several series -> 
 their UIDs and descriptions unless one is chosen), slices are ordered by the positions stored in
 the files, and missing slices, duplicate positions, several echoes or time points (4D),
 truncated or unreadable slice files, dangling symlinks and symlink loops are refused by name.
+For a 4D read (`split_frames`) the images at each position are matched into frames by their
+tags; copies of one image, and images that no tag tells apart, are refused by name.
 A multi-frame file's size is checked on its header before its pixels are read. Only then does
 SimpleITK (GDCM) read the pixels of the files chosen, in the order chosen here.
 """

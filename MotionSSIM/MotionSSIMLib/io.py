@@ -16,7 +16,8 @@ within MEMORY_BOUND_GB of memory (README.md, "Command line").
 
 Library chatter (ITK, GDCM, nibabel and numpy warnings) is captured while reading and logged at
 DEBUG level on the "MotionSSIMLib.io" logger: the CLI shows it with --debug only. Notes for the
-user (complex voxels read as their magnitude) are logged at WARNING level.
+user (complex voxels read as their magnitude) are logged at WARNING level, after the capture:
+the CLI prints them as `note: ...` lines.
 """
 
 from __future__ import annotations
@@ -232,17 +233,33 @@ def _magnitude(path: Path, arr: np.ndarray, how: str, note: bool = True) -> np.n
 # Library output: captured, shown with --debug
 
 
+class _Held(logging.Handler):
+    """Notes (WARNING and above) logged while fd 2 is captured, handed on once it is restored:
+    they are for the user, and a handler writing to stderr would write into the capture."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @contextlib.contextmanager
 def _captured(path: Path) -> Iterator[None]:
     """Capture Python warnings and what C++ libraries (ITK, GDCM) print on stderr while
     reading, and log them at DEBUG level: the user sees one line per problem, not the chatter
     of four libraries. The file descriptor 2 is redirected to a temporary file meanwhile, in
-    the main thread only: it is process-wide, and two threads swapping it would lose it."""
+    the main thread only: it is process-wide, and two threads swapping it would lose it.
+    Notes logged meanwhile are held and logged after (`_Held`)."""
     saved = tmp = None
     if threading.current_thread() is not threading.main_thread():
         with np.errstate(all="ignore"):  # thread-local; the warning filters are not
             yield
         return
+    held, propagate = _Held(), log.propagate
+    log.addHandler(held)
+    log.propagate = False
     try:
         sys.stderr.flush()
         tmp = tempfile.TemporaryFile()
@@ -262,6 +279,8 @@ def _captured(path: Path) -> Iterator[None]:
                 sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+        log.removeHandler(held)
+        log.propagate = propagate
         if tmp is not None:
             tmp.seek(0)
             text = tmp.read(65536).decode("utf-8", "replace")
@@ -271,6 +290,8 @@ def _captured(path: Path) -> Iterator[None]:
                     log.debug("%s: %s", path, line.strip())
         for w in caught:
             log.debug("%s: %s: %s", path, w.category.__name__, w.message)
+        for record in held.records:
+            log.handle(record)
 
 
 # ---------------------------------------------------------------------------------------------
