@@ -340,12 +340,16 @@ def test_dicom_volumes_told_apart_by_another_tag_with_instances_per_volume(tmp_p
 
 
 def test_dicom_volumes_no_tag_tells_apart_refused_naming_the_tags(tmp_path):
-    # the same without any such tag: refused, naming what could separate them; and instance
-    # numbers that restart in reverse order do not order them either (they are not unique)
+    # the same without any such tag: refused, naming what could separate them; instance
+    # numbers that restart in reverse order do not order them either (they are not unique),
+    # nor acquisition times whose order alternates between positions (frames would overlap)
     frames = [_head(seed=t) + 300 * t for t in range(2)]
-    for name, instance in (("restart", lambda t, k: k + 1),
-                           ("reversed", lambda t, k: k + 1 if t == 0 else 10 - k)):
-        folder = write_dicom_4d(tmp_path / name, frames, lambda t: {}, instance=instance)
+    alternating = lambda t, k: {"0008|0032": f"1200{2 * k + (t + k) % 2:02d}"}  # noqa: E731
+    for name, instance, tags_of in (("restart", lambda t, k: k + 1, lambda t: {}),
+                                    ("reversed", lambda t, k: k + 1 if t == 0 else 10 - k,
+                                     lambda t: {}),
+                                    ("alternating", lambda t, k: k + 1, alternating)):
+        folder = write_dicom_4d(tmp_path / name, frames, tags_of, instance=instance)
         with pytest.raises(InputError) as info:
             S.read_series(folder)
         msg = str(info.value)

@@ -506,7 +506,7 @@ def _match_frames(folder: Path, groups: list[list[DicomHeader]], order: str | No
                   instance_repeats: bool) -> tuple[list[list[DicomHeader]] | None, str]:
     """Frames from the images at each position sorted by `_frame_key(order)`, or None and why
     not: two images with one key (a tie), a frame mixing identities (time points, b-values,
-    echoes) over its positions, or an order value not separating frames of one identity."""
+    echoes) over its positions, or a time not separating the frames of one identity."""
     ordered = []
     for g in groups:
         keyed = sorted(((_frame_key(h, order), n, h) for n, h in enumerate(g)),
@@ -524,7 +524,9 @@ def _match_frames(folder: Path, groups: list[list[DicomHeader]], order: str | No
                 return None, (f"{folder}: frame {t} mixes {a.replace('_', ' ')}s "
                               f"{', '.join(sorted(values)[:3])}: the images at each position "
                               "cannot be matched into volumes")
-    if order is not None:  # frames of one identity must follow each other, not interleave
+    if order not in (None, "instance"):
+        # a time orders the frames of one identity only if they follow each other (unique
+        # instance numbers are trusted as before: a scanner numbers volume- or slice-major)
         latest: dict[tuple[str, ...], float] = {}  # identity -> the last frame's maximum
         for f in frames:
             vals = [_order_value(h, order) for h in f]
