@@ -162,6 +162,23 @@ def test_shared_positions_refused_as_duplicates(tmp_path):
     _refused(tmp_path / "s", "duplicate slice position")
 
 
+def test_series_far_from_the_isocentre_read_and_checked(tmp_path):
+    # issue 26 #18: the position tolerance was 1e-3 x |z| (1.2 mm at 1200 mm), more than a
+    # 1 mm spacing: the series was refused; it follows the spacing and pixel size now
+    arr = _head()
+    write_series(tmp_path / "s", arr, step=1.0, z0=1200.0)
+    vol = read_volume(tmp_path / "s")
+    assert np.array_equal(vol.array, arr) and np.isclose(vol.spacing[2], 1.0, atol=1e-4)
+    z = [1200.0 + k for k in range(20)]
+    z[10] = z[9]  # a duplicated position and a gap there are still found
+    write_series(tmp_path / "d", arr, positions=z)
+    _refused(tmp_path / "d", "duplicate slice position 1209.000")
+    z = [1200.0 + k for k in range(20)]
+    z[10] += 0.2
+    write_series(tmp_path / "u", arr, positions=z)
+    _refused(tmp_path / "u", "uneven slice spacing")
+
+
 def test_mixed_orientation_refused(tmp_path):
     write_series(tmp_path / "s", _head(),
                  extra={3: {"0020|0037": "1\\0\\0\\0\\0\\-1"}})

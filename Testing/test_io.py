@@ -207,6 +207,26 @@ def test_complex_voxels_read_as_magnitude_with_a_note(tmp_path, caplog):
                    for r in caplog.records), p
 
 
+def test_complex_note_shown_without_debug_once_per_input(tmp_path):
+    # issue 26 #17: the note was logged while io captured fd 2 (library chatter), so only
+    # --debug showed it; a 4D input noted it once per frame
+    rng = np.random.default_rng(5)
+    mag = np.transpose(_head(), (2, 1, 0)).astype(np.float32)
+    z = mag * np.exp(1j * rng.uniform(-np.pi, np.pi, mag.shape))
+    nib.save(nib.Nifti1Image(z.astype(np.complex64), np.eye(4)), tmp_path / "c3.nii.gz")
+    nib.save(nib.Nifti1Image(np.stack([z] * 3, -1).astype(np.complex64), np.eye(4)),
+             tmp_path / "c4.nii.gz")
+    out = subprocess.run(
+        [sys.executable, "-m", "MotionSSIMLib", "assess", str(tmp_path / "c3.nii.gz"),
+         str(tmp_path / "c4.nii.gz"), "--out", str(tmp_path / "out"), "--device", "cpu",
+         "--no-progress", "--tta", "1"], capture_output=True, text=True, encoding="utf-8",
+        env={**os.environ, "PYTHONPATH": str(ROOT / "MotionSSIM")}, timeout=300)
+    assert out.returncode == 0, out
+    notes = out.stderr.strip().splitlines()
+    assert notes == [f"note: {tmp_path / n}: complex voxels: their magnitude is assessed"
+                     for n in ("c3.nii.gz", "c4.nii.gz")], out.stderr
+
+
 @pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
 def test_vector_images_refused(tmp_path, suffix):
     v = np.stack([_head(), _head(seed=1), _head(seed=2)], axis=-1)

@@ -9,8 +9,12 @@ order. Frame and slice indices and positions are checked against the geometry wr
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -80,23 +84,26 @@ def _head(n=10, seed=0):
     return a.astype(np.int16)
 
 
-def write_dicom_4d(folder, frames, tags_of, step=2.5, z0=-10.0, seed=1):
+def write_dicom_4d(folder, frames, tags_of, step=2.5, z0=-10.0, seed=1, instance=None):
     """Frames [t][k, j, i] as one DICOM series, one file per image, written in shuffled order
-    under names that say nothing of the order; instance numbers run frame by frame."""
+    under names that say nothing of the order; instance numbers run frame by frame (or
+    `instance(t, k)`; `tags_of(t)` or `tags_of(t, k)` adds tags)."""
     folder.mkdir(parents=True, exist_ok=True)
     uid = "1.2.826.0.1.3680043.2.1125.77"
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     jobs = [(t, k) for t in range(len(frames)) for k in range(frames[t].shape[0])]
     order = np.random.default_rng(seed).permutation(len(jobs))
-    for n in order:
-        t, k = jobs[n]
+    per_image = tags_of.__code__.co_argcount == 2
+    for n, job in enumerate(order):  # file n holds a random image: names tell nothing
+        t, k = jobs[job]
         sl = sitk.GetImageFromArray(frames[t][k])
         sl.SetSpacing((0.8, 0.9))
         tags = {"0008|0060": "MR", "0020|000e": uid, "0008|103e": "4D test",
                 "0020|0032": f"-20\\-15\\{z0 + step * k:.4f}", "0020|0037": "1\\0\\0\\0\\1\\0",
-                "0020|0013": str(t * 100 + k + 1), "0008|0018": f"{uid}.{t}.{k}"}
-        tags.update(tags_of(t))
+                "0020|0013": str(t * 100 + k + 1 if instance is None else instance(t, k)),
+                "0008|0018": f"{uid}.{t}.{k}"}
+        tags.update(tags_of(t, k) if per_image else tags_of(t))
         for tag, value in tags.items():
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"img{n:05d}.dcm"))
@@ -202,6 +209,78 @@ def test_nrrd_4d_and_list_axis_nrrd(tmp_path):
         S.read_series(tmp_path / "vector.nrrd")
 
 
+def test_gzip_nrrd_with_the_list_axis_last(tmp_path):
+    # issue 26 #16: ITK reads a list axis as each voxel's components wherever the file puts
+    # it; the verified data (file order) was compared with ITK's order: "corrupted"
+    frames = np.random.default_rng(4).random((3, 8, 20, 24)).astype(np.float32)
+    paths = {}
+    for encoding in ("raw", "gzip"):
+        header = ("NRRD0004\ntype: float\ndimension: 4\nspace: left-posterior-superior\n"
+                  "sizes: 24 20 8 3\nspace directions: (0.7,0,0) (0,0.8,0) (0,0,3) none\n"
+                  f"kinds: domain domain domain list\nendian: little\n"
+                  f"encoding: {encoding}\nspace origin: (5,-4,2)\n\n")
+        data = frames.astype("<f4").tobytes()  # x fastest, frames slowest
+        paths[encoding] = p = tmp_path / f"{encoding}.nrrd"
+        p.write_bytes(header.encode() + (gzip.compress(data) if encoding == "gzip" else data))
+        s = S.read_series(p, frames="0,2")
+        assert s.frame_indices == (0, 2) and s.n_input_frames == 3, encoding
+        assert np.array_equal(s.array, frames[[0, 2]]), encoding
+        assert np.allclose(s.spacing, (0.7, 0.8, 3.0)), encoding
+    # still verified to the end of its stream
+    cut = tmp_path / "cut.nrrd"
+    cut.write_bytes(paths["gzip"].read_bytes()[:-100])
+    with pytest.raises(InputError, match="corrupted"):
+        S.read_series(cut)
+
+
+def _declared_huge_nrrd(path, frames=32000, shape=(64, 64, 16)):
+    """A valid gzip NRRD of `frames` int16 frames (4.2 GB of zeros for the default) in 4 MB:
+    one gzip member of 1 MiB of zeros, repeated."""
+    n = frames * int(np.prod(shape)) * 2
+    member = gzip.compress(bytes(1 << 20), 9)
+    header = (f"NRRD0004\ntype: short\ndimension: 4\nsizes: {' '.join(map(str, shape))} "
+              f"{frames}\nendian: little\nencoding: gzip\n\n")
+    with open(path, "wb") as f:
+        f.write(header.encode())
+        for _ in range(n >> 20):
+            f.write(member)
+        f.write(gzip.compress(bytes(n & ((1 << 20) - 1))))
+
+
+def test_frames_bound_covers_what_itk_reads_whole(tmp_path):
+    # issue 26 #11: ITK reads a NRRD or MetaImage whole: --frames 0 of 32,000 frames of
+    # 64 x 64 x 16 peaked at 4.9 GB. Every frame counts now, refused from the header. The
+    # child may not grow its address space by more than 1.5 GiB, so a reader that tried to
+    # allocate the file fails there instead of taking the memory
+    _declared_huge_nrrd(tmp_path / "huge.nrrd")
+    (tmp_path / "huge.mha").write_text(
+        "ObjectType = Image\nNDims = 4\nDimSize = 64 64 16 32000\nElementType = MET_SHORT\n"
+        "ElementDataFile = huge.raw\n")
+    (tmp_path / "huge.raw").write_bytes(bytes(1024))
+    code = ("import resource, sys, pathlib\n"
+            f"sys.path.insert(0, {str(ROOT / 'MotionSSIM')!r})\n"
+            "from MotionSSIMLib.series import read_series\n"
+            "from MotionSSIMLib.errors import InputError\n"
+            "def status(key):\n"
+            " return [int(x.split()[1]) for x in pathlib.Path('/proc/self/status')"
+            ".read_text().splitlines() if x.startswith(key)][0] * 1024\n"
+            "lim = status('VmSize') + 3 * 2**29\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (lim, lim))\n"
+            "before = status('VmRSS')\n"
+            f"for name in ('huge.nrrd', 'huge.mha'):\n"
+            f" try:\n  read_series({str(tmp_path)!r} + '/' + name, frames='0')\n"
+            " except InputError as e:\n  print(e)\n"
+            "print((status('VmHWM') - before) // 2**20)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         encoding="utf-8", timeout=120)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3, out
+    for line, name in zip(lines, ("huge.nrrd", "huge.mha")):
+        assert name in line and "too large (32000 frames of 64x64x16" in line, out
+        assert "read whole, whatever --frames chooses" in line, out
+    assert int(lines[-1]) < 100, lines  # MB beyond the imports: nothing was read
+
+
 def test_dicom_time_points_read_as_frames(tmp_path):
     frames = [_head() + 300 * t for t in range(3)]
     folder = write_dicom_4d(tmp_path / "fmri", frames, lambda t: {"0020|0100": str(t + 1)})
@@ -229,6 +308,81 @@ def test_dicom_b_values_in_acquisition_order_and_incomplete_refused(tmp_path):
     os.unlink(sorted(folder.iterdir())[0])
     with pytest.raises(InputError, match="incomplete 4D series"):
         S.read_series(folder)
+
+
+def _same_frames(s, frames):
+    """Every frame read is one frame written, each once, as labelled (never a mix)."""
+    found = [next((t for t, f in enumerate(frames) if np.array_equal(a, f)), None)
+             for a in s.array]
+    assert sorted(found, key=str) == list(range(len(frames))), found
+    return found
+
+
+@pytest.mark.parametrize("told_by, tags_of", [
+    ("acquisition time", lambda t, k: {"0008|0032": f"10{t:02d}{k:02d}.250000"}),
+    ("trigger time", lambda t, k: {"0018|1060": f"{40 * t + 0.01 * k:.2f}"}),
+    ("diffusion direction", lambda t, k: {"0018|9087": "1000",
+                                          "0018|9089": ("0\\1\\0", "1\\0\\0", "0\\0\\1")[t]}),
+])
+def test_dicom_volumes_told_apart_by_another_tag_with_instances_per_volume(tmp_path, told_by,
+                                                                             tags_of):
+    # issue 26 #5: instance numbers restart in each volume, so they tie at every position;
+    # the volumes differ only in a tag the sort key did not use: frames mixed both volumes
+    frames = [_head(seed=t) + 300 * t for t in range(3)]
+    folder = write_dicom_4d(tmp_path / "s", frames, tags_of, instance=lambda t, k: k + 1)
+    s = S.read_series(folder)
+    found = _same_frames(s, frames)
+    if told_by == "diffusion direction":
+        assert [s.frame_labels[t] for t in np.argsort(found)] == [
+            "dir=0,1,0", "dir=1,0,0", "dir=0,0,1"]
+    else:
+        assert found == [0, 1, 2]  # acquisition order
+
+
+def test_dicom_volumes_no_tag_tells_apart_refused_naming_the_tags(tmp_path):
+    # the same without any such tag: refused, naming what could separate them; instance
+    # numbers that restart in reverse order do not order them either (they are not unique),
+    # nor acquisition times whose order alternates between positions (frames would overlap)
+    frames = [_head(seed=t) + 300 * t for t in range(2)]
+    alternating = lambda t, k: {"0008|0032": f"1200{2 * k + (t + k) % 2:02d}"}  # noqa: E731
+    for name, instance, tags_of in (("restart", lambda t, k: k + 1, lambda t: {}),
+                                    ("reversed", lambda t, k: k + 1 if t == 0 else 10 - k,
+                                     lambda t: {}),
+                                    ("alternating", lambda t, k: k + 1, alternating)):
+        folder = write_dicom_4d(tmp_path / name, frames, tags_of, instance=instance)
+        with pytest.raises(InputError) as info:
+            S.read_series(folder)
+        msg = str(info.value)
+        assert "\n" not in msg and str(folder) in msg, msg
+        for tag in ("cannot be separated", "instance numbers repeat", "AcquisitionTime",
+                    "TemporalPositionIdentifier", "DiffusionGradientOrientation"):
+            assert tag in msg, msg
+
+
+def test_fully_duplicated_dicom_folder_refused_as_duplicates(tmp_path):
+    # issue 26 #6: every file copied under another name read as a 2-frame series
+    folder = write_dicom_4d(tmp_path / "s", [_head()], lambda t: {})
+    for p in sorted(folder.iterdir()):
+        shutil.copy(p, folder / f"copy of {p.name}")
+    with pytest.raises(InputError, match="duplicate images.*same image.*SOPInstanceUID"):
+        S.read_series(folder)
+    with pytest.raises(InputError, match="duplicate slice position"):
+        read_volume(folder)  # the 3D reader, as for one duplicated slice
+    # copies given new UIDs: the same tags and identical pixel data at each position
+    again = write_dicom_4d(tmp_path / "uids", [_head(), _head()], lambda t: {},
+                           instance=lambda t, k: k + 1)
+    with pytest.raises(InputError, match="duplicate images.*identical pixel data"):
+        S.read_series(again)
+
+
+def test_dicom_4d_far_from_the_isocentre(tmp_path):
+    # issue 26 #18: at z = 1200 mm a tolerance of 1e-3 x |z| (1.2 mm) exceeded the 1 mm spacing
+    frames = [_head() + 300 * t for t in range(2)]
+    folder = write_dicom_4d(tmp_path / "s", frames, lambda t: {"0020|0100": str(t + 1)},
+                            step=1.0, z0=1200.0)
+    s = S.read_series(folder)
+    assert s.n_frames == 2 and np.array_equal(s.array, np.stack(frames))
+    assert np.allclose(s.spacing, (0.8, 0.9, 1.0)) and np.isclose(s.origin[2], 1200.0)
 
 
 # --------------------------------------------------------------------------- assessment + CLI

@@ -42,6 +42,26 @@ def _say(text: object, file=None) -> None:
     print(printable(text), file=file or sys.stdout, flush=True)
 
 
+class _Notes(logging.Handler):
+    """Notes for the user (warnings of MotionSSIMLib, e.g. complex voxels read as their
+    magnitude): one line `note: ...` on the stderr of the moment (the archive mode replaces
+    it while it keeps library output off the terminal), above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        from .report import printable
+
+        tqdm.write(printable(f"note: {record.getMessage()}"), file=sys.stderr)
+
+
+def show_notes() -> None:
+    """Show MotionSSIMLib's notes on stderr (once, however often the CLI runs in a process)."""
+    lib = logging.getLogger("MotionSSIMLib")
+    if not any(isinstance(h, _Notes) for h in lib.handlers):
+        lib.addHandler(_Notes(logging.WARNING))
+
+
 def _about(path: Path, exc: BaseException) -> str:
     """The error line of an input: the message, prefixed with the input when it does not
     already name it (errors raised on a volume, not a file)."""
@@ -115,6 +135,7 @@ def run_assess(args: argparse.Namespace) -> int:
     from .report import check_writable, printable, read_true_ssim, report_name, write_report
     from .series import Series, frame_chooser, read_series
 
+    show_notes()
     if args.debug:  # the image libraries' output, captured by io while reading
         logging.basicConfig(level=logging.DEBUG, format="debug: %(message)s")
     try:

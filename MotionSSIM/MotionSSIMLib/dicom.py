@@ -6,12 +6,15 @@ size). From the headers: the series in the folder are listed (several series -> 
 their UIDs and descriptions unless one is chosen), slices are ordered by the positions stored in
 the files, and missing slices, duplicate positions, several echoes or time points (4D),
 truncated or unreadable slice files, dangling symlinks and symlink loops are refused by name.
+For a 4D read (`split_frames`) the images at each position are matched into frames by their
+tags; copies of one image, and images that no tag tells apart, are refused by name.
 A multi-frame file's size is checked on its header before its pixels are read. Only then does
 SimpleITK (GDCM) read the pixels of the files chosen, in the order chosen here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import stat
@@ -49,12 +52,15 @@ _WANTED = {
     0x00189087: ("b_value", False), 0x00280008: ("frames", False),
     0x00280010: ("rows", True), 0x00280011: ("columns", True),
     0x00280100: ("bits_allocated", True), 0x00280002: ("samples", True),
-    0x00280030: ("pixel_spacing", False),
+    0x00280030: ("pixel_spacing", False), 0x00080018: ("sop_uid", False),
+    0x00080032: ("acquisition_time", False), 0x00189089: ("gradient", False),
 }
+_BINARY_DOUBLES = ("b_value", "gradient")  # FD in the standard dictionary
 # Attributes that tell two images at one position apart: a 4D series, not a duplicate.
 _FOURTH_DIMENSION = (("echo_number", "echoes"), ("echo_time", "echo times"),
                      ("temporal_position", "time points"), ("trigger_time", "trigger times"),
-                     ("b_value", "b-values"), ("acquisition", "acquisitions"))
+                     ("b_value", "b-values"), ("gradient", "diffusion directions"),
+                     ("acquisition", "acquisitions"))
 
 
 class _Truncated(Exception):
@@ -215,9 +221,9 @@ def read_header(path: Path) -> DicomHeader | None:
                 name, binary = want
                 if binary and n >= 2:
                     hdr.tags[name] = int(struct.unpack(e + "H", value[:2])[0])
-                elif name == "b_value" and n == 8 and vr in (b"FD", b""):
-                    # Diffusion b-value is FD (a binary double) in the standard dictionary
-                    hdr.tags[name] = f"{struct.unpack(e + 'd', value)[0]:g}"
+                elif name in _BINARY_DOUBLES and n and n % 8 == 0 and vr in (b"FD", b""):
+                    hdr.tags[name] = "\\".join(
+                        f"{v:g}" for v in struct.unpack(f"{e}{n // 8}d", value))
                 elif not binary:
                     hdr.tags[name] = value.decode("ascii", "replace").strip("\0 ")
     except _Truncated:
@@ -324,6 +330,20 @@ def _fourth_dimension(a: DicomHeader, b: DicomHeader) -> str | None:
     return None
 
 
+def _position_tolerance(z: np.ndarray, hdr: DicomHeader) -> float:
+    """How close two images must lie along the normal to share a slice position. Positions
+    are decimal strings rounded by their writer, hence a tolerance: a small share of the pixel
+    size and of the slice spacing, never of the distance from the isocentre (1e-3 x |z| was
+    1.2 mm at 1200 mm, more than a 1 mm spacing)."""
+    ps = hdr.numbers("pixel_spacing", 2)
+    pixel = float(ps.min()) if ps is not None and ps.min() > 0 else 1.0
+    steps = np.diff(np.sort(z))
+    # between positions: the steps near the largest (most steps of a 4D series are ~0)
+    between = steps[steps > 0.3 * steps.max()] if steps.size else steps
+    spacing = float(np.median(between)) if between.size else 0.0
+    return 1e-3 + 0.05 * min(pixel, spacing if spacing > 0 else pixel)
+
+
 def order_slices(folder: Path, headers: list[DicomHeader]) -> tuple[list[DicomHeader], float]:
     """The slices of one series ordered along their normal, and the slice spacing, from the
     positions stored in the files. Refuses mixed orientations or matrix sizes, missing
@@ -364,7 +384,7 @@ def order_slices(folder: Path, headers: list[DicomHeader]) -> tuple[list[DicomHe
     hs = [headers[i] for i in order]
     z = np.asarray(pos)[order]
     steps = np.diff(z)
-    tol = 1e-3 + 1e-3 * float(np.abs(z).max())  # positions are decimal strings
+    tol = _position_tolerance(z, first)
     same = np.flatnonzero(steps <= tol)
     if same.size:
         a, b = hs[same[0]], hs[same[0] + 1]
@@ -394,28 +414,141 @@ def order_slices(folder: Path, headers: list[DicomHeader]) -> tuple[list[DicomHe
     return hs, step
 
 
-# What tells the frames of a 4D series apart, and how a frame is labelled by it. Images at one
-# position are put in acquisition order (these values, then the instance number); within a
-# frame, each attribute that varies between frames must be the same at every position.
+# What tells the frames of a 4D series apart. Identity attributes name a frame (the same at
+# each of its positions) and label it. The images of one identity at a position are put in
+# acquisition order by the first order attribute that does so consistently; instance numbers
+# only when unique in the series (numbers restarting per volume order nothing).
 _FRAME_LABELS = (("temporal_position", "t="), ("echo_number", "echo "), ("b_value", "b="),
-                 ("echo_time", "TE="), ("acquisition", "acq "))
+                 ("gradient", "dir="), ("echo_time", "TE="), ("acquisition", "acq "))
+_ORDER = ("instance", "trigger_time", "acquisition_time")
+# DICOM keywords of what can tell frames apart, named when nothing does
+_SEPARATING_TAGS = ("TemporalPositionIdentifier (0020,0100), AcquisitionNumber (0020,0012), "
+                    "EchoNumbers (0018,0086), EchoTime (0018,0081), DiffusionBValue (0018,9087),"
+                    " DiffusionGradientOrientation (0018,9089), TriggerTime (0018,1060), "
+                    "AcquisitionTime (0008,0032)")
 
 
-def _frame_key(h: DicomHeader) -> tuple[float, ...]:
-    vals = [h.number(a) for a in ("temporal_position", "echo_number", "acquisition",
-                                  "instance")]
-    return tuple(float("inf") if v is None else v for v in vals)
+def _seconds(tm: str) -> float | None:
+    """A DICOM time (HHMMSS.FFFFFF, or the old HH:MM:SS) in seconds after midnight."""
+    t = tm.replace(":", "").strip()
+    try:
+        return int(t[:2]) * 3600 + int(t[2:4] or 0) * 60 + float(t[4:] or 0)
+    except ValueError:
+        return None
+
+
+def _order_value(h: DicomHeader, attr: str) -> float | None:
+    return _seconds(h.text(attr)) if attr == "acquisition_time" else h.number(attr)
+
+
+def _frame_key(h: DicomHeader, order: str | None) -> tuple[float, ...]:
+    inf = float("inf")
+    head = [h.number(a) for a in ("temporal_position", "echo_number", "acquisition")]
+    mid = [] if order is None else [_order_value(h, order)]
+    gradient = h.numbers("gradient", 3)
+    tail = [h.number("echo_time"), h.number("b_value"),
+            *(gradient if gradient is not None else (inf,) * 3)]
+    return tuple(inf if v is None else float(v) for v in (*head, *mid, *tail))
+
+
+def _usable_order(headers: list[DicomHeader], attr: str) -> bool:
+    vals = [_order_value(h, attr) for h in headers]
+    if any(v is None for v in vals):
+        return False
+    return attr != "instance" or len(set(vals)) == len(vals)
+
+
+def _pixel_digest(h: DicomHeader) -> bytes:
+    """BLAKE2b of a file's pixel data as stored (to its end when encapsulated)."""
+    digest = hashlib.blake2b(digest_size=16)
+    left = h.pixel_length if h.pixel_length not in (-1, _UNDEFINED) else None
+    with open(h.path, "rb") as f:
+        f.seek(h.pixel_offset)
+        while left is None or left > 0:
+            chunk = f.read(1 << 20 if left is None else min(left, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return digest.digest()
+
+
+def _refuse_copies(folder: Path, headers: list[DicomHeader]) -> None:
+    """Refuse a series holding one image twice (a folder copied into itself under other
+    names): the same SOPInstanceUID in two files is the same image, not another frame."""
+    seen: dict[str, DicomHeader] = {}
+    pairs = []
+    for h in headers:
+        uid = h.text("sop_uid")
+        if uid and uid in seen:
+            pairs.append((seen[uid], h))
+        seen.setdefault(uid, h)
+    if pairs:
+        a, b = pairs[0]
+        raise InputError(f"{folder}: duplicate images: {a.path.name} and {b.path.name} hold "
+                         f"the same image (SOPInstanceUID {a.text('sop_uid')[:64]}; "
+                         f"{len(pairs)} file(s) are copies of others): remove the copies")
+
+
+def _tie(folder: Path, a: DicomHeader, b: DicomHeader, instance_repeats: bool) -> str:
+    """Why two images at one position cannot be put in two frames."""
+    if _pixel_digest(a) == _pixel_digest(b):
+        return (f"{folder}: duplicate images: {a.path.name} and {b.path.name} hold identical "
+                "pixel data at one slice position with the same tags: remove the copies")
+    restart = ("; instance numbers repeat (numbered per volume)" if instance_repeats else "")
+    return (f"{folder}: {a.path.name} and {b.path.name} lie at one slice position and no tag "
+            f"read tells their volumes apart{restart}: the frames cannot be separated; tags "
+            f"that could: {_SEPARATING_TAGS}; or put each volume in its own folder")
+
+
+def _match_frames(folder: Path, groups: list[list[DicomHeader]], order: str | None,
+                  instance_repeats: bool) -> tuple[list[list[DicomHeader]] | None, str]:
+    """Frames from the images at each position sorted by `_frame_key(order)`, or None and why
+    not: two images with one key (a tie), a frame mixing identities (time points, b-values,
+    echoes) over its positions, or a time not separating the frames of one identity."""
+    ordered = []
+    for g in groups:
+        keyed = sorted(((_frame_key(h, order), n, h) for n, h in enumerate(g)),
+                       key=lambda x: x[:2])
+        for (ka, _, a), (kb, _, b) in zip(keyed, keyed[1:]):
+            if ka == kb:
+                return None, _tie(folder, a, b, instance_repeats)
+        ordered.append([h for _, _, h in keyed])
+    frames = [[g[t] for g in ordered] for t in range(len(ordered[0]))]
+    varying = [a for a, _ in _FRAME_LABELS if len({f[0].text(a) for f in frames}) > 1]
+    for t, f in enumerate(frames):
+        for a in varying:
+            values = {h.text(a) for h in f}
+            if len(values) > 1:
+                return None, (f"{folder}: frame {t} mixes {a.replace('_', ' ')}s "
+                              f"{', '.join(sorted(values)[:3])}: the images at each position "
+                              "cannot be matched into volumes")
+    if order not in (None, "instance"):
+        # a time orders the frames of one identity only if they follow each other (unique
+        # instance numbers are trusted as before: a scanner numbers volume- or slice-major)
+        latest: dict[tuple[str, ...], float] = {}  # identity -> the last frame's maximum
+        for f in frames:
+            vals = [_order_value(h, order) for h in f]
+            ident = tuple(f[0].text(a) for a in varying)
+            if ident in latest and latest[ident] >= min(vals):
+                return None, f"frames overlap in {order.replace('_', ' ')}"
+            latest[ident] = max(vals)
+    return frames, ""
 
 
 def split_frames(folder: Path, headers: list[DicomHeader],
                  ) -> tuple[list[list[DicomHeader]], list[str]] | None:
     """The frames of a 4D series: the images of one series grouped into 3D volumes, frame t
     holding the t-th image (in acquisition order: temporal position, echo number,
-    acquisition number, instance number) at every slice position; and a label per frame from
-    what tells the frames apart (`t=3`, `b=1000`, `echo 2`). None when the series is 3D (one
-    image per position), so that the 3D reader and its checks take it. Refuses positions
-    holding different numbers of images and frames that mix time points, b-values or echoes
-    across positions (the images cannot be matched into volumes)."""
+    acquisition number, then the first of instance number, trigger time, acquisition time
+    that orders the images consistently, then echo time, b-value, diffusion direction) at
+    every slice position; and a label per frame from what tells the frames apart (`t=3`,
+    `b=1000`, `echo 2`). None when the series is 3D (one image per position), so that the 3D
+    reader and its checks take it. Refuses positions holding different numbers of images,
+    copies of one image, images that no tag tells apart (naming the tags that could), and
+    frames that mix time points, b-values or echoes across positions (the images cannot be
+    matched into volumes)."""
     if len(headers) < 2 or any(h.frames > 1 for h in headers):
         return None
     ori = headers[0].numbers("orientation", 6)
@@ -432,7 +565,7 @@ def split_frames(folder: Path, headers: list[DicomHeader],
             return None
         z.append(float(p @ normal))
     z = np.asarray(z)
-    tol = 1e-3 + 1e-3 * float(np.abs(z).max())
+    tol = _position_tolerance(z, headers[0])
     order = np.argsort(z, kind="stable")
     groups: list[list[DicomHeader]] = []
     last = None
@@ -444,25 +577,25 @@ def split_frames(folder: Path, headers: list[DicomHeader],
     counts = [len(g) for g in groups]
     if min(counts) == 1:  # 3D, or a few duplicated slices: order_slices names them
         return None
+    _refuse_copies(folder, headers)
     if min(counts) != max(counts):
         few = int(np.argmin(counts))
         raise InputError(f"{folder}: incomplete 4D series: {max(counts)} images at most slice "
                          f"positions, {counts[few]} at {groups[few][0].path.name}: a frame "
                          "is missing slices")
-    for g in groups:
-        g.sort(key=_frame_key)
-    frames = [[g[t] for g in groups] for t in range(max(counts))]
-    labels = []
+    repeats = not _usable_order(headers, "instance") and all(
+        h.number("instance") is not None for h in headers)
+    why = ""
+    for attr in (*(a for a in _ORDER if _usable_order(headers, a)), None):
+        frames, why = _match_frames(folder, groups, attr, repeats)
+        if frames is not None:
+            break
+    if frames is None:
+        raise InputError(why)  # without an order attribute: a tie or mixed identities
     varying = [(a, pre) for a, pre in _FRAME_LABELS
                if len({f[0].text(a) for f in frames}) > 1]
-    for t, f in enumerate(frames):
-        for a, _ in varying:
-            values = {h.text(a) for h in f}
-            if len(values) > 1:
-                raise InputError(f"{folder}: frame {t} mixes {a.replace('_', ' ')}s "
-                                 f"{', '.join(sorted(values)[:3])}: the images at each "
-                                 "position cannot be matched into volumes")
-        labels.append(" ".join(f"{pre}{f[0].text(a)}" for a, pre in varying))
+    labels = [" ".join(f"{pre}{f[0].text(a)}".replace("\\", ",") for a, pre in varying)
+              for f in frames]
     return frames, labels
 
 

@@ -16,7 +16,8 @@ within MEMORY_BOUND_GB of memory (README.md, "Command line").
 
 Library chatter (ITK, GDCM, nibabel and numpy warnings) is captured while reading and logged at
 DEBUG level on the "MotionSSIMLib.io" logger: the CLI shows it with --debug only. Notes for the
-user (complex voxels read as their magnitude) are logged at WARNING level.
+user (complex voxels read as their magnitude) are logged at WARNING level, after the capture:
+the CLI prints them as `note: ...` lines.
 """
 
 from __future__ import annotations
@@ -119,8 +120,17 @@ def check_budget(path: str | Path, size_ijk, spacing_ijk=(1.0, 1.0, 1.0)) -> Non
                 f"{MAX_SLICE_PIXELS}, which keeps the assessment within {MEMORY_BOUND_GB} GB)")
 
 
-def _choose_frames(path: Path, frames: FrameChoice, n: int, size3) -> list[int]:
-    """The frames `frames` picks among n, within MAX_SERIES_VOXELS together."""
+def _choose_frames(path: Path, frames: FrameChoice, n: int, size3,
+                   whole: bool = False) -> list[int]:
+    """The frames `frames` picks among n, within MAX_SERIES_VOXELS together; `whole`: the
+    reader reads every frame whatever is chosen (ITK: NRRD, MetaImage), so all must fit."""
+    size = "x".join(str(int(v)) for v in size3)
+    every = int(np.prod([int(v) for v in size3], dtype=np.int64)) * int(n)
+    if whole and every > MAX_SERIES_VOXELS:  # refused before any frame is chosen or read
+        raise InputError(f"{path}: too large ({int(n)} frames of {size}, {every} voxels; at "
+                         f"most {MAX_SERIES_VOXELS}, which keeps the assessment within "
+                         f"{MEMORY_BOUND_GB} GB): this format is read whole, whatever --frames "
+                         "chooses; convert it to NIfTI (read frame by frame) or split it")
     try:
         chosen = list(frames(int(n)))
     except ValueError as exc:
@@ -135,17 +145,19 @@ def _choose_frames(path: Path, frames: FrameChoice, n: int, size3) -> list[int]:
 
 
 def _check_header_size(path: Path, size: tuple[int, ...], spacing=None,
-                       frames: FrameChoice | None = None) -> list[int] | None:
+                       frames: FrameChoice | None = None,
+                       whole: bool = False) -> list[int] | None:
     """Checks on an ITK-ordered size (i, j[, k[, t...]]) read from a header. A 4D size is
     refused unless `frames` is given (a series read): then each frame is checked as a 3D
-    volume and the frames chosen are returned (None for a 3D size)."""
+    volume and the frames chosen are returned (None for a 3D size). `whole`: every frame is
+    read (`_choose_frames`)."""
     size = tuple(int(s) for s in size)
     ndim = len(size)
     while len(size) > 3 and size[-1] == 1:
         size = size[:-1]
     chosen = None
     if len(size) == 4 and frames is not None:
-        chosen = _choose_frames(path, frames, size[3], size[:3])
+        chosen = _choose_frames(path, frames, size[3], size[:3], whole)
         size = size[:3]
     if len(size) > 3:
         nvol = int(np.prod(size[3:], dtype=np.int64))
@@ -210,8 +222,9 @@ def _extreme(path: Path, top: float, how: str = "") -> InputError:
                       f"computes with (|value| <= {MAX_ABS_VALUE:.0e})")
 
 
-def _magnitude(path: Path, arr: np.ndarray, how: str) -> np.ndarray:
-    log.warning("%s: %s voxels: their magnitude is assessed", path, how)
+def _magnitude(path: Path, arr: np.ndarray, how: str, note: bool = True) -> np.ndarray:
+    if note:  # once per input: a series converts frame by frame
+        log.warning("%s: %s voxels: their magnitude is assessed", path, how)
     return np.abs(arr).astype(np.float32) if np.iscomplexobj(arr) else \
         np.hypot(arr[..., 0], arr[..., 1], dtype=np.float32)
 
@@ -220,17 +233,33 @@ def _magnitude(path: Path, arr: np.ndarray, how: str) -> np.ndarray:
 # Library output: captured, shown with --debug
 
 
+class _Held(logging.Handler):
+    """Notes (WARNING and above) logged while fd 2 is captured, handed on once it is restored:
+    they are for the user, and a handler writing to stderr would write into the capture."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @contextlib.contextmanager
 def _captured(path: Path) -> Iterator[None]:
     """Capture Python warnings and what C++ libraries (ITK, GDCM) print on stderr while
     reading, and log them at DEBUG level: the user sees one line per problem, not the chatter
     of four libraries. The file descriptor 2 is redirected to a temporary file meanwhile, in
-    the main thread only: it is process-wide, and two threads swapping it would lose it."""
+    the main thread only: it is process-wide, and two threads swapping it would lose it.
+    Notes logged meanwhile are held and logged after (`_Held`)."""
     saved = tmp = None
     if threading.current_thread() is not threading.main_thread():
         with np.errstate(all="ignore"):  # thread-local; the warning filters are not
             yield
         return
+    held, propagate = _Held(), log.propagate
+    log.addHandler(held)
+    log.propagate = False
     try:
         sys.stderr.flush()
         tmp = tempfile.TemporaryFile()
@@ -250,6 +279,8 @@ def _captured(path: Path) -> Iterator[None]:
                 sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+        log.removeHandler(held)
+        log.propagate = propagate
         if tmp is not None:
             tmp.seek(0)
             text = tmp.read(65536).decode("utf-8", "replace")
@@ -259,6 +290,8 @@ def _captured(path: Path) -> Iterator[None]:
                     log.debug("%s: %s", path, line.strip())
         for w in caught:
             log.debug("%s: %s: %s", path, w.category.__name__, w.message)
+        for record in held.records:
+            log.handle(record)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,13 +398,17 @@ def _verify_stream(path: Path, f, offset: int, kind: str, expected: int | None,
     return digest.h.digest()
 
 
-def _voxel_digest(img, dtype: np.dtype) -> bytes:
+def _voxel_digest(img, dtype: np.dtype, components_axis: int = 0) -> bytes:
     """BLAKE2b of the voxels ITK read, laid out as the file stores them (`dtype`, with its byte
-    order), one slice at a time."""
+    order), one slice at a time. `components_axis`: where the file stores the axis that ITK
+    reads as the components of a voxel (a NRRD's list axis, fastest first): ITK always makes
+    it the fastest, so a file with the list axis elsewhere is laid out otherwise."""
     import SimpleITK as sitk
 
     h = hashlib.blake2b(digest_size=16)
     view = sitk.GetArrayViewFromImage(img)
+    if view.ndim > img.GetDimension() and components_axis:  # [k, j, i, c] -> the file's order
+        view = np.moveaxis(view, -1, view.ndim - 1 - components_axis)
     for k in range(view.shape[0] if view.ndim > 2 else 1):
         part = np.ascontiguousarray(view[k] if view.ndim > 2 else view)
         if np.iscomplexobj(part):
@@ -399,6 +436,7 @@ _NRRD_DTYPES = {"i1": ("signed char", "int8", "int8_t"),
                 "u8": ("ulonglong", "unsigned long long", "unsigned long long int", "uint64",
                        "uint64_t"),
                 "f8": ("double",)}
+_NRRD_DOMAIN_KINDS = ("domain", "space", "time", "none", "???")
 _MAX_HEADER = 1 << 20
 
 
@@ -456,7 +494,9 @@ def _data_files(header: Path, spec: str, rest: list[str]) -> list[Path]:
     return out
 
 
-_Verify = Callable[[], "tuple[bytes, np.dtype] | None"]
+# verify(): None, or (digest of the verified voxel bytes, their dtype, the file's components
+# axis as `_voxel_digest` takes it)
+_Verify = Callable[[], "tuple[bytes, np.dtype, int] | None"]
 
 
 def _check_metaimage(path: Path) -> _Verify | None:
@@ -514,11 +554,11 @@ def _check_metaimage(path: Path) -> _Verify | None:
               for k in ("binarydatabyteordermsb", "elementbyteordermsb"))
     dtype = np.dtype(met).newbyteorder(">" if msb else "<")
 
-    def verify() -> tuple[bytes, np.dtype] | None:
+    def verify() -> tuple[bytes, np.dtype, int] | None:
         if compressed:
             with open(files[0], "rb") as f:
                 return _verify_stream(files[0], f, start, "zlib", expected,
-                                      compressed_size=csize_n), dtype
+                                      compressed_size=csize_n), dtype, 0
         have = sum(q.stat().st_size for q in files) - start - max(skip, 0)
         if have < expected:
             raise InputError(f"{files[0]}: truncated file (its data holds {have} bytes, the "
@@ -570,8 +610,12 @@ def _check_nrrd(path: Path) -> _Verify | None:
 
     dtype = np.dtype(base).newbyteorder(">" if fields.get("endian", "").lower() == "big"
                                         else "<")
+    # ITK reads a range axis (a list of frames, a vector) as each voxel's components
+    ranges = [n for n, kind in enumerate(fields.get("kinds", "").lower().split())
+              if kind not in _NRRD_DOMAIN_KINDS]
+    list_axis = ranges[0] if len(ranges) == 1 else 0
 
-    def verify() -> tuple[bytes, np.dtype] | None:
+    def verify() -> tuple[bytes, np.dtype, int] | None:
         with open(files[0], "rb") as f:
             f.seek(start)
             for _ in range(max(0, line_skip)):
@@ -588,7 +632,7 @@ def _check_nrrd(path: Path) -> _Verify | None:
                 _verify_stream(files[0], f, begin, encoding, expected, exact=False)
                 return None
             return _verify_stream(files[0], f, begin, encoding, expected + byte_skip,
-                                  skip=byte_skip), dtype
+                                  skip=byte_skip), dtype, list_axis
     return verify
 
 
@@ -648,28 +692,36 @@ def _frames_as_components(reader, suffix: str) -> bool:
 
 
 def _sitk_to_series(path: Path, img, chosen: list[int], components: bool):
-    """A 4D SimpleITK image (or a list-axis NRRD's components) as a Series of `chosen`."""
+    """A 4D SimpleITK image (or a list-axis NRRD's components) as a Series of `chosen`.
+    Memory: ITK's buffer and the frames chosen, each copied and converted on its own."""
     import SimpleITK as sitk
 
     from .series import series_from_array
 
     dim = img.GetDimension()
     sp, org, d = img.GetSpacing(), img.GetOrigin(), np.asarray(img.GetDirection())
-    arr = sitk.GetArrayFromImage(img)  # [t, k, j, i], or [k, j, i, t] for components
-    del img
+    view = sitk.GetArrayViewFromImage(img)  # [t, k, j, i], or [k, j, i, t] for components
     if components:
-        arr = np.moveaxis(arr, -1, 0)
+        view = np.moveaxis(view, -1, 0)
         if dim == 2:
-            arr = arr[:, None]
+            view = view[:, None]
             d2 = np.eye(3)
             d2[:2, :2] = d.reshape(2, 2)
             sp, org, d, dim = (*sp, 1.0), (*org, 0.0), d2.reshape(-1), 3
-    if np.iscomplexobj(arr):
-        arr = _magnitude(path, arr, "complex")
-    arr = _compact(path, np.ascontiguousarray(arr[chosen]))
+    out = None
+    for n, t in enumerate(chosen):
+        a = np.array(view[t])  # a copy: the view dies with ITK's buffer
+        if np.iscomplexobj(a):
+            a = _magnitude(path, a, "complex", note=n == 0)
+        a = _compact(path, a)
+        if out is None:
+            out = np.empty((len(chosen), *a.shape), dtype=a.dtype)
+        out[n] = a
+        del a
+    del view
     d3 = d.reshape(dim, dim)[:3, :3]
     flip = np.diag([-1.0, -1.0, 1.0])  # LPS -> RAS
-    return series_from_array(arr, sp[:3], flip @ d3, tuple(flip @ np.asarray(org[:3], float)),
+    return series_from_array(out, sp[:3], flip @ d3, tuple(flip @ np.asarray(org[:3], float)),
                              chosen, None, None, name=str(path))
 
 
@@ -689,12 +741,13 @@ def _read_sitk_file(path: Path, frames: FrameChoice | None = None):
         components = frames is not None and _frames_as_components(reader, suffix)
         size = (*(tuple(reader.GetSize()) + (1, 1))[:3], reader.GetNumberOfComponents()) \
             if components else reader.GetSize()
-        chosen = _check_header_size(path, size, reader.GetSpacing(), frames)
+        # ITK reads a NRRD or MetaImage whole: every frame counts, not the ones chosen
+        chosen = _check_header_size(path, size, reader.GetSpacing(), frames, whole=True)
         checked = verify() if verify is not None else None
         img = reader.Execute()
     except RuntimeError as exc:
         raise _sitk_error(path, exc) from None
-    if checked is not None and _voxel_digest(img, checked[1]) != checked[0]:
+    if checked is not None and _voxel_digest(img, checked[1], checked[2]) != checked[0]:
         # the stream is intact but ITK read other values from it: the header (not covered by
         # any checksum) was altered, e.g. its type, byte order or matrix
         raise _corrupted(path, "the voxels read differ from the verified compressed data: "
@@ -877,7 +930,7 @@ def _read_nifti_frames(path: Path, img, chosen: list[int], unreadable):
         for n, t in enumerate(chosen):
             raw = np.asanyarray(proxy[(slice(None),) * 3 + (t,) + (0,) * (ndim - 4)])
             if np.iscomplexobj(raw):
-                raw = _magnitude(path, raw, "complex")
+                raw = _magnitude(path, raw, "complex", note=n == 0)
             if raw.dtype.names or not np.issubdtype(raw.dtype, np.number):
                 raise InputError(f"{path}: unsupported voxel type {raw.dtype} (RGB or "
                                  "structured voxels); expected one grey-scale value per voxel")

@@ -8,8 +8,9 @@ or multi-volume node (`scene`). Every frame is assessed slice by slice with the 
 
 Frame selection (`--frames`): indices into the input's frames, counted from 0: `0:10` (a
 half-open range, Python style: frames 0 to 9), `5:` (5 to the last), `:3`, `3,5,7`, or a
-mix `0:4,10,12`. Only the frames chosen are read where the format allows it (NIfTI), and the
-memory bound applies to them.
+mix `0:4,10,12`. Only the frames chosen are read where the format allows it (NIfTI, DICOM),
+and the memory bound applies to them; ITK reads a NRRD or MetaImage whole, so there every
+frame counts.
 
 Verdict of a series: the worst clinical class among the non-empty slices of every frame (the
 3D rule over all frames). Frames are ranked worst first by their lowest slice SSIM, then by
