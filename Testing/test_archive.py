@@ -35,14 +35,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def varied_model(path: Path) -> Path:
-    """A resnet18 whose output moves with the input (0.4-0.65 on the test heads), inside the
-    accepted raw range: a random network's last layer scaled up, its bias re-centred."""
+    """A resnet18 whose output moves with the input, inside the accepted raw range: a random
+    network whose last layer is set, by an affine map of its output, to read 0.40-0.65 over the
+    model inputs of the test heads (`head`, noise 0.5-60); by construction, whatever path the
+    CPU's arithmetic takes."""
+    from MotionSSIMLib.geometry import extract_slices, to_model_input
+    from MotionSSIMLib.io import read_volume
+
     torch.manual_seed(1)
     net = build_model("resnet18").eval()
+    rng = np.random.default_rng(5)
+    inputs = []
+    for noise in (0.5, 1.0, 20.0, 41.0, 60.0):  # the noise levels the tests' heads have
+        write_nifti(path.parent / "calibration.nii.gz", head(rng, (40, 44, 5), noise))
+        st = extract_slices(read_volume(path.parent / "calibration.nii.gz"), "auto")
+        inputs.append(to_model_input(st.images, st.pixel_spacing))
+    (path.parent / "calibration.nii.gz").unlink()
+    x = np.concatenate(inputs)
     with torch.no_grad():
-        net.fc.weight.mul_(40.0)
-        net.fc.bias.fill_(0.0)
-        net.fc.bias.fill_(0.7 - float(net(torch.full((1, 1, 256, 256), 0.2)).item()))
+        out = net(torch.from_numpy(x)[:, None]).flatten()
+        lo, hi = float(out.min()), float(out.max())
+        assert hi > lo, "the random network reads every test head alike"
+        scale = 0.25 / (hi - lo)
+        net.fc.weight.mul_(scale)
+        net.fc.bias.mul_(scale).add_(0.40 - lo * scale)
     save_checkpoint(path, net, {"architecture": "resnet18"})
     return path
 

@@ -105,9 +105,11 @@ def test_torchio_backend_gives_the_same_batch():
     ref = pipeline.corrupt_batch(clean[:2], pipeline.batch_generator(5, (0, 0, 0)), p_torchio=1.0,
                                  acquisition=False)
     assert (out["images"] - ref[0]).abs().max() < 1e-5
+    from MotionSSIMLib import motion
+
+    drawn = motion.draw_motion_params(6, (64, 64), torch.Generator().manual_seed(5), 1.0)
     with pytest.raises(ValueError, match="acquired band below 1 needs the torch backend"):
-        pipeline.corrupt_batch(clean, torch.Generator().manual_seed(5), p_torchio=1.0,
-                               tio_backend="torchio")
+        motion.apply_motion(clean, drawn.acquired(torch.full((6, 2), 0.5)), "torchio")
     with pytest.raises(ValueError, match="tio_backend"):
         pipeline.corrupt_batch(clean, torch.Generator().manual_seed(5), tio_backend="simpleitk")
 

@@ -718,7 +718,7 @@ def draw_motion_params(
         from .scanner_motion import FAMILY_SIMULATORS
 
         extra = {name: FAMILY_SIMULATORS[name][0](batch, s, size, generator)
-                 for name, w in zip(MOTION_FAMILIES, weights, strict=True)
+                 for name, w in zip(MOTION_FAMILIES, weights)  # one length (Python 3.9)
                  if w > 0 and name in FAMILY_SIMULATORS}
     return MotionParams(severity=s, family=family, kspace=ks, tio=tp, extra=extra)
 

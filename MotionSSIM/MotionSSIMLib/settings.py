@@ -47,7 +47,7 @@ COSINE_FLOOR = 0.01  # the cosine schedule decays to this share of the peak lear
 # Settings that fix the random stream or the model: on resume the saved values win.
 RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
             "p_torchio", "motion_families", "val_samples", "seed", "slices",
-            "bn_calibration", "lr_schedule", "warmup", "acquisition")
+            "bn_calibration", "lr_schedule", "warmup", "acquisition", "freeze")
 SCHEDULE, MACHINE = "model and schedule (defaults: the paper's)", "machine"
 
 
