@@ -168,9 +168,14 @@ def test_a_better_candidate_replaces_the_bundled_model(runs, tmp_path, c_locale)
     assert f"| residual sd | {s['sd_new']:.4f} | {s['sd_old']:.4f} |" in card
     assert "| accuracy, 10 classes |" in card and "Cohen's kappa" in card
     o, n = old_t["anat_t1"], new_t["anat_t1"]
-    assert (f"| anat_t1 | {n['slices']} ({n['samples']}) | {n['bias']:+.3f} / {o['bias']:+.3f} "
-            f"| {n['residual_sd']:.3f} / {o['residual_sd']:.3f} | "
+    assert (f"| anat_t1 | {n['matrix']} | {n['slices']} ({n['samples']}) | {n['bias']:+.3f} / "
+            f"{o['bias']:+.3f} | {n['residual_sd']:.3f} / {o['residual_sd']:.3f} | "
             f"{n['clean_mean_prediction']:.3f} / {o['clean_mean_prediction']:.3f} |") in card
+    # per-class recall: synthetic (the evaluation's clinical table) and per real scan
+    assert "| recall, truly good |" in card and "| recall, truly insufficient |" in card
+    assert {"recall_good", "recall_sufficient", "recall_insufficient"} <= set(n)
+    assert f"| {bundle._recalls(n)} ({bundle._recalls(o)}) | {n['insufficient_read_good']} |" \
+        in card
     # the protocol from the JSON, not the old "three times"
     assert "three times" not in card and "(kspace and torchio) once" in card
     assert "1. two tiny phases" in card and "Previously bundled model: mean absolute" in card

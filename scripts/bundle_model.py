@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default="best.safetensors", help="file in RUN_DIR")
     ap.add_argument("--out", type=Path, default=Path("MotionSSIM/Resources/Models"))
     ap.add_argument("--phases", type=Path, help="Markdown: the phases of the training")
+    ap.add_argument("--notes", type=Path, help="Markdown: further sections of the card (e.g. "
+                    "the label's invariance, the motion families table), before its limits")
     ap.add_argument("--curve", type=Path, nargs="+", default=[], metavar="RUN_DIR",
                     help="earlier phases' run folders, in training order (RUN_DIR is the last)")
     ap.add_argument("--samples-before", type=int, default=0, metavar="N",
@@ -479,11 +481,12 @@ def bundle(args: argparse.Namespace) -> int:
     if new_real is not None:
         meta["real_scans"] = new_real["volumes"]
         meta["real_scans_protocol"] = real_scans_protocol(new_real)
-    if args.phases:
-        try:
-            meta["phases"] = args.phases.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise BundleError(f"{args.phases}: cannot be read ({exc.strerror})") from None
+    for key, path in (("phases", args.phases), ("notes", args.notes)):
+        if path:
+            try:
+                meta[key] = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
     if has_old:
         old_model = load_checkpoint(target).model  # before the file is replaced
         decision["previous_model"] = {
@@ -573,6 +576,10 @@ def evaluation_summary(figs: dict, protocol: dict) -> dict:
     for n, table in figs["classification"].items():
         out[f"accuracy_{n}_classes"] = table["accuracy"]
     out["accuracy_clinical"] = figs["clinical"]["accuracy"]
+    per = figs["clinical"].get("per_class", {})
+    for c, name in ((1, "good"), (2, "sufficient"), (3, "insufficient")):
+        if str(c) in per:  # the share of the truly good (...) slices read in their class
+            out[f"recall_{name}"] = per[str(c)]["recall"]
     out["cohen_kappa_clinical"] = figs["clinical"].get("cohen_kappa")
     out["protocol"] = {k: protocol.get(k) for k in ("n", "seed", "contrast_augmentation",
                                                     "p_torchio", "slices")}
@@ -601,6 +608,7 @@ def _synthetic_lines(ev: dict, old: dict | None) -> list[str]:
     rows += [(k.replace("_", " ").replace("accuracy ", "accuracy, ")
               .replace("cohen kappa", "Cohen's kappa"), k, 3)
              for k in ev if k.startswith(("accuracy", "cohen"))]
+    rows += [(f"recall, truly {k[7:]}", k, 3) for k in ev if k.startswith("recall_")]
     head = "| figure | this model | previously bundled |" if old else "| figure | value |"
     lines = [head, "|---|---|---|" if old else "|---|---|"]
     for label, key, digits in rows:
@@ -636,18 +644,21 @@ def _real_scan_lines(meta: dict, old: dict | None) -> list[str]:
         lines += ["Not measured (package not installed): " + "; ".join(p["skipped"]), ""]
     if old:
         prev = old["real_scans"]
-        lines += ["| scan | slices (samples) | bias: this / previous | sd: this / previous "
-                  "| clean: this / previous | 3-class acc.: this / previous | clinical acc.: "
-                  "this / previous |", "|---|---|---|---|---|---|---|"]
+        lines += ["| scan | matrix | slices (samples) | bias: this / previous | sd: this / "
+                  "previous | clean: this / previous | 3-class acc.: this / previous | clinical "
+                  "acc.: this / previous | recall good / sufficient / insufficient: this "
+                  "(previous) | insufficient read good |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in new.items():
             o = prev.get(name, {})
             lines.append(
-                f"| {name} | {r['slices']} ({r['samples']}) | {r['bias']:+.3f} / "
+                f"| {name} | {r.get('matrix', '')} | {r['slices']} ({r['samples']}) | "
+                f"{r['bias']:+.3f} / "
                 f"{o.get('bias', float('nan')):+.3f} | {r['residual_sd']:.3f} / "
                 f"{_fmt(o.get('residual_sd'), 3)} | {r['clean_mean_prediction']:.3f} / "
                 f"{_fmt(o.get('clean_mean_prediction'), 3)} | {r['accuracy_3']:.3f} / "
                 f"{_fmt(o.get('accuracy_3'), 3)} | {r['accuracy_clinical']:.3f} / "
-                f"{_fmt(o.get('accuracy_clinical'), 3)} |")
+                f"{_fmt(o.get('accuracy_clinical'), 3)} | {_recalls(r)} ({_recalls(o)}) | "
+                f"{r.get('insufficient_read_good', '')} |")
         lines += ["", f"Largest per-scan |bias|: {max(abs(r['bias']) for r in new.values()):.3f} "
                   f"(previously {max(abs(r['bias']) for r in prev.values()):.3f}; target <= "
                   "0.03)."]
@@ -669,6 +680,12 @@ def _real_scan_lines(meta: dict, old: dict | None) -> list[str]:
                   f"{r.get('package', '')} ({r.get('version', '')}), `{r.get('file', '')}` |"
                   for r in described]
     return lines + [""]
+
+
+def _recalls(r: dict) -> str:
+    """A real-scan row's per-class recall, good / sufficient / insufficient ('-' if absent)."""
+    return " / ".join(_fmt(r.get(f"recall_{c}"), 2) if f"recall_{c}" in r else "-"
+                      for c in ("good", "sufficient", "insufficient"))
 
 
 def _times(n: int) -> str:
@@ -739,6 +756,8 @@ def model_card(meta: dict) -> str:
     lines.append("")
     if meta.get("real_scans"):
         lines += _real_scan_lines(meta, old)
+    if meta.get("notes"):
+        lines += [meta["notes"], ""]
     lines += ["## Known limits"] + [f"- {x}" for x in meta["known_limits"]]
     return "\n".join(lines) + "\n"
 
