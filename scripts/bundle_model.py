@@ -64,17 +64,22 @@ TRAINED_ON = (
     "and obliquities, in-plane voxels 0.4-3 mm, matrices 64-512, 2D slices of 1.5-6 mm or 3D, "
     "partial fields of view and cropped heads, direct or zero-filled k-space reconstruction "
     "(Gibbs ringing), Rician noise from very clean to SNR ~3. During training each slice "
-    "is cut to its head window, given the paper's contrast augmentation, re-acquired at random "
-    "at a lower matrix (k-space truncation or interpolation) and corrupted by TorchIO motion or "
-    "the k-space line simulator (50/50); the SSIM label is taken then, and Rician noise (SNR "
-    "3-150 in tissue, none in 20 %) goes on the model input only, so noise neither lowers nor "
-    "raises the label."
+    "is cut to its head window and resampled to 256 (model v3: the label no longer depends on "
+    "the matrix), given the paper's contrast augmentation, re-acquired at random at a lower "
+    "matrix (k-space truncation or interpolation) and corrupted by the motion families of "
+    "its training mix (model v2: TorchIO motion or the k-space line simulator, 50/50; model "
+    "v3: also continuous trajectories, k-space orderings, EPI with its N/2 ghost, through-plane "
+    "motion and many small or few large moves, `settings.V3_MOTION_FAMILIES`), the TorchIO and "
+    "k-space motion spread over the acquired lines only; the SSIM label is taken then, and "
+    "Rician noise (SNR 3-150 in tissue, none in 20 %) goes on the model input only, so noise "
+    "neither lowers nor raises the label."
 )
 LIMITS = [
     "The anatomy is one warped average brain (MNI152) with painted pathology: no real lesion "
     "appearance, post-surgical cavities, implants, children or non-brain anatomy.",
-    "Only simulated rigid in-plane motion; real through-plane motion, pulsation, flow, EPI "
-    "ghosts and parallel-imaging artefacts were never seen.",
+    "Only simulated motion: rigid in-plane poses, with through-plane motion and EPI ghosts "
+    "approximated by the scanner families; pulsation, flow and parallel-imaging artefacts "
+    "were never seen.",
     "Not validated on real motion-corrupted clinical scans (the real-scan set above is real "
     "anatomy with simulated motion): use the prediction as a triage aid, never as a "
     "diagnosis; a radiographer decides on a re-scan.",
