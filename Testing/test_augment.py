@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -186,3 +187,55 @@ def test_random_resolution_deterministic_range():
     assert not torch.allclose(a[changed], x[changed])
     assert torch.all(torch.maximum(pa.matrix_h, pa.matrix_w) <= 96)
     np.testing.assert_array_less(0, a[changed].flatten(1).std(1).numpy())
+
+
+# ----------------------------------------------------------------------------- storage
+def test_storage_params_span_and_determinism():
+    a = augment.draw_storage_params(4000, _gen(5), 256, p_apply=0.5)
+    b = augment.draw_storage_params(4000, _gen(5), 256, p_apply=0.5)
+    assert torch.equal(a.apply, b.apply) and torch.equal(a.factor, b.factor)
+    assert 0.45 < a.apply.double().mean() < 0.55
+    matrices = a.factor * 256
+    assert matrices.min() >= 64 - 1e-6 and matrices.max() <= 256 + 1e-6
+    # log-uniform: half of the matrices below the geometric mean of 64 and 256
+    assert 0.45 < (matrices < 128).double().mean() < 0.55
+    with pytest.raises(ValueError, match="min_matrix"):
+        augment.draw_storage_params(4, _gen(0), 256, min_matrix=300)
+    sel = a.select(torch.tensor([3, 1]))
+    assert torch.equal(sel.factor, a.factor[[3, 1]])
+
+
+def test_apply_storage_blurs_applied_slices_only_and_keeps_range():
+    x = _phantom(3)
+    params = augment.StorageParams(apply=torch.tensor([True, False, True]),
+                                   factor=torch.tensor([0.25, 0.25, 1.0], dtype=torch.float64))
+    out = augment.apply_storage(x, params)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out[1], x[1]) and torch.equal(out[2], x[2])  # not applied / full matrix
+    edge = (out[0] - x[0]).abs()
+    assert edge.max() > 0.1 and edge.mean() < 0.05  # the edges blur, the flat inside stays
+    with pytest.raises(ValueError, match="parameters for 3"):
+        augment.apply_storage(_phantom(2), params)
+
+
+def test_storage_stage_in_the_pipeline():
+    """storage=0 draws nothing more (the streams of runs before it stay the same); with
+    storage the label is the stored pair's and motion-free samples keep label 1."""
+    from MotionSSIMLib import pipeline
+
+    x = _phantom(8, 96)
+    old = pipeline.corrupt_batch(x, _gen(2), return_params=True)
+    same = pipeline.corrupt_batch(x, _gen(2), storage=0.0, return_params=True)
+    assert torch.equal(old[0], same[0]) and torch.equal(old[1], same[1])
+    assert old[2].storage is None
+    images, labels, params = pipeline.corrupt_batch(x, _gen(2), storage=1.0, p_clean=0.5,
+                                                    return_params=True)
+    assert params.storage.apply.all()
+    clean = params.motion.severity == 0
+    assert clean.any() and torch.allclose(labels[clean], torch.ones(int(clean.sum())), atol=1e-4)
+    # the same draws replayed without the stage: the motion is the same, the label differs
+    replay = dataclasses.replace(params, storage=None)
+    _, unstored = pipeline.apply_corruption(x, replay)
+    moved = ~clean
+    assert moved.any() and not torch.allclose(labels[moved], unstored[moved])
+    assert "stored_share" in params.describe(0)

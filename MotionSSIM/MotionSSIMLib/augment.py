@@ -1,6 +1,7 @@
-"""Slice-level acquisition augmentations for training, batched in torch: noise and resolution.
+"""Slice-level acquisition augmentations for training, batched in torch: noise, resolution
+and storage.
 
-Two stages that `pipeline.corrupt_batch` can call around the motion simulators, so that the
+Three stages that `pipeline.corrupt_batch` can call around the motion simulators, so that the
 training distribution spans what real scanners deliver (issue "Model v2", point 1):
 
 * **Resolution** (before motion): each slice is "acquired" at a lower matrix and reconstructed
@@ -14,6 +15,13 @@ training distribution spans what real scanners deliver (issue "Model v2", point 
   noise on both images (``noise_pair``, as first built) rose by 0.15 on average over the same
   motion, because identical noise swamps the ghosts in dark regions. The SNR is defined in
   tissue: mean clean-tissue intensity / sigma.
+* **Storage** (after motion, model v3 phase 2 on): the pair stored at another matrix, as a
+  reslicing or a scanner's interpolation stores a series (resampled down, anti-aliased), then
+  fitted back to the model input the way `geometry.to_model_input` fits any window (bicubic).
+  The label is taken on the stored pair, as `ssim.slice_label` takes it on a stored scan; the
+  noise is added before the storage, as a scanner's noise is. Without it the model had never
+  seen motion blurred after the acquisition and read the same motion 0.08-0.17 milder at 64-128
+  px than at 256 (`scripts/check_invariance.py`).
 
 Both stages follow TorchIO's make-params / apply split: ``draw_*_params(batch, generator)``
 draws every random number with a (CPU) ``torch.Generator`` (so a seed gives the same
@@ -38,6 +46,7 @@ __all__ = [
     "NoiseParams", "ResolutionParams",
     "draw_noise_params", "apply_noise", "noise_field", "noise_pair", "tissue_level",
     "draw_resolution_params", "apply_resolution", "random_resolution",
+    "STORE_MIN_MATRIX", "StorageParams", "draw_storage_params", "apply_storage",
 ]
 
 # Share of samples with no added noise, and the log-uniform SNR range of the others. SNR 3 is
@@ -341,3 +350,67 @@ def random_resolution(x: torch.Tensor, generator: torch.Generator | None,
     params = draw_resolution_params(x.shape[0], generator, size, p_apply,
                                     min(min_matrix, size))
     return apply_resolution(x, params), params
+
+
+# ----------------------------------------------------------------------------- storage
+# The smallest stored matrix (per side), as a share of the slice's: 64 of 256.
+STORE_MIN_MATRIX = 64
+
+
+@dataclass(frozen=True)
+class StorageParams:
+    """Storage of one batch (all (B,) CPU tensors).
+
+    apply: bool, whether the sample is stored at a lower matrix.
+    factor: float64 in (0, 1], the stored matrix as a share of the slice's.
+    """
+
+    apply: torch.Tensor
+    factor: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.apply.numel())
+
+    def select(self, index: torch.Tensor) -> StorageParams:
+        """The parameters of samples `index`."""
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        return StorageParams(self.apply[idx], self.factor[idx])
+
+
+def draw_storage_params(batch: int, generator: torch.Generator | None, size: int = 256,
+                        p_apply: float = 0.5,
+                        min_matrix: int = STORE_MIN_MATRIX) -> StorageParams:
+    """Draw the stored matrix of `batch` slices of size x size: with probability p_apply a
+    matrix log-uniform on [min_matrix, size] (the same share along both sides, as a reslicing
+    to another pixel size). Consumes 2 * batch draws of the generator."""
+    if not (8 <= min_matrix <= size) or not (0.0 <= p_apply <= 1.0):
+        raise ValueError(f"draw_storage_params: need 8 <= min_matrix <= size and "
+                         f"0 <= p_apply <= 1, got {min_matrix}, {size}, {p_apply}")
+    u = _rand(2 * batch, generator).view(2, batch)
+    factor = torch.exp(math.log(min_matrix / size) * u[1])
+    return StorageParams(apply=u[0] < p_apply, factor=factor)
+
+
+def apply_storage(x: torch.Tensor, params: StorageParams) -> torch.Tensor:
+    """Store each slice at its drawn matrix (bilinear, anti-aliased) and fit it back to its own
+    size (bicubic, clamped to [0, 1]). x: (B, 1, H, W) float in [0, 1]; samples not applied are
+    returned unchanged. Returns (B, 1, H, W) float32 on x's device."""
+    _check_images(x, "apply_storage")
+    b, _, h, w = x.shape
+    if len(params) != b:
+        raise ValueError(f"apply_storage: parameters for {len(params)} samples, images for {b}")
+    out = x.float().clone()
+    # one output size per interpolate call: group samples stored at the same matrix
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in torch.nonzero(params.apply).flatten().tolist():
+        f = float(params.factor[i])
+        key = (max(8, round(h * f)), max(8, round(w * f)))
+        if key != (h, w):
+            groups.setdefault(key, []).append(i)
+    for (gh, gw), members in groups.items():
+        idx = torch.as_tensor(members, device=x.device)
+        small = F.interpolate(out[idx], size=(gh, gw), mode="bilinear", antialias=True,
+                              align_corners=False)
+        out[idx] = F.interpolate(small, size=(h, w), mode="bicubic",
+                                 align_corners=False).clamp_(0.0, 1.0)
+    return out

@@ -192,13 +192,14 @@ def test_set(paths: Sequence[str | Path], n: int = 10000, seed: int = 0, input_s
              workers: int = 0, chunk: int = 100,
              cache_mb: int = 2048, slices: str = "central",
              acquisition: bool = True, families: str | None = None,
-             ) -> Iterator[tuple[Any, Any]]:
+             storage: float = 0.0) -> Iterator[tuple[Any, Any]]:
     """The N corrupted test slices drawn from the test volumes as in training, in chunks of
     `chunk`: yields (images (c, 1, S, S), labels (c,)) on `device`. Deterministic for a given
     (paths, n, seed, input_size, contrast, p_torchio, chunk, slices, families); `slices` as in
     `data.slice_candidates` (the paper's central half by default). `families`: the motion
     families (`settings.parse_families`; one name evaluates one family: the slices, contrasts
-    and severities stay those of the other families for the same seed)."""
+    and severities stay those of the other families for the same seed). `storage`: the share
+    stored at a lower matrix after the acquisition (`augment.apply_storage`)."""
     from .data import STREAMS, SliceDataset
     from .pipeline import fixed_set
 
@@ -206,7 +207,7 @@ def test_set(paths: Sequence[str | Path], n: int = 10000, seed: int = 0, input_s
                       cache_bytes=int(cache_mb) << 20, slices=slices)
     yield from fixed_set(ds, STREAMS["test"], n, seed, contrast, p_torchio, device,
                          chunk=chunk, workers=workers, acquisition=acquisition,
-                         families=families)
+                         families=families, storage=storage)
 
 
 test_set.__test__ = False  # type: ignore[attr-defined]  # pytest: not a test
@@ -246,11 +247,13 @@ def evaluate_checkpoints(
     slices: str = "central",
     acquisition: bool = True,
     families: str | None = None,
+    storage: float = 0.0,
 ) -> dict[str, Any]:
     """Evaluate several checkpoints on one seeded test set and write the report to `out_dir`.
     `slices`: the test slices, "central" half (the paper's protocol) or "all" non-empty ones.
     `families`: the motion families of the test slices (default: TorchIO's by p_torchio and
-    the k-space lines; e.g. "epi" evaluates on EPI artefacts alone).
+    the k-space lines; e.g. "epi" evaluates on EPI artefacts alone). `storage`: the share of
+    test slices stored at a lower matrix after the acquisition (`augment.apply_storage`).
     Returns an `Evaluation`: the report (as in report.json) and the true and predicted SSIMs."""
     import torch
 
@@ -289,7 +292,8 @@ def evaluate_checkpoints(
     with torch.no_grad():
         for images, labels in test_set(good, n, seed, input_size, contrast, p_torchio,
                                        dev, workers, chunk, slices=slices,
-                                       acquisition=acquisition, families=families):
+                                       acquisition=acquisition, families=families,
+                                       storage=storage):
             images = images.to(dev)
             trues.append(labels.float().cpu().numpy())
             for j, m in enumerate(loaded):
@@ -316,7 +320,7 @@ def evaluate_checkpoints(
         "protocol": {"n": int(true.size), "seed": seed, "contrast_augmentation": contrast,
                      "p_torchio": p_torchio, "motion_families": families or "",
                      "input_size": input_size, "chunk": chunk,
-                     "slices": slices, "acquisition": acquisition,
+                     "slices": slices, "acquisition": acquisition, "storage": storage,
                      "test_data": summarize_volumes(infos), "class_counts": list(CLASS_COUNTS),
                      "residuals": "predicted - true"},
         "models": models,

@@ -61,6 +61,7 @@ class CorruptionParams:
     motion: Any  # motion.MotionParams (imported lazily, like the simulators)
     resolution: Any = None  # augment.ResolutionParams, or None: the acquisition stages off
     noise: Any = None       # augment.NoiseParams, or None
+    storage: Any = None     # augment.StorageParams, or None: no storage stage
 
     @property
     def batch(self) -> int:
@@ -76,7 +77,8 @@ class CorruptionParams:
         return CorruptionParams(
             names, cparams, self.motion.select(idx),
             None if self.resolution is None else self.resolution.select(idx),
-            None if self.noise is None else self.noise.select(idx))
+            None if self.noise is None else self.noise.select(idx),
+            None if self.storage is None else self.storage.select(idx))
 
     def describe(self, i: int) -> dict[str, Any]:
         """What sample i went through, as plain Python values (JSON-serialisable)."""
@@ -98,19 +100,24 @@ class CorruptionParams:
         if self.noise is not None:
             snr = float(self.noise.snr[i])
             out["noise_snr"] = None if snr == float("inf") else round(snr, 2)
+        if self.storage is not None:
+            st = self.storage
+            out["stored_share"] = round(float(st.factor[i]), 3) if bool(st.apply[i]) else None
         return out
 
 
 def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generator | None,
                     contrast: bool = True, p_torchio: float = 0.5,
                     p_clean: float = P_CLEAN, acquisition: bool = True,
-                    families: str | Mapping[str, float] | None = None) -> CorruptionParams:
+                    families: str | Mapping[str, float] | None = None,
+                    storage: float = 0.0) -> CorruptionParams:
     """Draw a batch's corruption (TorchIO's make_params step), in a fixed order: contrast
     names and parameters, then the severities (a share p_clean motion-free), then the motion
     (`motion.draw_motion_params`: the family of each sample, among `families` or by default
     TorchIO's with p_torchio and the k-space lines, and every chosen family's parameters for
-    every sample), then (acquisition=True) the acquired matrix and the noise (`augment`).
-    Deterministic for a seeded generator."""
+    every sample), then (acquisition=True) the acquired matrix and the noise (`augment`), then
+    (acquisition=True and storage > 0: the share of samples stored) the stored matrix.
+    Deterministic for a seeded generator; storage=0 draws nothing more."""
     from . import augment, intensity, motion
 
     names, cparams = (intensity.sample_contrast_batch(batch, generator) if contrast
@@ -126,7 +133,10 @@ def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generato
                                              min_matrix=min(augment.RES_MIN_MATRIX,
                                                             int(min(size))))
     nparams = augment.draw_noise_params(batch, generator)
-    return CorruptionParams(names, cparams, mparams, rparams, nparams)
+    sparams = (augment.draw_storage_params(batch, generator, int(min(size)), storage,
+                                           min(augment.STORE_MIN_MATRIX, int(min(size))))
+               if storage > 0 else None)
+    return CorruptionParams(names, cparams, mparams, rparams, nparams, sparams)
 
 
 def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
@@ -157,12 +167,19 @@ def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
         # the motion happens while the acquired lines are acquired, not over the whole grid
         moves = moves.acquired(params.resolution.band(tuple(x.shape[-2:])))
     corrupted = motion.apply_motion(x, moves, tio_backend)
-    labels = ssim.ssim_label(x, corrupted)
+    stored = params.storage
+    if stored is not None:
+        labels = ssim.ssim_label(augment.apply_storage(x, stored),
+                                 augment.apply_storage(corrupted, stored))
+    else:
+        labels = ssim.ssim_label(x, corrupted)
     if params.noise is not None:
         # sigma from the clean slice's tissue, as a scanner's noise does not follow the motion
         noise = dataclasses.replace(params.noise,
                                     sigma=augment.tissue_level(x) / params.noise.snr)
         corrupted = augment.apply_noise(corrupted, noise)
+    if stored is not None:
+        corrupted = augment.apply_storage(corrupted, stored)
     return corrupted.float(), labels.float()
 
 
@@ -176,6 +193,7 @@ def corrupt_batch(
     return_params: bool = False,
     acquisition: bool = True,
     families: str | Mapping[str, float] | None = None,
+    storage: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, CorruptionParams]:
     """Clean slices (B, 1, S, S) in [0, 1] -> (corrupted (B, 1, S, S), labels (B,)), on the
     device of `clean`: optional random contrast (one of the paper's five per sample), motion
@@ -187,7 +205,9 @@ def corrupt_batch(
     acquired matrix before motion, Rician noise on the model input after the label). Draw
     (:func:`draw_corruption`) then apply (:func:`apply_corruption`); return_params=True also
     returns the CorruptionParams drawn. families: the motion families and their weights
-    (`settings.parse_families`; default: TorchIO's and the k-space lines by p_torchio)."""
+    (`settings.parse_families`; default: TorchIO's and the k-space lines by p_torchio).
+    storage: the share of samples stored at a lower matrix after the acquisition
+    (`augment.apply_storage`; 0: none)."""
     if clean.ndim != 4 or clean.shape[1] != 1:
         raise ValueError(f"corrupt_batch: expected (B, 1, H, W), got {tuple(clean.shape)}")
     from . import motion
@@ -196,7 +216,7 @@ def corrupt_batch(
         raise ValueError(f"corrupt_batch: tio_backend must be one of {motion.TIO_BACKENDS}, "
                          f"got {tio_backend!r}")
     params = draw_corruption(clean.shape[0], tuple(clean.shape[-2:]), generator, contrast,
-                             p_torchio, p_clean, acquisition, families)
+                             p_torchio, p_clean, acquisition, families, storage)
     corrupted, labels = apply_corruption(clean, params, tio_backend)
     return (corrupted, labels, params) if return_params else (corrupted, labels)
 
@@ -213,6 +233,7 @@ class Collate:
     tio_backend: str = "torch"  # "torchio": the real TorchIO, one slice at a time (checks)
     acquisition: bool = True    # resolution and noise stages (augment)
     families: str | None = None  # motion families and weights (None / "": the default two)
+    storage: float = 0.0        # share stored at a lower matrix after the acquisition
 
     def __call__(self, items: list[tuple[torch.Tensor, tuple[int, int, int]]]) -> dict[str, Any]:
         clean = torch.stack([img for img, _ in items])
@@ -222,7 +243,8 @@ class Collate:
         corrupted, labels = corrupt_batch(clean, batch_generator(self.seed, key),
                                           self.contrast, self.p_torchio,
                                           tio_backend=self.tio_backend,
-                                          acquisition=self.acquisition, families=self.families)
+                                          acquisition=self.acquisition, families=self.families,
+                                          storage=self.storage)
         return {"images": corrupted, "labels": labels, "key": key}
 
 
@@ -240,7 +262,7 @@ def to_device_batch(batch: dict[str, Any], device: torch.device | str, collate: 
                                        collate.contrast, collate.p_torchio,
                                        tio_backend=collate.tio_backend,
                                        acquisition=collate.acquisition,
-                                       families=collate.families)
+                                       families=collate.families, storage=collate.storage)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, labels
@@ -294,7 +316,7 @@ def fixed_set(dataset: torch.utils.data.Dataset, stream: int, n: int, seed: int,
               contrast: bool, p_torchio: float, device: torch.device | str = "cpu",
               chunk: int = 100, workers: int = 0, rank: int = 0,
               world_size: int = 1, acquisition: bool = True,
-              families: str | None = None,
+              families: str | None = None, storage: float = 0.0,
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed, seeded sample set of `stream` (validation or test): n corrupted slices in
     chunks of `chunk`, yielded as (images, labels) on `device`. Deterministic for a given
@@ -302,7 +324,7 @@ def fixed_set(dataset: torch.utils.data.Dataset, stream: int, n: int, seed: int,
     world_size > 1 this rank yields only the chunks rank, rank + world_size, ... (whole chunks,
     so the set is the same whatever the number of processes)."""
     collate = Collate(seed, contrast, p_torchio, corrupt=torch.device(device).type == "cpu",
-                      acquisition=acquisition, families=families)
+                      acquisition=acquisition, families=families, storage=storage)
     batches = batch_keys(stream, 0, n, chunk)[rank::world_size]
     if not batches:
         return

@@ -47,7 +47,7 @@ COSINE_FLOOR = 0.01  # the cosine schedule decays to this share of the peak lear
 # Settings that fix the random stream or the model: on resume the saved values win.
 RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
             "p_torchio", "motion_families", "val_samples", "seed", "slices",
-            "bn_calibration", "lr_schedule", "warmup", "acquisition", "freeze")
+            "bn_calibration", "lr_schedule", "warmup", "acquisition", "freeze", "storage")
 SCHEDULE, MACHINE = "model and schedule (defaults: the paper's)", "machine"
 
 
@@ -178,6 +178,10 @@ class TrainSettings:
         metavar="LIST")
     acquisition: bool = setting(True, "no acquisition stages (lower acquired matrix, Rician "
                                 "noise on the model input): the paper's corruption only")
+    storage: float = setting(0.0, "share of slices stored at a lower matrix after the "
+                             "acquisition, as a reslicing stores a series (label taken on the "
+                             "stored pair; default 0; model v3 phase 2: 0.5)", check=share,
+                             metavar="SHARE")
     val_samples: int = setting(500, "size of the fixed validation set (default 500)",
                                check=not_negative)
     seed: int = setting(0, "seed of every random draw (same seed, same slices)")
@@ -260,6 +264,7 @@ class EvaluateSettings:
     p_torchio: float = _like("p_torchio")
     motion_families: str = _like("motion_families")
     acquisition: bool = _like("acquisition")
+    storage: float = _like("storage")
     good: float = setting(0.85, "clinical threshold: SSIM >= this is good (default 0.85)")
     sufficient: float = setting(0.60, "clinical threshold: SSIM >= this is sufficient "
                                 "(default 0.60)")

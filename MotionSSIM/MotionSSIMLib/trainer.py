@@ -253,7 +253,7 @@ class _Run:
                 "optimizer": "Adam", "loss": "MSE", "contrast_augmentation": settings.contrast,
                 **{k: getattr(settings, k) for k in (
                     "p_torchio", "motion_families", "seed", "slices", "acquisition",
-                    "lr_schedule",
+                    "storage", "lr_schedule",
                     "bn_calibration")},
                 "world_size": self.dist.world},
             "epoch": self.epoch + 1,
@@ -304,7 +304,7 @@ def _validation_set(run: _Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
         run.settings.p_torchio, run.device if run.pipe == "device" else "cpu",
         chunk=min(run.settings.batch_size, 100), workers=run.workers,
         rank=run.dist.rank, world_size=run.dist.world, acquisition=run.settings.acquisition,
-        families=run.settings.motion_families))
+        families=run.settings.motion_families, storage=run.settings.storage))
 
 
 def _calibration_set(run: _Run) -> list[torch.Tensor]:
@@ -320,7 +320,7 @@ def _calibration_set(run: _Run) -> list[torch.Tensor]:
         ds, STREAMS["calibration"], n, run.settings.seed, run.settings.contrast, run.settings.p_torchio,
         run.device if run.pipe == "device" else "cpu", chunk=run.settings.batch_size,
         workers=run.workers, acquisition=run.settings.acquisition,
-        families=run.settings.motion_families)]
+        families=run.settings.motion_families, storage=run.settings.storage)]
 
 
 @torch.no_grad()
@@ -417,7 +417,7 @@ def _train_loader(run: _Run, n_batches: int) -> tuple[Any, pipeline.Collate]:
     collate = pipeline.Collate(settings.seed, settings.contrast, settings.p_torchio,
                                corrupt=run.pipe == "workers", tio_backend=settings.tio_backend,
                                acquisition=settings.acquisition,
-                               families=settings.motion_families)
+                               families=settings.motion_families, storage=settings.storage)
     loader = pipeline.make_loader(train_ds, _train_batches(run, n_batches), collate,
                                   run.workers, pin_memory=run.cuda)
     return loader, collate
@@ -608,6 +608,7 @@ def train(
             raise InputError(f"{state_path}: not a MotionSSIM training state")
         known = {f.name for f in fields(TrainSettings)}
         base = {k: v for k, v in saved["settings"].items() if k in known}
+        base.setdefault("storage", 0.0)  # runs saved before the storage stage had none
         now = asdict(settings)
         settings = TrainSettings(**{**now, **{k: base[k] for k in RUN_KEYS if k in base}})
         if keep_epochs and "epochs" in base:

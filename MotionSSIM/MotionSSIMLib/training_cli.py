@@ -196,7 +196,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             families=chosen.motion_families,
             batch_size=chosen.batch_size, workers=chosen.workers,
             thresholds=ClinicalThresholds(good=chosen.good, sufficient=chosen.sufficient),
-            progress=chosen.progress, slices=chosen.slices, acquisition=chosen.acquisition)
+            progress=chosen.progress, slices=chosen.slices, acquisition=chosen.acquisition,
+            storage=chosen.storage)
     except (MotionSSIMError, OSError) as exc:  # OSError: the report folder cannot be written
         return _error(exc)
     for name, m in result.report["models"].items():
