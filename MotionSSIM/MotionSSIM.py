@@ -135,17 +135,55 @@ class MotionSSIMParameterNode:
     overlayStyle: Annotated[str, Choice(OVERLAY_STYLES)] = "frame"
 
 
-def parameterWidgets(ui) -> dict:
+def parameterWidgets(ui, skip=()) -> dict:
     """SlicerParameterName -> widget, for the widgets of `ui` (childWidgetVariables): what
-    connectGui(ui) binds. Both modules bind through connectParametersToGui(this), which returns
-    a tag on Slicer 5.8 too, where connectGui returns None (wrapper.py) so that disconnectGui
-    could never disconnect."""
+    connectGui(ui) binds, less the names in `skip` (path fields: PathFields binds them). Both
+    modules bind through connectParametersToGui(this), which returns a tag on Slicer 5.8 too,
+    where connectGui returns None (wrapper.py) so that disconnectGui could never disconnect."""
     found = {}
     for widget in vars(ui).values():
         name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
-        if name:
+        if name and str(name) not in skip:
             found[str(name)] = widget
     return found
+
+
+def pathText(value) -> str:
+    """What a path field shows for a pathlib.Path parameter: nothing when it is unset (the
+    wrapper's default pathlib.Path() reads '.', which its ctkPathLineEdit connector shows)."""
+    return "" if value is None or str(value) in ("", ".") else str(value)
+
+
+class PathFields:
+    """Binds pathlib.Path parameters to ctkPathLineEdits in place of the wrapper's connector,
+    so that an unset path shows an empty field. The widgets' signals are connected once (in
+    setup); `setNode` follows a new parameter node, `update` shows the node's values (call it
+    from the node's ModifiedEvent observer)."""
+
+    def __init__(self, widgets: dict) -> None:
+        self.widgets = widgets  # parameter name -> ctkPathLineEdit
+        self.node = None
+        for name, widget in widgets.items():
+            widget.connect("currentPathChanged(QString)",
+                           lambda text, name=name: self._fromWidget(name, text))
+
+    def setNode(self, node) -> None:
+        self.node = node
+        self.update()
+
+    def _fromWidget(self, name: str, text: str) -> None:
+        if self.node is not None and pathText(getattr(self.node, name)) != text:
+            setattr(self.node, name, pathlib.Path(text) if text else pathlib.Path())
+
+    def update(self, caller=None, event=None) -> None:
+        if self.node is None:
+            return
+        for name, widget in self.widgets.items():
+            text = pathText(getattr(self.node, name))
+            if widget.currentPath != text:
+                wasBlocked = widget.blockSignals(True)  # not written back as a user edit
+                widget.currentPath = text
+                widget.blockSignals(wasBlocked)
 
 
 def sameParameterNode(a, b) -> bool:
@@ -186,6 +224,7 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self._pathFields = PathFields({"modelPath": self.ui.modelPathLineEdit})
 
         self.logic = MotionSSIMLogic()
         self.logic.logCallback = self.log
@@ -265,7 +304,7 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
                 self._parameterNode.inputVolume = firstVolumeNode
         trained = qt.QSettings().value(MODEL_SETTINGS_KEY, "")
-        if trained and os.path.isfile(trained) and str(self._parameterNode.modelPath) in ("", "."):
+        if trained and os.path.isfile(trained) and str(self._parameterNode.modelPath) in ("", "."):  # unset
             self._parameterNode.modelPath = pathlib.Path(trained)
             self._parameterNode.modelSource = MODEL_SOURCES[1]
 
@@ -281,8 +320,10 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(
-                parameterWidgets(self.ui))
+                parameterWidgets(self.ui, skip=self._pathFields.widgets))
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._pathFields.setNode(self._parameterNode)
+        if self._parameterNode:
             self._checkCanApply()
 
     def _setInputsEnabled(self, enabled: bool) -> None:
@@ -291,6 +332,7 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.enabled = enabled
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        self._pathFields.update()
         if self._job is not None:  # the button is Cancel while running
             self.ui.applyButton.text = "Cancel"
             self.ui.applyButton.toolTip = "Stop the running assessment (the scene is unchanged)"

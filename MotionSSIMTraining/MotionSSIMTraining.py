@@ -149,6 +149,12 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             lineEdit.filters = splitFilters
             lineEdit.nameFilters = ["Split file (*.json *.csv)", "All files (*)"]
         self.ui.outputFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        import MotionSSIM  # the path-field binding is shared with the assessment module
+
+        self._pathFields = MotionSSIM.PathFields({
+            "trainingData": self.ui.trainingDataPathLineEdit,
+            "validationData": self.ui.validationDataPathLineEdit,
+            "outputFolder": self.ui.outputFolderPathLineEdit})
         self.ui.trainingDataFolderButton.connect(
             "clicked(bool)", lambda checked=False: self.onChooseFolder("trainingData"))
         self.ui.validationDataFolderButton.connect(
@@ -210,11 +216,14 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(
-                MotionSSIM.parameterWidgets(self.ui))
+                MotionSSIM.parameterWidgets(self.ui, skip=self._pathFields.widgets))
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._pathFields.setNode(self._parameterNode)
+        if self._parameterNode:
             self._updateButtons()
 
     def _updateButtons(self, caller=None, event=None) -> None:
+        self._pathFields.update()
         running = self.logic.isRunning()
         p = self._parameterNode
         ready = p is not None and _isSet(p.outputFolder) and (p.resume or _isSet(p.trainingData))

@@ -112,7 +112,9 @@ def test_child_job_runs_at_command_line_speed_while_the_main_thread_holds_the_gi
     assert job.wait(300)
     free_s = job.elapsed_s
     job = ms.AssessmentJob(node, model=model_path, device="cpu")
-    held_s, finished = idle_main_thread(job, cap_s=max(4 * free_s, 1.3 * cli_s))
+    # the cap follows the free run alone: the command line's time grows with other load on
+    # the cores (15 s measured beside a training run) and let the crawling job finish
+    held_s, finished = idle_main_thread(job, cap_s=4 * free_s)
     job.cancel()
     job.wait(300)
     print(f"command line {cli_s:.1f} s; child job, main thread idle holding the GIL "
@@ -319,3 +321,36 @@ def test_crash_line_is_one_line():
     assert line.startswith("the assessment process crashed (exit status 1): RuntimeError: CUDA")
     assert "\n" not in line
     assert "killed (SIGKILL: out of memory?)" in jobs.crash_line(-9, [])
+
+
+@posix_only
+def test_the_main_process_never_imports_torch(tmp_path, model_path, temp_root):
+    """Slicer's main process copies the voxels, starts the child and writes its results into
+    the scene without importing torch (no pause of seconds at the first Apply): a fresh
+    interpreter runs a whole child job on real MRML and then looks at its own modules."""
+    script = tmp_path / "main_process.py"
+    script.write_text(f"""
+import sys
+import numpy as np
+import slicer
+from MotionSSIMLib import jobs
+from MotionSSIMLib import scene as ms
+
+slicer.mrmlScene = slicer.vtkMRMLScene()
+node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+g = np.meshgrid(*[np.linspace(-1, 1, n) for n in (4, 48, 48)], indexing="ij")
+array = np.where(g[1] ** 2 + g[2] ** 2 < 0.6, 100.0 + 30.0 * g[1], 0.0).astype("float32")
+slicer.util.updateVolumeFromArray(node, array)
+job = ms.AssessmentJob(node, model={str(model_path)!r}, device="cpu",
+                       child=jobs.ChildProcess(temp_root={str(temp_root)!r}))
+assert job.wait(300)
+result = job.finish()
+assert result.table.GetNumberOfRows() == 4
+print("torch imported:", "torch" in sys.modules)
+""")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "MotionSSIM"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch imported: False" in done.stdout, done.stdout

@@ -497,7 +497,7 @@ def test_parameter_node_is_connected_once(name):
     assert ".connectGui(" not in source
     setter = ast.unparse(function(tree, widget, "setParameterNode"))
     assert "sameParameterNode(inputParameterNode, self._parameterNode)" in setter
-    assert "connectParametersToGui(" in setter and "parameterWidgets(self.ui)" in setter
+    assert "connectParametersToGui(" in setter and "parameterWidgets(self.ui, skip=" in setter
     exit_ = function(tree, widget, "exit")
     assert "disconnectGui" not in ast.unparse(exit_)
     assert "self.setParameterNode(None)" in ast.unparse(function(tree, widget, "cleanup"))
@@ -525,6 +525,7 @@ def test_parameter_widgets_finds_what_connectgui_finds():
     ui = types.SimpleNamespace(deviceComboBox=combo, label=label, modelPathLineEdit=edit,
                                layout=object())
     assert namespace["parameterWidgets"](ui) == {"device": combo, "modelPath": edit}
+    assert namespace["parameterWidgets"](ui, skip={"modelPath": edit}) == {"device": combo}
     node = object()
     same = namespace["sameParameterNode"]
     assert same(types.SimpleNamespace(parameterNode=node), types.SimpleNamespace(parameterNode=node))
@@ -534,6 +535,66 @@ def test_parameter_widgets_finds_what_connectgui_finds():
     # the names it finds are exactly the .ui's SlicerParameterName properties
     assert {p for _, p in ui_widgets("MotionSSIM").values() if p} == set(
         parameter_fields(tree))
+
+
+def test_unset_path_fields_show_nothing():
+    """An unset pathlib.Path parameter reads '.', which the wrapper's ctkPathLineEdit connector
+    shows (serializers.py, guiConnectors.py); PathFields shows an empty field instead and writes
+    the user's edits back. Checked with a stand-in line edit and parameter node."""
+    import pathlib
+    import types
+
+    tree = parse("MotionSSIM")
+    path_fields = next(c for c in tree.body if isinstance(c, ast.ClassDef)
+                       and c.name == "PathFields")
+    namespace = {"pathlib": pathlib}
+    exec(compile(ast.Module(body=[module_function(tree, "pathText"), path_fields],
+                            type_ignores=[]), "MotionSSIM.py", "exec"), namespace)
+    pathText, PathFields = namespace["pathText"], namespace["PathFields"]
+    assert pathText(pathlib.Path()) == "" and pathText(None) == ""
+    assert pathText(pathlib.Path("/data/m.safetensors")) == "/data/m.safetensors"
+
+    class LineEdit:
+        def __init__(self):
+            self.currentPath, self.blocked, self.slots = "", False, []
+
+        def connect(self, signal, slot):
+            assert signal == "currentPathChanged(QString)"
+            self.slots.append(slot)
+
+        def blockSignals(self, block):
+            was, self.blocked = self.blocked, block
+            return was
+
+        def type(self, text):  # the user edits the field
+            self.currentPath = text
+            if not self.blocked:
+                for slot in self.slots:
+                    slot(text)
+
+    edit = LineEdit()
+    fields = PathFields({"modelPath": edit})
+    node = types.SimpleNamespace(modelPath=pathlib.Path())
+    fields.setNode(node)
+    assert edit.currentPath == ""  # not "."
+    edit.type("/data/m.safetensors")
+    assert node.modelPath == pathlib.Path("/data/m.safetensors")
+    edit.type("")
+    assert node.modelPath == pathlib.Path() and edit.currentPath == ""
+    node.modelPath = pathlib.Path("/x/y.safetensors")  # set from code or a loaded scene
+    fields.update()
+    assert edit.currentPath == "/x/y.safetensors" and not edit.blocked
+    assert len(edit.slots) == 1  # connected once, whatever the parameter nodes
+    fields.setNode(None)
+    edit.type("/z")  # no node: nothing written, nothing raised
+    # both modules bind their path fields through it, and leave them out of the wrapper's GUI
+    for name, paths in (("MotionSSIM", {"modelPath"}),
+                        ("MotionSSIMTraining", {"trainingData", "validationData", "outputFolder"})):
+        source = (ROOT / name / f"{name}.py").read_text()
+        assert "PathFields({" in source and "skip=self._pathFields.widgets" in source
+        assert "self._pathFields.setNode(self._parameterNode)" in source
+        assert "self._pathFields.update()" in source
+        assert all(f'"{p}":' in source for p in paths)
 
 
 def test_installation_dialogs_are_not_under_a_wait_cursor_and_restart_is_offered():

@@ -16,3 +16,7 @@ class CheckpointError(MotionSSIMError):
 class SettingsError(MotionSSIMError, ValueError):
     """A setting out of range or of the wrong type (orientation, thresholds, spacing, batch
     size...). Also a ValueError, so callers that caught ValueError before still do."""
+
+
+class Cancelled(MotionSSIMError):
+    """The user cancelled the assessment."""

@@ -9,13 +9,17 @@ slice views show them (radiological: patient right on screen left).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .errors import InputError, SettingsError
-from .intensity import minmax
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the model-input fit only: Slicer's main process builds Volumes (the voxel
+# copy handed to the assessment child) without loading torch.
 
 ORIENTATIONS = ("axial", "coronal", "sagittal")
 ANISOTROPY_RATIO = 1.5
@@ -453,6 +457,8 @@ def to_model_input(images: np.ndarray, pixel_spacing=(1.0, 1.0), size: int = MOD
         raise ValueError(f"to_model_input: invalid pixel spacing {pixel_spacing}")
     if windows is not None and len(windows) != len(a):
         raise ValueError(f"to_model_input: {len(windows)} windows for {len(a)} slices")
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     if not crop and windows is None:
         return _fit(x, (sr, sc), size).numpy()
@@ -480,6 +486,10 @@ def _fit(x: torch.Tensor, pixel_spacing, size: int) -> torch.Tensor:
     """Slices (n, h, w) of one shape: square pixels (the coarser axis resampled to the finer
     spacing), min-max to [0, 1], then scaled so the longer side is size (UPSCALE_WINDOW; a
     window that fits was only padded before model v3), then padded centred."""
+    import torch.nn.functional as F
+
+    from .intensity import minmax
+
     n, h, w = x.shape
     sr, sc = pixel_spacing
     if abs(sr - sc) > 1e-3 * min(sr, sc):

@@ -30,7 +30,7 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -41,9 +41,10 @@ from torch import nn
 from .checkpoint import LoadedModel, default_model_path, load_checkpoint
 from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class
 from .devices import cpu_native_bf16, resolve_device  # noqa: F401 - public here too
-from .errors import CheckpointError, InputError, MotionSSIMError, SettingsError
+from .errors import Cancelled, CheckpointError, InputError, MotionSSIMError, SettingsError  # noqa: F401 (Cancelled: re-exported)
 from .geometry import MODEL_SIZE, Volume, extract_slices, to_model_input, volume
 from .model import forward_ssim
+from .results import Assessment, SliceRecord  # noqa: F401 - public here too
 
 # typing.Union, not `|`: this alias is evaluated at import, and Slicer 5.8 has Python 3.9
 ModelLike = Union[str, os.PathLike, nn.Module, LoadedModel, None]
@@ -82,10 +83,6 @@ MODEL_CACHE_SIZE = 4  # loaded checkpoints kept (a GPU holds a few ResNets easil
 # noise, strips and constant images); far outside it the weights are broken (e.g. a last layer
 # scaled by 60000 gives 1e7, which clamping would turn into "good"), so the run is refused.
 RAW_OUTPUT_RANGE = (-0.5, 1.5)
-
-
-class Cancelled(MotionSSIMError):
-    """The user cancelled the assessment."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -413,35 +410,6 @@ def _predict_chunk(net: nn.Module, x: torch.Tensor, dev: torch.device, batch_siz
             continue
         start = stop
     return raw, net, dev, batch_size
-
-
-@dataclass
-class SliceRecord:
-    index: int
-    position_mm: float
-    ssim: float
-    clinical_class: int
-    foreground: float
-    empty: bool  # not counted: too little foreground, or blank
-    blank: bool = False  # no contrast (constant or nearly so): flagged empty
-    ssim_sd: float = 0.0  # spread of the prediction over the views (0 with one view)
-    uncertain: bool = False  # ssim +- UNCERTAIN_SDS * ssim_sd contains a class threshold
-    noise: bool = False  # noise without a head (geometry.slice_structure): flagged empty
-
-
-@dataclass
-class Assessment:
-    records: list[SliceRecord]
-    summary: dict[str, Any]
-    orientation: str
-    axis: str
-    pixel_spacing: tuple[float, float] = (1.0, 1.0)
-    model: dict[str, Any] = field(default_factory=dict)  # short model description
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"orientation": self.orientation, "axis": self.axis,
-                "pixel_spacing": list(self.pixel_spacing), "model": self.model,
-                "summary": self.summary, "slices": [asdict(r) for r in self.records]}
 
 
 def verdict_of(classes: np.ndarray) -> str:

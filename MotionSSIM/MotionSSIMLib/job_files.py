@@ -67,7 +67,7 @@ def assessment_to_dict(a: Any) -> dict[str, Any]:
 def assessment_from_dict(d: dict[str, Any]) -> Any:
     """The Assessment or SeriesAssessment that assessment_to_dict wrote."""
     if d["kind"] == "volume":
-        from .inference import Assessment, SliceRecord
+        from .results import Assessment, SliceRecord
 
         return Assessment([SliceRecord(**r) for r in d["slices"]], d["summary"],
                           d["orientation"], d["axis"], tuple(d["pixel_spacing"]), d["model"])

@@ -229,7 +229,7 @@ class ChildRun(_Run):
 
     def _finish(self, code: int) -> None:
         from . import job_files
-        from .inference import Cancelled
+        from .errors import Cancelled
 
         try:
             if self.cancelled:
