@@ -11,63 +11,23 @@ the old one (the thresholds keep the paper's meaning).
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from MotionSSIMLib import geometry, motion, ssim
+from MotionSSIMLib import geometry, invariance, motion, ssim
 
-MNI = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-MATRICES = (64, 96, 128, 180, 256, 512)  # pixels across the head
-TOLERANCE = 0.03
-TOLERANCE_LOW = 0.06  # 64 and 96 px: the stored copy has lost detail the label compares
+MATRICES = invariance.MATRICES  # pixels across the head
+_head_side, _stored, _pair = invariance.head_side, invariance.stored, invariance.make_pair
 
 
 @pytest.fixture(scope="module")
 def mni_slices() -> np.ndarray:
     """Three axial slices of the MNI152 T1 template (real MR, 1 mm), display orientation."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None:
+    try:
+        return invariance.template_slices((70, 90, 110))
+    except FileNotFoundError:
         pytest.skip("nilearn (MNI152 template) not installed")
-    vol = np.asarray(nib.load(str(Path(spec.origin).parents[1] / MNI)).dataobj, np.float32)
-    out = np.stack([np.rot90(vol[:, :, z]) for z in (70, 90, 110)])
-    return out / out.max()
-
-
-def _head_side(image: np.ndarray) -> int:
-    r0, r1, c0, c1 = geometry.head_box(image)
-    return max(r1 - r0, c1 - c0)
-
-
-def _stored(images: np.ndarray, factor: float) -> np.ndarray:
-    """(N, H, W) resampled by `factor` (anti-aliased when shrinking), as a scanner or a
-    reslicing would store them at another matrix."""
-    n, h, w = images.shape
-    size = (max(8, round(h * factor)), max(8, round(w * factor)))
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    return F.interpolate(x, size=size, mode="bilinear", antialias=factor < 1,
-                         align_corners=False)[:, 0].clamp_(min=0).numpy()
-
-
-def _pair(slices: np.ndarray, simulator: str, severity: float) -> tuple[np.ndarray, np.ndarray,
-                                                                       float]:
-    """The slices at 256 px across the head and their corrupted copies, and the pixel size."""
-    factor = 256 / _head_side(slices[1])
-    clean = _stored(slices, factor)
-    x = torch.from_numpy(clean)[:, None]
-    gen = torch.Generator().manual_seed(7)
-    sev = torch.full((len(x),), severity)
-    if simulator == "kspace":
-        moved = motion.kspace_motion(x, sev, gen)
-    else:
-        moved = motion.random_motion_batch(x, gen, p_torchio=1.0, severity=sev)
-    corrupted = moved[:, 0].numpy() * clean.max(axis=(1, 2), keepdims=True)
-    return clean, corrupted, 1.0 / factor
 
 
 @pytest.mark.parametrize("simulator", ["kspace", "torchio"])
@@ -76,16 +36,15 @@ def test_one_pair_reads_the_same_at_every_matrix(mni_slices, simulator, severity
     clean, corrupted, spacing = _pair(mni_slices, simulator, severity)
     ref = ssim.slice_label(clean, corrupted, (spacing, spacing))
     assert ref.max() < 0.95, "the motion must show at 256 px for the test to mean anything"
-    for n in MATRICES:
-        f = n / 256
-        label = ssim.slice_label(_stored(clean, f), _stored(corrupted, f),
-                                 (spacing / f, spacing / f))
-        bound = TOLERANCE_LOW if n < 128 else TOLERANCE
-        assert np.abs(label - ref).max() <= bound, (n, label, ref)
-    # zero-padded into a larger matrix: the window, hence the label, is the same
-    pad = ((0, 0), (40, 200), (130, 10))
-    padded = ssim.slice_label(np.pad(clean, pad), np.pad(corrupted, pad), (spacing, spacing))
-    np.testing.assert_allclose(padded, ref, atol=1e-3)
+    result = invariance.measure(mni_slices, cases=[(simulator, severity)])
+    case = result["cases"][0]["label"]
+    np.testing.assert_allclose(case["at_256"], ref, atol=1e-6)
+    for name, move in case["largest_move"].items():
+        # zero-padded into a larger matrix: the window, hence the label, is the same
+        bound = invariance.tolerance(int(name)) if name.isdigit() else 1e-3
+        assert move <= bound, (name, move, bound)
+    assert result["passed"] and set(case["largest_move"]) == {
+        str(n) for n in MATRICES if n != 256} | {"padded"}
 
 
 def test_the_padding_label_of_model_v2_fails_this(mni_slices, monkeypatch):

@@ -15,33 +15,12 @@ within, 1 when one is not, 2 on an error. Writes DIR/invariance.json and DIR/inv
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MotionSSIM"))
-
-MNI = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-
-
-def mni_slices(indices: list[int]) -> np.ndarray:
-    """Axial slices of the MNI152 T1 template in display orientation, scaled to [0, 1]."""
-    import nibabel as nib
-
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None:
-        raise FileNotFoundError("nilearn is not installed (pip install -r "
-                                "requirements-eval.txt): it ships the MNI152 template")
-    vol = np.asarray(nib.load(str(Path(spec.origin).parents[1] / MNI)).dataobj, np.float32)
-    if max(indices) >= vol.shape[2] or min(indices) < 0:
-        raise ValueError(f"--slices: the template has {vol.shape[2]} axial slices")
-    out = np.stack([np.rot90(vol[:, :, z]) for z in indices])
-    return out / out.max()
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
@@ -60,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from MotionSSIMLib.jsonable import jsonable
 
     try:
-        slices = mni_slices([int(s) for s in args.slices.split(",")])
+        slices = invariance.template_slices([int(s) for s in args.slices.split(",")])
         paths = [Path(p) for p in (args.model or [default_model_path()])]
         results = {}
         for path in paths:

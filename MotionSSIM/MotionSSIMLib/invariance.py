@@ -23,6 +23,27 @@ REFERENCE = 256
 TOLERANCE = 0.03
 TOLERANCE_LOW = 0.06  # below 128 px the stored copy has lost detail the comparison uses
 PAD = ((0, 0), (40, 200), (130, 10))  # an off-centre zero-padding into a larger matrix
+# The MNI152 2009c T1 template shipped with nilearn: real MR at 1 mm (evaluation data only)
+MNI = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def template_slices(indices: Sequence[int] = (70, 90, 110)) -> np.ndarray:
+    """Axial slices of the MNI152 T1 template in display orientation, scaled to [0, 1].
+    FileNotFoundError when nilearn (which ships it) is not installed."""
+    import importlib.util
+    from pathlib import Path
+
+    import nibabel as nib
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None:
+        raise FileNotFoundError("nilearn is not installed (pip install -r "
+                                "requirements-eval.txt): it ships the MNI152 template")
+    vol = np.asarray(nib.load(str(Path(spec.origin).parents[1] / MNI)).dataobj, np.float32)
+    if max(indices) >= vol.shape[2] or min(indices) < 0:
+        raise ValueError(f"slices: the template has {vol.shape[2]} axial slices")
+    out = np.stack([np.rot90(vol[:, :, z]) for z in indices])
+    return out / out.max()
 
 
 def tolerance(matrix: int) -> float:

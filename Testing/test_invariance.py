@@ -1,0 +1,56 @@
+"""The matrix invariance check (MotionSSIMLib.invariance, scripts/check_invariance.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from MotionSSIMLib import invariance
+
+spec = importlib.util.spec_from_file_location("check_invariance",
+                                              ROOT / "scripts" / "check_invariance.py")
+ci = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ci)
+
+
+@pytest.fixture(scope="module")
+def slices() -> np.ndarray:
+    try:
+        return invariance.template_slices((90,))
+    except FileNotFoundError:
+        pytest.skip("nilearn (MNI152 template) not installed")
+
+
+def test_a_reading_that_follows_the_matrix_fails_and_a_steady_one_passes(slices):
+    cases = [("kspace", 0.5)]
+    steady = invariance.measure(slices, lambda images, sp: np.full(len(images), 0.7), cases)
+    assert steady["passed"]
+    moves = steady["cases"][0]["prediction"]["largest_move"]
+    assert set(moves) == {"64", "96", "128", "180", "512", "padded"}
+    assert max(moves.values()) == 0.0
+    # reads 0.2 higher below 128 px, as a model that takes blur for quality would
+    blur = invariance.measure(
+        slices, lambda images, sp: np.full(len(images), 0.9 if sp[0] > 1.9 else 0.7), cases)
+    assert not blur["passed"] and blur["cases"][0]["label"]["passed"]
+    bad = blur["cases"][0]["prediction"]
+    assert bad["largest_move"]["64"] == pytest.approx(0.2) and not bad["passed"]
+    assert "| kspace | 0.5 | prediction |" in invariance.markdown(blur)
+
+
+def test_script_writes_its_tables_and_exit_status_follows_them(slices, tmp_path, capsys):
+    code = ci.main(["--slices", "90", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "invariance.json").read_text())
+    (only,) = result.values()
+    assert code == (0 if only["passed"] else 1)
+    assert len(only["cases"]) == 4 and all("prediction" in c for c in only["cases"])
+    assert (tmp_path / "invariance.md").read_text() in capsys.readouterr().out
+
+
+def test_script_error_is_one_line(capsys):
+    assert ci.main(["--slices", "900"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("check_invariance: error:") and "\n" not in err
