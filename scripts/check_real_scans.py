@@ -224,7 +224,10 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
     native = torch.from_numpy(np.ascontiguousarray(stack.images[keep], dtype=np.float32))
     native = intensity.minmax(native[:, None])
     spacing = stack.pixel_spacing
-    clean = torch.from_numpy(geometry.to_model_input(native[:, 0].numpy(), spacing))[:, None]
+    # the clean slices' windows, cut once: the label cuts every corrupted copy to them too
+    windows = geometry.model_windows(native[:, 0].numpy(), spacing)
+    clean = torch.from_numpy(geometry.to_model_input(native[:, 0].numpy(), spacing,
+                                                     windows=windows))[:, None]
     n = len(clean)
     per_sim = repeats or max(REPEATS_PER_SIMULATOR, math.ceil(MIN_CORRUPTED / n))
     net, dev = _net(model, device)  # first: a bad model file fails before any simulation
@@ -235,9 +238,10 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
         for _ in range(per_sim):
             s = torch.rand(n, generator=gen) if severity is None else torch.full((n,), severity)
             moved = _corrupt(native, simulator, s, gen)[:, 0].numpy()
-            x, y = ssim.fit_pair(native[:, 0].numpy(), moved, spacing)
+            # ssim.fit_pair's pair, the clean half reused
+            y = torch.from_numpy(geometry.to_model_input(moved, spacing, windows=windows))[:, None]
             images.append(y)
-            labels.append(ssim.ssim_label(x, y).float())
+            labels.append(ssim.ssim_label(clean, y).float())
             sims += [simulator] * n
             sev += s.tolist()
             idx += list(range(n))
