@@ -261,6 +261,7 @@ def test_frames_bound_covers_what_itk_reads_whole(tmp_path):
             f"sys.path.insert(0, {str(ROOT / 'MotionSSIM')!r})\n"
             "from MotionSSIMLib.series import read_series\n"
             "from MotionSSIMLib.errors import InputError\n"
+            "import torch  # the readers import it on first use: not the file's memory\n"
             "def status(key):\n"
             " return [int(x.split()[1]) for x in pathlib.Path('/proc/self/status')"
             ".read_text().splitlines() if x.startswith(key)][0] * 1024\n"
