@@ -18,10 +18,10 @@ training distribution spans what real scanners deliver (issue "Model v2", point 
 * **Storage** (after motion, model v3 phase 2 on): the pair stored at another matrix, as a
   reslicing or a scanner's interpolation stores a series (resampled down, anti-aliased), then
   fitted back to the model input the way `geometry.to_model_input` fits any window (bicubic).
-  The label is taken on the stored pair, as `ssim.slice_label` takes it on a stored scan; the
-  noise is added before the storage, as a scanner's noise is. Without it the model had never
-  seen motion blurred after the acquisition and read the same motion 0.08-0.17 milder at 64-128
-  px than at 256 (`scripts/check_invariance.py`).
+  It changes the model input only: the label stays the acquired pair's (storage does not undo
+  the motion), and the noise is added before the storage, as a scanner's noise is. Without it
+  the model had never seen motion blurred after the acquisition and read the same motion
+  0.08-0.17 milder at 64-128 px than at 256 (`scripts/check_invariance.py`).
 
 Both stages follow TorchIO's make-params / apply split: ``draw_*_params(batch, generator)``
 draws every random number with a (CPU) ``torch.Generator`` (so a seed gives the same

@@ -179,9 +179,9 @@ class TrainSettings:
     acquisition: bool = setting(True, "no acquisition stages (lower acquired matrix, Rician "
                                 "noise on the model input): the paper's corruption only")
     storage: float = setting(0.0, "share of slices stored at a lower matrix after the "
-                             "acquisition, as a reslicing stores a series (label taken on the "
-                             "stored pair; default 0; model v3 phase 2: 0.5)", check=share,
-                             metavar="SHARE")
+                             "acquisition, as a reslicing stores a series (the model input "
+                             "only: the label stays the acquired pair's; default 0)",
+                             check=share, metavar="SHARE")
     val_samples: int = setting(500, "size of the fixed validation set (default 500)",
                                check=not_negative)
     seed: int = setting(0, "seed of every random draw (same seed, same slices)")
