@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, MotionSSIMError
 
+
 ASSESS_EPILOG = """\
 examples:
   motionssim assess scan.nii.gz
@@ -33,13 +34,6 @@ b-values or echoes per position) is assessed frame by frame (--frames 0:10 or 3,
 frames by index, from 0): the CSV gains a frame column, OUT/<name>_heatmap.png shows frame x
 slice, and the line names the worst frame and slice.
 """
-
-
-def _say(text: object, file=None) -> None:
-    """Print one line, printable whatever the file names hold (report.printable)."""
-    from .report import printable
-
-    print(printable(text), file=file or sys.stdout, flush=True)
 
 
 class _Notes(logging.Handler):
@@ -158,13 +152,13 @@ def run_assess(args: argparse.Namespace) -> int:
         model = get_model(args.model, device)  # once for every input, refused before any work
         truth = read_true_ssim(args.true_ssim) if args.true_ssim else None
     except (MotionSSIMError, ValueError, OSError) as exc:
-        _say(f"error: {exc}", sys.stderr)
+        say(f"error: {exc}", sys.stderr)
         return 2
     from .archive import archive_mode, distinct_inputs, run_archive
 
     args.inputs, twice = distinct_inputs(args.inputs)
     for dropped, kept in twice:
-        _say(f"note: {dropped} is {kept} again: assessed once", sys.stderr)
+        say(f"note: {dropped} is {kept} again: assessed once", sys.stderr)
     if archive_mode(args):  # folders, BIDS datasets, --shard, --ratings: the group report
         return run_archive(args, model, device, thresholds)
     unusable, internal = 0, 0
@@ -186,7 +180,7 @@ def run_assess(args: argparse.Namespace) -> int:
                                  source=str(path))
         except CheckpointError as exc:  # the model is broken: every input would fail alike
             bar.close()
-            _say(f"error: {exc}", sys.stderr)
+            say(f"error: {exc}", sys.stderr)
             return 2
         except MotionSSIMError as exc:
             unusable += 1
@@ -225,31 +219,6 @@ def _assess_series(args: argparse.Namespace, path: Path, series, model, device, 
                       min_foreground=args.min_foreground, precision=args.precision,
                       tta=args.tta)
     return a, write_series_report(a, args.out, report_name(path), source=str(path))
-
-
-def series_line(path: Path, a, report: Path) -> str:
-    """INPUT: verdict (N frames: g good / s sufficient / i insufficient; worst frame F slice
-    K SSIM x; mean SSIM m, min y over all frames) -> report."""
-    s = a.summary
-    fc = s["frame_counts"]
-    worst = s["worst_slices"][0]
-    unassessed = f", {fc['unassessed']} without assessable slices" if fc["unassessed"] else ""
-    return (f"{path}: {s['verdict']} ({s['n_frames']} frames: {fc['good']} good / "
-            f"{fc['sufficient']} sufficient / {fc['insufficient']} insufficient{unassessed}; "
-            f"worst frame {worst['frame']} {a.orientation} slice {worst['index']} "
-            f"SSIM {worst['ssim']:.3f}; mean SSIM {s['mean_ssim']:.3f} over all frames) "
-            f"-> {report}")
-
-
-def assess_line(path: Path, a, report: Path) -> str:
-    """INPUT: verdict (mean SSIM x, min y, n good / n sufficient / n insufficient, e empty)."""
-    s = a.summary
-    c = s["counts"]
-    stats = (f"mean SSIM {s['mean_ssim']:.3f}, min {s['min_ssim']:.3f}, "
-             if s["n_assessed"] else "")
-    return (f"{path}: {s['verdict']} ({stats}{c['good']} good / {c['sufficient']} sufficient / "
-            f"{c['insufficient']} insufficient, {c['empty']} empty {a.orientation} slices) "
-            f"-> {report}")
 
 
 def _training_cli():
@@ -319,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except MotionSSIMError as exc:
-        _say(f"error: {exc}", sys.stderr)
+        say(f"error: {exc}", sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

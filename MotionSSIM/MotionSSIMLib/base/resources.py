@@ -8,7 +8,8 @@ from pathlib import Path
 
 __all__ = ["MODELS", "REQUIREMENTS", "RESOURCES", "SAMPLES", "model_file", "sample_file"]
 
-RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
+# MotionSSIMLib/base/resources.py -> MotionSSIM/Resources
+RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
 MODELS = RESOURCES / "Models"            # the bundled model(s) and their cards
 SAMPLES = RESOURCES / "Samples"          # the sample volume and its true SSIM
 REQUIREMENTS = RESOURCES / "requirements.txt"  # what pip installs at first use in Slicer

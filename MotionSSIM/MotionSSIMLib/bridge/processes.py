@@ -201,7 +201,8 @@ def python_executable() -> str:
 
 def engine_folder() -> str:
     """The folder holding the MotionSSIMLib package (put on a child's PYTHONPATH)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # MotionSSIMLib/bridge/processes.py -> the folder above MotionSSIMLib
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
