@@ -17,9 +17,9 @@ import SimpleITK as sitk
 import torch
 from conftest import ROOT
 
-from MotionSSIMLib.checkpoint import DEFAULT_MODEL_NAME, load_checkpoint, save_checkpoint
-from MotionSSIMLib.evaluation import evaluate_checkpoints
-from MotionSSIMLib.trainer import TrainSettings, train
+from MotionSSIMLib.assessment.checkpoint import DEFAULT_MODEL_NAME, load_checkpoint, save_checkpoint
+from MotionSSIMLib.training.evaluation import evaluate_checkpoints
+from MotionSSIMLib.training.trainer import TrainSettings, train
 
 
 def _load(name: str):

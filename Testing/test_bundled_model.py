@@ -5,12 +5,12 @@ import shutil
 import numpy as np
 import pytest
 
-from MotionSSIMLib.checkpoint import default_model_path, load_checkpoint, read_metadata
-from MotionSSIMLib.errors import CheckpointError
-from MotionSSIMLib.geometry import extract_slices
-from MotionSSIMLib.inference import assess_volume, predict_slices
-from MotionSSIMLib.io import read_volume
-from MotionSSIMLib.report import read_true_ssim
+from MotionSSIMLib.assessment.checkpoint import default_model_path, load_checkpoint, read_metadata
+from MotionSSIMLib.assessment.inference import assess_volume, predict_slices
+from MotionSSIMLib.assessment.report import read_true_ssim
+from MotionSSIMLib.base.errors import CheckpointError
+from MotionSSIMLib.imaging.geometry import extract_slices
+from MotionSSIMLib.imaging.io import read_volume
 
 SAMPLES = default_model_path().parents[1] / "Samples"
 SAMPLE = SAMPLES / "sample_t2_motion.nii.gz"

@@ -227,7 +227,7 @@ def third_party_imports() -> dict[str, set[str]]:
 def test_slicer_requirements_cover_every_import_of_the_engine():
     """One requirements file (MotionSSIM/Resources/requirements.txt) installs everything the
     code that runs in Slicer imports, and lists nothing it does not import."""
-    from MotionSSIMLib import dependencies
+    from MotionSSIMLib.bridge import dependencies
 
     required = {dependencies.normalize(r.name)
                 for r in dependencies.read_requirements(

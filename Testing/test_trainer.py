@@ -18,9 +18,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MotionSSIMLib import trainer
-from MotionSSIMLib.errors import InputError
-from MotionSSIMLib.trainer import TrainingDiverged, TrainSettings, train
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.training import run_state, trainer
+from MotionSSIMLib.training.trainer import TrainingDiverged, TrainSettings, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def reference(toy, tmp_path_factory):
 
 
 def test_uninterrupted_run_writes_logs_and_checkpoints(reference):
-    from MotionSSIMLib.checkpoint import load_checkpoint
+    from MotionSSIMLib.assessment.checkpoint import load_checkpoint
 
     out, res = reference["out"], reference["result"]
     assert res.status == "finished" and res.epoch == 2 and res.step == 6
@@ -97,7 +97,7 @@ def test_uninterrupted_run_writes_logs_and_checkpoints(reference):
         [(e, b) for e in range(2) for b in range(3)]
     with open(out / "log.csv") as f:
         header = f.readline().strip().split(",")
-    assert header == list(trainer.LOG_COLUMNS)
+    assert header == list(run_state.LOG_COLUMNS)
     rows = log_rows(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["step"]) for r in rows] == [3, 6]
     assert all(float(r["val_loss"]) >= 0 and float(r["samples_per_s"]) > 0 for r in rows)
@@ -173,8 +173,8 @@ def test_resumed_fine_tuning_keeps_its_origin_without_reloading_it(toy, referenc
 
 def test_bundle_model_writes_a_loadable_fp16_model_and_its_card(toy, reference, tmp_path,
                                                                 c_locale):
-    from MotionSSIMLib.checkpoint import load_checkpoint, save_checkpoint
-    from MotionSSIMLib.evaluation import evaluate_checkpoints
+    from MotionSSIMLib.assessment.checkpoint import load_checkpoint, save_checkpoint
+    from MotionSSIMLib.training.evaluation import evaluate_checkpoints
 
     # The run, its best model's output spread cut 100-fold about 0.5: two toy epochs at 48 px
     # can read outside the accepted raw range on the bundled sample's slices (on some CPUs'
@@ -252,14 +252,14 @@ def test_nan_loss_stops_and_keeps_good_checkpoints(toy, tmp_path):
     assert json.loads((tmp_path / "log.json").read_text())["status"] == "diverged"
     for name in ("last.safetensors", "best.safetensors"):
         if (tmp_path / name).exists():
-            from MotionSSIMLib.checkpoint import load_checkpoint
+            from MotionSSIMLib.assessment.checkpoint import load_checkpoint
 
             m = load_checkpoint(tmp_path / name).model
             assert all(torch.isfinite(p).all() for p in m.parameters())
 
 
 def test_cli_errors_are_one_line(toy, tmp_path, capsys):
-    from MotionSSIMLib import training_cli
+    from MotionSSIMLib.training import training_cli
 
     parser = argparse.ArgumentParser()
     training_cli.add_train_arguments(parser)
@@ -381,7 +381,7 @@ def test_cpu_training_uses_channels_last_by_default(toy, tmp_path):
         seen.append(w.is_contiguous(memory_format=torch.channels_last)
                     and not w.is_contiguous())
 
-    from MotionSSIMLib.model import build_model
+    from MotionSSIMLib.assessment.model import build_model
 
     orig = build_model
 
@@ -390,7 +390,7 @@ def test_cpu_training_uses_channels_last_by_default(toy, tmp_path):
         net.register_forward_pre_hook(hook)
         return net
 
-    import MotionSSIMLib.model as model_mod
+    import MotionSSIMLib.assessment.model as model_mod
 
     model_mod.build_model, saved = spy, model_mod.build_model
     try:
@@ -407,7 +407,7 @@ def test_cpu_training_uses_channels_last_by_default(toy, tmp_path):
 def test_plain_resume_keeps_the_saved_schedule(toy, tmp_path):
     # `train --out RUN --resume` without --epochs must not stretch a cosine curve to the
     # default 2000 epochs (it did: the learning rate fell 16x at the first resume)
-    from MotionSSIMLib.training_cli import add_train_arguments
+    from MotionSSIMLib.training.training_cli import add_train_arguments
 
     s = small(lr_schedule="cosine", warmup=0.2)
 

@@ -8,13 +8,12 @@ Exit status: 0 when every input was assessed, 2 when any was unusable or an opti
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
 
-from .errors import CheckpointError, MotionSSIMError
-
+from .assessment.lines import assess_line, say, series_line
+from .base.errors import CheckpointError, MotionSSIMError
 
 ASSESS_EPILOG = """\
 examples:
@@ -44,7 +43,7 @@ class _Notes(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
 
-        from .report import printable
+        from .assessment.report import printable
 
         tqdm.write(printable(f"note: {record.getMessage()}"), file=sys.stderr)
 
@@ -123,11 +122,18 @@ def add_assess_arguments(p: argparse.ArgumentParser) -> None:
 def run_assess(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .classes import ClinicalThresholds
-    from .devices import resolve_device
-    from .inference import assess_volume, check_tta, get_model, resolve_precision
-    from .report import check_writable, printable, read_true_ssim, report_name, write_report
-    from .series import Series, frame_chooser, read_series
+    from .assessment.classes import ClinicalThresholds
+    from .assessment.devices import resolve_device
+    from .assessment.inference import assess_volume, check_tta, get_model, resolve_precision
+    from .assessment.report import (
+        check_writable,
+        printable,
+        read_true_ssim,
+        report_name,
+        write_report,
+    )
+    from .imaging.io import read_series
+    from .imaging.series import Series, frame_chooser
 
     show_notes()
     if args.debug:  # the image libraries' output, captured by io while reading
@@ -154,7 +160,8 @@ def run_assess(args: argparse.Namespace) -> int:
     except (MotionSSIMError, ValueError, OSError) as exc:
         say(f"error: {exc}", sys.stderr)
         return 2
-    from .archive import archive_mode, distinct_inputs, run_archive
+    from .archives.archive import archive_mode, run_archive
+    from .archives.discovery import distinct_inputs
 
     args.inputs, twice = distinct_inputs(args.inputs)
     for dropped, kept in twice:
@@ -207,9 +214,9 @@ def run_assess(args: argparse.Namespace) -> int:
 def _assess_series(args: argparse.Namespace, path: Path, series, model, device, thresholds,
                    truth) -> tuple:
     """A 4D input: every frame chosen assessed (series.assess_series) and its report set."""
-    from .errors import InputError
-    from .report import report_name, write_series_report
-    from .series import assess_series
+    from .assessment.frames import assess_series
+    from .assessment.report import report_name, write_series_report
+    from .base.errors import InputError
 
     if truth is not None:
         raise InputError(f"{path}: --true-ssim goes with a 3D input, this one has "
@@ -222,8 +229,10 @@ def _assess_series(args: argparse.Namespace, path: Path, series, model, device, 
 
 
 def _training_cli():
-    """MotionSSIMLib.training_cli, imported only for the train/evaluate commands."""
-    return importlib.import_module(f"{__package__}.training_cli")
+    """The train and evaluate commands (training.training_cli), imported only for them."""
+    from .training import training_cli
+
+    return training_cli
 
 
 def _unavailable(command: str, exc: BaseException):
@@ -238,7 +247,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser. The training commands' options are added (and training_cli imported) only
     when `argv` asks for train or evaluate, so that assess starts fast and works even where
     the training code or its dependencies are missing."""
-    from . import __version__
+    from .base.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="motionssim",
@@ -253,9 +262,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(run=run_assess)
     g = sub.add_parser("group", help="merge the shards of an archive run into one group "
                        "report (CSV, HTML; agreement with --ratings)")
-    importlib.import_module(f"{__package__}.group_report").add_group_arguments(g)
-    g.set_defaults(run=lambda a: importlib.import_module(
-        f"{__package__}.group_report").run_group(a))
+    from .archives import group_report
+
+    group_report.add_group_arguments(g)
+    g.set_defaults(run=group_report.run_group)
 
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)

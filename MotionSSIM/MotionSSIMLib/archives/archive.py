@@ -9,25 +9,35 @@ inference overlap), its reports written under its key, and the shard's manifest 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io as _io
 import json
 import os
 import queue
-import re
-import secrets
-import stat
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, InputError, MotionSSIMError, SettingsError
-
+from ..base.errors import CheckpointError, InputError, MotionSSIMError, SettingsError
+from .discovery import Scan, discover, is_series_folder
+from .manifest import (
+    MANIFEST_EVERY_S,
+    _entry,
+    _shown,
+    file_sha256,
+    fingerprint,
+    finished,
+    input_identity,
+    inside_out,
+    manifest_path,
+    parse_shard,
+    select_shard,
+    summary_path,
+    write_manifest,
+)
 
 PREFETCH = 1  # volumes read ahead: one waiting while one is assessed (memory: see README)
 
@@ -157,22 +167,8 @@ def archive_mode(args: Any) -> bool:
     return any(Path(p).is_dir() and not is_series_folder(p) for p in args.inputs)
 
 
-def _series_module():
-    """The 4D series engine (series.py with report.write_series_report) when this
-    installation has it, else None (4D files are then listed with io's reason)."""
-    try:
-        from . import report, series
-    except ImportError:
-        return None
-    needed = (hasattr(series, n) for n in ("read_series", "assess_series", "Series",
-                                           "SeriesAssessment"))
-    return series if all(needed) and hasattr(report, "write_series_report") else None
-
-
 def _reader(args: Any) -> Callable[[Scan], Any]:
-    from .io import read_input
-
-    series = _series_module()
+    from ..imaging.io import read_series
 
     def read(scan: Scan) -> tuple[dict[str, Any] | None, Any]:
         """(input_identity or None when it cannot be taken, the Volume or Series): the
@@ -183,34 +179,34 @@ def _reader(args: Any) -> Callable[[Scan], Any]:
             identity = input_identity(scan.path)
         except OSError:  # the reader says what is wrong with it in its own words
             identity = None
-        if series is not None:
-            return identity, series.read_series(scan.path, series=args.series,
-                                                frames=getattr(args, "frames", None))
-        return identity, read_input(scan.path, series=args.series)
+        return identity, read_series(scan.path, series=args.series,
+                                     frames=getattr(args, "frames", None))
     return read
 
 
 def _assess(obj: Any, args: Any, model: Any, device: Any, thresholds: Any) -> Any:
-    """Assess a Volume (3D) or a series.Series (4D) with the run's options, every one of them
+    """Assess a Volume (3D) or a Series (4D) with the run's options, every one of them
     (`--precision` and `--tta` too), as `assess` does for a file given by itself."""
-    from .inference import assess_volume
+    from ..assessment.frames import assess_series
+    from ..assessment.inference import assess_volume
+    from ..imaging.series import Series
 
     kw = dict(model=model, orientation=args.orientation, device=device,
               batch_size=args.batch_size, thresholds=thresholds,
               min_foreground=args.min_foreground, precision=args.precision, tta=args.tta)
-    series = _series_module()
-    if series is not None and isinstance(obj, series.Series):
-        return series.assess_series(obj, **kw)
+    if isinstance(obj, Series):
+        return assess_series(obj, **kw)
     return assess_volume(obj, **kw)
 
 
 def _is_series(a: Any) -> bool:
-    series = _series_module()
-    return series is not None and isinstance(a, series.SeriesAssessment)
+    from ..assessment.frames import SeriesAssessment
+
+    return isinstance(a, SeriesAssessment)
 
 
 def _write(a: Any, out: Path, scan: Scan) -> dict[str, Path]:
-    from . import report
+    from ..assessment import report
 
     write = report.write_series_report if _is_series(a) else report.write_report
     folder = inside_out(out, scan.key.split("/")[:-1])
@@ -218,11 +214,11 @@ def _write(a: Any, out: Path, scan: Scan) -> dict[str, Path]:
 
 
 def _line(scan: Scan, a: Any, summary: Path) -> str:
-    from . import cli
+    from ..assessment import lines
 
-    if _is_series(a) and hasattr(cli, "series_line"):
-        return cli.series_line(Path(scan.rel), a, summary)
-    return cli.assess_line(Path(scan.rel), a, summary)
+    if _is_series(a):
+        return lines.series_line(Path(scan.rel), a, summary)
+    return lines.assess_line(Path(scan.rel), a, summary)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -236,8 +232,8 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
     internal error, 130 interrupted (the manifest records what was done)."""
     from tqdm import tqdm
 
-    from .cli import say
-    from .report import printable
+    from ..assessment.lines import say
+    from ..assessment.report import printable
 
     out = Path(args.out)
     try:
@@ -255,7 +251,7 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
         scans = discover(args.inputs)
         if getattr(args, "ratings", None):  # refused now, not after hours of work: a bad
             # rating, one scan rated twice differently under two spellings
-            from .group_report import match_ratings, read_ratings
+            from .ratings import match_ratings, read_ratings
 
             match_ratings([{"path": s.rel} for s in scans], read_ratings(args.ratings),
                           args.ratings)
@@ -386,7 +382,4 @@ def _about(scan: Scan, exc: BaseException) -> str:
     return msg if msg.startswith(shown) else f"{shown}: {msg}"
 
 
-__all__ = ["Scan", "archive_mode", "bids_entities", "discover", "distinct_inputs",
-           "file_sha256", "finished", "fingerprint", "input_identity", "inside_out",
-           "is_bids_root", "manifest_path", "parse_shard", "run_archive", "same_input",
-           "select_shard", "shard_of"]
+__all__ = ["archive_mode", "run_archive"]

@@ -13,26 +13,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io as _io
-import json
 import os
-import queue
 import re
-import secrets
 import stat
-import sys
-import threading
-import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .errors import CheckpointError, InputError, MotionSSIMError, SettingsError
-
+__all__ = ["Scan", "bids_entities", "discover", "distinct_inputs", "is_bids_root"]
 
 BIDS_DESCRIPTION = "dataset_description.json"
 # folders of a BIDS dataset that hold no raw scans (processed images, sources, scripts)
@@ -175,7 +164,7 @@ def _walk(root: Path, bids: bool) -> Iterator[tuple[str, bool, str]]:
 
 def _report_key(key: str) -> str:
     """`key` with its last component as the report files will be named (report.safe_stem)."""
-    from .report import safe_stem
+    from ..assessment.report import safe_stem
 
     head, _, stem = key.rpartition("/")
     return f"{head}/{safe_stem(stem)}" if head else safe_stem(stem)
@@ -185,7 +174,7 @@ def discover(inputs: Sequence[str | os.PathLike]) -> list[Scan]:
     """The scans of the inputs (module docstring): folders walked, files as they are. A scan
     found twice (the same file through two inputs) is kept once; two scans whose keys
     collide get the 8-hex SHA-256 of their resolved path appended."""
-    from .report import report_name
+    from ..assessment.report import report_name
 
     folders = [Path(p) for p in inputs if Path(p).is_dir() and not is_series_folder(p)]
     prefix = len({str(f.resolve()) for f in folders}) > 1

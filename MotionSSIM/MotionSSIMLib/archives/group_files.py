@@ -8,19 +8,23 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
-import math
 import os
 import secrets
-import stat
-import sys
 import time
 import urllib.parse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, MotionSSIMError
+from .ratings import RATING_NAMES, VERDICT_CLASS, _fmt
+
+GROUP_CSV = "group_report.csv"
+GROUP_HTML = "group_report.html"
+AGREEMENT_JSON = "group_agreement.json"
+AGREEMENT_PNG = "group_agreement.png"
+GROUP_COLUMNS = ("path", "subject", "session", "datatype", "run", "acq", "status", "verdict",
+                 "mean_ssim", "min_ssim", "n_slices", "n_good", "n_sufficient",
+                 "n_insufficient", "n_empty", "worst_slices", "n_frames", "worst_frames",
+                 "reason", "summary", "chart", "input")
 
 
 # ---------------------------------------------------------------------------------------------

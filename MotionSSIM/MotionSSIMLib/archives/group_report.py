@@ -20,44 +20,28 @@ The `motionssim group OUT` command does this once every shard of a `--shard I/N`
 
 from __future__ import annotations
 
-import csv
-import html
-import io
 import json
-import math
-import os
-import secrets
 import stat
 import sys
-import time
-import urllib.parse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, MotionSSIMError
-
-
-GROUP_CSV = "group_report.csv"
-GROUP_HTML = "group_report.html"
-AGREEMENT_JSON = "group_agreement.json"
-AGREEMENT_PNG = "group_agreement.png"
-GROUP_COLUMNS = ("path", "subject", "session", "datatype", "run", "acq", "status", "verdict",
-                 "mean_ssim", "min_ssim", "n_slices", "n_good", "n_sufficient",
-                 "n_insufficient", "n_empty", "worst_slices", "n_frames", "worst_frames",
-                 "reason", "summary", "chart", "input")
-
+from ..base.errors import InputError, MotionSSIMError
+from .group_files import (
+    AGREEMENT_JSON,
+    AGREEMENT_PNG,
+    GROUP_COLUMNS,
+    GROUP_CSV,
+    GROUP_HTML,
+    _agreement_html,
+    _atomic_write,
+    write_csv,
+    write_html,
+)
+from .ratings import _fmt, agreement, match_ratings, plot_agreement, read_ratings
 
 # ---------------------------------------------------------------------------------------------
 # Rows
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if math.isfinite(value) else ""
-    return str(value)
 
 
 def _worst(items: Any) -> str:
@@ -153,13 +137,13 @@ def _manifest(p: Path) -> dict[str, Any]:
     [I, N] within the bounds `--shard` accepts (checked before anything is built from N),
     `n_scans_found` a count, `scans` a list of entries whose key is text, `fingerprint`
     an object."""
-    from .archive import MAX_SHARDS
+    from .manifest import MAX_SHARDS
 
     def bad(why: str) -> InputError:
         return InputError(f"{p}: not a MotionSSIM shard manifest ({why})")
 
     try:
-        from .io import regular_file_size
+        from ..imaging.integrity import regular_file_size
 
         if regular_file_size(p) > MAX_MANIFEST_BYTES:
             raise bad(f"larger than {MAX_MANIFEST_BYTES // 2**20} MB")
@@ -193,7 +177,7 @@ def read_manifests(out: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The manifests of the latest set of shards in OUT (those with the N of the newest
     manifest) and notes on what is missing or set aside. Shards of that set made with another
     model or other options are refused (InputError): their rows could not be compared."""
-    from .archive import MANIFEST_DIR
+    from .manifest import MANIFEST_DIR
 
     folder = Path(out) / MANIFEST_DIR
     found = []
@@ -312,7 +296,7 @@ def add_group_arguments(p: Any) -> None:
 def run_group(args: Any) -> int:
     """`motionssim group OUT`: 0 when every scan was assessed, 2 when any failed, is
     pending or missing, or a shard has not run (each said in one line)."""
-    from .cli import say
+    from ..assessment.lines import say
 
     try:
         if not Path(args.out).is_dir():

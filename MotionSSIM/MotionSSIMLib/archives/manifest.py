@@ -16,24 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io as _io
 import json
 import os
-import queue
 import re
 import secrets
 import stat
-import sys
-import threading
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, InputError, MotionSSIMError, SettingsError
+from ..base.errors import InputError, SettingsError
+from .discovery import Scan
 
+__all__ = [
+    "file_sha256", "finished", "fingerprint", "input_identity", "inside_out", "manifest_path",
+    "parse_shard", "same_input", "select_shard", "shard_of",
+]
 
 MANIFEST_DIR = "motionssim_shards"
 MANIFEST_VERSION = 1
@@ -198,7 +197,7 @@ def _entry(scan: Scan, status: str, reason: str = "") -> dict[str, Any]:
 
 
 def _shown(text: Any) -> str:
-    from .report import printable
+    from ..assessment.report import printable
 
     return printable(text)
 

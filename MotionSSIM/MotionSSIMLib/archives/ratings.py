@@ -9,22 +9,13 @@ correlations and the ROC AUC of re-scan, `plot_agreement` its plot.
 from __future__ import annotations
 
 import csv
-import html
 import io
-import json
 import math
-import os
-import secrets
-import stat
-import sys
-import time
-import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, MotionSSIMError
-
+from ..base.errors import InputError
 
 VERDICT_CLASS = {"good": 1, "sufficient": 2, "insufficient: re-scan": 3}
 RATING_NAMES = {1: "clean", 2: "moderate", 3: "re-scan"}
@@ -40,6 +31,15 @@ MISSING_RATING = ("", "n/a", "na", "nan", "none", "-")
 # Ratings
 
 
+def _fmt(value: Any, digits: int = 4) -> str:
+    """A cell as the CSV and the page show it: floats to `digits` places, None and NaN empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else ""
+    return str(value)
+
+
 def _cell(row: list[str], i: int) -> str:
     return row[i].strip() if i < len(row) else ""
 
@@ -50,7 +50,7 @@ def read_ratings(path: str | Path) -> list[tuple[str, int]]:
     with a scan column (SCAN_COLUMNS) and a rating column (RATING_COLUMNS), or two columns.
     Ratings are 1 (clean), 2 (moderate) or 3 (re-scan); `n/a` or empty cells are left out.
     InputError naming the file (and line) otherwise."""
-    from .io import regular_file_size
+    from ..imaging.integrity import regular_file_size
 
     p = Path(path)
     try:
@@ -127,7 +127,7 @@ def _table_rows(p: Path, text: str) -> list[tuple[int, list[str]]]:
 
 
 def _parts(name: str) -> list[str]:
-    from .archive import strip_suffix
+    from .discovery import strip_suffix
 
     parts = [x for x in name.replace("\\", "/").split("/") if x and x != "."]
     if parts:

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError
-from .jsonable import jsonable
+from ..base.errors import CheckpointError
+from ..base.jsonable import jsonable
+from ..base.resources import model_file
 from .model import ARCHITECTURES, architecture_of, build_model, unwrap
-from .resources import model_file
 
 FORMAT = "motionssim-checkpoint"
 FORMAT_VERSION = 1
@@ -64,7 +64,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any]
     """
     from safetensors.torch import save_file
 
-    from . import __version__
+    from ..base.version import __version__
 
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"checkpoint dtype must be one of {STORAGE_DTYPES}, got {dtype}")

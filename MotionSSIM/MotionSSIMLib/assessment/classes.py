@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import SettingsError
+from ..base.errors import SettingsError
 
 CLINICAL_NAMES = {1: "good", 2: "sufficient", 3: "insufficient"}
 # Overlay label of each key: the clinical class, 4 for empty slices (too little head: predicted

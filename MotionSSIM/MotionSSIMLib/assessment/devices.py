@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from .errors import MotionSSIMError, SettingsError
+from ..base.errors import MotionSSIMError, SettingsError
 
 __all__ = ["ISA_FLAGS", "cpu_description", "cpu_line", "cpu_native_bf16", "mps_available", "resolve_device"]
 

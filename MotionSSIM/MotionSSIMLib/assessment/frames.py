@@ -10,18 +10,15 @@ their mean SSIM: one moved slice spoils a diffusion volume as surely as a moved 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..base.errors import InputError, SettingsError
+from ..imaging.series import Series
 from .classes import CLINICAL_NAMES, ClinicalThresholds
-from .errors import InputError, SettingsError
-from .geometry import Volume, volume
-
 
 N_WORST = 5  # worst frames and worst slices listed in the summary
 
@@ -85,8 +82,8 @@ def assess_series(series: Series, model=None, orientation: str = "auto",
     refused (InputError). `precision` and `tta` (default inference.DEFAULT_TTA) reach every
     frame's assessment exactly as `assess_volume` takes them; the summary's `inference`
     says what ran."""
+    from ..imaging.geometry import resolve_orientation
     from .devices import resolve_device
-    from .geometry import resolve_orientation
     from .inference import DEFAULT_TTA, assess_volume, describe_model, get_model
 
     if not isinstance(series, Series):

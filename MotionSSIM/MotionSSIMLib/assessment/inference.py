@@ -38,11 +38,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..base.errors import (  # noqa: F401 (Cancelled: re-exported)
+    Cancelled,
+    CheckpointError,
+    InputError,
+    MotionSSIMError,
+    SettingsError,
+)
+from ..imaging.geometry import MODEL_SIZE, Volume, extract_slices, to_model_input, volume
 from .checkpoint import LoadedModel, default_model_path, load_checkpoint
 from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class
 from .devices import cpu_native_bf16, resolve_device  # noqa: F401 - public here too
-from .errors import Cancelled, CheckpointError, InputError, MotionSSIMError, SettingsError  # noqa: F401 (Cancelled: re-exported)
-from .geometry import MODEL_SIZE, Volume, extract_slices, to_model_input, volume
 from .model import forward_ssim
 from .results import Assessment, SliceRecord  # noqa: F401 - public here too
 

@@ -4,13 +4,8 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
 import sys
 from pathlib import Path
-
-from .errors import CheckpointError, MotionSSIMError
 
 
 def say(text: object, file=None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .settings import ARCHITECTURES  # the one list of networks (torch-free module)
+from ..base.settings import ARCHITECTURES  # the one list of networks (torch-free module)
 
 # Blocks in layer3 tell the two ResNets apart (resnet18: 2 BasicBlocks, resnet101: 23 Bottlenecks)
 _LAYER3_BLOCKS = {2: "resnet18", 23: "resnet101"}

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from ..base.errors import InputError
+from ..base.jsonable import jsonable
 from .classes import CLASS_COLOURS, CLINICAL_NAMES, SLICE_COLUMNS
-from .errors import InputError
 from .inference import UNCERTAIN_SDS, Assessment
-from .jsonable import jsonable
 
 CSV_COLUMNS = ("index", *SLICE_COLUMNS)
 # --true-ssim: slice indices up to this (an array of that many floats, 8 MB), files up to this
@@ -145,7 +145,7 @@ def read_true_ssim(path: str | Path) -> np.ndarray:
     0 to MAX_TRUE_SSIM_INDEX, values are finite SSIMs in [-1, 1]."""
     shown = printable(path)
     try:
-        from .io import regular_file_size
+        from ..imaging.integrity import regular_file_size
 
         if regular_file_size(path) > MAX_TRUE_SSIM_BYTES:  # a FIFO or device: refused
             raise ValueError(f"larger than {MAX_TRUE_SSIM_BYTES // 2**20} MB")
@@ -177,7 +177,7 @@ def read_true_ssim(path: str | Path) -> np.ndarray:
 def _versions() -> dict[str, str]:
     import torch
 
-    from . import __version__
+    from ..base.version import __version__
 
     return {"motionssim": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
@@ -312,7 +312,6 @@ def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
 
 # ---------------------------------------------------------------------------------------------
 # 4D series (series.SeriesAssessment): the same files with a frame column, plus a heatmap
-
 
 
 def class_colormap(good: float, sufficient: float) -> Any:

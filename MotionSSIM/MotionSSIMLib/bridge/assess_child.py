@@ -1,6 +1,6 @@
 """The child process of an assessment started from Slicer (jobs.ChildRun):
 
-    PythonSlicer -m MotionSSIMLib.assess_child INPUT.npz RESULT.json [options]
+    PythonSlicer -m MotionSSIMLib.bridge.assess_child INPUT.npz RESULT.json [options]
 
 Reads the Volume or Series that job_files.write_input saved, runs the engine on it exactly as
 the command line does (inference.assess_volume / series.assess_series, the model loaded once),
@@ -41,22 +41,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from ..base.errors import MotionSSIMError
     from . import job_files
-    from .errors import MotionSSIMError
 
     try:
-        from .classes import ClinicalThresholds
-        from .devices import resolve_device
-        from .geometry import Volume
+        from ..assessment.classes import ClinicalThresholds
+        from ..assessment.devices import resolve_device
+        from ..imaging.geometry import Volume
 
         say(STAGE_PREFIX + "loading the model")
         data = job_files.read_input(args.input)
         thresholds = ClinicalThresholds(good=args.good, sufficient=args.sufficient)
         device = resolve_device(args.device)
         if isinstance(data, Volume):
-            from .inference import assess_volume as engine
+            from ..assessment.inference import assess_volume as engine
         else:
-            from .series import assess_series as engine
+            from ..assessment.frames import assess_series as engine
         assessment = engine(data, model=args.model, orientation=args.orientation,
                             device=device, batch_size=args.batch_size, thresholds=thresholds,
                             min_foreground=args.min_foreground,

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from ..base.errors import InputError
 
 # torch/torchvision are installed by the PyTorch extension; the engine is tested with these
 TORCH_REQUIREMENT = "torch>=2.1"
@@ -36,7 +36,7 @@ _LINE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*?)\s*
 
 def requirements_path() -> Path:
     """MotionSSIM/Resources/requirements.txt (next to the engine package, installed or not)."""
-    from .resources import REQUIREMENTS
+    from ..base.resources import REQUIREMENTS
 
     return REQUIREMENTS
 

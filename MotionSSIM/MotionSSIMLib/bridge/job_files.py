@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from . import errors
-from .geometry import Volume
-from .jsonable import jsonable
+from ..base import errors
+from ..base.jsonable import jsonable
+from ..imaging.geometry import Volume
 
 RESULT_FORMAT = "motionssim-child-result-1"
 
@@ -44,7 +44,7 @@ def read_input(path: str | os.PathLike) -> Any:
                     tuple(float(v) for v in z["origin"]))
         if "frame_indices" not in z:
             return Volume(*geometry)
-        from .series import Series
+        from ..imaging.series import Series
 
         return Series(*geometry, tuple(int(v) for v in z["frame_indices"]),
                       tuple(str(v) for v in z["frame_labels"]), int(z["n_input_frames"]),
@@ -67,11 +67,11 @@ def assessment_to_dict(a: Any) -> dict[str, Any]:
 def assessment_from_dict(d: dict[str, Any]) -> Any:
     """The Assessment or SeriesAssessment that assessment_to_dict wrote."""
     if d["kind"] == "volume":
-        from .results import Assessment, SliceRecord
+        from ..assessment.results import Assessment, SliceRecord
 
         return Assessment([SliceRecord(**r) for r in d["slices"]], d["summary"],
                           d["orientation"], d["axis"], tuple(d["pixel_spacing"]), d["model"])
-    from .series import FrameResult, SeriesAssessment
+    from ..assessment.frames import FrameResult, SeriesAssessment
 
     frames = [FrameResult(f["frame"], f["label"],
                           assessment_from_dict(f["assessment"]) if f["assessment"] else None,

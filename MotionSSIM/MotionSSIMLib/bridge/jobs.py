@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SettingsError
+from ..base.errors import SettingsError
 
 POLL_S = 0.05  # wait(): how often a blocking caller looks
 LOG_LINES_KEPT = 40  # the child's last output lines, for the crash message
@@ -57,13 +57,13 @@ class ChildProcess:
 
 def _engine(data: Any):
     """assess_volume for a Volume, assess_series for a Series."""
-    from .geometry import Volume
+    from ..imaging.geometry import Volume
 
     if isinstance(data, Volume):
-        from .inference import assess_volume
+        from ..assessment.inference import assess_volume
 
         return assess_volume
-    from .series import assess_series
+    from ..assessment.frames import assess_series
 
     return assess_series
 
@@ -124,7 +124,7 @@ class ThreadRun(_Run):
 
     def _run(self) -> None:
         try:
-            from .devices import resolve_device
+            from ..assessment.devices import resolve_device
 
             self.stage = "loading the model"
             args = dict(self._args)
@@ -157,8 +157,8 @@ class ChildRun(_Run):
     def __init__(self, data: Any, model: Any = None, orientation: str = "auto",
                  device: str = "auto", batch_size: int = 4, thresholds: Any = None,
                  min_foreground: float = 0.05, child: ChildProcess | None = None) -> None:
+        from ..assessment.classes import ClinicalThresholds
         from . import job_files, processes
-        from .classes import ClinicalThresholds
 
         super().__init__()
         if model is not None and not isinstance(model, (str, os.PathLike)):
@@ -174,7 +174,7 @@ class ChildRun(_Run):
             self._result_path = os.path.join(self.folder, "result.json")
             job_files.write_input(source, data)
             command = [child.python or processes.python_executable(), "-m",
-                       "MotionSSIMLib.assess_child", source, self._result_path,
+                       "MotionSSIMLib.bridge.assess_child", source, self._result_path,
                        "--orientation", orientation, "--device", device,
                        "--batch-size", str(int(batch_size)), "--good", repr(thresholds.good),
                        "--sufficient", repr(thresholds.sufficient),
@@ -228,8 +228,8 @@ class ChildRun(_Run):
         return True
 
     def _finish(self, code: int) -> None:
+        from ..base.errors import Cancelled
         from . import job_files
-        from .errors import Cancelled
 
         try:
             if self.cancelled:

@@ -6,18 +6,19 @@ runner, the results written on the main thread once it is done).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import slicer
-import vtk
 
-from .classes import CLASS_COLOURS, CLASS_LABELS, CLINICAL_NAMES, SLICE_COLUMNS
-from .errors import InputError
-from .jsonable import jsonable
+from ..base.errors import InputError
+from .nodes import _scene, volume_from_node
+from .series_results import (
+    SeriesSceneResult,
+    find_browser,
+    read_series_source,
+    write_series_assessment,
+)
+from .volume_results import SceneResult, write_assessment
 
 
 def validate_settings(volumeNode, good: float = 0.85, sufficient: float = 0.60) -> list[str]:
@@ -48,8 +49,8 @@ class AssessmentJob:
     """One assessment running beside the main thread, so that the GUI stays responsive.
 
     Created on the main thread: the voxels are copied there (so later edits of the node cannot
-    reach the running job) and handed to a runner (MotionSSIMLib.jobs) that never touches MRML,
-    VTK or Qt: a worker thread (default; scripts), or with `child` (a jobs.ChildProcess) a child
+    reach the running job) and handed to a runner (`jobs`) that never touches MRML, VTK or Qt:
+    a worker thread (default; scripts), or with `child` (a jobs.ChildProcess) a child
     process of Slicer's Python, which the panel uses because Slicer's idle main thread holds
     the GIL. `poll()` (a timer on the main thread) follows it without blocking; `finish()`,
     called on the main thread once `done`, writes the results into the scene, unless the
@@ -59,8 +60,8 @@ class AssessmentJob:
     def __init__(self, volumeNode, model=None, orientation: str = "auto", device: str = "auto",
                  thresholds=None, min_foreground: float = 0.05, batch_size: int = 4,
                  overlay_style: str = "frame", child=None) -> None:
+        from ..assessment.classes import ClinicalThresholds
         from . import jobs
-        from .classes import ClinicalThresholds
 
         self.volume = volumeNode
         self.scene = _scene()
@@ -146,9 +147,9 @@ def assess_volume_node(
     assess_volume accepts). `progress(done, total)` and `cancel() -> bool` are passed to the
     engine; when cancelled, nothing is written to the scene.
     """
-    from .classes import ClinicalThresholds
-    from .devices import resolve_device
-    from .inference import assess_volume
+    from ..assessment.classes import ClinicalThresholds
+    from ..assessment.devices import resolve_device
+    from ..assessment.inference import assess_volume
 
     thresholds = thresholds if thresholds is not None else ClinicalThresholds()
     vol = volume_from_node(volumeNode)
@@ -178,9 +179,10 @@ def assess_sequence_node(source, browser=None, model=None, orientation: str = "a
     model loaded once, and write the results (write_series_assessment). `browser`: the
     sequence browser whose proxy the views show (found when None); `frames`: a subset as
     `series.parse_frames` accepts (indices into the sequence)."""
-    from .classes import ClinicalThresholds
-    from .devices import resolve_device
-    from .series import assess_series, parse_frames
+    from ..assessment.classes import ClinicalThresholds
+    from ..assessment.devices import resolve_device
+    from ..assessment.frames import assess_series
+    from ..imaging.series import parse_frames
 
     thresholds = thresholds if thresholds is not None else ClinicalThresholds()
     if browser is None and source.IsA("vtkMRMLSequenceNode"):
@@ -204,7 +206,7 @@ def assess_sequence_node(source, browser=None, model=None, orientation: str = "a
 
 def _select_frames(series, chosen):
     """The frames `chosen` (input indices) of a Series."""
-    from .series import Series
+    from ..imaging.series import Series
 
     keep = [series.frame_indices.index(c) for c in chosen]
     return Series(series.array[keep], series.spacing, series.directions, series.origin,

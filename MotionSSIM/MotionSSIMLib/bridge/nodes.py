@@ -9,19 +9,11 @@ stay in the module widget; the bridge only computes what they show.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 import slicer
 import vtk
 
-from .classes import CLASS_COLOURS, CLASS_LABELS, CLINICAL_NAMES, SLICE_COLUMNS
-from .errors import InputError
-from .jsonable import jsonable
-
+from ..base.errors import InputError
 
 ROLE_ATTRIBUTE = "MotionSSIM.Role"
 SOURCE_ATTRIBUTE = "MotionSSIM.SourceVolumeID"
@@ -56,7 +48,7 @@ def volume_from_node(volumeNode):
     The array keeps Slicer's [k, j, i] order; spacing, directions and origin come from the
     node's IJK-to-RAS matrix (so oblique and anisotropic volumes keep their geometry).
     """
-    from .geometry import Volume
+    from ..imaging.geometry import Volume
 
     if volumeNode is None:
         raise InputError("no input volume: select a volume")

@@ -13,27 +13,26 @@ whenever the browser shows another frame, so the chart follows the frame.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import slicer
 import vtk
 
-from .classes import CLASS_COLOURS, CLASS_LABELS, CLINICAL_NAMES, SLICE_COLUMNS
-from .errors import InputError
-from .jsonable import jsonable
+from ..base.errors import InputError
+from ..base.jsonable import jsonable
+from .nodes import (
+    AXIS_ATTRIBUTE,
+    ORIENTATION_ATTRIBUTE,
+    _get_or_create,
+    _scene,
+    ijk_to_ras_array,
+    slice_center_ras,
+    volume_from_node,
+)
+from .volume_results import SceneResult, write_assessment
 
-
-# --------------------------------------------------------------------------- 4D series
-# A sequence node (Sequences module) or a multi-volume node is assessed frame by frame
-# (MotionSSIMLib.series). What is written: a frame x slice table referenced from the sequence
-# node (one row per frame: frame, label, verdict, min and mean SSIM, then one SSIM column per
-# slice, empty for an empty slice), and for the frame shown, the usual per-slice table, chart
-# and overlay (write_assessment) on the node the slice views show: the sequence browser's proxy
-# node, or the multi-volume node. An observer on the browser node rewrites those whenever the
-# browser shows another frame, so the chart follows the frame.
 
 REF_HEATMAP = "MotionSSIMFrameSliceTable"
 SERIES_SUMMARY_ATTRIBUTE = "MotionSSIM.SeriesSummary"
@@ -55,7 +54,7 @@ def series_from_sequence(sequenceNode):
     """The frames of a sequence of scalar volumes as an engine Series (copies of the voxels,
     geometry from the first frame; every frame must have the same matrix and geometry).
     Frame labels are the sequence's index values (`time = 2.5 s`)."""
-    from .series import series_from_array
+    from ..imaging.series import series_from_array
 
     if sequenceNode is None or not sequenceNode.IsA("vtkMRMLSequenceNode"):
         raise InputError("no input sequence: select a sequence node")
@@ -89,7 +88,7 @@ def series_from_multivolume(volumeNode):
     """The frames of a multi-volume node (its scalar components) as an engine Series."""
     from vtk.util.numpy_support import vtk_to_numpy
 
-    from .series import series_from_array
+    from ..imaging.series import series_from_array
 
     name = volumeNode.GetName()
     image = volumeNode.GetImageData()
@@ -171,7 +170,7 @@ def write_series_assessment(source, assessment, thresholds=None, browser=None,
     the scene: the frame x slice table, and the results of the frame shown (the browser's
     selected item, or the first frame) on the node the views show. `follow`: observe the
     browser so that the chart, table and overlay follow the frame it shows."""
-    from .classes import ClinicalThresholds
+    from ..assessment.classes import ClinicalThresholds
 
     thresholds = thresholds if thresholds is not None else ClinicalThresholds()
     name = source.GetName()

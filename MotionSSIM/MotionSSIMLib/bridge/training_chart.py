@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import slicer
 
-from .scene import REF_SERIES_PREFIX, ROLE_ATTRIBUTE, _scene
+from .nodes import ROLE_ATTRIBUTE, _scene
+from .volume_results import REF_SERIES_PREFIX
 
 __all__ = ["TRAINING_LOG_SERIES", "read_training_log", "write_training_chart"]
 

@@ -16,7 +16,6 @@ jump of every slice view to a row's slice, and the corner-annotation text of a v
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +23,22 @@ import numpy as np
 import slicer
 import vtk
 
-from .classes import CLASS_COLOURS, CLASS_LABELS, CLINICAL_NAMES, SLICE_COLUMNS
-from .errors import InputError
-from .jsonable import jsonable
-
+from ..assessment.classes import CLASS_COLOURS, CLASS_LABELS, CLINICAL_NAMES, SLICE_COLUMNS
+from ..base.jsonable import jsonable
+from .nodes import (
+    AXES,
+    AXIS_ATTRIBUTE,
+    ORIENTATION_ATTRIBUTE,
+    ROLE_ATTRIBUTE,
+    SUMMARY_ATTRIBUTE,
+    THRESHOLDS_ATTRIBUTE,
+    _get_or_create,
+    _referenced,
+    _scene,
+    _world_to_local,
+    ijk_to_ras_array,
+    slice_center_ras,
+)
 
 REF_TABLE = "MotionSSIMTable"
 REF_PLOT_TABLE = "MotionSSIMPlotTable"
@@ -266,7 +277,7 @@ def write_assessment(
     volumeNode, assessment, thresholds=None, overlay_style: str = "frame"
 ) -> SceneResult:
     """Write an engine Assessment of `volumeNode` into the scene (create or update the nodes)."""
-    from .classes import ClinicalThresholds
+    from ..assessment.classes import ClinicalThresholds
 
     if overlay_style not in OVERLAY_STYLES:
         raise ValueError(f"overlay_style must be one of {OVERLAY_STYLES}, got {overlay_style!r}")

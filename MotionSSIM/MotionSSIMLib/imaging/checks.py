@@ -14,29 +14,20 @@ after the capture: the CLI prints them as `note: ...` lines.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
-import dataclasses
-import gzip
-import hashlib
 import logging
 import os
-import re
-import stat
 import sys
 import tempfile
 import threading
 import warnings
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from . import dicom
-from .errors import InputError
-from .geometry import Volume, volume
-
+from ..base.errors import InputError
+from .geometry import Volume
 
 log = logging.getLogger(__name__)
 MIN_SIDE = 16

@@ -17,14 +17,12 @@ import hashlib
 import math
 import os
 import stat
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-
+from ..base.errors import InputError
+from .dicom_header import _UNDEFINED, DICOM_SUFFIXES, DicomHeader, read_header
 
 # Attributes that tell two images at one position apart: a 4D series, not a duplicate.
 _FOURTH_DIMENSION = (("echo_number", "echoes"), ("echo_time", "echo times"),

@@ -8,18 +8,14 @@ MAX_HEADER_BYTES and MAX_DEPTH nested sequences; a truncated or foreign file is 
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
-import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-
+from ..base.errors import InputError
 
 # Header bytes read before the pixel data at most: real headers are a few KB to a few MB
 # (private tags, embedded thumbnails); beyond this a file is refused rather than parsed.

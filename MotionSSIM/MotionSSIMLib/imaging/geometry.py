@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError, SettingsError
+from ..base.errors import InputError, SettingsError
 
 if TYPE_CHECKING:
     import torch

@@ -9,28 +9,17 @@ the voxels ITK read from a verified stream must be the ones the stream holds.
 from __future__ import annotations
 
 import bz2
-import contextlib
-import dataclasses
 import gzip
 import hashlib
-import logging
 import os
-import re
 import stat
-import sys
-import tempfile
-import threading
-import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from . import dicom
-from .errors import InputError
-from .geometry import Volume, volume
-
+from ..base.errors import InputError
 
 _CHUNK = 1 << 20
 

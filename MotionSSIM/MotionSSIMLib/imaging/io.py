@@ -11,29 +11,45 @@ declares (`checks`: the memory bound); after reading, the values (`checks._check
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import dataclasses
-import gzip
-import hashlib
-import logging
 import os
 import re
 import stat
-import sys
-import tempfile
-import threading
-import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ..base.errors import InputError, SettingsError
 from . import dicom
-from .errors import InputError
+from .dicom_header import DICOM_SUFFIXES, DicomHeader, read_header
+from .checks import (
+    MAX_ABS_VALUE,
+    FrameChoice,
+    _captured,
+    _check_header_size,
+    _check_shape,
+    _check_values,
+    _choose_frames,
+    _compact,
+    _extreme,
+    _magnitude,
+    _squeeze_to_3d,
+    check_budget,
+)
 from .geometry import Volume, volume
-
+from .integrity import (
+    _check_metaimage,
+    _check_nrrd,
+    _corrupted,
+    _require_regular,
+    _stat_input,
+    _verify_stream,
+    _voxel_digest,
+)
+from .series import Series, frame_chooser, series_from_array
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -103,8 +119,6 @@ def _sitk_to_series(path: Path, img, chosen: list[int], components: bool):
     """A 4D SimpleITK image (or a list-axis NRRD's components) as a Series of `chosen`.
     Memory: ITK's buffer and the frames chosen, each copied and converted on its own."""
     import SimpleITK as sitk
-
-    from .series import series_from_array
 
     dim = img.GetDimension()
     sp, org, d = img.GetSpacing(), img.GetOrigin(), np.asarray(img.GetDirection())
@@ -177,7 +191,7 @@ def _to_grey(img):
     return comps[0]  # grey + alpha
 
 
-def _read_dicom_file(path: Path, hdr: dicom.DicomHeader) -> Volume:
+def _read_dicom_file(path: Path, hdr: DicomHeader) -> Volume:
     """One DICOM file (a 2D slice or a multi-frame volume), its size checked on the header."""
     import SimpleITK as sitk
 
@@ -195,12 +209,10 @@ def _read_dicom_file(path: Path, hdr: dicom.DicomHeader) -> Volume:
     return _sitk_to_volume(path, img, False)
 
 
-def _read_dicom_frames(folder: Path, groups: list[list[dicom.DicomHeader]],
+def _read_dicom_frames(folder: Path, groups: list[list[DicomHeader]],
                        labels: list[str], frames: FrameChoice):
     """The frames chosen of a DICOM series with several images per position (dicom.
     split_frames), each read as a 3D volume; every frame must have the same slice positions."""
-    from .series import series_from_array
-
     first = groups[0][0]
     dicom.check_pixels(first)
     cols, rows = int(first.number("columns")), int(first.number("rows"))
@@ -230,7 +242,7 @@ def _read_dicom_folder(folder: Path, series: str | None, frames: FrameChoice | N
     return _read_dicom_series(folder, *dicom.order_slices(folder, headers))
 
 
-def _read_dicom_series(folder: Path, headers: list[dicom.DicomHeader], step: float) -> Volume:
+def _read_dicom_series(folder: Path, headers: list[DicomHeader], step: float) -> Volume:
     """The ordered slices of one 3D volume (dicom.order_slices) read by SimpleITK."""
     import SimpleITK as sitk
 
@@ -327,8 +339,6 @@ def _read_nifti_frames(path: Path, img, chosen: list[int], unreadable):
     """The frames `chosen` of a 4D NIfTI, one at a time (in increasing order, with the file
     kept open: a .nii.gz is then decompressed once, not once per frame)."""
     import nibabel as nib
-
-    from .series import series_from_array
 
     ndim = len(img.shape)
     out = None
@@ -458,8 +468,8 @@ def _read_file(p: Path, frames: FrameChoice | None = None):
         return _read_npy(p)
     if suffix in (".nii", ".nii.gz"):
         return _read_nifti(p, frames)
-    if suffix in dicom.DICOM_SUFFIXES or re.fullmatch(r"[^.]*", p.name) or _is_dicom_file(p):
-        hdr = dicom.read_header(p)
+    if suffix in DICOM_SUFFIXES or re.fullmatch(r"[^.]*", p.name) or _is_dicom_file(p):
+        hdr = read_header(p)
         if hdr is not None:
             if hdr.pixel_length == -1:
                 raise InputError(f"{p}: a DICOM file without an image")

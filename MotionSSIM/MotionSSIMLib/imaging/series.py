@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from .classes import CLINICAL_NAMES, ClinicalThresholds
-from .errors import InputError, SettingsError
+from ..base.errors import InputError
 from .geometry import Volume, volume
-
 
 __all__ = ["Series", "frame_chooser", "parse_frames", "series_from_array"]
 

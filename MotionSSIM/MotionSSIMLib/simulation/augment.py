@@ -79,7 +79,7 @@ def _check_images(x: torch.Tensor, name: str) -> None:
 
 
 def _minmax(x: torch.Tensor) -> torch.Tensor:
-    from .intensity import minmax
+    from ..imaging.intensity import minmax
 
     return minmax(x)
 

@@ -8,20 +8,24 @@ draws, `apply_kspace_motion` applies (see `motion` for the conventions).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .errors import MotionSSIMError
-from .intensity import minmax
-from .settings import MOTION_FAMILIES, family_weights
+from ..imaging.intensity import minmax
+from .motion_base import (
+    REFERENCE_SIZE,
+    _check_batch,
+    _check_params,
+    _Params,
+    _rotate,
+    _severity_vector,
+    _uniform,
+)
 
+__all__ = ["KspaceMotionParams", "apply_kspace_motion", "draw_kspace_params", "kspace_motion"]
 
 # k-space line simulator:
 KS_MAX_POSES = 8  # rigid poses (one moved copy of the image each)

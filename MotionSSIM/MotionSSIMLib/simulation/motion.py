@@ -38,21 +38,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .errors import MotionSSIMError
-from .intensity import minmax
-from .settings import MOTION_FAMILIES, family_weights
-
+from ..base.settings import MOTION_FAMILIES, family_weights
+from .kspace_motion import KspaceMotionParams, apply_kspace_motion, draw_kspace_params
+from .motion_base import _check_batch, _check_params, _Params, _severity_vector, _uniform
+from .tio_motion import TIO_BACKENDS, TioMotionParams, apply_tio_motion, draw_tio_params
 
 __all__ = [
-    "KspaceMotionParams", "TioMotionParams", "MotionParams",
-    "draw_kspace_params", "apply_kspace_motion", "kspace_motion",
-    "draw_tio_params", "apply_tio_motion", "tio_motion", "torchio_motion", "tio_motion_call",
-    "draw_motion_params", "apply_motion", "random_motion_batch", "TIO_BACKENDS",
-    "MOTION_FAMILIES",
+    "MOTION_FAMILIES", "MotionParams", "apply_motion", "draw_motion_params",
+    "random_motion_batch",
 ]
 
 

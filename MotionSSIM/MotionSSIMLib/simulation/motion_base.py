@@ -5,19 +5,10 @@ batch checks, per-sample parameter selection (`_Params`) and in-plane rotation (
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .errors import MotionSSIMError
-from .intensity import minmax
-from .settings import MOTION_FAMILIES, family_weights
-
 
 # Settings at severity 1. Amplitudes scale linearly with severity; the counts and the share of
 # corrupted lines grow with it. Calibrated on MNI152 slices (README, motion section): mean

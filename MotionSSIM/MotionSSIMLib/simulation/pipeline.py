@@ -82,7 +82,7 @@ class CorruptionParams:
 
     def describe(self, i: int) -> dict[str, Any]:
         """What sample i went through, as plain Python values (JSON-serialisable)."""
-        from . import intensity
+        from ..imaging import intensity
 
         out: dict[str, Any] = {"contrast": None, "contrast_params": {}}
         if self.contrast_names is not None and self.contrast_params is not None:
@@ -118,7 +118,8 @@ def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generato
     every sample), then (acquisition=True) the acquired matrix and the noise (`augment`), then
     (acquisition=True and storage > 0: the share of samples stored) the stored matrix.
     Deterministic for a seeded generator; storage=0 draws nothing more."""
-    from . import augment, intensity, motion
+    from ..imaging import intensity
+    from . import augment, motion
 
     names, cparams = (intensity.sample_contrast_batch(batch, generator) if contrast
                       else (None, None))
@@ -151,7 +152,8 @@ def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
     0.15 on average over the same motion (0.29 at SNR 3-5, 0.09 at SNR 20-100: identical
     noise swamps the ghosts in dark regions), and a model trained on it read real scans 0.04
     to 0.12 high (the model before it: at most 0.065)."""
-    from . import augment, intensity, motion, ssim
+    from ..imaging import intensity
+    from . import augment, motion, ssim
 
     if clean.ndim != 4 or clean.shape[1] != 1:
         raise ValueError(f"corrupt_batch: expected (B, 1, H, W), got {tuple(clean.shape)}")
@@ -210,10 +212,10 @@ def corrupt_batch(
     (`augment.apply_storage`; 0: none)."""
     if clean.ndim != 4 or clean.shape[1] != 1:
         raise ValueError(f"corrupt_batch: expected (B, 1, H, W), got {tuple(clean.shape)}")
-    from . import motion
+    from . import tio_motion
 
-    if tio_backend not in motion.TIO_BACKENDS:
-        raise ValueError(f"corrupt_batch: tio_backend must be one of {motion.TIO_BACKENDS}, "
+    if tio_backend not in tio_motion.TIO_BACKENDS:
+        raise ValueError(f"corrupt_batch: tio_backend must be one of {tio_motion.TIO_BACKENDS}, "
                          f"got {tio_backend!r}")
     params = draw_corruption(clean.shape[0], tuple(clean.shape[-2:]), generator, contrast,
                              p_torchio, p_clean, acquisition, families, storage)

@@ -45,16 +45,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .intensity import minmax
-from .motion import (
-    KS_CENTRE_FRACTION,
-    REFERENCE_SIZE,
-    _check_params,
-    _Params,
-    _rotate,
-    _severity_vector,
-    _uniform,
-)
+from ..imaging.intensity import minmax
+from .kspace_motion import KS_CENTRE_FRACTION
+from .motion_base import REFERENCE_SIZE, _check_params, _Params, _rotate, _severity_vector, _uniform
 
 __all__ = [
     "FAMILY_SIMULATORS", "ORDERINGS",

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import geometry
-from .intensity import minmax
+from ..imaging import geometry
+from ..imaging.intensity import minmax
 
 __all__ = ["fit_pair", "slice_label", "ssim", "ssim_label"]
 

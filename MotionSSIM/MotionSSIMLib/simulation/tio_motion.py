@@ -10,9 +10,7 @@ one, narrowing as the number of transforms grows.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +18,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MotionSSIMError
-from .intensity import minmax
-from .settings import MOTION_FAMILIES, family_weights
+from ..base.errors import MotionSSIMError
+from ..imaging.intensity import minmax
+from .motion_base import (
+    REFERENCE_SIZE,
+    _check_batch,
+    _check_params,
+    _Params,
+    _severity_vector,
+    _uniform,
+)
 
+__all__ = [
+    "TIO_BACKENDS", "TioMotionParams", "apply_tio_motion", "draw_tio_params", "tio_motion",
+    "tio_motion_call", "torchio_motion",
+]
 
 # TorchIO simulator (its centre segment is the unmoved one; it narrows as transforms increase):
 TIO_MAX_TRANSFORMS = 20

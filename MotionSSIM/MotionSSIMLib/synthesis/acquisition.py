@@ -9,23 +9,16 @@ k-space noise at a random SNR, and the pipelines' background edits.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import json
 import math
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from .errors import MotionSSIMError
-from .geometry import Volume, volume
+from .anatomy import TissueModel
 
+__all__ = ["INPLANE_RANGE", "MATRIX_RANGE"]
 
 MATRIX_RANGE = (64, 512)        # output in-plane matrix (per side)
 INPLANE_RANGE = (0.4, 3.0)      # acquired in-plane voxel size, mm (EPI up to 3.2)

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from .errors import MotionSSIMError
-from .geometry import Volume, volume
+from ..base.errors import MotionSSIMError
 
+__all__ = ["CLASSES", "TissueModel", "load_tissue_model", "template_dir"]
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",

@@ -8,23 +8,22 @@ anatomical changes drawn in `anatomy` (atrophy, vessels, lesions, a mass).
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import json
-import math
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from .errors import MotionSSIMError
-from .geometry import Volume, volume
+from .anatomy import (
+    _EXTRA_AIR,
+    _EXTRA_EYE,
+    _EXTRA_ORBIT_FAT,
+    CLASSES,
+    C,
+    TissueModel,
+    _euler,
+    _smooth_noise,
+)
 
+__all__ = ["KINDS"]
 
 # Named contrasts; "generic" draws every tissue intensity at random, "inverted" flips a named
 # contrast's tissue intensities, "post" is a post-contrast (gadolinium) T1. "random" mixes all.

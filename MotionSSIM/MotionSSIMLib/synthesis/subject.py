@@ -12,29 +12,32 @@ per process, ~4 s).
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import json
 import math
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from .errors import MotionSSIMError
-from .geometry import Volume, volume
+from ..imaging.geometry import Volume, volume
+from .acquisition import (
+    _acquisition,
+    _background_edits,
+    _bias_field,
+    _direct_recon,
+    _draw_snr,
+    _epi_distortion,
+    _isotropic_acquisition,
+    _kspace_recon,
+    _rician,
+    _sample,
+    _slice_profile,
+    _to_output_grid,
+)
+from .anatomy import _draw_anatomy, _draw_deformation, load_tissue_model
+from .contrast import KIND_PROBS, KINDS, _contrast, _tissue_image
 
-
-__all__ = [
-    "CLASSES", "KINDS", "SPLIT_IDS", "TissueModel", "load_tissue_model", "template_dir",
-    "synth_subject", "synth_subject_info", "resample", "subject_rng", "write_dataset",
-    "OPTION_KEYS", "MATRIX_RANGE", "INPLANE_RANGE",
-]
+__all__ = ["OPTION_KEYS", "resample", "synth_subject", "synth_subject_info"]
 
 
 OPTION_KEYS = ("ventricle_mm", "sulcal_mm", "lesions", "mass", "skull_stripped", "vessels",

@@ -8,23 +8,19 @@ number of workers, and held-out subjects never share a stream with training subj
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
-import math
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy import ndimage as ndi
 
-from .errors import MotionSSIMError
-from .geometry import Volume, volume
+from ..imaging.geometry import Volume
+from .anatomy import TEMPLATE_FILES, load_tissue_model
+from .contrast import KINDS
+from .subject import _checked_options, synth_subject_info
 
+__all__ = ["SPLIT_IDS", "subject_rng", "write_dataset"]
 
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
@@ -112,7 +108,7 @@ def write_dataset(out_dir: str | Path, n_train: int, n_val: int, n_test: int, se
              for name in SPLIT_IDS}
     (out / "split.json").write_text(json.dumps(split, indent=1), encoding="utf-8")
     meta = {
-        "generator": "MotionSSIMLib.synth",
+        "generator": "MotionSSIMLib.synthesis",
         "template": {key: f"nilearn/datasets/data/{file}" for key, file in TEMPLATE_FILES.items()},
         "seed": int(seed),
         "seed_streams": "numpy.random.default_rng(numpy.random.SeedSequence(entropy=seed, "

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError, MotionSSIMError
-from .settings import SLICE_RANGES
+from ..base.errors import InputError, MotionSSIMError
+from ..base.settings import SLICE_RANGES
 
 __all__ = [
     "SLICE_RANGES",
@@ -256,7 +256,7 @@ def _skip_message(path: str, exc: BaseException) -> str:
 
 
 def _volume_info(vol: Any) -> dict[str, Any]:
-    from . import geometry
+    from ..imaging import geometry
 
     spacing = tuple(float(s) for s in vol.spacing)
     anisotropic = max(spacing) / min(spacing) > ANISOTROPY_RATIO
@@ -354,7 +354,7 @@ class SliceDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def _read(self, path: str) -> tuple[Any, int]:
-        from . import io
+        from ..imaging import io
 
         vol = io.read_volume(path)
         self._info[path] = _volume_info(vol)
@@ -364,7 +364,7 @@ class SliceDataset(torch.utils.data.Dataset):
         return self.volume_cache.get(("volume", path), lambda: self._read(path))
 
     def _candidates(self, path: str, orientation: str) -> _Candidates:
-        from . import geometry
+        from ..imaging import geometry
 
         def load() -> tuple[_Candidates, int]:
             stack = geometry.extract_slices(self._volume(path), orientation)
@@ -376,7 +376,7 @@ class SliceDataset(torch.utils.data.Dataset):
         return self.cache.get(("slices", path, orientation, self.slices), load)
 
     def _orientation(self, path: str, rng: np.random.Generator) -> str:
-        from . import geometry
+        from ..imaging import geometry
 
         # Always draw, so that the random stream does not depend on the volume.
         pick = geometry.ORIENTATIONS[int(rng.integers(3))]
@@ -413,7 +413,7 @@ class SliceDataset(torch.utils.data.Dataset):
         """The clean model-input slice (S, S) float32 in [0, 1] of `key` = (stream, epoch, i):
         the drawn slice cut to its head window (the clean slice's box, before any corruption)
         and fitted, as `geometry.to_model_input` does for inference."""
-        from . import geometry
+        from ..imaging import geometry
 
         stream, epoch, index = key
         image, where = self.draw(sample_rng(self.seed, stream, epoch, index))
@@ -430,7 +430,7 @@ def check_volumes(paths: Sequence[str | Path], report: Callable[[str], None] | N
     """Read every volume once: returns (the readable paths, a summary per readable volume).
     Each unreadable one is reported once (via `report`) and left out; InputError when none is
     usable."""
-    from . import io
+    from ..imaging import io
 
     good: list[str] = []
     infos: list[dict] = []

@@ -9,9 +9,6 @@ the same seed gives the same slices, so models are compared on identical data.
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,22 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class, uniform_class
-from .errors import InputError
-from .jsonable import jsonable
-from .settings import parse_families
+from ..assessment.classes import ClinicalThresholds
+from ..base.errors import InputError
+from ..base.settings import parse_families
+from .evaluation_figures import CLASS_COUNTS, evaluate_predictions
+from .evaluation_report import write_report
 
-
-__all__ = [
-    "CLASS_COUNTS",
-    "Evaluation",
-    "classification_table",
-    "evaluate_checkpoints",
-    "evaluate_predictions",
-    "regression_figures",
-    "test_set",
-    "write_report",
-]
+__all__ = ["Evaluation", "evaluate_checkpoints", "test_set"]
 
 
 @dataclass
@@ -64,8 +52,8 @@ def test_set(paths: Sequence[str | Path], n: int = 10000, seed: int = 0, input_s
     families (`settings.parse_families`; one name evaluates one family: the slices, contrasts
     and severities stay those of the other families for the same seed). `storage`: the share
     stored at a lower matrix after the acquisition (`augment.apply_storage`)."""
+    from ..simulation.pipeline import fixed_set
     from .data import STREAMS, SliceDataset
-    from .pipeline import fixed_set
 
     ds = SliceDataset(list(paths), seed=seed, input_size=input_size,
                       cache_bytes=int(cache_mb) << 20, slices=slices)
@@ -121,10 +109,10 @@ def evaluate_checkpoints(
     Returns an `Evaluation`: the report (as in report.json) and the true and predicted SSIMs."""
     import torch
 
-    from .checkpoint import load_checkpoint
+    from ..assessment.checkpoint import load_checkpoint
+    from ..assessment.devices import resolve_device
+    from ..assessment.model import forward_ssim
     from .data import check_volumes, summarize_volumes
-    from .devices import resolve_device
-    from .model import forward_ssim
 
     if not checkpoints:
         raise InputError("no checkpoint to evaluate")

@@ -8,22 +8,14 @@ kappa).
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class, uniform_class
-from .errors import InputError
-from .jsonable import jsonable
-from .settings import parse_families
+from ..assessment.classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class, uniform_class
 
+__all__ = ["CLASS_COUNTS", "classification_table", "evaluate_predictions", "regression_figures"]
 
 CLASS_COUNTS = (3, 5, 10)   # Table III of the paper
 

@@ -11,19 +11,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class, uniform_class
-from .errors import InputError
-from .jsonable import jsonable
-from .settings import parse_families
+from ..base.jsonable import jsonable
+from .evaluation_figures import CLASS_COUNTS
 
+__all__ = ["write_report"]
 
 # ----------------------------------------------------------------------------- report files
 

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import InputError
+from ..base.errors import InputError
 
 LOCK_NAME = "train.lock"
 

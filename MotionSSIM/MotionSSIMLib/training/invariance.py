@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import geometry, motion, ssim
+from ..imaging import geometry
+from ..simulation import kspace_motion, motion, ssim
 
 MATRICES = (64, 96, 128, 180, 256, 512)  # pixels across the head
 REFERENCE = 256
@@ -80,7 +81,7 @@ def make_pair(slices: np.ndarray, simulator: str, severity: float, seed: int = 7
     gen = torch.Generator().manual_seed(seed)
     sev = torch.full((len(x),), float(severity))
     if simulator == "kspace":
-        moved = motion.kspace_motion(x, sev, gen)
+        moved = kspace_motion.kspace_motion(x, sev, gen)
     else:
         moved = motion.random_motion_batch(x, gen, p_torchio=1.0, severity=sev)
     corrupted = moved[:, 0].numpy() * clean.max(axis=(1, 2), keepdims=True)

@@ -10,37 +10,29 @@ saved state depends on where a class lives in the package (Testing/test_trainer.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io as _io
 import json
 import math
 import os
-import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import pipeline
-from .data import STREAMS, SliceDataset, check_volumes, summarize_volumes
-from .devices import cpu_native_bf16, resolve_device
-from .errors import InputError, MotionSSIMError
-from .model import forward_ssim
-from .settings import COSINE_FLOOR, RUN_KEYS, TrainSettings
+from ..assessment.devices import cpu_native_bf16, resolve_device
+from ..base.errors import MotionSSIMError
+from ..base.settings import TrainSettings
 from .train_support import (
     Dist,
-    StopFlag,
     atomic_torch_save,
     atomic_write_bytes,
-    init_distributed,
     rng_state,
     set_rng_state,
 )
 
+__all__ = ["LOG_COLUMNS"]
 
 LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_mae", "val_residual_sd", "lr",
                "samples_per_s", "elapsed_s")
@@ -108,12 +100,14 @@ class _Run:
     # -- model ---------------------------------------------------------------------------
 
     def build(self, load_init: bool = True) -> None:
-        from .model import build_model  # looked up at call time (tests substitute a spy)
+        from ..assessment.model import (
+            build_model,  # looked up at call time (tests substitute a spy)
+        )
 
         torch.manual_seed(self.settings.seed)  # the same initial weights for the same seed
         net = build_model(self.settings.architecture)
         if self.settings.init_from and load_init:
-            from .checkpoint import load_checkpoint
+            from ..assessment.checkpoint import load_checkpoint
 
             init = load_checkpoint(self.settings.init_from)
             if init.metadata["architecture"] != self.settings.architecture:
@@ -121,7 +115,7 @@ class _Run:
                                       f"checkpoint cannot initialise a {self.settings.architecture}")
             net.load_state_dict(init.model.state_dict())
         if self.settings.freeze:
-            from .model import freeze_stages
+            from ..assessment.model import freeze_stages
 
             freeze_stages(net, self.settings.freeze)
         net = net.to(self.device)
@@ -213,7 +207,7 @@ class _Run:
     def save_checkpoints(self, metrics: dict[str, Any], best: bool) -> None:
         if not self.dist.main:
             return
-        from .checkpoint import save_checkpoint
+        from ..assessment.checkpoint import save_checkpoint
 
         meta = self.metadata(metrics)
         save_checkpoint(self.out / "last.safetensors", self.net, meta)

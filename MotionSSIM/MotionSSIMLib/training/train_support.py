@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
-from .settings import TrainSettings
+from ..base.errors import InputError
+from ..base.settings import TrainSettings
 
 __all__ = ["Dist", "StopFlag", "atomic_torch_save", "atomic_write_bytes", "init_distributed",
            "rng_state", "set_rng_state"]

@@ -18,11 +18,7 @@ CUDA, gloo on CPU); each process takes an equal share of every global batch.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io as _io
-import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,31 +28,18 @@ from typing import Any
 
 import torch
 
-from . import pipeline
+from ..assessment.model import forward_ssim
+from ..base.errors import InputError, MotionSSIMError
+from ..base.settings import COSINE_FLOOR, RUN_KEYS, TrainSettings
+from ..simulation import pipeline
 from .data import STREAMS, SliceDataset, check_volumes, summarize_volumes
-from .devices import cpu_native_bf16, resolve_device
-from .errors import InputError, MotionSSIMError
-from .model import forward_ssim
-from .settings import COSINE_FLOOR, RUN_KEYS, TrainSettings
+from .run_state import STATE_FORMAT, _finite_or_none, _Run
 from .train_support import (
-    Dist,
     StopFlag,
-    atomic_torch_save,
-    atomic_write_bytes,
     init_distributed,
-    rng_state,
-    set_rng_state,
 )
 
-
-__all__ = [
-    "LOG_COLUMNS",
-    "TrainResult",
-    "TrainSettings",
-    "TrainingDiverged",
-    "learning_rate",
-    "train",
-]
+__all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "learning_rate", "train"]
 
 
 class TrainingDiverged(MotionSSIMError):

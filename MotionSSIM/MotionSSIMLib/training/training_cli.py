@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import settings
-from .errors import MotionSSIMError
+from ..base import settings
+from ..base.errors import MotionSSIMError
 
 EXIT_STOPPED = 3  # stopped on request with a resumable state (not 1: Python's crash status)
 
@@ -101,7 +101,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _error(exc: BaseException) -> int:
-    from .report import printable
+    from ..assessment.report import printable
 
     if isinstance(exc, OSError) and exc.strerror:  # the file and the cause, in one line
         msg = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
@@ -113,7 +113,7 @@ def _error(exc: BaseException) -> int:
 
 def _check_out(out: str) -> None:
     """--out must be a folder (or not exist yet): refused before any work otherwise."""
-    from .errors import InputError
+    from ..base.errors import InputError
 
     p = Path(out)
     while not p.exists() and p.parent != p:  # the nearest part of the path that exists
@@ -128,8 +128,8 @@ def run_train(args: argparse.Namespace) -> int:
     process holds the output folder's lock (folder_lock) while it trains."""
     import os
 
+    from ..base.errors import InputError
     from . import folder_lock
-    from .errors import InputError
 
     try:
         from .data import resolve_split
@@ -182,7 +182,7 @@ def _nothing():
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate from parsed `add_evaluate_arguments` arguments; returns the exit status."""
-    from .classes import ClinicalThresholds
+    from ..assessment.classes import ClinicalThresholds
     from .data import resolve_split
     from .evaluation import evaluate_checkpoints
 
@@ -211,7 +211,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """`train.py ARGS` / `python -m MotionSSIMLib.training_cli ARGS`: parse and train."""
+    """`train.py ARGS` / `python -m MotionSSIMLib.training.training_cli ARGS`: parse and train."""
     parser = argparse.ArgumentParser(
         prog="train.py", description="Train a MotionSSIM model (SSIM regression of motion "
         "artefacts) on 3D MR volumes with on-the-fly motion and contrast augmentation.")
