@@ -168,7 +168,7 @@ def test_child_series_job_on_a_multivolume_node(mrml, model_path, temp_root):
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.diag([1.0, 1.0, 3.0, 1.0])))
     node.SetAttribute(series_results.MULTIVOLUME_FRAMES_ATTRIBUTE, "3")
     job = node_jobs.SeriesAssessmentJob(node, model=model_path, device="cpu", batch_size=8,
-                                 child=child(temp_root))
+                                        child=child(temp_root))
     assert job.wait(300), list(job.run.log)
     result = job.finish()
     assert result.heatmap.GetNumberOfRows() == 3 and result.frame_result is not None

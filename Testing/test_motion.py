@@ -169,8 +169,8 @@ def test_tio_resampling_matches_simpleitk():
     ref = np.stack([sitk.GetArrayFromImage(im).transpose()[0]
                     for im in motion.resample_images(sitk_img, transforms, "linear")[1:]])
     ours = tio_module._tio_resample(img.expand(len(degrees), -1, -1).contiguous(),
-                           torch.tensor(degrees, dtype=torch.float32),
-                           torch.tensor(trans, dtype=torch.float32)).numpy()
+                                    torch.tensor(degrees, dtype=torch.float32),
+                                    torch.tensor(trans, dtype=torch.float32)).numpy()
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=0)
     # 90 degrees about the first pixel, not the centre: output (0, k) = input (k, 0), the rest
@@ -213,9 +213,9 @@ def test_tio_adapter_calls_torchio_1x():
     assert np.abs(out - img).max() > 0.05  # moved, not a copy
     # TorchIO keeps the real part: negative ringing is possible, the simulator takes abs()
     p = tio_module.TioMotionParams(severity=torch.ones(1), transpose=torch.zeros(1, dtype=torch.bool),
-                          n_poses=torch.tensor([2]), degrees=torch.tensor([[10.0, -5.0]]),
-                          translation=torch.tensor([[[2.0, -3.0], [1.0, 4.0]]]),
-                          times=torch.tensor([[0.3, 0.6]]))
+                                   n_poses=torch.tensor([2]), degrees=torch.tensor([[10.0, -5.0]]),
+                                   translation=torch.tensor([[[2.0, -3.0], [1.0, 4.0]]]),
+                                   times=torch.tensor([[0.3, 0.6]]))
     ours = tio_module.apply_tio_motion(torch.from_numpy(img)[None, None], p, backend="torch")
     from MotionSSIMLib.imaging.intensity import minmax
     np.testing.assert_allclose(ours[0, 0].numpy(), minmax(np.abs(out)), atol=1e-5)
@@ -226,8 +226,8 @@ def test_tio_centre_segment_is_unmoved():
     moving at time 0.5 or later leaves the low frequencies (and the head's position) alone."""
     x = _heads(n=1, size=64, seed=1)
     p = tio_module.TioMotionParams(severity=torch.ones(1), transpose=torch.zeros(1, dtype=torch.bool),
-                          n_poses=torch.tensor([1]), degrees=torch.tensor([[0.0]]),
-                          translation=torch.tensor([[[0.0, 9.0]]]), times=torch.tensor([[0.7]]))
+                                   n_poses=torch.tensor([1]), degrees=torch.tensor([[0.0]]),
+                                   translation=torch.tensor([[[0.0, 9.0]]]), times=torch.tensor([[0.7]]))
     y = tio_module.apply_tio_motion(x, p)
     k_x, k_y = torch.fft.fftshift(torch.fft.fft2(x[0, 0])), torch.fft.fftshift(torch.fft.fft2(y[0, 0]))
     # columns before floor(64 * 0.7) = 44 (the centre is column 32) are the unmoved spectrum

@@ -469,7 +469,7 @@ def test_assess_dicom_series_positions_and_progress(tmp_path, random_model):
     s = io.read_series(folder, frames="0:3")
     seen = []
     a = frames.assess_series(s, model=random_model, device="cpu", batch_size=4,
-                        progress=lambda d, n: seen.append((d, n)))
+                             progress=lambda d, n: seen.append((d, n)))
     assert [f.frame for f in a.frames] == [0, 1, 2]
     assert [f.label for f in a.frames] == ["t=1", "t=2", "t=3"]
     assert a.orientation == "axial" and a.axis == "k"
@@ -500,7 +500,7 @@ def test_a_blank_frame_is_listed_not_fatal(random_model):
     assert np.isnan(ssim[1]).all() and empty[1].all()
     with pytest.raises(InputError, match="no assessable slice in any"):
         frames.assess_series(S.series_from_array(np.zeros((2, 10, 32, 36), np.float32)),
-                        model=random_model, device="cpu")
+                             model=random_model, device="cpu")
 
 
 # --------------------------------------------------------------------------- Slicer (slicer-core)

@@ -152,7 +152,7 @@ def test_acquisitions_vary():
 def test_contrast_ordering_on_template(model, kind, order):
     # No deformation and the isotropic grid: the volume lies on the template's own grid.
     vol = subject.synth_subject(np.random.default_rng(3), kind=kind, isotropic=True, deform=False,
-                              options=NO_ANATOMY)
+                                options=NO_ANATOMY)
     assert vol.array.shape == model.shape
     np.testing.assert_allclose(vol.ijk_to_ras()[:3, 3], model.origin)
     m = _means_by_tissue(vol, model)
@@ -165,7 +165,7 @@ def test_affine_of_random_acquisitions_maps_anatomy(model):
     seen = set()
     for seed in range(4):
         vol, info = subject.synth_subject_info(np.random.default_rng(100 + seed), kind="t1",
-                                             deform=False, options=NO_ANATOMY)
+                                               deform=False, options=NO_ANATOMY)
         seen.add(info["plane"])
         m = _means_by_tissue(vol, model)
         assert m["wm"] > m["gm"] > m["csf"], (info["plane"], info["spacing"], m)
@@ -184,7 +184,7 @@ def _tissue(model, anat: dict, kind: str = "t2", seed: int = 0) -> np.ndarray:
     """The subject's clean image on the template grid (flat), contrast and draws from seed."""
     means, std, _ = contrast._contrast(np.random.default_rng(seed), kind)
     img, _ = contrast._tissue_image(np.random.default_rng(seed + 1), model, means, std,
-                                 {**NO_ANATOMY, **anat})
+                                    {**NO_ANATOMY, **anat})
     return img[0, 0].numpy().ravel().copy(), means
 
 
@@ -248,7 +248,7 @@ def test_new_contrasts(model):
     seen = set()
     for seed in range(12):
         vol, info = subject.synth_subject_info(np.random.default_rng(seed), kind="inverted",
-                                             isotropic=True, deform=False, options=NO_ANATOMY)
+                                               isotropic=True, deform=False, options=NO_ANATOMY)
         if info["variant"] not in ("t1", "t2") or info["variant"] in seen:
             continue
         seen.add(info["variant"])
@@ -279,16 +279,16 @@ def test_kspace_recon_rings_at_edges():
     assert inside.max() > 1.03 and inside.min() < 0.97, inside
     assert row[10:20].max() > 0.01   # ripples outside the disc (0 in the object)
     smooth = acquisition._kspace_recon(disc, {**rec, "window": 0.5}, (80, 80), 0.0,
-                                 np.random.default_rng(0))[0].numpy()
+                                       np.random.default_rng(0))[0].numpy()
     assert smooth[40].max() < row.max() - 0.02
     # The mean intensity is kept (DC preserved, same field of view; the magnitude adds a
     # little), and noise in k-space gives the asked sd.
     np.testing.assert_allclose(float(sharp.mean()), float(disc.mean()), rtol=0.05)
     flat = torch.ones((4, 64, 64))
     noisy = acquisition._kspace_recon(flat * 10, {**rec, "window": 0.3}, (64, 64), 0.5,
-                                np.random.default_rng(1))
+                                      np.random.default_rng(1))
     clean = acquisition._kspace_recon(flat * 10, {**rec, "window": 0.3}, (64, 64), 0.0,
-                                np.random.default_rng(1))   # same random phase, no noise
+                                      np.random.default_rng(1))   # same random phase, no noise
     sd = float((noisy - clean)[:, 16:48, 16:48].std())
     assert abs(sd / 0.5 - 1) < 0.1, sd
 
@@ -297,7 +297,7 @@ def test_subject_kspace_reconstruction_geometry(model):
     opts = {**NO_ANATOMY, "recon": "kspace", "spacing": 2.0, "zero_fill": 2.0, "window": 0.0,
             "snr": float("inf"), "bias_sd": 0.0}
     vol, info = subject.synth_subject_info(np.random.default_rng(21), kind="t1", deform=False,
-                                         options=opts)
+                                           options=opts)
     r = info["recon"]
     assert r["method"] == "kspace" and r["zero_fill"] > 1.9
     assert abs(vol.spacing[0] - r["acquired_spacing"] / r["zero_fill"]) < 1e-3
@@ -382,7 +382,7 @@ def test_write_dataset_and_cli(tmp_path):
     stripped = np.asarray(nib.load(tmp_path / "strip" / "val" / Path(split["validation"][0]).name)
                           .dataobj)
     head = subject.synth_subject(writing.subject_rng(11, "validation", 0),
-                               options={"snr": 40, "skull_stripped": False})
+                                 options={"snr": 40, "skull_stripped": False})
     head = np.clip(np.round(head.array), 0, 32767).transpose(2, 1, 0)
     assert stripped.shape == head.shape and (stripped == 0).mean() > (head == 0).mean() + 0.05
     for bad in (["--force", "skull_stripped"], ["--force", "colour=red"]):

@@ -48,7 +48,7 @@ def make_variants(folder: str | Path, index: int, seed: int = 777) -> dict:
     rec: dict = {"subject": index, "paths": {}, "snr": {}}
     for name, options in VARIANTS.items():
         vol, info = subject.synth_subject_info(writing.subject_rng(seed, "test", index), "random",
-                                             False, options=options)
+                                               False, options=options)
         rec["paths"][name] = str(writing.save_subject(
             vol, Path(folder) / f"s{index}_{name}.nii.gz"))
         rec["snr"][name] = info["snr"]

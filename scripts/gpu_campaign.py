@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     # 1. synthetic subjects, in parallel (deterministic for the seed whatever the workers)
     t = time.monotonic()
     data = writing.write_dataset(work / "data", plan["train"], plan["val"], plan["test"],
-                               seed=args.seed, workers=max(1, (os.cpu_count() or 2) - 1))
+                                 seed=args.seed, workers=max(1, (os.cpu_count() or 2) - 1))
     split = data / "split.json"
     train_paths = [str(p) for p in resolve_split(split, "train")]
     val_paths = [str(p) for p in resolve_split(split, "validation")]

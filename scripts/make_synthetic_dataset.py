@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     out = writing.write_dataset(args.out, args.train, args.val, args.test, seed=args.seed,
-                              kind=args.kind, isotropic=args.isotropic, workers=args.workers,
-                              progress=progress, options=forced)
+                                kind=args.kind, isotropic=args.isotropic, workers=args.workers,
+                                progress=progress, options=forced)
     bar.close()
     print(f"wrote {total} subjects to {out} in {time.perf_counter() - t0:.1f} s "
           f"(split: {out / 'split.json'})")

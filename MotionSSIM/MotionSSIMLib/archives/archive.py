@@ -284,11 +284,11 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
     where = f"shard {i}/{n}: " if n > 1 else ""
     if lost:
         say(f"note: {manifest_path(out, i, n)} of an earlier run listed {lost} scan(s) this "
-             "run does not have: replaced, they leave the group report (assess them with "
-             "these inputs, or use another --out)", sys.stderr)
+            "run does not have: replaced, they leave the group report (assess them with "
+            "these inputs, or use another --out)", sys.stderr)
     say(f"{where}{len(mine)} of {len(scans)} scans found"
-         + (f", {resumed} already assessed with this model (skipped; --force assesses them "
-            "again)" if resumed else ""), sys.stderr)
+        + (f", {resumed} already assessed with this model (skipped; --force assesses them "
+           "again)" if resumed else ""), sys.stderr)
     failed = internal = 0
     stopped: str | None = None
     t_start = last_save = time.perf_counter()
@@ -348,8 +348,8 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
         return 2
     wall = time.perf_counter() - t_start
     say(f"{where}{len(todo)} assessed or tried in {wall:.1f} s (reading {reader.read_seconds:.1f} "
-         f"s of it in the background), {resumed} resumed, {failed + internal} failed",
-         sys.stderr)
+        f"s of it in the background), {resumed} resumed, {failed + internal} failed",
+        sys.stderr)
     if n == 1:
         from .group_report import build_group_report
 
@@ -361,7 +361,7 @@ def run_archive(args: Any, model: Any, device: Any, thresholds: Any) -> int:
         say(f"group report: {report['csv']} and {report['html']}", sys.stderr)
     else:
         say(f"{where}manifest {manifest_path(out, i, n)}; when every shard is done: "
-             f"motionssim group {out}", sys.stderr)
+            f"motionssim group {out}", sys.stderr)
     return 1 if internal else 2 if failed else 0
 
 

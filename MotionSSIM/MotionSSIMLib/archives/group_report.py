@@ -315,7 +315,7 @@ def run_group(args: Any) -> int:
     if rep["agreement"] is not None:
         a = rep["agreement"]
         say(f"agreement with {a['n_rated_assessed']} rated scans: accuracy "
-             f"{_fmt(a['accuracy'], 3) or 'n/a'}, kappa {_fmt(a['cohen_kappa'], 3) or 'n/a'}, "
-             f"AUC re-scan (min SSIM) {_fmt(a['roc_auc_rescan_min_ssim'], 3) or 'n/a'}")
+            f"{_fmt(a['accuracy'], 3) or 'n/a'}, kappa {_fmt(a['cohen_kappa'], 3) or 'n/a'}, "
+            f"AUC re-scan (min SSIM) {_fmt(a['roc_auc_rescan_min_ssim'], 3) or 'n/a'}")
     incomplete = any("have not run" in x for x in rep["notes"])
     return 2 if bad or incomplete else 0

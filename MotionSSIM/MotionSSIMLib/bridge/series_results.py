@@ -33,7 +33,6 @@ from .nodes import (
 )
 from .volume_results import SceneResult, write_assessment
 
-
 REF_HEATMAP = "MotionSSIMFrameSliceTable"
 SERIES_SUMMARY_ATTRIBUTE = "MotionSSIM.SeriesSummary"
 HEATMAP_FIXED_COLUMNS = ("frame", "label", "verdict", "min_ssim", "mean_ssim")

@@ -24,7 +24,6 @@ import numpy as np
 
 from ..base.errors import InputError, SettingsError
 from . import dicom
-from .dicom_header import DICOM_SUFFIXES, DicomHeader, read_header
 from .checks import (
     MAX_ABS_VALUE,
     FrameChoice,
@@ -39,6 +38,7 @@ from .checks import (
     _squeeze_to_3d,
     check_budget,
 )
+from .dicom_header import DICOM_SUFFIXES, DicomHeader, read_header
 from .geometry import Volume, volume
 from .integrity import (
     _check_metaimage,
