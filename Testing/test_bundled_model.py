@@ -24,6 +24,9 @@ def test_bundled_model_loads_with_its_card():
     assert meta["architecture"] == "resnet18" and meta["dtype"] == "float16"
     assert "residual_sd" in meta["evaluation"] and "trained_on" in meta
     assert (path.parent / "MODEL_CARD.md").is_file()
+    # the training history (the former README section) lives beside the card, linked from it
+    assert "## The bundled model" in (path.parent / "MODEL_HISTORY.md").read_text(encoding="utf-8")
+    assert "(MODEL_HISTORY.md)" in (path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert load_checkpoint(path).model.fc.out_features == 1
 
 

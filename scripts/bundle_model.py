@@ -53,6 +53,9 @@ RULE = ("A candidate replaces the bundled model only if, on the same seeded held
         "lower, AND on the real-scan set its largest per-scan |bias| is no worse.")
 MIN_SLICES = 10000
 CURVE_NAME = "learning_curve.png"
+# the card is written anew for each model; the history of all of them is kept by hand beside it
+HISTORY_LINE = ("How every bundled model was trained, measured and chosen: "
+                "[MODEL_HISTORY.md](MODEL_HISTORY.md) beside this card.")
 
 TRAINED_ON = (
     "Synthetic subjects only (MotionSSIMLib.synthesis, SynthSeg-style, from the MNI152 2009c "
@@ -720,6 +723,8 @@ def model_card(meta: dict) -> str:
         "Predicts, for one 2D MR slice fitted to 1 x 256 x 256, the SSIM it would have against "
         "a motion-free version of itself (DESIGN.md label: skimage `structural_similarity`, "
         "7x7 window, data_range 1, both images min-max normalised).",
+        "",
+        HISTORY_LINE,
         "",
         *_decision_lines(d),
         "## Training data",
