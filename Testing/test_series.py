@@ -662,12 +662,13 @@ def test_panel_heatmap_clicks_jump_to_frame_and_slice():
     assert "tableView.disconnect('clicked(QModelIndex)', self.onHeatmapClicked)" in text
     click = ast.unparse(_method(tree, "MotionSSIMWidget", "onHeatmapClicked"))
     assert "mapToSource" in click  # the view sorts through a proxy model
-    assert "scene.heatmap_cell(" in click and "scene.jump_to_frame_and_slice(" in click
+    assert "series_results.heatmap_cell(" in click
+    assert "series_results.jump_to_frame_and_slice(" in click
     apply = ast.unparse(_method(tree, "MotionSSIMWidget", "onApplyButton"))
-    assert "scene.series_source(" in apply and "self._askSeriesScope(" in apply
+    assert "series_results.series_source(" in apply and "self._askSeriesScope(" in apply
     assert "wholeSeries=wholeSeries" in apply
     start = ast.unparse(_method(tree, "MotionSSIMLogic", "startAssessment"))
-    assert "scene.SeriesAssessmentJob(" in start and "scene.AssessmentJob(" in start
+    assert "node_jobs.SeriesAssessmentJob(" in start and "node_jobs.AssessmentJob(" in start
     for method in ("onSceneStartClose", "cleanup"):  # the browser observer goes with them
         assert "_stopSeries" in ast.unparse(_method(tree, "MotionSSIMWidget", method))
 
@@ -711,7 +712,7 @@ def test_logic_sequence_entry_uses_real_names():
     tree = _module_tree()
     process = _method(tree, "MotionSSIMLogic", "processSequence")
     call = next(n for n in ast.walk(process) if isinstance(n, ast.Call)
-                and ast.unparse(n.func) == "scene.assess_sequence_node")
+                and ast.unparse(n.func) == "node_jobs.assess_sequence_node")
     accepted = set(inspect.signature(node_jobs.assess_sequence_node).parameters)
     assert {k.arg for k in call.keywords} <= accepted
     show = ast.unparse(_method(tree, "MotionSSIMLogic", "showSeriesResults"))

@@ -138,6 +138,48 @@ def test_resume_after_kill_mid_epoch_is_exact(toy, reference, tmp_path):
         [{k: r[k] for k in keep} for r in log_rows(reference["out"])]
 
 
+PLAIN = (dict, list, tuple, str, int, float, bool, type(None), torch.Tensor)
+
+
+def _not_plain(value, where="state") -> list[str]:
+    """The places in `value` holding anything but tensors and plain containers and scalars."""
+    if not isinstance(value, PLAIN):
+        return [f"{where}: {type(value).__module__}.{type(value).__qualname__}"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in
+                (_not_plain(k, f"{where} key") + _not_plain(v, f"{where}[{k!r}]"))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _not_plain(v, f"{where}[{i}]")]
+    return []
+
+
+def test_saved_state_is_plain_data_that_no_module_path_can_break(toy, reference, tmp_path):
+    """A long run's state.pt must resume whatever moves inside the package (issue 23: the engine
+    went into wings while a run was going): it holds tensors and plain containers only, so
+    `torch.load(weights_only=True)` reads it and no class is looked up by its module path; the
+    checkpoints' metadata is plain JSON naming no module either."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    def press_stop(event):
+        if event["step"] == 2:
+            (tmp_path / "stop").write_text("")
+
+    assert train(small(), tmp_path, toy["train"], toy["val"],
+                 callback=press_stop).status == "stopped"
+    state = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)
+    assert _not_plain(state) == []
+    with zipfile.ZipFile(tmp_path / "state.pt") as z:
+        pickles = b"".join(z.read(n) for n in z.namelist() if n.endswith(".pkl"))
+    assert pickles and b"MotionSSIMLib" not in pickles
+    # and it resumes to the uninterrupted run's weights
+    assert train(small(), tmp_path, resume=True).status == "finished"
+    assert same_weights(weights(tmp_path), weights(reference["out"]))
+    with safe_open(str(tmp_path / "last.safetensors"), "pt") as f:
+        assert "MotionSSIMLib" not in json.dumps(f.metadata())
+
+
 def test_stop_file_saves_and_resume_finishes_identically(toy, reference, tmp_path):
     def press_stop(event):
         if event["step"] == 2:

@@ -13,9 +13,9 @@ read like the evaluation's test set (`evaluation.test_set`: `--slices` corrupted
 all non-empty slices, acquisition effects on). Printed per model: the mean bias of each variant
 and each pair's difference with its standard error; written to DIR/pairs.json and pairs.md.
 
-This is how the skull-stripped finding of issue "Model v2" was measured (README, "Bundled
-model"): the model then bundled read skull-stripped heads +0.039 higher than the same heads
-with their skull. An unbiased model reads every difference near 0.
+This is how the skull-stripped finding of issue "Model v2" was measured
+(MotionSSIM/Resources/Models/MODEL_HISTORY.md): the model then bundled read skull-stripped heads
++0.039 higher than the same heads with their skull. An unbiased model reads every difference near 0.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ in some slices and not others, and its true per-slice SSIM beside it.
 
 Each slice of a 2D multi-slice acquisition is acquired on its own, so motion is simulated per
 slice with the batched k-space simulator at the slice's native matrix. The true SSIM follows the
-label contract (README.md, "The SSIM label"): clean and corrupted slice, in display orientation,
-both cut to the clean slice's head window and resampled to the 256 x 256 model input
+label contract (docs/how-it-works.md, "The SSIM label"): clean and corrupted slice, in display
+orientation, both cut to the clean slice's head window and resampled to the 256 x 256 model input
 (`ssim.slice_label`).
 """
 

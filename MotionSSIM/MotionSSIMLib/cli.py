@@ -103,7 +103,7 @@ def add_assess_arguments(p: argparse.ArgumentParser) -> None:
                    help="4D inputs: the frames to assess, by index from 0: a range 0:10 "
                         "(frames 0-9), 5: or :3, a list 3,5,7, or a mix (default: all); "
                         "3D inputs are assessed whole")
-    # archives (archive.py, group_report.py): folders, BIDS datasets, shards, ratings
+    # archives (the archives wing): folders, BIDS datasets, shards, ratings
     p.add_argument("--shard", metavar="I/N",
                    help="assess only shard I of N (1..N; by a stable hash of each scan's "
                         "path): N jobs cover the archive once; merge with `motionssim group`")

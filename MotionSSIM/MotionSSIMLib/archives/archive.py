@@ -39,7 +39,7 @@ from .manifest import (
     write_manifest,
 )
 
-PREFETCH = 1  # volumes read ahead: one waiting while one is assessed (memory: see README)
+PREFETCH = 1  # volumes read ahead: one waiting while one is assessed (memory: docs/archives.md)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Group reports of archive runs: one CSV row per scan, an HTML page, agreement with ratings.
 
-`build_group_report(out)` merges the manifests that archive runs (`archive.py`) left in
+`build_group_report(out)` merges the manifests that archive runs (`archive`) left in
 OUT/motionssim_shards/ with the scans' summary JSONs and writes
 
 - OUT/group_report.csv: one row per scan (GROUP_COLUMNS): where it is (path, BIDS subject,

@@ -14,7 +14,7 @@ Precision (`precision=`): "auto" runs the fastest arithmetic the hardware has na
 keeps the answer: on CUDA float16 autocast, on a CPU with native bfloat16 (AVX512-BF16 / AMX)
 bfloat16 autocast in channels-last layout, elsewhere float32. The network's last layer always
 runs in float32. "fp32" asks for float32; "bf16" for bfloat16 (refused where the CPU would only
-emulate it). Measured against float32 (README "Benchmarks"): |difference| <= PRECISION_BOUND.
+emulate it). Measured against float32 (docs/benchmarks.md): |difference| <= PRECISION_BOUND.
 
 Uncertainty (`tta=`): the model also reads label-preserving views of each model input (flips
 and transposes: the SSIM of two images is unchanged when both are flipped), the predicted SSIM

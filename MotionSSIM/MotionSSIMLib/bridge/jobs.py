@@ -1,6 +1,6 @@
 """How an assessment runs beside a caller that must stay responsive: two runners with one
 interface (start at construction; `poll()`, `done`, progress, `cancel()`, `wait()`, then
-`assessment` or `error`). Neither touches MRML, VTK or Qt; scene.AssessmentJob wraps them.
+`assessment` or `error`). Neither touches MRML, VTK or Qt; node_jobs.AssessmentJob wraps them.
 
 - ThreadRun: the engine on a Python worker thread. For scripts and tests only: inside Slicer the
   main thread holds the GIL while it idles in the Qt event loop (PythonQt), so a worker thread

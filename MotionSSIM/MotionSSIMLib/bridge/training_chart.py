@@ -3,7 +3,7 @@ plot chart (one per output folder, updated in place as the log grows).
 
 The MotionSSIMTraining module runs `train.py` in a separate process and follows its log.csv;
 this lives in the engine so that it is tested outside Slicer against the trainer's real log
-format (the command lines come from `settings`). MRML and `slicer.util` only, like `scene`.
+format (the command lines come from `settings`). MRML and `slicer.util` only, like the rest of the bridge.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Memory: everything `io.read_volume` accepts is bounded on the header, before the voxels are read
 (`check_budget`): at most MAX_VOXELS voxels and, once resampled to square pixels, at most
 MAX_SLICE_PIXELS pixels per slice in any plane, so that assessing any accepted input stays
-within MEMORY_BOUND_GB of memory (README.md, "Command line"). The values read are checked too
+within MEMORY_BOUND_GB of memory (docs/command-line.md). The values read are checked too
 (`_check_values`: empty, constant, NaN or beyond float32's reach).
 
 Library chatter (ITK, GDCM, nibabel and numpy warnings) is captured while reading
@@ -32,8 +32,9 @@ from .geometry import Volume
 log = logging.getLogger(__name__)
 MIN_SIDE = 16
 MAX_SIDE = 2048
-# The memory bound (README.md): the largest accepted input, 2^27 voxels (512 MiB as float32,
-# e.g. 512 x 512 x 512 or 2048 x 2048 x 32), measured at ~3 GB peak RSS for a whole `assess`.
+# The memory bound (docs/command-line.md): the largest accepted input, 2^27 voxels (512 MiB as
+# float32, e.g. 512 x 512 x 512 or 2048 x 2048 x 32), measured at ~3 GB peak RSS for a whole
+# `assess`.
 MAX_VOXELS = 2**27
 MAX_SLICE_PIXELS = 2**23  # one slice after resampling to square pixels (e.g. 2048 x 4096)
 MEMORY_BOUND_GB = 4

@@ -435,8 +435,8 @@ def to_model_input(images: np.ndarray, pixel_spacing=(1.0, 1.0), size: int = MOD
                    windows: list[tuple[int, int, int, int]] | None = None) -> np.ndarray:
     """Fit slices to the model input: (N, H, W) or (H, W), any range -> (N, size, size) float32.
 
-    With `crop` (the model-input contract, README.md): each slice is cut to `crop_window` of its
-    head box (`head_box`: pixels above `threshold`, default each slice's own
+    With `crop` (the model-input contract, docs/how-it-works.md): each slice is cut to
+    `crop_window` of its head box (`head_box`: pixels above `threshold`, default each slice's own
     `slice_threshold`), i.e. a square around the head with a 15 % margin, the part past the
     slice filled with the slice minimum. So the field of view around the head (zero padding,
     a larger matrix, a tighter crop) does not change the input. `windows` (one per slice, from

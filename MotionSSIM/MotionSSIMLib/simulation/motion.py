@@ -27,7 +27,7 @@ motion poses, share of corrupted lines): 0 returns the input unchanged (SSIM 1);
 motion (mean SSIM ~0.43, down to ~0.23, on brain slices: with the k-space centre kept the SSIM
 rarely goes lower, as in the paper, where 3 % of the labels were below 0.4). With
 ``severity=None``, ``random_motion_batch`` draws severity uniformly on [0, 1], which spreads the
-SSIM labels over ~0.35 - 1 without a pile-up at 1 (see the README section on motion simulation).
+SSIM labels over ~0.35 - 1 without a pile-up at 1 (docs/synthetic-data.md, "Motion simulation").
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _sample_severity(n: int, generator: torch.Generator | None = None) -> torch.
     """Severities for training samples, (n,) in [0, 1]. Uniform: because the mean SSIM falls
     fast at low severity and slowly at high severity, and varies +-0.1 between slices, this
     spreads the labels over ~0.35 - 1 with no pile-up at 1 (measured on MNI152 slices; see
-    the README's motion section)."""
+    docs/synthetic-data.md)."""
     return _uniform((n,), generator)
 
 

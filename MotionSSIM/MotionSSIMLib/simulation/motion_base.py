@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 # Settings at severity 1. Amplitudes scale linearly with severity; the counts and the share of
-# corrupted lines grow with it. Calibrated on MNI152 slices (README, motion section): mean
+# corrupted lines grow with it. Calibrated on MNI152 slices (docs/synthetic-data.md): mean
 # SSIM ~0.95 at severity 0.1, ~0.65 at 0.5, ~0.43 at 1 for both simulators.
 REFERENCE_SIZE = 256  # the model input size: translations are given in its pixels
 

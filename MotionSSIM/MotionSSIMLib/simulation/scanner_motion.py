@@ -32,7 +32,7 @@ k = 0 and the central KS_CENTRE_FRACTION of the lines is unmoved, so the head st
 was and the artefact is what a reference-free model can see. Each sample draws its PE axis
 (both in-plane axes). Severity s in [0, 1] scales every amplitude (and the counts of the step
 families): 0 returns the input (label 1); the maxima are calibrated so that s = 1 averages an
-SSIM of about 0.4 on brain slices, as `motion`'s (README, "Motion simulation").
+SSIM of about 0.4 on brain slices, as `motion`'s (docs/synthetic-data.md).
 """
 
 from __future__ import annotations
@@ -60,10 +60,11 @@ __all__ = [
 ORDERINGS = ("linear", "centric", "interleaved", "multishot")
 ROT_LEVELS = 8  # rotation levels per sign and sample: error <= the largest angle / 16
 # Amplitudes grow as severity ** SEVERITY_POWER: the SSIM falls fastest for the first small
-# moves, and this spreads the mean SSIM about evenly over severity (README calibration).
+# moves, and this spreads the mean SSIM about evenly over severity (docs/synthetic-data.md).
 SEVERITY_POWER = 1.5
 # Amplitudes at severity 1 (degrees; pixels of a 256-pixel slice, scaled with the slice).
-# Calibrated on MNI152 slices (README): mean SSIM about 0.4 at severity 1 for each family.
+# Calibrated on MNI152 slices (docs/synthetic-data.md): mean SSIM about 0.4 at severity 1 for
+# each family.
 TR_MAX_DEGREES, TR_MAX_SHIFT = 24.0, 24.0
 TR_CYCLES = (0.5, 40.0)  # oscillation, cycles per scan (log-uniform)
 TR_WANDER = 4  # slow harmonics of the wander

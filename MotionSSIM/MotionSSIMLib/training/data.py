@@ -2,7 +2,7 @@
 
 A *data source* is one of
 - a split JSON file ``{"train": [...], "validation": [...], "test": [...]}`` (paths relative
-  to the JSON file; the format `synth.write_dataset` writes),
+  to the JSON file; the format `synthesis.writing.write_dataset` writes),
 - a split CSV file with a header and the columns ``path`` and ``split`` (train / validation /
   test; paths relative to the CSV file),
 - a folder holding ``split.json``, or sub-folders ``train/``, ``validation/`` (or ``val/``) and
