@@ -201,7 +201,7 @@ def test_complex_voxels_read_as_magnitude_with_a_note(tmp_path, caplog):
     paths += [tmp_path / "c.nii.gz", tmp_path / "c.npy"]
     for p in paths:
         caplog.clear()
-        with caplog.at_level("WARNING", logger="MotionSSIMLib.imaging.io"):
+        with caplog.at_level("WARNING", logger="MotionSSIMLib.imaging.checks"):
             vol = read_volume(p)
         assert np.allclose(vol.array, mag, rtol=1e-4, atol=1e-3), p  # not the real part
         assert any("magnitude" in r.getMessage() and str(p) in r.getMessage()
@@ -341,7 +341,7 @@ def test_permission_denied_is_not_missing(tmp_path):
 
 def test_library_output_captured_and_logged_at_debug(tmp_path, capfd, caplog):
     p = tmp_path / "x.nii"
-    with caplog.at_level("DEBUG", logger="MotionSSIMLib.imaging.io"):
+    with caplog.at_level("DEBUG", logger="MotionSSIMLib.imaging.checks"):
         with checks._captured(p):
             os.write(2, b"WARNING: In itkSomething.cxx, line 42: chatter\n")
             warnings.warn("nibabel says something", UserWarning, stacklevel=1)
