@@ -22,15 +22,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MotionSSIMLib.assessment import frames
+from MotionSSIMLib.assessment.frames import assess_series
 from MotionSSIMLib.assessment.report import CSV_COLUMNS
 from MotionSSIMLib.base.errors import InputError, SettingsError
 from MotionSSIMLib.cli import main
-from MotionSSIMLib.imaging import io
 from MotionSSIMLib.imaging import series as S
 from MotionSSIMLib.imaging.checks import MAX_SERIES_VOXELS
 from MotionSSIMLib.imaging.geometry import Volume
-from MotionSSIMLib.imaging.io import read_volume
+from MotionSSIMLib.imaging.io import read_series, read_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "MotionSSIM" / "Resources" / "Samples" / "sample_t2_motion.nii.gz"
@@ -141,7 +140,7 @@ def test_frame_chooser_checks_syntax_without_expanding():
     with pytest.raises(ValueError):
         S.frame_chooser("x")
     with pytest.raises(SettingsError, match="--frames"):
-        io.read_series(SAMPLE, frames="1-3")
+        read_series(SAMPLE, frames="1-3")
 
 
 # --------------------------------------------------------------------------- readers
@@ -151,20 +150,20 @@ def test_nifti_4d_read_as_series_only_when_asked(sample4d):
     path, affine = sample4d
     with pytest.raises(InputError, match="4D image with 4 volumes"):
         read_volume(path)  # the 3D reader still refuses it
-    s = io.read_series(path, frames="1,3")
+    s = read_series(path, frames="1,3")
     data = np.asarray(nib.load(str(path)).dataobj)
     assert isinstance(s, S.Series) and s.n_frames == 2 and s.n_input_frames == 4
     assert s.frame_indices == (1, 3)
     assert np.array_equal(s.array[1], np.transpose(data[..., 3], (2, 1, 0)))
     assert np.allclose(s.ijk_to_ras(), affine, atol=1e-5)
-    assert isinstance(io.read_series(SAMPLE), Volume)  # 3D stays a Volume
+    assert isinstance(read_series(SAMPLE), Volume)  # 3D stays a Volume
 
 
 def test_5d_and_oversized_series_still_refused(tmp_path):
     five = np.random.default_rng(0).random((20, 20, 8, 2, 3)).astype(np.float32)
     nib.save(nib.Nifti1Image(five, np.eye(4)), str(tmp_path / "5d.nii"))
     with pytest.raises(InputError, match="5D image"):
-        io.read_series(tmp_path / "5d.nii")
+        read_series(tmp_path / "5d.nii")
     # a header declaring 2^29 voxels in frames (no data behind it): refused on the header
     big = tmp_path / "big.nii"
     hdr = nib.Nifti1Header()
@@ -176,10 +175,10 @@ def test_5d_and_oversized_series_still_refused(tmp_path):
     big.write_bytes(bytes(raw))
     assert 256 * 256 * 128 * 64 > MAX_SERIES_VOXELS
     with pytest.raises(InputError, match="choose fewer frames with --frames") as info:
-        io.read_series(big)
+        read_series(big)
     assert str(big) in str(info.value)
     with pytest.raises(InputError, match="truncated|not a readable"):
-        io.read_series(big, frames="0:4")  # within the bound: read, and the data is short
+        read_series(big, frames="0:4")  # within the bound: read, and the data is short
 
 
 def test_nrrd_4d_and_list_axis_nrrd(tmp_path):
@@ -189,7 +188,7 @@ def test_nrrd_4d_and_list_axis_nrrd(tmp_path):
     img.SetSpacing((0.7, 0.8, 3.0, 1.0))
     img.SetOrigin((5.0, -4.0, 2.0, 0.0))
     sitk.WriteImage(img, str(tmp_path / "s4.nrrd"))
-    s = io.read_series(tmp_path / "s4.nrrd", frames="0,2")
+    s = read_series(tmp_path / "s4.nrrd", frames="0,2")
     assert s.frame_indices == (0, 2) and s.n_input_frames == 3
     assert np.array_equal(s.array, frames[[0, 2]])
     assert np.allclose(s.spacing, (0.7, 0.8, 3.0))
@@ -202,14 +201,14 @@ def test_nrrd_4d_and_list_axis_nrrd(tmp_path):
     (tmp_path / "seq.nrrd").write_bytes(header.encode()
                                         + np.ascontiguousarray(np.moveaxis(frames, 0, -1))
                                         .tobytes())
-    s = io.read_series(tmp_path / "seq.nrrd")
+    s = read_series(tmp_path / "seq.nrrd")
     assert s.n_frames == 3 and np.array_equal(s.array, frames)
     assert np.allclose(s.origin, (-5.0, 4.0, 2.0))
     # a vector image (kind "vector", e.g. a displacement field) is still refused
     vec = sitk.GetImageFromArray(np.moveaxis(frames, 0, -1).copy(), isVector=True)
     sitk.WriteImage(vec, str(tmp_path / "vector.nrrd"))
     with pytest.raises(InputError, match="vector image"):
-        io.read_series(tmp_path / "vector.nrrd")
+        read_series(tmp_path / "vector.nrrd")
 
 
 def test_gzip_nrrd_with_the_list_axis_last(tmp_path):
@@ -225,7 +224,7 @@ def test_gzip_nrrd_with_the_list_axis_last(tmp_path):
         data = frames.astype("<f4").tobytes()  # x fastest, frames slowest
         paths[encoding] = p = tmp_path / f"{encoding}.nrrd"
         p.write_bytes(header.encode() + (gzip.compress(data) if encoding == "gzip" else data))
-        s = io.read_series(p, frames="0,2")
+        s = read_series(p, frames="0,2")
         assert s.frame_indices == (0, 2) and s.n_input_frames == 3, encoding
         assert np.array_equal(s.array, frames[[0, 2]]), encoding
         assert np.allclose(s.spacing, (0.7, 0.8, 3.0)), encoding
@@ -233,7 +232,7 @@ def test_gzip_nrrd_with_the_list_axis_last(tmp_path):
     cut = tmp_path / "cut.nrrd"
     cut.write_bytes(paths["gzip"].read_bytes()[:-100])
     with pytest.raises(InputError, match="corrupted"):
-        io.read_series(cut)
+        read_series(cut)
 
 
 def _declared_huge_nrrd(path, frames=32000, shape=(64, 64, 16)):
@@ -289,13 +288,13 @@ def test_dicom_time_points_read_as_frames(tmp_path):
     folder = write_dicom_4d(tmp_path / "fmri", frames, lambda t: {"0020|0100": str(t + 1)})
     with pytest.raises(InputError, match="3 time points at each position"):
         read_volume(folder)  # the 3D reader still refuses it
-    s = io.read_series(folder)
+    s = read_series(folder)
     assert s.n_frames == 3 and s.frame_labels == ("t=1", "t=2", "t=3")
     for t in range(3):
         assert np.array_equal(s.array[t], frames[t]), t
     assert np.allclose(s.spacing, (0.8, 0.9, 2.5))
     assert np.allclose(s.origin, (20.0, 15.0, -10.0))  # LPS (-20, -15, -10) in RAS
-    part = io.read_series(folder, frames="2")
+    part = read_series(folder, frames="2")
     assert part.frame_indices == (2,) and np.array_equal(part.array[0], frames[2])
 
 
@@ -303,14 +302,14 @@ def test_dicom_b_values_in_acquisition_order_and_incomplete_refused(tmp_path):
     bvals = ["0", "1000", "1000", "0"]  # two directions at b=1000: told apart by instance
     frames = [_head(seed=t) // (t + 1) for t in range(4)]
     folder = write_dicom_4d(tmp_path / "dwi", frames, lambda t: {"0018|9087": bvals[t]})
-    s = io.read_series(folder)
+    s = read_series(folder)
     assert s.frame_labels == ("b=0", "b=1000", "b=1000", "b=0")
     for t in range(4):
         assert np.array_equal(s.array[t], frames[t]), t
     # one image missing: refused by name, not read as a shorter frame
     os.unlink(sorted(folder.iterdir())[0])
     with pytest.raises(InputError, match="incomplete 4D series"):
-        io.read_series(folder)
+        read_series(folder)
 
 
 def _same_frames(s, frames):
@@ -333,7 +332,7 @@ def test_dicom_volumes_told_apart_by_another_tag_with_instances_per_volume(tmp_p
     # the volumes differ only in a tag the sort key did not use: frames mixed both volumes
     frames = [_head(seed=t) + 300 * t for t in range(3)]
     folder = write_dicom_4d(tmp_path / "s", frames, tags_of, instance=lambda t, k: k + 1)
-    s = io.read_series(folder)
+    s = read_series(folder)
     found = _same_frames(s, frames)
     if told_by == "diffusion direction":
         assert [s.frame_labels[t] for t in np.argsort(found)] == [
@@ -354,7 +353,7 @@ def test_dicom_volumes_no_tag_tells_apart_refused_naming_the_tags(tmp_path):
                                     ("alternating", lambda t, k: k + 1, alternating)):
         folder = write_dicom_4d(tmp_path / name, frames, tags_of, instance=instance)
         with pytest.raises(InputError) as info:
-            io.read_series(folder)
+            read_series(folder)
         msg = str(info.value)
         assert "\n" not in msg and str(folder) in msg, msg
         for tag in ("cannot be separated", "instance numbers repeat", "AcquisitionTime",
@@ -368,14 +367,14 @@ def test_fully_duplicated_dicom_folder_refused_as_duplicates(tmp_path):
     for p in sorted(folder.iterdir()):
         shutil.copy(p, folder / f"copy of {p.name}")
     with pytest.raises(InputError, match="duplicate images.*same image.*SOPInstanceUID"):
-        io.read_series(folder)
+        read_series(folder)
     with pytest.raises(InputError, match="duplicate slice position"):
         read_volume(folder)  # the 3D reader, as for one duplicated slice
     # copies given new UIDs: the same tags and identical pixel data at each position
     again = write_dicom_4d(tmp_path / "uids", [_head(), _head()], lambda t: {},
                            instance=lambda t, k: k + 1)
     with pytest.raises(InputError, match="duplicate images.*identical pixel data"):
-        io.read_series(again)
+        read_series(again)
 
 
 def test_dicom_4d_far_from_the_isocentre(tmp_path):
@@ -383,7 +382,7 @@ def test_dicom_4d_far_from_the_isocentre(tmp_path):
     frames = [_head() + 300 * t for t in range(2)]
     folder = write_dicom_4d(tmp_path / "s", frames, lambda t: {"0020|0100": str(t + 1)},
                             step=1.0, z0=1200.0)
-    s = io.read_series(folder)
+    s = read_series(folder)
     assert s.n_frames == 2 and np.array_equal(s.array, np.stack(frames))
     assert np.allclose(s.spacing, (0.8, 0.9, 1.0)) and np.isclose(s.origin[2], 1200.0)
 
@@ -466,10 +465,10 @@ def test_assess_dicom_series_positions_and_progress(tmp_path, random_model):
     frames = [_head() + 300 * t for t in range(3)]
     folder = write_dicom_4d(tmp_path / "fmri", frames, lambda t: {"0020|0100": str(t + 1)},
                             z0=-10.0)
-    s = io.read_series(folder, frames="0:3")
+    s = read_series(folder, frames="0:3")
     seen = []
-    a = frames.assess_series(s, model=random_model, device="cpu", batch_size=4,
-                             progress=lambda d, n: seen.append((d, n)))
+    a = assess_series(s, model=random_model, device="cpu", batch_size=4,
+                      progress=lambda d, n: seen.append((d, n)))
     assert [f.frame for f in a.frames] == [0, 1, 2]
     assert [f.label for f in a.frames] == ["t=1", "t=2", "t=3"]
     assert a.orientation == "axial" and a.axis == "k"
@@ -485,22 +484,22 @@ def test_assess_dicom_series_positions_and_progress(tmp_path, random_model):
     from MotionSSIMLib.assessment.inference import Cancelled
 
     with pytest.raises(Cancelled):
-        frames.assess_series(s, model=random_model, device="cpu", cancel=lambda: True)
+        assess_series(s, model=random_model, device="cpu", cancel=lambda: True)
 
 
 def test_a_blank_frame_is_listed_not_fatal(random_model):
     arr = np.stack([_head().astype(np.float32), np.zeros((10, 32, 36), np.float32),
                     _head(seed=2).astype(np.float32)])
     s = S.series_from_array(arr, (0.8, 0.9, 2.5), name="with_blank")
-    a = frames.assess_series(s, model=random_model, device="cpu")
+    a = assess_series(s, model=random_model, device="cpu")
     entries = {f["frame"]: f for f in a.summary["frames"]}
     assert entries[1]["verdict"] == "no assessable slices" and "no assessable" in entries[1]["error"]
     assert a.summary["frame_counts"]["unassessed"] == 1 and a.summary["n_frames_assessed"] == 2
     frames_, _, ssim, empty = a.matrix()
     assert np.isnan(ssim[1]).all() and empty[1].all()
     with pytest.raises(InputError, match="no assessable slice in any"):
-        frames.assess_series(S.series_from_array(np.zeros((2, 10, 32, 36), np.float32)),
-                             model=random_model, device="cpu")
+        assess_series(S.series_from_array(np.zeros((2, 10, 32, 36), np.float32)),
+                      model=random_model, device="cpu")
 
 
 # --------------------------------------------------------------------------- Slicer (slicer-core)

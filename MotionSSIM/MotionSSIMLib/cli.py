@@ -230,7 +230,9 @@ def _assess_series(args: argparse.Namespace, path: Path, series, model, device, 
 
 def _training_cli():
     """The train and evaluate commands (training.training_cli), imported only for them."""
-    from .training import training_cli
+    # the submodule by its full name: a training module that cannot be imported is an
+    # ImportError here even when the package already holds it as an attribute
+    import MotionSSIMLib.training.training_cli as training_cli
 
     return training_cli
 
