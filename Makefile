@@ -32,7 +32,7 @@ test-portable: $(STAMP)
 	@for cfg in $(PORTABLE); do \
 	  echo "== $$cfg"; \
 	  (cd Testing && env $$cfg OMP_NUM_THREADS=2 ../$(PY) -c \
-	    "from MotionSSIMLib.devices import cpu_line; print(cpu_line())" && \
+	    "from MotionSSIMLib.assessment.devices import cpu_line; print(cpu_line())" && \
 	   env $$cfg OMP_NUM_THREADS=2 ../$(PY) -m pytest -q -p no:cacheprovider .) || exit 1; \
 	done
 

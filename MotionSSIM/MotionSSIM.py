@@ -2,7 +2,8 @@
 
 Thin Slicer glue: the panel (Resources/UI/MotionSSIM.ui, state in a parameter node), dependency
 installation at first use, progress/cancel, and the views. The work is done by the engine
-(MotionSSIMLib: inference, and MotionSSIMLib.scene for everything written into the scene).
+(MotionSSIMLib: assessment for the inference, and MotionSSIMLib.bridge for everything written
+into the scene).
 
 Python console::
 
@@ -204,11 +205,11 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._result = None
-        self._seriesResult = None  # MotionSSIMLib.scene.SeriesSceneResult of a sequence
+        self._seriesResult = None  # bridge.series_results.SeriesSceneResult of a sequence
         self._plotViews = []
         self._tableViews = []
         self._sliceObservations = []
-        self._job = None  # the running MotionSSIMLib.scene.AssessmentJob, if any
+        self._job = None  # the running MotionSSIMLib.bridge.node_jobs.AssessmentJob, if any
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.onPollJob)
@@ -345,9 +346,10 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         useFile = p.modelSource == MODEL_SOURCES[1]
         self.ui.modelPathLineEdit.enabled = useFile
-        from MotionSSIMLib import scene
+        from MotionSSIMLib.bridge import node_jobs
 
-        problems = scene.validate_settings(p.inputVolume, p.goodThreshold, p.sufficientThreshold)
+        problems = node_jobs.validate_settings(p.inputVolume, p.goodThreshold,
+                                               p.sufficientThreshold)
         if not problems and useFile and not p.modelPath.is_file():
             problems.append("Select a checkpoint file (.safetensors)")
         self.ui.applyButton.toolTip = problems[0] if problems else "Predict the SSIM of every slice"
@@ -355,9 +357,9 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInputChanged(self, node) -> None:
         """Show earlier results of the newly selected volume (or clear the results and views)."""
-        from MotionSSIMLib import scene
+        from MotionSSIMLib.bridge import volume_results
 
-        self._result = scene.find_result(node) if node else None
+        self._result = volume_results.find_result(node) if node else None
         self._showSummary()
         if self._result is None:
             self._removeViewConnections()
@@ -375,9 +377,9 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("MotionSSIM failed."):
             if not ensureDependenciesWithConfirmation(self.logic):
                 return
-            from MotionSSIMLib import scene
+            from MotionSSIMLib.bridge import series_results
 
-            source = scene.series_source(p.inputVolume)
+            source = series_results.series_source(p.inputVolume)
             wholeSeries = False
             if source is not None:
                 wholeSeries = self._askSeriesScope(p.inputVolume, source[0])
@@ -403,7 +405,7 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         cancelled. A multi-volume node holds all frames in one node: always all."""
         if not source.IsA("vtkMRMLSequenceNode"):
             return True
-        from MotionSSIMLib import jobs
+        from MotionSSIMLib.bridge import jobs
 
         frames = source.GetNumberOfDataNodes()
         estimate = jobs.series_estimate(frames, self.logic.slicesPerFrame(volume),
@@ -463,9 +465,9 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.log(f"Cancelled after {job.elapsed_s:.1f} s: the scene is unchanged.")
             return
         self.logic.rememberSpeed(job)
-        from MotionSSIMLib import scene
+        from MotionSSIMLib.bridge import series_results
 
-        if isinstance(result, scene.SeriesSceneResult):
+        if isinstance(result, series_results.SeriesSceneResult):
             self._showSeriesResult(result, job)
             return
         self._result = result
@@ -497,14 +499,14 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _stopSeries(self) -> None:
         if self._seriesResult is not None:
-            from MotionSSIMLib import scene
+            from MotionSSIMLib.bridge import series_results
 
-            scene.stop_following(self._seriesResult)
+            series_results.stop_following(self._seriesResult)
         self._seriesResult = None
 
     def onHeatmapClicked(self, index) -> None:
         """A cell of the frame x slice table clicked: show that frame and slice."""
-        from MotionSSIMLib import scene
+        from MotionSSIMLib.bridge import series_results
 
         result = self._seriesResult
         if result is None or not index.isValid():
@@ -514,9 +516,9 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = model.mapToSource(index)
         # the table uses its column names as header and no row-header column: model row and
         # column are the table's (qMRMLTableModel.updateModelFromMRML)
-        cell = scene.heatmap_cell(result, index.row(), index.column())
+        cell = series_results.heatmap_cell(result, index.row(), index.column())
         if cell is not None:
-            scene.jump_to_frame_and_slice(result, *cell)
+            series_results.jump_to_frame_and_slice(result, *cell)
             self._result = result.frame_result
             self._showSummary()
 
@@ -541,19 +543,19 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui.minSSIMLabel.text = _formatNumber(s.get("min_ssim"))
         counts = s.get("counts", {})
         ui.countsLabel.text = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "-"
-        from MotionSSIMLib import scene
+        from MotionSSIMLib.bridge import volume_results
 
         rows = _rowsOfSlices(self._result, s.get("worst_slices", []))
         for row in rows:
-            item = qt.QListWidgetItem(scene.row_text(self._result, row))
+            item = qt.QListWidgetItem(volume_results.row_text(self._result, row))
             item.setData(qt.Qt.UserRole, row)
             ui.worstSlicesListWidget.addItem(item)
 
     def onWorstSliceClicked(self, item) -> None:
-        from MotionSSIMLib import scene
+        from MotionSSIMLib.bridge import volume_results
 
         if self._result is not None:
-            scene.jump_to_row(self._result, int(item.data(qt.Qt.UserRole)))
+            volume_results.jump_to_row(self._result, int(item.data(qt.Qt.UserRole)))
 
     # -- views: chart picking and slice annotations ----------------------------------------
 
@@ -600,7 +602,7 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onDataSelected(self, seriesIDs, selections) -> None:
         """A point picked in the chart: move the slice views to that slice."""
-        from MotionSSIMLib import scene
+        from MotionSSIMLib.bridge import volume_results
 
         if self._result is None:
             return
@@ -608,14 +610,15 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selection = selections.GetItemAsObject(i)
             if selection is None or selection.GetNumberOfTuples() == 0:
                 continue
-            row = scene.row_for_point(self._result, seriesIDs.GetValue(i), selection.GetValue(0))
+            row = volume_results.row_for_point(self._result, seriesIDs.GetValue(i),
+                                               selection.GetValue(0))
             if row is not None:
-                scene.jump_to_row(self._result, row)
+                volume_results.jump_to_row(self._result, row)
                 return
 
     def onSliceModified(self, caller=None, event=None) -> None:
         """Corner text 'slice k: SSIM x, class' in every view parallel to the assessed slices."""
-        from MotionSSIMLib import scene
+        from MotionSSIMLib.bridge import volume_results
 
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None:
@@ -625,7 +628,8 @@ class MotionSSIMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         for name in layoutManager.sliceViewNames():
             widget = layoutManager.sliceWidget(name)
-            text = scene.view_text(self._result, widget.mrmlSliceNode().GetSliceToRAS()) or ""
+            text = volume_results.view_text(
+                self._result, widget.mrmlSliceNode().GetSliceToRAS()) or ""
             view = widget.sliceView()
             # The upper edge: DataProbe's slice annotations use the corners.
             view.cornerAnnotation().SetText(vtk.vtkCornerAnnotation.UpperEdge, text)
@@ -669,11 +673,11 @@ def _formatNumber(value) -> str:
 
 
 def _rowsOfSlices(result, sliceIndices) -> list:
-    from MotionSSIMLib import scene
+    from MotionSSIMLib.bridge import volume_results
 
     # summary["worst_slices"]: [{"index": k, "ssim": x}, ...] (plain indices accepted too)
     rows = [
-        scene.row_of_slice(result, int(item["index"] if isinstance(item, dict) else item))
+        volume_results.row_of_slice(result, int(item["index"] if isinstance(item, dict) else item))
         for item in sliceIndices
     ]
     return [row for row in rows if row is not None]
@@ -712,22 +716,22 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
         """Assess every slice of `inputVolume`; write table, chart and overlay into the scene.
 
         model: None (bundled model), a checkpoint path (.safetensors) or a loaded model.
-        Returns MotionSSIMLib.scene.SceneResult (nodes + the engine's summary). Assessing the
-        same volume again updates the same nodes.
+        Returns MotionSSIMLib.bridge.volume_results.SceneResult (nodes + the engine's summary).
+        Assessing the same volume again updates the same nodes.
         """
         import time
 
-        from MotionSSIMLib import scene
-        from MotionSSIMLib.classes import ClinicalThresholds
+        from MotionSSIMLib.assessment.classes import ClinicalThresholds
+        from MotionSSIMLib.bridge import node_jobs
 
         problem = slicerVersionProblem()
-        problems = ([problem] if problem else []) + scene.validate_settings(
+        problems = ([problem] if problem else []) + node_jobs.validate_settings(
             inputVolume, goodThreshold, sufficientThreshold)
         if problems:
             raise ValueError(f"MotionSSIM: {problems[0]}")
         thresholds = ClinicalThresholds(good=goodThreshold, sufficient=sufficientThreshold)
         start = time.time()
-        result = scene.assess_volume_node(
+        result = node_jobs.assess_volume_node(
             inputVolume,
             model=model,
             orientation=orientation,
@@ -752,17 +756,17 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
                         overlayStyle: str = "frame", wholeSeries: bool = False):
         """Start assessing `inputVolume` (with `wholeSeries`, every frame of the sequence or
         multi-volume it shows) in a child process of Slicer's Python, and return the
-        MotionSSIMLib.scene.AssessmentJob at once: call its poll() from a timer (it never
+        MotionSSIMLib.bridge.node_jobs.AssessmentJob at once: call its poll() from a timer (it never
         blocks), and finish() once it is done to write the results into the scene.
 
         A child process and not a thread: Slicer's main thread holds the GIL while it idles in
         the Qt event loop, so a Python thread would run only while Slicer runs Python.
         """
-        from MotionSSIMLib import jobs, scene
-        from MotionSSIMLib.classes import ClinicalThresholds
+        from MotionSSIMLib.assessment.classes import ClinicalThresholds
+        from MotionSSIMLib.bridge import jobs, node_jobs, series_results
 
         problem = slicerVersionProblem()
-        problems = ([problem] if problem else []) + scene.validate_settings(
+        problems = ([problem] if problem else []) + node_jobs.validate_settings(
             inputVolume, goodThreshold, sufficientThreshold)
         if problems:
             raise ValueError(f"MotionSSIM: {problems[0]}")
@@ -773,10 +777,10 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
                     overlay_style=overlayStyle,
                     child=jobs.ChildProcess(env=slicer.util.startupEnvironment(),
                                             temp_root=slicer.app.temporaryPath))
-        source = scene.series_source(inputVolume) if wholeSeries else None
+        source = series_results.series_source(inputVolume) if wholeSeries else None
         if source is not None:
-            return scene.SeriesAssessmentJob(source[0], browser=source[1], **args)
-        return scene.AssessmentJob(inputVolume, **args)
+            return node_jobs.SeriesAssessmentJob(source[0], browser=source[1], **args)
+        return node_jobs.AssessmentJob(inputVolume, **args)
 
     def rememberSpeed(self, job) -> None:
         """Seconds per slice of a finished job (start-up included): the next estimate."""
@@ -785,9 +789,10 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def slicesPerFrame(volumeNode, orientation: str = "auto") -> int:
-        from MotionSSIMLib import geometry, scene
+        from MotionSSIMLib.bridge import nodes
+        from MotionSSIMLib.imaging import geometry
 
-        return geometry.slice_count(scene.volume_from_node(volumeNode), orientation)
+        return geometry.slice_count(nodes.volume_from_node(volumeNode), orientation)
 
     def processSequence(
         self,
@@ -810,19 +815,19 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
         Writes a frame x slice table (referenced from the sequence), and the per-slice table,
         chart and overlay of the frame the sequence browser shows; they follow the browser
         when it shows another frame. `frames`: a subset of frame indices ("0:10", "3,5,7").
-        Returns MotionSSIMLib.scene.SeriesSceneResult.
+        Returns MotionSSIMLib.bridge.series_results.SeriesSceneResult.
         """
         import time
 
-        from MotionSSIMLib import scene
-        from MotionSSIMLib.classes import ClinicalThresholds
+        from MotionSSIMLib.assessment.classes import ClinicalThresholds
+        from MotionSSIMLib.bridge import node_jobs
 
         problem = slicerVersionProblem()
         if problem:
             raise ValueError(f"MotionSSIM: {problem}")
         thresholds = ClinicalThresholds(good=goodThreshold, sufficient=sufficientThreshold)
         start = time.time()
-        result = scene.assess_sequence_node(
+        result = node_jobs.assess_sequence_node(
             source, browser=browser, model=model, orientation=orientation, device=device,
             thresholds=thresholds, frames=frames, progress=progress, cancel=cancel,
             min_foreground=minForeground, overlay_style=overlayStyle)
@@ -875,7 +880,7 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
     def torchInfo(loaded: bool = False) -> str:
         """The torch build, read from package metadata (torch is not imported: opening the panel
         stays fast). With `loaded` (after an assessment imported torch anyway), the GPU found."""
-        from MotionSSIMLib import dependencies
+        from MotionSSIMLib.bridge import dependencies
 
         text = dependencies.torch_build_info()
         torch = sys.modules.get("torch") if loaded else None
@@ -894,14 +899,14 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
 
     def dependencyReport(self):
         """What is installed, missing or of the wrong version (torch, torchvision and
-        Resources/requirements.txt): a MotionSSIMLib.dependencies.DependencyReport."""
-        from MotionSSIMLib import dependencies
+        Resources/requirements.txt): a MotionSSIMLib.bridge.dependencies.DependencyReport."""
+        from MotionSSIMLib.bridge import dependencies
 
         return dependencies.check(dependencies.read_requirements(self.requirementsPath()))
 
     def packageInfo(self) -> str:
         """The installed versions of what MotionSSIM uses, and of Slicer's own packages."""
-        from MotionSSIMLib import dependencies
+        from MotionSSIMLib.bridge import dependencies
 
         return "Python packages:\n" + dependencies.package_info(
             dependencies.read_requirements(self.requirementsPath()))
@@ -916,7 +921,7 @@ class MotionSSIMLogic(ScriptedLoadableModuleLogic):
         Returns None when everything can be used now, or a one-line message when Slicer must be
         restarted (an older version of a package was already imported).
         """
-        from MotionSSIMLib import dependencies
+        from MotionSSIMLib.bridge import dependencies
 
         report = report if report is not None else self.dependencyReport()
         if report.ok and not force:
@@ -1022,9 +1027,9 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
         volume = self._phantomVolume()
         parameters.inputVolume = volume
         self.assertEqual(parameters.inputVolume.GetID(), volume.GetID())
-        from MotionSSIMLib import scene
+        from MotionSSIMLib.bridge import volume_results
 
-        self.assertIsNone(scene.find_result(volume))
+        self.assertIsNone(volume_results.find_result(volume))
         self.delayDisplay("Parameter node test passed")
 
     def test_MotionSSIM_process(self):
@@ -1034,8 +1039,8 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
 
         import torch
 
-        from MotionSSIMLib.checkpoint import save_checkpoint
-        from MotionSSIMLib.model import build_model
+        from MotionSSIMLib.assessment.checkpoint import save_checkpoint
+        from MotionSSIMLib.assessment.model import build_model
 
         volume = self._phantomVolume()
         with tempfile.TemporaryDirectory() as folder:
@@ -1064,12 +1069,12 @@ class MotionSSIMTest(ScriptedLoadableModuleTest):
             return
         import time
 
-        from MotionSSIMLib import scene
+        from MotionSSIMLib.bridge import node_jobs
 
         volume = self._phantomVolume()
         logic = MotionSSIMLogic()
-        self.assertEqual(scene.validate_settings(volume, 0.85, 0.6), [])
-        self.assertTrue(scene.validate_settings(volume, 0.6, 0.85))
+        self.assertEqual(node_jobs.validate_settings(volume, 0.85, 0.6), [])
+        self.assertTrue(node_jobs.validate_settings(volume, 0.6, 0.85))
         job = logic.startAssessment(volume, device="cpu")
         start = time.time()
         while not job.poll() and time.time() - start < 300:

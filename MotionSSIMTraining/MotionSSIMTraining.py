@@ -7,11 +7,12 @@ state and exits; its whole process tree is ended if it does not within a minute)
 an evaluation report is made and the new model can be handed to the MotionSSIM module.
 
 The process is started in a process group of its own and stopped as a tree
-(MotionSSIMLib.processes): PythonSlicer is a launcher, and ending only the launcher would leave
-the Python process training on. Its output goes into a file in the output folder that the timer
+(MotionSSIMLib.bridge.processes): PythonSlicer is a launcher, and ending only the launcher would
+leave the Python process training on. Its output goes into a file in the output folder that the timer
 reads (no reader thread: Slicer's idle main thread holds the GIL). Every stop is escalated from
 the timer (SIGTERM, then SIGKILL after a grace time): the GUI thread never sleeps. The trainer
-holds OUT/train.lock (MotionSSIMLib.folder_lock): a second trainer on the folder is refused.
+holds OUT/train.lock (MotionSSIMLib.training.folder_lock): a second trainer on the folder is
+refused.
 The run's folders and settings are those of Start (RunSettings), whatever the fields show later;
 the inputs are locked while it runs, and it is stopped when the module is cleaned up or Slicer
 quits.
@@ -42,7 +43,7 @@ STOP_TIMEOUT_S = 60  # after Stop: time the trainer gets to save its state befor
 KILL_GRACE_S = 10  # SIGTERM to the process group, then SIGKILL (from the timer) after this
 POLL_INTERVAL_MS = 2000
 FAILURE_LINES = 8  # the last output lines shown when a process fails
-# Parameter -> MotionSSIMLib.settings.TrainSettings field. The defaults below are that class's
+# Parameter -> MotionSSIMLib.base.settings.TrainSettings field. The defaults below are that class's
 # (Testing/test_settings.py checks them; the engine is imported lazily, so they are repeated).
 PARAMETER_SETTINGS = {
     "architecture": "architecture",
@@ -295,7 +296,7 @@ class MotionSSIMTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._updateButtons()
 
     def _updateChart(self, outputFolder) -> None:
-        from MotionSSIMLib import training_chart
+        from MotionSSIMLib.bridge import training_chart
 
         logPath = os.path.join(str(outputFolder), "log.csv")
         if not os.path.isfile(logPath):
@@ -366,7 +367,7 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._job = None  # MotionSSIMLib.processes.Job
+        self._job = None  # MotionSSIMLib.bridge.processes.Job
         self._kind = None  # "train" or "evaluate"
         self.run = None  # RunSettings of the current (or last) run
         self.stopRequested = False
@@ -384,7 +385,7 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def pythonExecutable() -> str:
         """Slicer's own Python (PythonSlicer), so the process sees the same packages."""
-        from MotionSSIMLib import processes
+        from MotionSSIMLib.bridge import processes
 
         return processes.python_executable()
 
@@ -409,16 +410,16 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def trainSettings(p):
-        """The parameter node as MotionSSIMLib.settings.TrainSettings (PARAMETER_SETTINGS); the
+        """The parameter node as MotionSSIMLib.base.settings.TrainSettings (PARAMETER_SETTINGS); the
         progress bar is off: the panel follows log.csv instead."""
-        from MotionSSIMLib.settings import TrainSettings
+        from MotionSSIMLib.base.settings import TrainSettings
 
         values = {name: getattr(p, parameter) for parameter, name in PARAMETER_SETTINGS.items()}
         values["slices"] = "all" if p.allSlices else "central"
         return TrainSettings(**values, progress=False)
 
     def trainingArguments(self, p) -> list:
-        from MotionSSIMLib.settings import train_arguments
+        from MotionSSIMLib.base.settings import train_arguments
 
         return train_arguments(
             self.trainSettings(p),
@@ -431,15 +432,15 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def evaluationArguments(run, checkpoint) -> list:
         """`evaluate` arguments: `checkpoint` on the test split of the run's training data."""
-        from MotionSSIMLib.settings import EvaluateSettings, evaluate_arguments
+        from MotionSSIMLib.base.settings import EvaluateSettings, evaluate_arguments
 
         chosen = EvaluateSettings(n=run.evaluationSlices, device=run.device, progress=False)
         return evaluate_arguments(chosen, run.trainingData, [checkpoint],
                                   os.path.join(run.outputFolder, "evaluation"))
 
     def startTraining(self, p) -> None:
-        from MotionSSIMLib import folder_lock
-        from MotionSSIMLib.errors import InputError
+        from MotionSSIMLib.base.errors import InputError
+        from MotionSSIMLib.training import folder_lock
 
         if self.isRunning():
             raise RuntimeError("A training or evaluation process is already running")
@@ -462,8 +463,8 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         training split (a plain folder of volumes puts every volume in every split): that
         would report figures on training data.
         """
-        from MotionSSIMLib.errors import MotionSSIMError
-        from MotionSSIMLib.evaluation import held_out_test_volumes
+        from MotionSSIMLib.base.errors import MotionSSIMError
+        from MotionSSIMLib.training.evaluation import held_out_test_volumes
 
         run = self.run
         best = self.bestModelPath(run.outputFolder) if run is not None else None
@@ -480,7 +481,7 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         return True, f"Evaluating on {len(test)} held-out test volumes: {names}"
 
     def _start(self, command, kind) -> None:
-        from MotionSSIMLib import processes
+        from MotionSSIMLib.bridge import processes
 
         if self.isRunning():
             raise RuntimeError("A training or evaluation process is already running")
@@ -524,7 +525,7 @@ class MotionSSIMTrainingLogic(ScriptedLoadableModuleLogic):
         waits (in later calls) until nothing of the tree is left."""
         import time
 
-        from MotionSSIMLib.training_cli import EXIT_STOPPED
+        from MotionSSIMLib.training.training_cli import EXIT_STOPPED
 
         if self._job is None:
             return {"status": "failed", "message": "Nothing is running."}
@@ -633,7 +634,7 @@ class MotionSSIMTrainingTest(ScriptedLoadableModuleTest):
     def test_MotionSSIMTraining_chart(self):
         import tempfile
 
-        from MotionSSIMLib import training_chart
+        from MotionSSIMLib.bridge import training_chart
 
         with tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, "log.csv"), "w", encoding="utf-8") as f:

@@ -51,8 +51,8 @@ def model_path(tmp_path_factory):
     """A randomly initialised ResNet-18 saved as a MotionSSIM checkpoint."""
     import torch
 
-    from MotionSSIMLib.checkpoint import save_checkpoint
-    from MotionSSIMLib.model import build_model
+    from MotionSSIMLib.assessment.checkpoint import save_checkpoint
+    from MotionSSIMLib.assessment.model import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet18").eval()

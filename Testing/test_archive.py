@@ -14,22 +14,20 @@ import numpy as np
 import pytest
 import torch
 
-from MotionSSIMLib import archive
-from MotionSSIMLib.archive import (
-    Prefetch,
-    Scan,
-    bids_entities,
-    discover,
+from MotionSSIMLib.archives import archive, manifest
+from MotionSSIMLib.archives.archive import Prefetch
+from MotionSSIMLib.archives.discovery import Scan, bids_entities, discover
+from MotionSSIMLib.archives.manifest import (
     fingerprint,
     finished,
     parse_shard,
     select_shard,
     shard_of,
 )
-from MotionSSIMLib.checkpoint import save_checkpoint
+from MotionSSIMLib.assessment.checkpoint import save_checkpoint
+from MotionSSIMLib.assessment.model import build_model
+from MotionSSIMLib.base.errors import InputError, SettingsError
 from MotionSSIMLib.cli import main
-from MotionSSIMLib.errors import InputError, SettingsError
-from MotionSSIMLib.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +37,8 @@ def varied_model(path: Path) -> Path:
     network whose last layer is set, by an affine map of its output, to read 0.40-0.65 over the
     model inputs of the test heads (`head`, noise 0.5-60); by construction, whatever path the
     CPU's arithmetic takes."""
-    from MotionSSIMLib.geometry import extract_slices, to_model_input
-    from MotionSSIMLib.io import read_volume
+    from MotionSSIMLib.imaging.geometry import extract_slices, to_model_input
+    from MotionSSIMLib.imaging.io import read_volume
 
     torch.manual_seed(1)
     net = build_model("resnet18").eval()
@@ -147,8 +145,9 @@ def test_shards_cover_every_scan_once():
         if n == 8:
             assert min(len(p) for p in parts) > 15  # and it spreads them
     # stable across processes and machines (SHA-256, not Python's salted hash())
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from MotionSSIMLib.archive import "
-            "shard_of; print(shard_of('sub-01/anat/sub-01_T1w', 7))")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from MotionSSIMLib.archives.manifest import shard_of; "
+            "print(shard_of('sub-01/anat/sub-01_T1w', 7))")
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code, str(ROOT / "MotionSSIM")],
                              capture_output=True, text=True, check=True,
@@ -210,15 +209,13 @@ def test_shards_and_group_report(sharded, bids):
     assert t1["worst_slices"].split()[0] == f"{worst['index']}:{worst['ssim']:.3f}"
     assert (out / t1["chart"]).is_file() and (out / t1["summary"]).is_file()
     # outputs mirror the BIDS entities; the model's hash is recorded in each summary
-    assert summary["model"]["sha256"] == archive.file_sha256(sharded.common[1])
+    assert summary["model"]["sha256"] == manifest.file_sha256(sharded.common[1])
     assert summary["archive"]["entities"]["subject"] == "01"
     dwi = rows["sub-01/dwi/sub-01_dwi.nii.gz"]
-    if archive._series_module() is not None:  # 4D routed to the series engine
-        assert dwi["status"] == "assessed" and dwi["n_frames"] == "2"
-        assert len(dwi["worst_frames"].split()) == 2
-        assert (out / "sub-01" / "dwi" / "sub-01_dwi_heatmap.png").is_file()
-    else:  # listed with its reason
-        assert dwi["status"] == "failed" and "4D" in dwi["reason"]
+    # 4D routed to the series engine
+    assert dwi["status"] == "assessed" and dwi["n_frames"] == "2"
+    assert len(dwi["worst_frames"].split()) == 2
+    assert (out / "sub-01" / "dwi" / "sub-01_dwi_heatmap.png").is_file()
     page = (out / "group_report.html").read_text()
     assert "sub-02_run-2_T1w.nii.gz" in page and "Not assessed (1)" in page
     assert "sub-01/anat/sub-01_T1w_chart.png" in page
@@ -243,12 +240,12 @@ def test_resume_skips_finished_scans(sharded, bids, capsys):
 
 def test_finished_needs_same_model_and_options(sharded, bids):
     scan = next(s for s in discover([bids]) if s.key == "sub-01/anat/sub-01_T1w")
-    from MotionSSIMLib.inference import DEFAULT_TTA
+    from MotionSSIMLib.assessment.inference import DEFAULT_TTA
 
     opts = SimpleNamespace(orientation="auto", good=0.85, sufficient=0.60,
                            min_foreground=0.05, series=None, frames=None, tta=DEFAULT_TTA,
                            precision="auto")
-    sha = archive.file_sha256(sharded.common[1])
+    sha = manifest.file_sha256(sharded.common[1])
     assert finished(sharded.out, scan, fingerprint(sha, opts)) is not None
     assert finished(sharded.out, scan, fingerprint("0" * 64, opts)) is None  # another model
     opts.good = 0.9
@@ -305,7 +302,7 @@ def test_quiet_libraries_keeps_library_output_off_stderr():
     code = """
 import os, sys, threading, warnings
 sys.path.insert(0, sys.argv[1])
-from MotionSSIMLib.archive import quiet_libraries
+from MotionSSIMLib.archives.archive import quiet_libraries
 with quiet_libraries(True) as captured:
     os.write(2, b"ITK chatter\\n")
     t = threading.Thread(target=lambda: warnings.warn("nibabel warning"))

@@ -1,4 +1,4 @@
-"""Slice-level noise and resolution augmentations (MotionSSIMLib.augment)."""
+"""Slice-level noise and resolution augmentations (MotionSSIMLib.simulation.augment)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from MotionSSIMLib import augment, motion, ssim
+from MotionSSIMLib.simulation import augment, kspace_motion, ssim
 
 
 def _phantom(b: int = 4, size: int = 128) -> torch.Tensor:
@@ -89,7 +89,7 @@ def test_no_motion_label_stays_one_after_noise_and_motion_lowers_it():
     # Noise was really added: the noisy clean slice is far from the original.
     assert ssim.ssim_label(x, c).max() < 0.9
     # With motion, noise is still shared: the label stays below 1 and is finite.
-    moved = motion.kspace_motion(x, torch.full((6,), 0.8), _gen(9))
+    moved = kspace_motion.kspace_motion(x, torch.full((6,), 0.8), _gen(9))
     c2, y2, _ = augment.noise_pair(x, moved, _gen(2), p_none=0.0)
     lab = ssim.ssim_label(c2, y2)
     assert torch.isfinite(lab).all() and lab.max() < 0.999
@@ -221,7 +221,7 @@ def test_apply_storage_blurs_applied_slices_only_and_keeps_range():
 def test_storage_stage_in_the_pipeline():
     """storage=0 draws nothing more (the streams of runs before it stay the same); with
     storage the input is stored, the label stays the acquired pair's."""
-    from MotionSSIMLib import pipeline
+    from MotionSSIMLib.simulation import pipeline
 
     x = _phantom(8, 96)
     old = pipeline.corrupt_batch(x, _gen(2), return_params=True)

@@ -17,9 +17,9 @@ import SimpleITK as sitk
 import torch
 from conftest import ROOT
 
-from MotionSSIMLib.checkpoint import DEFAULT_MODEL_NAME, load_checkpoint, save_checkpoint
-from MotionSSIMLib.evaluation import evaluate_checkpoints
-from MotionSSIMLib.trainer import TrainSettings, train
+from MotionSSIMLib.assessment.checkpoint import DEFAULT_MODEL_NAME, load_checkpoint, save_checkpoint
+from MotionSSIMLib.training.evaluation import evaluate_checkpoints
+from MotionSSIMLib.training.trainer import TrainSettings, train
 
 
 def _load(name: str):
@@ -172,6 +172,8 @@ def test_a_better_candidate_replaces_the_bundled_model(runs, tmp_path, c_locale)
     assert meta["real_scans"]["anat_t1"]["bias"] == pytest.approx(new_t["anat_t1"]["bias"])
     card = (s["out"] / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Passed: this model replaced the previously bundled one" in card
+    # the card is rewritten per model; the training history of all of them is linked, not lost
+    assert "[MODEL_HISTORY.md](MODEL_HISTORY.md)" in card
     assert "| figure | this model | previously bundled |" in card
     assert f"| residual sd | {s['sd_new']:.4f} | {s['sd_old']:.4f} |" in card
     assert "| accuracy, 10 classes |" in card and "Cohen's kappa" in card

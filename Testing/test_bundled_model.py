@@ -5,12 +5,12 @@ import shutil
 import numpy as np
 import pytest
 
-from MotionSSIMLib.checkpoint import default_model_path, load_checkpoint, read_metadata
-from MotionSSIMLib.errors import CheckpointError
-from MotionSSIMLib.geometry import extract_slices
-from MotionSSIMLib.inference import assess_volume, predict_slices
-from MotionSSIMLib.io import read_volume
-from MotionSSIMLib.report import read_true_ssim
+from MotionSSIMLib.assessment.checkpoint import default_model_path, load_checkpoint, read_metadata
+from MotionSSIMLib.assessment.inference import assess_volume, predict_slices
+from MotionSSIMLib.assessment.report import read_true_ssim
+from MotionSSIMLib.base.errors import CheckpointError
+from MotionSSIMLib.imaging.geometry import extract_slices
+from MotionSSIMLib.imaging.io import read_volume
 
 SAMPLES = default_model_path().parents[1] / "Samples"
 SAMPLE = SAMPLES / "sample_t2_motion.nii.gz"
@@ -24,6 +24,9 @@ def test_bundled_model_loads_with_its_card():
     assert meta["architecture"] == "resnet18" and meta["dtype"] == "float16"
     assert "residual_sd" in meta["evaluation"] and "trained_on" in meta
     assert (path.parent / "MODEL_CARD.md").is_file()
+    # the training history (the former README section) lives beside the card, linked from it
+    assert "## The bundled model" in (path.parent / "MODEL_HISTORY.md").read_text(encoding="utf-8")
+    assert "(MODEL_HISTORY.md)" in (path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert load_checkpoint(path).model.fc.out_features == 1
 
 

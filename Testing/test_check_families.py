@@ -12,8 +12,8 @@ import torch
 from conftest import ROOT
 from test_evaluation import _volume
 
-from MotionSSIMLib.checkpoint import save_checkpoint
-from MotionSSIMLib.model import build_model
+from MotionSSIMLib.assessment.checkpoint import save_checkpoint
+from MotionSSIMLib.assessment.model import build_model
 
 spec = importlib.util.spec_from_file_location("check_families",
                                               ROOT / "scripts" / "check_families.py")
@@ -105,7 +105,7 @@ def test_bad_inputs_are_refused_in_one_line(setup, tmp_path, capsys):
 
 
 def test_evaluate_one_family(setup, tmp_path, c_locale):
-    from MotionSSIMLib import training_cli
+    from MotionSSIMLib.training import training_cli
 
     parser = argparse.ArgumentParser()
     training_cli.add_evaluate_arguments(parser)

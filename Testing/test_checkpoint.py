@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from MotionSSIMLib.checkpoint import (
+from MotionSSIMLib.assessment.checkpoint import (
     FORMAT,
     default_model_path,
     load_checkpoint,
     read_metadata,
     save_checkpoint,
 )
-from MotionSSIMLib.errors import CheckpointError
-from MotionSSIMLib.model import build_model
+from MotionSSIMLib.assessment.model import build_model
+from MotionSSIMLib.base.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from MotionSSIMLib.classes import (
+from MotionSSIMLib.assessment.classes import (
     CLASS_COLOURS,
     CLASS_LABELS,
     CLINICAL_NAMES,
@@ -57,7 +57,7 @@ def test_uniform_class_rejects_zero_classes():
 
 
 def test_one_vocabulary_names_labels_colours_and_columns():
-    from MotionSSIMLib.report import CSV_COLUMNS
+    from MotionSSIMLib.assessment.report import CSV_COLUMNS
 
     keys = [*CLINICAL_NAMES.values(), "empty"]
     assert list(CLASS_LABELS) == keys and list(CLASS_COLOURS) == keys

@@ -13,10 +13,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MotionSSIMLib.checkpoint import save_checkpoint
+from MotionSSIMLib.assessment.checkpoint import save_checkpoint
+from MotionSSIMLib.assessment.model import build_model
+from MotionSSIMLib.assessment.report import report_name
 from MotionSSIMLib.cli import main
-from MotionSSIMLib.model import build_model
-from MotionSSIMLib.report import report_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,9 +143,9 @@ def test_true_ssim_goes_into_csv_json_and_chart(ckpt, inputs, tmp_path, capsys):
 def test_report_contents(ckpt, tmp_path):
     import matplotlib.image as mpimg
 
-    from MotionSSIMLib.geometry import volume
-    from MotionSSIMLib.inference import assess_volume
-    from MotionSSIMLib.report import CSV_COLUMNS, write_report
+    from MotionSSIMLib.assessment.inference import assess_volume
+    from MotionSSIMLib.assessment.report import CSV_COLUMNS, write_report
+    from MotionSSIMLib.imaging.geometry import volume
 
     rng = np.random.default_rng(3)
     arr = rng.normal(3, 1, (8, 40, 40)).clip(0)
@@ -192,8 +192,9 @@ def test_options_and_devices_errors_are_one_line(ckpt, inputs, tmp_path, capsys)
 
 def test_missing_training_code_is_reported_cleanly(ckpt, inputs, tmp_path, capsys,
                                                    monkeypatch):
-    # None in sys.modules makes `import MotionSSIMLib.training_cli` fail, as if it were absent
-    monkeypatch.setitem(sys.modules, "MotionSSIMLib.training_cli", None)
+    # None in sys.modules makes `import MotionSSIMLib.training.training_cli` fail, as if it
+    # were absent
+    monkeypatch.setitem(sys.modules, "MotionSSIMLib.training.training_cli", None)
     assert main(["train", "--data", "x", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train command is not available" in err

@@ -9,8 +9,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MotionSSIMLib import data, pipeline
-from MotionSSIMLib.errors import InputError
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.simulation import pipeline
+from MotionSSIMLib.training import data
 
 
 def write_volume(path, array, spacing=(1.0, 1.0, 1.0)):
@@ -101,7 +102,7 @@ def test_samples_deterministic_central_and_not_empty(tmp_path):
         arr[k, 12 + 2 * k, 14:20] = 10.0 * (k + 1) + 3  # a mark that tells slices apart
     aniso = write_volume(tmp_path / "aniso.nii.gz", arr, spacing=(1.0, 1.0, 3.0))
     ds = data.SliceDataset([aniso], seed=3, input_size=64)
-    from MotionSSIMLib import geometry, io
+    from MotionSSIMLib.imaging import geometry, io
 
     auto = geometry.resolve_orientation(io.read_volume(aniso), "auto")
     seen = set()
@@ -183,7 +184,7 @@ def test_unreadable_volume_reported_once_and_skipped(tmp_path, capsys):
 
 
 def test_corrupt_batch_seeded_and_labels_are_ssim():
-    from MotionSSIMLib import ssim
+    from MotionSSIMLib.simulation import ssim
 
     rng = np.random.default_rng(0)
     clean = torch.zeros(6, 1, 48, 48)

@@ -1,4 +1,4 @@
-"""What the Slicer modules check before installing anything (MotionSSIMLib.dependencies)."""
+"""What the Slicer modules check before installing anything (MotionSSIMLib.bridge.dependencies)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from MotionSSIMLib import dependencies as dep
-from MotionSSIMLib.errors import InputError
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.bridge import dependencies as dep
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_torch_and_torchvision_versions_are_checked():
 
 
 def test_torch_build_info_does_not_import_torch():
-    code = ("import sys; from MotionSSIMLib import dependencies as d; "
+    code = ("import sys; from MotionSSIMLib.bridge import dependencies as d; "
             "print(d.torch_build_info()); print('torch' in sys.modules)")
     import os
     import subprocess
@@ -95,7 +95,7 @@ def test_torch_build_info_does_not_import_torch():
 
 
 def test_constraints_pin_slicers_packages_and_torch_as_installed(tmp_path):
-    from MotionSSIMLib import dependencies as d
+    from MotionSSIMLib.bridge import dependencies as d
 
     lines = d.constraints()
     pinned = {line.split("==")[0]: line.split("==")[1] for line in lines}
@@ -119,7 +119,7 @@ def test_requirements_resolve_under_the_constraints_without_changing_anything(tm
     import subprocess
     import sys
 
-    from MotionSSIMLib import dependencies as d
+    from MotionSSIMLib.bridge import dependencies as d
 
     constraints = d.write_constraints(tmp_path / "constraints.txt")
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index",
@@ -139,7 +139,7 @@ def test_requirements_resolve_under_the_constraints_without_changing_anything(tm
 
 
 def test_offline_failure_is_one_line_saying_what_and_how():
-    from MotionSSIMLib import dependencies as d
+    from MotionSSIMLib.bridge import dependencies as d
 
     line = d.offline_message(["torchio>=0.20", "tqdm>=4.60"])
     assert "\n" not in line and "torchio>=0.20 tqdm>=4.60" in line
@@ -147,7 +147,7 @@ def test_offline_failure_is_one_line_saying_what_and_how():
 
 
 def test_package_info_lists_requirements_and_slicers_own():
-    from MotionSSIMLib import dependencies as d
+    from MotionSSIMLib.bridge import dependencies as d
 
     text = d.package_info()
     assert text.splitlines()[0].startswith("torch")

@@ -1,4 +1,5 @@
-"""One device resolver (MotionSSIMLib.devices) for assessment, training and evaluation."""
+"""One device resolver (MotionSSIMLib.assessment.devices) for assessment, training and
+evaluation."""
 
 from __future__ import annotations
 
@@ -8,24 +9,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from MotionSSIMLib import devices, evaluation, inference, trainer
-from MotionSSIMLib.errors import MotionSSIMError, SettingsError
+from MotionSSIMLib.assessment import devices, inference
+from MotionSSIMLib.base.errors import MotionSSIMError, SettingsError
+from MotionSSIMLib.training import evaluation, run_state
 
-LIB = Path(devices.__file__).parent
+LIB = Path(devices.__file__).parents[1]  # the engine package
 
 
 def test_every_caller_uses_the_one_resolver():
     assert inference.resolve_device is devices.resolve_device
-    assert trainer.resolve_device is devices.resolve_device
-    source = (LIB / "evaluation.py").read_text(encoding="utf-8")
-    assert "from .devices import resolve_device" in source and "_resolve_device" not in source
-    assert not hasattr(trainer, "_resolve_device") and evaluation is not None
+    assert run_state.resolve_device is devices.resolve_device
+    source = (LIB / "training" / "evaluation.py").read_text(encoding="utf-8")
+    assert "from ..assessment.devices import resolve_device" in source
+    assert "_resolve_device" not in source
+    assert not hasattr(run_state, "_resolve_device") and evaluation is not None
 
 
 def test_engine_modules_import_the_resolver_from_devices_not_through_inference():
-    for path in sorted(LIB.glob("*.py")):
+    for path in sorted(LIB.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module != "devices":
+            if isinstance(node, ast.ImportFrom) and node.level and \
+                    (node.module or "").rsplit(".", 1)[-1] != "devices":
                 names = {alias.name for alias in node.names}
                 assert "resolve_device" not in names, f"{path.name}:{node.lineno}"
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MotionSSIMLib import dicom
-from MotionSSIMLib.errors import InputError
-from MotionSSIMLib.io import read_volume
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.imaging import dicom, dicom_header
+from MotionSSIMLib.imaging.io import read_volume
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -219,8 +219,8 @@ def test_multiframe_header_size_checked_before_its_pixels(tmp_path):
     folder.mkdir()
     _multiframe(folder / "mf.dcm", 99_999_999)
     code = ("import resource, sys; sys.path.insert(0, 'MotionSSIM');"
-            "from MotionSSIMLib.io import read_volume;"
-            "from MotionSSIMLib.errors import InputError\n"
+            "from MotionSSIMLib.imaging.io import read_volume;"
+            "from MotionSSIMLib.base.errors import InputError\n"
             f"for t in ({str(folder)!r}, {str(folder / 'mf.dcm')!r}):\n"
             " try:\n  read_volume(t)\n except InputError as e:\n  print(e)\n"
             # VmHWM is this process's own peak: ru_maxrss would include the parent's size at
@@ -247,7 +247,7 @@ def test_multiframe_volume_read(tmp_path):
     img.SetMetaData("0008|0060", "MR")
     path = tmp_path / "mf.dcm"
     sitk.WriteImage(img, str(path))
-    hdr = dicom.read_header(path)
+    hdr = dicom_header.read_header(path)
     assert hdr.frames == 12 and hdr.expected_pixel_bytes() == arr.nbytes
     vol = read_volume(path)
     assert np.array_equal(vol.array, arr)
@@ -255,15 +255,15 @@ def test_multiframe_volume_read(tmp_path):
 
 def test_header_parser_reads_the_tags(tmp_path):
     paths = write_series(tmp_path / "s", _head(3), extra={1: {"0018|0086": "3"}})
-    h = dicom.read_header(paths[1])
+    h = dicom_header.read_header(paths[1])
     assert h.text("series_uid") == "1.2.826.0.1.3680043.2.1125.9"
     assert h.text("echo_number") == "3"
     assert np.allclose(h.numbers("position", 3), (-20, -15, -7.5))
     assert (h.number("rows"), h.number("columns")) == (32, 36)
     assert h.pixel_length >= 32 * 36 * 2
-    assert dicom.read_header(tmp_path / "s" / "IM0000.dcm") is not None
+    assert dicom_header.read_header(tmp_path / "s" / "IM0000.dcm") is not None
     (tmp_path / "note.txt").write_text("x" * 200)
-    assert dicom.read_header(tmp_path / "note.txt") is None
+    assert dicom_header.read_header(tmp_path / "note.txt") is None
 
 
 def test_cli_refuses_two_series_in_one_line_and_assesses_the_chosen_one(tmp_path):

@@ -12,13 +12,13 @@ import SimpleITK as sitk
 import torch
 from sklearn.metrics import classification_report, cohen_kappa_score, confusion_matrix
 
-from MotionSSIMLib import evaluation
+from MotionSSIMLib.training import evaluation, evaluation_figures
 
 
 def test_figures_equal_hand_computed_reference():
     true = np.array([0.10, 0.30, 0.50, 0.70, 0.90, 0.95])
     pred = np.array([0.12, 0.25, 0.55, 0.66, 0.93, 1.02])
-    f = evaluation.evaluate_predictions(pred, true)
+    f = evaluation_figures.evaluate_predictions(pred, true)
     r = f["regression"]
     res = [0.02, -0.05, 0.05, -0.04, 0.03, 0.07]
     mean = sum(res) / 6                                  # 0.08 / 6
@@ -53,7 +53,7 @@ def test_figures_equal_hand_computed_reference():
     assert clin["accuracy"] == 1.0 and clin["cohen_kappa"] == pytest.approx(1.0)
     assert set(f["classification"]) == {"3", "5", "10"}
     with pytest.raises(ValueError):
-        evaluation.evaluate_predictions(pred[:3], true)
+        evaluation_figures.evaluate_predictions(pred[:3], true)
 
 
 @pytest.mark.parametrize("n", [3, 5, 10])
@@ -61,9 +61,9 @@ def test_tables_match_sklearn_classification_report(n):
     rng = np.random.default_rng(n)
     true = rng.beta(4, 1.5, 3000)
     pred = np.clip(true + rng.normal(0, 0.06, true.size), 0, 1)
-    f = evaluation.evaluate_predictions(pred, true)
+    f = evaluation_figures.evaluate_predictions(pred, true)
     table = f["classification"][str(n)]
-    from MotionSSIMLib.classes import uniform_class
+    from MotionSSIMLib.assessment.classes import uniform_class
 
     t, p = uniform_class(true, n), uniform_class(pred, n)
     labels = list(range(1, n + 1))
@@ -79,7 +79,7 @@ def test_tables_match_sklearn_classification_report(n):
     assert table["confusion_matrix"] == confusion_matrix(t, p, labels=labels).tolist()
     if n == 10:  # some classes are empty at the low end: zero_division=0 as sklearn
         assert table["per_class"]["1"]["support"] == 0
-    from MotionSSIMLib.classes import clinical_class
+    from MotionSSIMLib.assessment.classes import clinical_class
 
     ct, cp = clinical_class(true), clinical_class(pred)
     assert f["clinical"]["cohen_kappa"] == pytest.approx(cohen_kappa_score(ct, cp))
@@ -111,9 +111,9 @@ def test_test_set_is_deterministic_per_seed(tmp_path):
 
 
 def test_evaluate_two_checkpoints_side_by_side(tmp_path, capsys, c_locale):
-    from MotionSSIMLib import training_cli
-    from MotionSSIMLib.checkpoint import save_checkpoint
-    from MotionSSIMLib.model import build_model
+    from MotionSSIMLib.assessment.checkpoint import save_checkpoint
+    from MotionSSIMLib.assessment.model import build_model
+    from MotionSSIMLib.training import training_cli
 
     rng = np.random.default_rng(3)
     (tmp_path / "data" / "test").mkdir(parents=True)
@@ -141,7 +141,7 @@ def test_evaluate_two_checkpoints_side_by_side(tmp_path, capsys, c_locale):
     assert len(rows) == 30 and set(rows[0]) == {"index", "true", "m0/best", "m1/best"}
     pred = np.array([float(r["m0/best"]) for r in rows])
     true = np.array([float(r["true"]) for r in rows])
-    again = evaluation.evaluate_predictions(pred, true)
+    again = evaluation_figures.evaluate_predictions(pred, true)
     got = rep["models"]["m0/best"]["figures"]["regression"]
     assert got["mae"] == pytest.approx(again["regression"]["mae"], abs=1e-5)
     for name in ("report.md", "summary.csv", "classification_3.csv", "classification_10.csv",

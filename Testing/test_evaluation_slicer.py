@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from MotionSSIMLib import evaluation
-from MotionSSIMLib.errors import InputError
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.training import evaluation, evaluation_figures, evaluation_report
 
 
 def _result(test_files, overlap=None):
@@ -24,7 +24,8 @@ def _result(test_files, overlap=None):
     if overlap:
         protocol["trained_on_test_volumes"] = overlap
     models = {"best": {"checkpoint": "best.safetensors", "architecture": "resnet18",
-                       "metadata": {}, "figures": evaluation.evaluate_predictions(pred, true)}}
+                       "metadata": {},
+                       "figures": evaluation_figures.evaluate_predictions(pred, true)}}
     return {"protocol": protocol, "models": models}, true, {"best": pred}
 
 
@@ -33,7 +34,7 @@ def test_text_report_is_written_without_matplotlib(tmp_path, monkeypatch):
     # where it was never installed
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result, true, predictions = _result(["s1.nii.gz", "s2.nii.gz"])
-    evaluation.write_report(result, tmp_path, true, predictions)
+    evaluation_report.write_report(result, tmp_path, true, predictions)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "## Regression" in md and "| best |" in md
     assert "Plots not drawn: matplotlib is not installed." in md
@@ -46,7 +47,7 @@ def test_text_report_is_written_without_matplotlib(tmp_path, monkeypatch):
 def test_report_with_plots_links_them(tmp_path):
     pytest.importorskip("matplotlib")
     result, true, predictions = _result(["s1.nii.gz"])
-    evaluation.write_report(result, tmp_path, true, predictions)
+    evaluation_report.write_report(result, tmp_path, true, predictions)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "![scatter](scatter_best.png)" in md and (tmp_path / "scatter_best.png").is_file()
 
@@ -54,12 +55,12 @@ def test_report_with_plots_links_them(tmp_path):
 def test_report_names_tested_volumes_and_warns_about_training_overlap(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result, true, predictions = _result(["IXI002.nii.gz", "IXI012.nii.gz"], {"best": ["IXI002.nii.gz"]})
-    evaluation.write_report(result, tmp_path, true, predictions)
+    evaluation_report.write_report(result, tmp_path, true, predictions)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Tested volumes: IXI002.nii.gz, IXI012.nii.gz." in md
     assert "**Warning: best was trained on 1 of these test volumes** (IXI002.nii.gz)" in md
     clean, true, predictions = _result(["IXI012.nii.gz"])
-    evaluation.write_report(clean, tmp_path / "clean", true, predictions)
+    evaluation_report.write_report(clean, tmp_path / "clean", true, predictions)
     assert "Warning" not in (tmp_path / "clean" / "report.md").read_text(encoding="utf-8")
 
 

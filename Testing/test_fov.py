@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MotionSSIMLib import data, geometry
+from MotionSSIMLib.imaging import geometry
+from MotionSSIMLib.training import data
 
 PAD_SIZES = (320, 400, 512, 800)
 
@@ -133,8 +134,8 @@ def test_training_samples_ignore_the_field_of_view(tmp_path):
 # ------------------------------------------------------------------- the bundled model
 
 def _sample_slices():
-    from MotionSSIMLib.checkpoint import default_model_path
-    from MotionSSIMLib.io import read_volume
+    from MotionSSIMLib.assessment.checkpoint import default_model_path
+    from MotionSSIMLib.imaging.io import read_volume
 
     path = default_model_path().parents[1] / "Samples" / "sample_t2_motion.nii.gz"
     stack = geometry.extract_slices(read_volume(path), "auto")
@@ -148,7 +149,7 @@ FOV_TOLERANCE = 0.02
 
 
 def test_bundled_model_reads_padded_and_cropped_copies_alike():
-    from MotionSSIMLib.inference import predict_slices
+    from MotionSSIMLib.assessment.inference import predict_slices
 
     imgs, spacing = _sample_slices()
     n, h, w = imgs.shape

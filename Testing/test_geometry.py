@@ -6,8 +6,8 @@ import slicer
 import vtk
 from scipy.spatial.transform import Rotation
 
-from MotionSSIMLib import geometry
-from MotionSSIMLib.errors import InputError
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.imaging import geometry
 
 
 def _slicer_screen_axes(orientation: str) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +109,7 @@ def test_slices_are_what_slicer_shows(tmp_path, directions, orientation):
     # Blocks at distinct places and a ramp along every axis, so that any flip shows.
     import nibabel as nib
 
-    from MotionSSIMLib import io
+    from MotionSSIMLib.imaging import io
 
     k, j, i = np.meshgrid(np.arange(20), np.arange(40), np.arange(60), indexing="ij")
     arr = (i / 60 + 2 * j / 40 + 3 * k / 20).astype(np.float32)  # [k, j, i]

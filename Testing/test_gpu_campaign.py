@@ -58,7 +58,7 @@ def test_dry_run_writes_at_most_8_small_files_without_torchio_or_simpleitk(campa
     assert m["steps"] == 4 and m["samples_per_s"] > 0 and m["status"] == "finished"
     assert manifest["plan"]["init_from"] == "motionssim_resnet18.safetensors"
     # the model v3 recipe: every motion family, the whole network trained
-    from MotionSSIMLib.settings import V3_MOTION_FAMILIES
+    from MotionSSIMLib.base.settings import V3_MOTION_FAMILIES
 
     assert manifest["plan"]["motion_families"] == V3_MOTION_FAMILIES
     assert manifest["plan"]["freeze"] == 0
@@ -73,7 +73,7 @@ def test_shards_join_into_a_verified_checkpoint_and_damage_is_refused(campaign, 
     proc = subprocess.run([sys.executable, str(SCRIPTS / "join_shards.py"), str(out),
                            str(target)], capture_output=True, text=True, encoding="utf-8")
     assert proc.returncode == 0, proc.stderr
-    from MotionSSIMLib.checkpoint import load_checkpoint
+    from MotionSSIMLib.assessment.checkpoint import load_checkpoint
 
     ck = load_checkpoint(target)
     assert ck.metadata["architecture"] == "resnet18"

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from test_archive import head, varied_model, write_nifti
 
-from MotionSSIMLib.cli import main
-from MotionSSIMLib.errors import InputError
-from MotionSSIMLib.group_report import (
+from MotionSSIMLib.archives.ratings import (
     cohen_kappa,
     confusion,
     match_ratings,
     read_ratings,
     roc_auc,
 )
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.cli import main
 
 # MR-ART (OpenNeuro ds004173) derivatives/scores.tsv as published: tab-separated, a header
 # `bids_name<TAB>score`, the scan's file name without folder or extension, a rating 1-3.
@@ -97,7 +97,7 @@ def test_agreement_statistics_match_scikit_learn():
         pytest.approx(roc_auc_score(rating == 3, -ssim))
     assert roc_auc([True, True], [0.1, 0.2]) is None  # one class only: undefined
     assert cohen_kappa([1, 1], [1, 1]) is None
-    from MotionSSIMLib.group_report import spearman
+    from MotionSSIMLib.archives.ratings import spearman
     assert spearman(ssim.tolist(), rating.tolist())[0] == \
         pytest.approx(spearmanr(ssim, rating).statistic)
 

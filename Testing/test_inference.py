@@ -4,11 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from MotionSSIMLib import geometry
-from MotionSSIMLib.checkpoint import load_checkpoint, save_checkpoint
-from MotionSSIMLib.classes import ClinicalThresholds
-from MotionSSIMLib.errors import CheckpointError, InputError, MotionSSIMError
-from MotionSSIMLib.inference import (
+from MotionSSIMLib.assessment.checkpoint import load_checkpoint, save_checkpoint
+from MotionSSIMLib.assessment.classes import ClinicalThresholds
+from MotionSSIMLib.assessment.inference import (
     NO_VERDICT,
     Cancelled,
     assess_volume,
@@ -18,7 +16,9 @@ from MotionSSIMLib.inference import (
     summarize,
     verdict_of,
 )
-from MotionSSIMLib.model import build_model
+from MotionSSIMLib.assessment.model import build_model
+from MotionSSIMLib.base.errors import CheckpointError, InputError, MotionSSIMError
+from MotionSSIMLib.imaging import geometry
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""Tests of MotionSSIMLib.intensity: min-max normalisation, the paper's contrast augmentations
-(numpy/skimage reference and batched torch), the torch CLAHE against skimage, seeding and the
-sampled parameter ranges."""
+"""Tests of MotionSSIMLib.imaging.intensity: min-max normalisation, the paper's contrast
+augmentations (numpy/skimage reference and batched torch), the torch CLAHE against skimage,
+seeding and the sampled parameter ranges."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from skimage import data, exposure
 from skimage.exposure import _adapthist
 
-from MotionSSIMLib import clahe
-from MotionSSIMLib import intensity as I
+from MotionSSIMLib.imaging import clahe
+from MotionSSIMLib.imaging import intensity as I
 
 
 def _smooth_blob(rng: np.random.Generator) -> np.ndarray:

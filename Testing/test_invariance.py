@@ -1,4 +1,4 @@
-"""The matrix invariance check (MotionSSIMLib.invariance, scripts/check_invariance.py)."""
+"""The matrix invariance check (MotionSSIMLib.training.invariance, scripts/check_invariance.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from MotionSSIMLib import invariance
+from MotionSSIMLib.training import invariance
 
 spec = importlib.util.spec_from_file_location("check_invariance",
                                               ROOT / "scripts" / "check_invariance.py")

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MotionSSIMLib import io as io_module
-from MotionSSIMLib.errors import InputError
-from MotionSSIMLib.io import check_budget, read_input, read_volume
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.imaging import checks
+from MotionSSIMLib.imaging.checks import check_budget
+from MotionSSIMLib.imaging.io import read_input, read_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,7 +201,7 @@ def test_complex_voxels_read_as_magnitude_with_a_note(tmp_path, caplog):
     paths += [tmp_path / "c.nii.gz", tmp_path / "c.npy"]
     for p in paths:
         caplog.clear()
-        with caplog.at_level("WARNING", logger="MotionSSIMLib.io"):
+        with caplog.at_level("WARNING", logger="MotionSSIMLib.imaging.checks"):
             vol = read_volume(p)
         assert np.allclose(vol.array, mag, rtol=1e-4, atol=1e-3), p  # not the real part
         assert any("magnitude" in r.getMessage() and str(p) in r.getMessage()
@@ -285,7 +286,7 @@ def test_data_file_must_be_a_regular_file_in_the_header_folder(tmp_path):
 def test_fifo_input_refused_without_hanging(tmp_path):
     fifo = tmp_path / "scan.nii"
     os.mkfifo(fifo)
-    code = ("import sys; sys.path.insert(0, 'MotionSSIM'); from MotionSSIMLib.io import "
+    code = ("import sys; sys.path.insert(0, 'MotionSSIM'); from MotionSSIMLib.imaging.io import "
             f"read_volume\ntry:\n read_volume({str(fifo)!r})\nexcept Exception as e:\n print(e)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          encoding="utf-8", timeout=60)
@@ -340,8 +341,8 @@ def test_permission_denied_is_not_missing(tmp_path):
 
 def test_library_output_captured_and_logged_at_debug(tmp_path, capfd, caplog):
     p = tmp_path / "x.nii"
-    with caplog.at_level("DEBUG", logger="MotionSSIMLib.io"):
-        with io_module._captured(p):
+    with caplog.at_level("DEBUG", logger="MotionSSIMLib.imaging.checks"):
+        with checks._captured(p):
             os.write(2, b"WARNING: In itkSomething.cxx, line 42: chatter\n")
             warnings.warn("nibabel says something", UserWarning, stacklevel=1)
     assert capfd.readouterr().err == ""

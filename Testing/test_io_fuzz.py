@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MotionSSIMLib.errors import MotionSSIMError
-from MotionSSIMLib.io import read_volume
+from MotionSSIMLib.base.errors import MotionSSIMError
+from MotionSSIMLib.imaging.io import read_volume
 
 FLIPS = 24
 

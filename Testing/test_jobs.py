@@ -1,5 +1,5 @@
-"""Assessment beside Slicer's main thread (MotionSSIMLib.jobs, scene.AssessmentJob): the panel's
-child-process job on real MRML nodes (slicer-core), its speed while the main thread holds the
+"""Assessment beside Slicer's main thread (MotionSSIMLib.bridge.jobs, node_jobs.AssessmentJob):
+the panel's child-process job on real MRML nodes (slicer-core), its speed while the main thread holds the
 GIL as Slicer's idle Qt event loop does, Cancel, crashes, scene close, and the files it
 exchanges with its child (job_files).
 
@@ -26,11 +26,16 @@ import pytest
 slicer = pytest.importorskip("slicer")
 torch = pytest.importorskip("torch")
 
-from MotionSSIMLib import job_files, jobs  # noqa: E402
-from MotionSSIMLib import scene as ms  # noqa: E402
-from MotionSSIMLib.errors import CheckpointError, InputError  # noqa: E402
-from MotionSSIMLib.geometry import Volume  # noqa: E402
-from MotionSSIMLib.series import series_from_array  # noqa: E402
+from MotionSSIMLib.base.errors import CheckpointError, InputError  # noqa: E402
+from MotionSSIMLib.bridge import (  # noqa: E402
+    job_files,
+    jobs,
+    node_jobs,
+    series_results,
+    volume_results,
+)
+from MotionSSIMLib.imaging.geometry import Volume  # noqa: E402
+from MotionSSIMLib.imaging.series import series_from_array  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX signals and usleep")
@@ -95,7 +100,7 @@ def test_child_job_runs_at_command_line_speed_while_the_main_thread_holds_the_gi
         return time.monotonic() - start
 
     def child_job() -> float:
-        job = ms.AssessmentJob(node, model=model_path, device="cpu", child=child(temp_root))
+        job = node_jobs.AssessmentJob(node, model=model_path, device="cpu", child=child(temp_root))
         seconds, finished = idle_main_thread(job)
         assert finished and job.finish() is not None
         return seconds
@@ -108,10 +113,10 @@ def test_child_job_runs_at_command_line_speed_while_the_main_thread_holds_the_gi
     # the same job on a worker thread: torch is already imported and the model file cached
     # here, so free-running it is faster than the command line, but with the GIL held by the
     # idle main thread it crawls (measured: 1.9 s free, 26 s idle-held, the child 5.5 s)
-    job = ms.AssessmentJob(node, model=model_path, device="cpu")
+    job = node_jobs.AssessmentJob(node, model=model_path, device="cpu")
     assert job.wait(300)
     free_s = job.elapsed_s
-    job = ms.AssessmentJob(node, model=model_path, device="cpu")
+    job = node_jobs.AssessmentJob(node, model=model_path, device="cpu")
     # the cap follows the free run alone: the command line's time grows with other load on
     # the cores (15 s measured beside a training run) and let the crawling job finish
     held_s, finished = idle_main_thread(job, cap_s=4 * free_s)
@@ -130,12 +135,12 @@ def test_child_job_writes_the_same_nodes_as_the_console_api(mrml, tmp_path, mode
                                                             temp_root):
     scene, volumes_logic = mrml
     _, node = nifti(tmp_path, volumes_logic, head())
-    direct = ms.assess_volume_node(node, model=model_path, device="cpu", batch_size=4)
+    direct = node_jobs.assess_volume_node(node, model=model_path, device="cpu", batch_size=4)
     expected = [r.ssim for r in direct.assessment.records]
     counts = {c: scene.GetNumberOfNodesByClass(c) for c in (
         "vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLLabelMapVolumeNode")}
     for _ in range(2):  # re-Apply: the same nodes, none added
-        job = ms.AssessmentJob(node, model=model_path, device="cpu", child=child(temp_root))
+        job = node_jobs.AssessmentJob(node, model=model_path, device="cpu", child=child(temp_root))
         assert job.wait(300)
         result = job.finish()
         assert result.table.GetID() == direct.table.GetID()
@@ -161,9 +166,9 @@ def test_child_series_job_on_a_multivolume_node(mrml, model_path, temp_root):
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mv")
     node.SetAndObserveImageData(image)
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.diag([1.0, 1.0, 3.0, 1.0])))
-    node.SetAttribute(ms.MULTIVOLUME_FRAMES_ATTRIBUTE, "3")
-    job = ms.SeriesAssessmentJob(node, model=model_path, device="cpu", batch_size=8,
-                                 child=child(temp_root))
+    node.SetAttribute(series_results.MULTIVOLUME_FRAMES_ATTRIBUTE, "3")
+    job = node_jobs.SeriesAssessmentJob(node, model=model_path, device="cpu", batch_size=8,
+                                        child=child(temp_root))
     assert job.wait(300), list(job.run.log)
     result = job.finish()
     assert result.heatmap.GetNumberOfRows() == 3 and result.frame_result is not None
@@ -180,7 +185,7 @@ def test_cancel_ends_the_child_tree_at_once_and_writes_nothing(mrml, tmp_path, m
     scene, volumes_logic = mrml
     _, node = nifti(tmp_path, volumes_logic, head())
     before = scene.GetNumberOfNodes()
-    job = ms.AssessmentJob(node, model=model_path, device="cpu", child=child(temp_root))
+    job = node_jobs.AssessmentJob(node, model=model_path, device="cpu", child=child(temp_root))
     pid = job.run.pid
     job.cancel()
     start = time.monotonic()
@@ -188,7 +193,7 @@ def test_cancel_ends_the_child_tree_at_once_and_writes_nothing(mrml, tmp_path, m
     assert job.cancelled and job.stage == "cancelled" and job.finish() is None
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # nothing of the process group is left
-    assert scene.GetNumberOfNodes() == before and ms.find_result(node) is None
+    assert scene.GetNumberOfNodes() == before and volume_results.find_result(node) is None
     assert not any(temp_root.iterdir())
 
 
@@ -197,7 +202,7 @@ def test_a_bad_model_file_gives_one_line(mrml, tmp_path, temp_root):
     _, node = nifti(tmp_path, volumes_logic, head())
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
-    job = ms.AssessmentJob(node, model=str(bad), device="cpu", child=child(temp_root))
+    job = node_jobs.AssessmentJob(node, model=str(bad), device="cpu", child=child(temp_root))
     assert job.wait(300)
     with pytest.raises(CheckpointError) as info:
         job.finish()
@@ -207,7 +212,7 @@ def test_a_bad_model_file_gives_one_line(mrml, tmp_path, temp_root):
 
 def test_engine_errors_keep_their_class_across_the_process(mrml, temp_root):
     volume = slicer.util.addVolumeFromArray(np.zeros((4, 20, 20), np.float32), name="blank")
-    job = ms.AssessmentJob(volume, device="cpu", child=child(temp_root))
+    job = node_jobs.AssessmentJob(volume, device="cpu", child=child(temp_root))
     assert job.wait(300) and job.stage == "failed"
     with pytest.raises(InputError, match="no assessable slice"):
         job.finish()
@@ -220,7 +225,7 @@ def test_a_killed_child_gives_one_line_and_leaves_no_files(mrml, tmp_path, model
     scene, volumes_logic = mrml
     _, node = nifti(tmp_path, volumes_logic, head())
     before = scene.GetNumberOfNodes()
-    job = ms.AssessmentJob(node, model=model_path, device="cpu", child=child(temp_root))
+    job = node_jobs.AssessmentJob(node, model=model_path, device="cpu", child=child(temp_root))
     deadline = time.monotonic() + 60
     while job.stage == "starting" and time.monotonic() < deadline:  # the engine has started
         job.poll()
@@ -242,7 +247,7 @@ def test_a_crashing_child_names_its_exception(mrml, tmp_path, temp_root):
     fake = tmp_path / "python"
     fake.write_text(f"#!{sys.executable}\nimport sys\nraise MemoryError('cannot allocate')\n")
     fake.chmod(0o755)
-    job = ms.AssessmentJob(node, device="cpu", child=child(temp_root, python=str(fake)))
+    job = node_jobs.AssessmentJob(node, device="cpu", child=child(temp_root, python=str(fake)))
     assert job.wait(60)
     with pytest.raises(jobs.AssessmentCrashed, match=r"crashed \(exit status 1\): "
                                                      r"MemoryError: cannot allocate"):
@@ -254,7 +259,7 @@ def test_a_crashing_child_names_its_exception(mrml, tmp_path, temp_root):
 def test_scene_close_during_a_child_job_writes_nothing(mrml, tmp_path, model_path, temp_root):
     scene, volumes_logic = mrml
     _, node = nifti(tmp_path, volumes_logic, head())
-    job = ms.AssessmentJob(node, model=model_path, device="cpu", child=child(temp_root))
+    job = node_jobs.AssessmentJob(node, model=model_path, device="cpu", child=child(temp_root))
     scene.Clear(0)  # File > Close Scene (the panel also cancels the job)
     assert job.wait(300)
     assert job.finish() is None
@@ -263,13 +268,13 @@ def test_scene_close_during_a_child_job_writes_nothing(mrml, tmp_path, model_pat
 
 
 def test_a_loaded_model_cannot_go_to_a_child(mrml, tmp_path, temp_root):
-    from MotionSSIMLib.errors import SettingsError
-    from MotionSSIMLib.model import build_model
+    from MotionSSIMLib.assessment.model import build_model
+    from MotionSSIMLib.base.errors import SettingsError
 
     _, volumes_logic = mrml
     _, node = nifti(tmp_path, volumes_logic, head())
     with pytest.raises(SettingsError, match="checkpoint path"):
-        ms.AssessmentJob(node, model=build_model("resnet18"), child=child(temp_root))
+        node_jobs.AssessmentJob(node, model=build_model("resnet18"), child=child(temp_root))
     assert not any(temp_root.iterdir())
 
 
@@ -296,8 +301,8 @@ def test_input_files_keep_voxels_and_geometry(tmp_path):
 
 
 def test_results_come_back_whole(tmp_path, model_path):
-    from MotionSSIMLib.inference import assess_volume
-    from MotionSSIMLib.series import assess_series
+    from MotionSSIMLib.assessment.frames import assess_series
+    from MotionSSIMLib.assessment.inference import assess_volume
 
     a = assess_volume(head(), model=model_path, device="cpu", batch_size=8)
     job_files.write_result(tmp_path / "r.json", a)
@@ -333,15 +338,14 @@ def test_the_main_process_never_imports_torch(tmp_path, model_path, temp_root):
 import sys
 import numpy as np
 import slicer
-from MotionSSIMLib import jobs
-from MotionSSIMLib import scene as ms
+from MotionSSIMLib.bridge import jobs, node_jobs
 
 slicer.mrmlScene = slicer.vtkMRMLScene()
 node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
 g = np.meshgrid(*[np.linspace(-1, 1, n) for n in (4, 48, 48)], indexing="ij")
 array = np.where(g[1] ** 2 + g[2] ** 2 < 0.6, 100.0 + 30.0 * g[1], 0.0).astype("float32")
 slicer.util.updateVolumeFromArray(node, array)
-job = ms.AssessmentJob(node, model={str(model_path)!r}, device="cpu",
+job = node_jobs.AssessmentJob(node, model={str(model_path)!r}, device="cpu",
                        child=jobs.ChildProcess(temp_root={str(temp_root)!r}))
 assert job.wait(300)
 result = job.finish()

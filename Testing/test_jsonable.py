@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from MotionSSIMLib.jsonable import jsonable
+from MotionSSIMLib.base.jsonable import jsonable
 
 
 @dataclass

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from MotionSSIMLib import geometry, invariance, motion, ssim
+from MotionSSIMLib.imaging import geometry
+from MotionSSIMLib.simulation import motion, ssim
+from MotionSSIMLib.training import invariance
 
 MATRICES = invariance.MATRICES  # pixels across the head
 _head_side, _stored, _pair = invariance.head_side, invariance.stored, invariance.make_pair

@@ -17,7 +17,7 @@ spec.loader.exec_module(lofo)
 
 
 def test_each_run_leaves_out_exactly_one_family_of_the_v3_mix():
-    from MotionSSIMLib.settings import V3_MOTION_FAMILIES, parse_families
+    from MotionSSIMLib.base.settings import V3_MOTION_FAMILIES, parse_families
 
     full = parse_families(V3_MOTION_FAMILIES)
     assert parse_families(lofo.mix_without(None)) == full

@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from MotionSSIMLib.model import ARCHITECTURES, architecture_of, build_model, forward_ssim, unwrap
+from MotionSSIMLib.assessment.model import (
+    ARCHITECTURES,
+    architecture_of,
+    build_model,
+    forward_ssim,
+    unwrap,
+)
 
 
 def test_resnet18_maps_slices_to_one_value():

@@ -7,9 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from MotionSSIMLib import motion as M
-from MotionSSIMLib.motion import kspace_motion, random_motion_batch, tio_motion, torchio_motion
-from MotionSSIMLib.ssim import ssim_label
+from MotionSSIMLib.simulation import motion as M
+from MotionSSIMLib.simulation import tio_motion as tio_module
+from MotionSSIMLib.simulation.kspace_motion import kspace_motion
+from MotionSSIMLib.simulation.motion import random_motion_batch
+from MotionSSIMLib.simulation.ssim import ssim_label
+from MotionSSIMLib.simulation.tio_motion import tio_motion, torchio_motion
 
 
 def _heads(n=4, size=128, seed=0):
@@ -165,9 +168,9 @@ def test_tio_resampling_matches_simpleitk():
     transforms = motion.get_rigid_transforms(rot3, tr3, sitk_img)
     ref = np.stack([sitk.GetArrayFromImage(im).transpose()[0]
                     for im in motion.resample_images(sitk_img, transforms, "linear")[1:]])
-    ours = M._tio_resample(img.expand(len(degrees), -1, -1).contiguous(),
-                           torch.tensor(degrees, dtype=torch.float32),
-                           torch.tensor(trans, dtype=torch.float32)).numpy()
+    ours = tio_module._tio_resample(img.expand(len(degrees), -1, -1).contiguous(),
+                                    torch.tensor(degrees, dtype=torch.float32),
+                                    torch.tensor(trans, dtype=torch.float32)).numpy()
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=0)
     # 90 degrees about the first pixel, not the centre: output (0, k) = input (k, 0), the rest
@@ -187,10 +190,10 @@ def test_tio_torch_matches_tio_motion(shape):
     h, w = shape
     x = _heads(n=6, size=max(h, w), seed=2)[..., :h, :w].contiguous()
     sev = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2, 0.05])
-    p = M.draw_tio_params(6, sev, (h, w), torch.Generator().manual_seed(3))
+    p = tio_module.draw_tio_params(6, sev, (h, w), torch.Generator().manual_seed(3))
     p.transpose[:] = torch.tensor([False, True, False, True, False, True])  # both PE axes
-    ours = M.apply_tio_motion(x, p, backend="torch")
-    ref = M.apply_tio_motion(x, p, backend="torchio")
+    ours = tio_module.apply_tio_motion(x, p, backend="torch")
+    ref = tio_module.apply_tio_motion(x, p, backend="torchio")
     diff = (ours - ref).abs()
     assert diff.max() < 1e-5 and diff.mean() < 5e-7, (diff.max(), diff.mean())
     assert int(p.n_poses[0]) >= 10  # severity 1: many poses, segments and a moved k-space
@@ -204,17 +207,17 @@ def test_tio_adapter_calls_torchio_1x():
 
     assert tio.__version__.split(".")[0] == "1"
     img = _heads(n=1, size=64, seed=8)[0, 0].numpy()
-    out = M.tio_motion_call(img, np.array([10.0, -5.0]), np.array([[2.0, -3.0], [1.0, 4.0]]),
-                            np.array([0.3, 0.6]))
+    out = tio_module.tio_motion_call(img, np.array([10.0, -5.0]),
+                                     np.array([[2.0, -3.0], [1.0, 4.0]]), np.array([0.3, 0.6]))
     assert out.shape == img.shape and out.dtype == np.float32
     assert np.abs(out - img).max() > 0.05  # moved, not a copy
     # TorchIO keeps the real part: negative ringing is possible, the simulator takes abs()
-    p = M.TioMotionParams(severity=torch.ones(1), transpose=torch.zeros(1, dtype=torch.bool),
-                          n_poses=torch.tensor([2]), degrees=torch.tensor([[10.0, -5.0]]),
-                          translation=torch.tensor([[[2.0, -3.0], [1.0, 4.0]]]),
-                          times=torch.tensor([[0.3, 0.6]]))
-    ours = M.apply_tio_motion(torch.from_numpy(img)[None, None], p, backend="torch")
-    from MotionSSIMLib.intensity import minmax
+    p = tio_module.TioMotionParams(severity=torch.ones(1), transpose=torch.zeros(1, dtype=torch.bool),
+                                   n_poses=torch.tensor([2]), degrees=torch.tensor([[10.0, -5.0]]),
+                                   translation=torch.tensor([[[2.0, -3.0], [1.0, 4.0]]]),
+                                   times=torch.tensor([[0.3, 0.6]]))
+    ours = tio_module.apply_tio_motion(torch.from_numpy(img)[None, None], p, backend="torch")
+    from MotionSSIMLib.imaging.intensity import minmax
     np.testing.assert_allclose(ours[0, 0].numpy(), minmax(np.abs(out)), atol=1e-5)
 
 
@@ -222,10 +225,10 @@ def test_tio_centre_segment_is_unmoved():
     """The k-space segment holding the centre comes from the unmoved slice: a single pose
     moving at time 0.5 or later leaves the low frequencies (and the head's position) alone."""
     x = _heads(n=1, size=64, seed=1)
-    p = M.TioMotionParams(severity=torch.ones(1), transpose=torch.zeros(1, dtype=torch.bool),
-                          n_poses=torch.tensor([1]), degrees=torch.tensor([[0.0]]),
-                          translation=torch.tensor([[[0.0, 9.0]]]), times=torch.tensor([[0.7]]))
-    y = M.apply_tio_motion(x, p)
+    p = tio_module.TioMotionParams(severity=torch.ones(1), transpose=torch.zeros(1, dtype=torch.bool),
+                                   n_poses=torch.tensor([1]), degrees=torch.tensor([[0.0]]),
+                                   translation=torch.tensor([[[0.0, 9.0]]]), times=torch.tensor([[0.7]]))
+    y = tio_module.apply_tio_motion(x, p)
     k_x, k_y = torch.fft.fftshift(torch.fft.fft2(x[0, 0])), torch.fft.fftshift(torch.fft.fft2(y[0, 0]))
     # columns before floor(64 * 0.7) = 44 (the centre is column 32) are the unmoved spectrum
     # up to the normalisation, the ones after differ
@@ -280,7 +283,7 @@ def _band_limited(n: int = 6, size: int = 128, lines: int = 32):
     """Head-like slices acquired with `lines` of `size` k-space lines on both axes (k-space
     zero-filled to `size`), the same slices at their native `lines` x `lines` matrix, and the
     resolution parameters."""
-    from MotionSSIMLib import augment
+    from MotionSSIMLib.simulation import augment
 
     rng = np.random.default_rng(4)
     yy, xx = np.mgrid[:size, :size] / size - 0.5

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_archive import head, varied_model, write_nifti
 
-from MotionSSIMLib import archive
+from MotionSSIMLib.archives import archive, discovery, manifest
 from MotionSSIMLib.cli import main
 
 
@@ -44,7 +44,7 @@ def test_resume_reassesses_a_replaced_or_other_scan(tmp_path, ckpt):
     write_nifti(scan, head(rng, (40, 44, 5)))
     assert run(ckpt, ds, "--out", out) == 0
     first = summary(out, "s1/T2")
-    assert first["archive"]["input"]["sha256"] == archive.input_identity(scan)["sha256"]
+    assert first["archive"]["input"]["sha256"] == manifest.input_identity(scan)["sha256"]
     assert run(ckpt, ds, "--out", out) == 0
     assert rows(out)["s1/T2.nii.gz"]["status"] == "resumed"  # unchanged: reused
     # replaced in place by another scan: assessed again, not handed the old result
@@ -60,7 +60,7 @@ def test_resume_reassesses_a_replaced_or_other_scan(tmp_path, ckpt):
     scan.write_bytes(bytes(data))
     os.utime(scan, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert scan.stat().st_size == st.st_size
-    assert not archive.same_input(second["archive"]["input"], scan)
+    assert not manifest.same_input(second["archive"]["input"], scan)
     assert run(ckpt, ds, "--out", out) == 2
     assert rows(out)["s1/T2.nii.gz"]["status"] == "failed"
     # another dataset with the same layout into the same --out: assessed, not resumed
@@ -74,15 +74,15 @@ def test_resume_keys_a_dicom_folder_and_detached_data_on_every_file(tmp_path):
     (tmp_path / "dcm").mkdir()
     for n in range(3):
         (tmp_path / "dcm" / f"IM{n}").write_bytes(b"x" * 10)
-    before = archive.input_identity(tmp_path / "dcm")
+    before = manifest.input_identity(tmp_path / "dcm")
     assert before["n_files"] == 3
     (tmp_path / "dcm" / "IM1").write_bytes(b"y" * 10)
-    assert not archive.same_input(before, tmp_path / "dcm")
+    assert not manifest.same_input(before, tmp_path / "dcm")
     (tmp_path / "v.mhd").write_text("ElementDataFile = data.raw\n")
     (tmp_path / "data.raw").write_bytes(b"\0" * 8)
-    ident = archive.input_identity(tmp_path / "v.mhd")
+    ident = manifest.input_identity(tmp_path / "v.mhd")
     (tmp_path / "data.raw").write_bytes(b"\1" * 8)
-    assert not archive.same_input(ident, tmp_path / "v.mhd")
+    assert not manifest.same_input(ident, tmp_path / "v.mhd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_symlinked_subject_folder_and_a_scan_named_twice(tmp_path, ckpt, capsys)
     (ds / "dataset_description.json").write_text('{"Name": "t"}')
     (ds / "sub-02").symlink_to(elsewhere, target_is_directory=True)
     (ds / "sub-01" / "anat" / "loop").symlink_to(ds, target_is_directory=True)  # a loop
-    keys = sorted(s.key for s in archive.discover([ds]))
+    keys = sorted(s.key for s in discovery.discover([ds]))
     assert keys == ["sub-01/anat/sub-01_T1w", "sub-02/anat/sub-02_T1w"]
     # named twice (and once more through a symlink): assessed and counted once
     f = ds / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
@@ -163,7 +163,7 @@ def test_symlinked_subject_folder_and_a_scan_named_twice(tmp_path, ckpt, capsys)
     assert captured.err.count("assessed once") == 2
     assert len(list(out.glob("*_summary.json"))) == 1
     # a folder and a file in it: one scan
-    scans = archive.discover([ds, f])
+    scans = discovery.discover([ds, f])
     assert len(scans) == 2
 
 
@@ -194,9 +194,9 @@ def test_pure_noise_volume_is_refused(tmp_path, ckpt, capsys, kind):
 
 
 def test_head_slices_replaced_by_noise_are_flagged_not_counted():
-    from MotionSSIMLib.geometry import extract_slices, volume
-    from MotionSSIMLib.inference import assess_volume
-    from MotionSSIMLib.io import read_volume
+    from MotionSSIMLib.assessment.inference import assess_volume
+    from MotionSSIMLib.imaging.geometry import extract_slices, volume
+    from MotionSSIMLib.imaging.io import read_volume
 
     vol = read_volume(SAMPLE)
     stack = extract_slices(vol)
@@ -216,8 +216,8 @@ def test_head_slices_replaced_by_noise_are_flagged_not_counted():
 
 def test_low_snr_and_small_head_slices_are_not_noise():
     """Real heads at low SNR and on a 64 x 64 EPI-like matrix keep their structure."""
-    from MotionSSIMLib.geometry import extract_slices, volume
-    from MotionSSIMLib.io import read_volume
+    from MotionSSIMLib.imaging.geometry import extract_slices, volume
+    from MotionSSIMLib.imaging.io import read_volume
 
     vol = read_volume(SAMPLE)
     clean = extract_slices(vol)
@@ -293,8 +293,8 @@ def test_deeply_nested_summary_is_no_traceback(tmp_path, capsys):
                                                    "summary": "a_summary.json"}])
     assert main(["group", str(tmp_path)]) == 2  # listed as missing, no traceback
     assert "summary missing or unreadable" in capsys.readouterr().err
-    scan = archive.Scan(tmp_path / "a.nii.gz", "a", "a.nii.gz")
-    assert archive.finished(tmp_path, scan, {}) is None
+    scan = discovery.Scan(tmp_path / "a.nii.gz", "a", "a.nii.gz")
+    assert manifest.finished(tmp_path, scan, {}) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def _ratings(tmp_path: Path, text: str, name: str = "r.tsv") -> Path:
 
 
 def test_ratings_two_spellings_of_one_scan_rated_differently(tmp_path, ckpt, capsys):
-    from MotionSSIMLib.group_report import match_ratings, read_ratings
+    from MotionSSIMLib.archives.ratings import match_ratings, read_ratings
 
     r = _ratings(tmp_path, "scan\trating\nsub-01_T2w\t1\nsub-01/anat/sub-01_T2w.nii.gz\t3\n")
     rows = [{"path": "sub-01/anat/sub-01_T2w.nii.gz"}, {"path": "sub-02/anat/sub-02_T2w.nii"}]
@@ -328,7 +328,7 @@ def test_ratings_two_spellings_of_one_scan_rated_differently(tmp_path, ckpt, cap
 
 
 def test_ratings_without_header_stray_quote_and_huge_cell(tmp_path):
-    from MotionSSIMLib.group_report import read_ratings
+    from MotionSSIMLib.archives.ratings import read_ratings
 
     # no header: the first row is a rating too
     assert read_ratings(_ratings(tmp_path, "sub-01_T1w\t2\nsub-02_T1w\t3\n")) == [

@@ -70,7 +70,10 @@ def test_every_module_file_is_listed(module):
 
 def test_engine_package_is_listed_file_by_file():
     scripts = cmake_sets(ROOT / "MotionSSIM" / "CMakeLists.txt")["MODULE_PYTHON_SCRIPTS"]
-    engine = sorted(p.name for p in (ROOT / "MotionSSIM" / "MotionSSIMLib").glob("*.py"))
+    lib = ROOT / "MotionSSIM" / "MotionSSIMLib"
+    engine = sorted(p.relative_to(lib).as_posix() for p in lib.rglob("*.py")
+                    if "__pycache__" not in p.parts)
+    assert any("/" in name for name in engine), "the wings' files are found too"
     assert engine and all(f"MotionSSIMLib/{name}" in scripts for name in engine)
     assert not any("*" in s for s in scripts), "no globbing"
     # the bundled default model ships with the module
@@ -130,11 +133,16 @@ def test_headless_train_script_runs_from_source_and_install_layouts(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__"))
     (installed / "MotionSSIMTrainingScripts").mkdir()
     shutil.copy(source, installed / "MotionSSIMTrainingScripts" / "train.py")
+    import site
+
+    # the third-party packages, but no .pth file (-S): an engine installed from another
+    # checkout (`pip install -e`) must not stand in for the one the script has to find itself
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join(site.getsitepackages())
     for script in (source, installed / "MotionSSIMTrainingScripts" / "train.py"):
-        out = subprocess.run([sys.executable, str(script), "--", "--help"], capture_output=True,
-                             text=True, encoding="utf-8", errors="replace", env=env,
-                             cwd=tmp_path, timeout=120)
+        out = subprocess.run([sys.executable, "-S", str(script), "--", "--help"],
+                             capture_output=True, text=True, encoding="utf-8", errors="replace",
+                             env=env, cwd=tmp_path, timeout=120)
         assert out.returncode == 0 and "--resume" in out.stdout, (script, out.stderr)
 
 
@@ -227,7 +235,7 @@ def third_party_imports() -> dict[str, set[str]]:
 def test_slicer_requirements_cover_every_import_of_the_engine():
     """One requirements file (MotionSSIM/Resources/requirements.txt) installs everything the
     code that runs in Slicer imports, and lists nothing it does not import."""
-    from MotionSSIMLib import dependencies
+    from MotionSSIMLib.bridge import dependencies
 
     required = {dependencies.normalize(r.name)
                 for r in dependencies.read_requirements(

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from MotionSSIMLib.checkpoint import default_model_path, load_checkpoint
+from MotionSSIMLib.assessment.checkpoint import default_model_path, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("check_pairs", ROOT / "scripts" / "check_pairs.py")

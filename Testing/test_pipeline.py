@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from MotionSSIMLib import intensity, motion, pipeline, ssim
+from MotionSSIMLib.imaging import intensity
+from MotionSSIMLib.simulation import motion, pipeline, ssim
 
 
 def _clean(n=8, size=64, seed=0):
@@ -105,7 +106,7 @@ def test_torchio_backend_gives_the_same_batch():
     ref = pipeline.corrupt_batch(clean[:2], pipeline.batch_generator(5, (0, 0, 0)), p_torchio=1.0,
                                  acquisition=False)
     assert (out["images"] - ref[0]).abs().max() < 1e-5
-    from MotionSSIMLib import motion
+    from MotionSSIMLib.simulation import motion
 
     drawn = motion.draw_motion_params(6, (64, 64), torch.Generator().manual_seed(5), 1.0)
     with pytest.raises(ValueError, match="acquired band below 1 needs the torch backend"):

@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MotionSSIMLib.checkpoint import default_model_path
-from MotionSSIMLib.classes import ClinicalThresholds
-from MotionSSIMLib.errors import SettingsError
-from MotionSSIMLib.inference import (
+from MotionSSIMLib.assessment.checkpoint import default_model_path
+from MotionSSIMLib.assessment.classes import ClinicalThresholds
+from MotionSSIMLib.assessment.inference import (
     PRECISION_BOUND,
     assess_volume,
     cpu_native_bf16,
     forward_views,
     resolve_precision,
 )
-from MotionSSIMLib.io import read_volume
+from MotionSSIMLib.base.errors import SettingsError
+from MotionSSIMLib.imaging.io import read_volume
 
 SAMPLE = default_model_path().parents[1] / "Samples" / "sample_t2_motion.nii.gz"
 NEAR = 0.005  # a class may change only for a slice this close to a threshold

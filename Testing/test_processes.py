@@ -1,4 +1,5 @@
-"""Child-process handling of the Slicer modules (MotionSSIMLib.processes), with real processes.
+"""Child-process handling of the Slicer modules (MotionSSIMLib.bridge.processes), with real
+processes.
 
 PythonSlicer is a launcher that starts the real Python as its child; the tests stand in for it
 with a Python process that starts a grandchild and waits for it, as the launcher does.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from MotionSSIMLib import processes
+from MotionSSIMLib.bridge import processes
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
 

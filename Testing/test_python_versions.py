@@ -221,9 +221,10 @@ def test_every_slicer_file_compiles_on_python39():
 
 # Engine modules that import only the standard library at module level: imported for real on
 # 3.9 (the others need numpy/torch, which a bare 3.9 lacks; the AST rules cover them).
-STDLIB_ONLY = ["MotionSSIMLib", "MotionSSIMLib.errors", "MotionSSIMLib.cli",
-               "MotionSSIMLib.training_cli", "MotionSSIMLib.settings", "MotionSSIMLib.processes",
-               "MotionSSIMLib.dependencies", "MotionSSIMLib.jsonable"]
+STDLIB_ONLY = ["MotionSSIMLib", "MotionSSIMLib.base.errors", "MotionSSIMLib.cli",
+               "MotionSSIMLib.training.training_cli", "MotionSSIMLib.base.settings",
+               "MotionSSIMLib.bridge.processes", "MotionSSIMLib.bridge.dependencies",
+               "MotionSSIMLib.base.jsonable"]
 
 
 @needs_python39
@@ -233,8 +234,8 @@ def test_torch_free_modules_import_and_run_on_python39(tmp_path):
         import importlib, sys
         for name in {STDLIB_ONLY!r}:
             importlib.import_module(name)
-        from MotionSSIMLib import dependencies, processes
-        from MotionSSIMLib.jsonable import jsonable
+        from MotionSSIMLib.bridge import dependencies, processes
+        from MotionSSIMLib.base.jsonable import jsonable
         # JSON cleaning without numpy: NaN -> None, tuples -> lists, paths -> str, str keys
         import pathlib
         cleaned = jsonable({{1: (float("nan"), pathlib.Path("a"))}})

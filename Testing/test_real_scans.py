@@ -18,7 +18,7 @@ import torch
 from conftest import ROOT
 from torch import nn
 
-from MotionSSIMLib import inference
+from MotionSSIMLib.assessment import inference
 
 SCRIPT = ROOT / "scripts" / "check_real_scans.py"
 

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 import torch
 
-from MotionSSIMLib import geometry
-from MotionSSIMLib.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from MotionSSIMLib.classes import ClinicalThresholds
+from MotionSSIMLib.assessment.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from MotionSSIMLib.assessment.classes import ClinicalThresholds
+from MotionSSIMLib.assessment.inference import assess_volume, predict_slices
+from MotionSSIMLib.assessment.model import build_model
+from MotionSSIMLib.assessment.report import printable, report_name, write_report
+from MotionSSIMLib.base.errors import CheckpointError, InputError, MotionSSIMError, SettingsError
 from MotionSSIMLib.cli import main
-from MotionSSIMLib.errors import CheckpointError, InputError, MotionSSIMError, SettingsError
-from MotionSSIMLib.inference import assess_volume, predict_slices
-from MotionSSIMLib.model import build_model
-from MotionSSIMLib.report import printable, report_name, write_report
+from MotionSSIMLib.imaging import geometry
 
 ROOT = Path(__file__).resolve().parents[1]
 MNI = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -70,7 +70,7 @@ def scans(tmp_path_factory):
     """Real-MR inputs from the MNI template: a one-slice sagittal NIfTI with heavy motion
     (the issue's 1 x 233 x 189 case), the same slice clean, an axial stack with two constant
     slices, a volume whose every slice is constant, and files with awkward names."""
-    from MotionSSIMLib.motion import kspace_motion
+    from MotionSSIMLib.simulation.kspace_motion import kspace_motion
 
     d = tmp_path_factory.mktemp("scans")
     mni = _mni()
@@ -94,7 +94,7 @@ def scans(tmp_path_factory):
 def test_thin_volume_is_cut_in_its_own_plane(scans):
     vol = nib.load(str(scans / "sag_motion.nii.gz"))
     assert vol.shape == (1, 233, 189)  # isotropic 1 mm: the old rule cut it into axial strips
-    from MotionSSIMLib.io import read_volume
+    from MotionSSIMLib.imaging.io import read_volume
 
     moved = read_volume(scans / "sag_motion.nii.gz")
     a = assess_volume(moved, device="cpu")  # the bundled model
@@ -131,7 +131,7 @@ def test_auto_picks_the_plane_of_a_thin_stack(shape_kji, spacing, plane):
 
 
 def test_training_draws_a_thin_stack_in_its_own_plane(scans, capsys):
-    from MotionSSIMLib.data import SliceDataset
+    from MotionSSIMLib.training.data import SliceDataset
 
     ds = SliceDataset([scans / "sag_clean.nii.gz"], slices="all")
     rng = np.random.default_rng(0)
@@ -163,7 +163,7 @@ def test_cli_refuses_strips_and_blank_volumes_and_flags_blank_slices(scans, tmp_
 
 
 def test_constant_slices_are_flagged_not_scored(scans):
-    from MotionSSIMLib.io import read_volume
+    from MotionSSIMLib.imaging.io import read_volume
 
     vol = read_volume(scans / "axial_blank2.nii.gz")
     stack = geometry.extract_slices(vol)
@@ -500,7 +500,7 @@ def test_api_settings_raise_motionssim_errors(ckpt):
 
 
 def test_read_volume_of_an_empty_path_does_not_read_the_current_folder(tmp_path):
-    from MotionSSIMLib.io import read_volume
+    from MotionSSIMLib.imaging.io import read_volume
 
     here = Path.cwd()
     try:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from test_motion import _best_rigid_ssim, _heads
 
-from MotionSSIMLib import motion as M
-from MotionSSIMLib import pipeline
-from MotionSSIMLib import scanner_motion as S
-from MotionSSIMLib.settings import MOTION_FAMILIES
-from MotionSSIMLib.ssim import ssim_label
+from MotionSSIMLib.base.settings import MOTION_FAMILIES
+from MotionSSIMLib.simulation import motion as M
+from MotionSSIMLib.simulation import pipeline
+from MotionSSIMLib.simulation import scanner_motion as S
+from MotionSSIMLib.simulation.ssim import ssim_label
 
 NEW = list(S.FAMILY_SIMULATORS)
 

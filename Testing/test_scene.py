@@ -1,4 +1,4 @@
-"""MRML bridge (MotionSSIMLib.scene) on a real MRML scene from the slicer-core wheel.
+"""The Slicer bridge (MotionSSIMLib.bridge) on a real MRML scene from the slicer-core wheel.
 
 Volumes are written as NIfTI to tmp_path and loaded the way Slicer loads them
 (vtkSlicerVolumesLogic.AddArchetypeVolume), then assessed with a small randomly initialised
@@ -17,22 +17,22 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 torch = pytest.importorskip("torch")
 
-from MotionSSIMLib import scene as ms  # noqa: E402
-from MotionSSIMLib.classes import (  # noqa: E402
+from MotionSSIMLib.assessment.classes import (  # noqa: E402
     CLASS_COLOURS,
     CLASS_LABELS,
     CLINICAL_NAMES,
     ClinicalThresholds,
     clinical_class,
 )
-from MotionSSIMLib.errors import InputError  # noqa: E402
+from MotionSSIMLib.base.errors import InputError  # noqa: E402
+from MotionSSIMLib.bridge import node_jobs, nodes, volume_results  # noqa: E402
 
 # --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
 def loaded_model(model_path):
-    from MotionSSIMLib.checkpoint import load_checkpoint
+    from MotionSSIMLib.assessment.checkpoint import load_checkpoint
 
     return load_checkpoint(model_path, device="cpu")
 
@@ -115,8 +115,8 @@ def count_nodes(scene, class_name):
 def test_volume_from_node_keeps_geometry(mrml, tmp_path):
     _, volumes_logic = mrml
     node, array, _, _ = case_volume(volumes_logic, tmp_path, "oblique")
-    vol = ms.volume_from_node(node)
-    np.testing.assert_allclose(vol.ijk_to_ras(), ms.ijk_to_ras_array(node), atol=1e-6)
+    vol = nodes.volume_from_node(node)
+    np.testing.assert_allclose(vol.ijk_to_ras(), nodes.ijk_to_ras_array(node), atol=1e-6)
     np.testing.assert_allclose(vol.array, array, atol=1e-4)
     assert vol.array.shape == array.shape  # [k, j, i] kept
     # a copy: changing it does not change the node
@@ -130,9 +130,9 @@ def test_labelmap_and_missing_input_are_refused(mrml):
         np.ones((4, 20, 20), np.uint8), nodeClassName="vtkMRMLLabelMapVolumeNode"
     )
     with pytest.raises(InputError, match="not a scalar"):
-        ms.volume_from_node(label)
+        nodes.volume_from_node(label)
     with pytest.raises(InputError, match="no input volume"):
-        ms.volume_from_node(None)
+        nodes.volume_from_node(None)
 
 
 # --------------------------------------------------------------------------- full assessment
@@ -140,26 +140,26 @@ def test_labelmap_and_missing_input_are_refused(mrml):
 
 def expected_positions(node, axis, orientation, n):
     """RAS coordinate (R, A or S) of each slice centre, from the node's IJK-to-RAS matrix."""
-    m = ms.ijk_to_ras_array(node)
+    m = nodes.ijk_to_ras_array(node)
     dims = node.GetImageData().GetDimensions()
     ras_index = {"sagittal": 0, "coronal": 1, "axial": 2}[orientation]
     out = []
     for s in range(n):
         ijk = [(d - 1) / 2.0 for d in dims]
-        ijk[ms.AXES.index(axis)] = s
+        ijk[nodes.AXES.index(axis)] = s
         out.append((m @ np.array([*ijk, 1.0]))[ras_index])
     return np.array(out)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_assess_volume_node_writes_consistent_results(mrml, tmp_path, case, loaded_model):
-    from MotionSSIMLib.inference import assess_volume
+    from MotionSSIMLib.assessment.inference import assess_volume
 
     scene, volumes_logic = mrml
     node, array, orientation, axis = case_volume(volumes_logic, tmp_path, case)
     thresholds = ClinicalThresholds()
     calls = []
-    result = ms.assess_volume_node(
+    result = node_jobs.assess_volume_node(
         node,
         model=loaded_model,
         device="cpu",
@@ -173,7 +173,7 @@ def test_assess_volume_node_writes_consistent_results(mrml, tmp_path, case, load
     # table: one row per slice, in order, positions in mm from the real geometry
     table = result.table
     assert table.GetNumberOfRows() == n
-    for name in ms.TABLE_COLUMNS:
+    for name in volume_results.TABLE_COLUMNS:
         assert table.GetTable().GetColumnByName(name) is not None, name
     np.testing.assert_array_equal(column(table, "slice"), np.arange(n))
     np.testing.assert_allclose(
@@ -181,7 +181,7 @@ def test_assess_volume_node_writes_consistent_results(mrml, tmp_path, case, load
     )
     # the SSIMs are the engine's for the same volume and model; classes follow the thresholds
     reference = assess_volume(
-        ms.volume_from_node(node), model=loaded_model, device="cpu", thresholds=thresholds
+        nodes.volume_from_node(node), model=loaded_model, device="cpu", thresholds=thresholds
     )
     ssim = column(table, "ssim")
     np.testing.assert_allclose(ssim, [r.ssim for r in reference.records], atol=1e-5)
@@ -197,10 +197,10 @@ def test_assess_volume_node_writes_consistent_results(mrml, tmp_path, case, load
 
     # chart: every series drawn from the plot table, class series NaN outside their class
     chart = result.chart
-    assert set(result.series) == set(ms.SERIES_KEYS)
-    assert chart.GetNumberOfPlotSeriesNodes() == len(ms.SERIES_KEYS)
+    assert set(result.series) == set(volume_results.SERIES_KEYS)
+    assert chart.GetNumberOfPlotSeriesNodes() == len(volume_results.SERIES_KEYS)
     assert chart.GetYAxisRange() == (0.0, 1.0) or tuple(chart.GetYAxisRange()) == (0.0, 1.0)
-    labels = ms.slice_labels(reference)
+    labels = volume_results.slice_labels(reference)
     for key, series in result.series.items():
         assert series.GetTableNode() is result.plot_table
         y = column(result.plot_table, series.GetYColumnName())
@@ -217,7 +217,7 @@ def test_assess_volume_node_writes_consistent_results(mrml, tmp_path, case, load
     # overlay: input geometry; every slice carries exactly its label (frame band + 0 inside)
     overlay = result.overlay
     assert overlay.IsA("vtkMRMLLabelMapVolumeNode")
-    np.testing.assert_allclose(ms.ijk_to_ras_array(overlay), ms.ijk_to_ras_array(node))
+    np.testing.assert_allclose(nodes.ijk_to_ras_array(overlay), nodes.ijk_to_ras_array(node))
     labels_array = slicer.util.arrayFromVolume(overlay)
     assert labels_array.shape == array.shape
     axis_pos = {"k": 0, "j": 1, "i": 2}[axis]
@@ -230,7 +230,7 @@ def test_assess_volume_node_writes_consistent_results(mrml, tmp_path, case, load
 def test_apply_twice_updates_the_same_nodes(mrml, tmp_path, loaded_model, model_path):
     scene, volumes_logic = mrml
     node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
-    first = ms.assess_volume_node(node, model=loaded_model, device="cpu")
+    first = node_jobs.assess_volume_node(node, model=loaded_model, device="cpu")
     counts = {
         c: count_nodes(scene, c)
         for c in (
@@ -243,7 +243,7 @@ def test_apply_twice_updates_the_same_nodes(mrml, tmp_path, loaded_model, model_
     }
     # second run: a checkpoint path instead of a loaded model, other thresholds, whole-slice style
     strict = ClinicalThresholds(good=0.95, sufficient=0.90)
-    second = ms.assess_volume_node(
+    second = node_jobs.assess_volume_node(
         node, model=model_path, device="cpu", thresholds=strict, overlay_style="slice"
     )
     for c, k in counts.items():
@@ -259,18 +259,18 @@ def test_apply_twice_updates_the_same_nodes(mrml, tmp_path, loaded_model, model_
     ssim = column(second.table, "ssim")
     np.testing.assert_array_equal(column(second.table, "class"), clinical_class(ssim, strict))
     labels_array = slicer.util.arrayFromVolume(second.overlay)
-    labels = ms.slice_labels(second.assessment)
+    labels = volume_results.slice_labels(second.assessment)
     for s in range(labels_array.shape[0]):
         assert np.all(labels_array[s] == labels[s])  # "slice" style: the whole slice
 
     # the results can be found again from the volume alone (e.g. after the module is reopened)
-    found = ms.find_result(node)
+    found = volume_results.find_result(node)
     assert found is not None and found.table.GetID() == first.table.GetID()
     assert found.axis == "k" and found.summary == second.summary
     # a second volume gets its own nodes but shares the colour table
     other, _, _, _ = case_volume(volumes_logic, tmp_path, "anisotropic")
-    assert ms.find_result(other) is None
-    third = ms.assess_volume_node(other, model=loaded_model, device="cpu")
+    assert volume_results.find_result(other) is None
+    third = node_jobs.assess_volume_node(other, model=loaded_model, device="cpu")
     assert third.table.GetID() != first.table.GetID()
     assert third.color_table.GetID() == first.color_table.GetID()
     assert count_nodes(scene, "vtkMRMLColorTableNode") == counts["vtkMRMLColorTableNode"]
@@ -281,7 +281,7 @@ def test_apply_twice_updates_the_same_nodes(mrml, tmp_path, loaded_model, model_
 
 def make_assessment(ssims, empty, axis="k", orientation="axial"):
     """An engine Assessment with chosen SSIMs (to cover every class with a random model)."""
-    from MotionSSIMLib.inference import Assessment, SliceRecord
+    from MotionSSIMLib.assessment.inference import Assessment, SliceRecord
 
     classes = clinical_class(np.asarray(ssims), ClinicalThresholds())
     records = [
@@ -304,7 +304,7 @@ def test_every_class_gets_its_series_colour_and_label(mrml):
     node = slicer.util.addVolumeFromArray(np.ones((5, 24, 20), np.float32), name="v")
     ssims = [0.95, 0.70, 0.30, 0.86, 0.50]
     empty = [False, False, False, False, True]
-    result = ms.write_assessment(node, make_assessment(ssims, empty))
+    result = volume_results.write_assessment(node, make_assessment(ssims, empty))
     expected = {
         "good": [0, 3],
         "sufficient": [1],
@@ -339,7 +339,8 @@ def test_every_class_gets_its_series_colour_and_label(mrml):
 def test_bad_overlay_style_is_refused(mrml):
     node = slicer.util.addVolumeFromArray(np.ones((2, 20, 20), np.float32))
     with pytest.raises(ValueError, match="overlay_style"):
-        ms.write_assessment(node, make_assessment([0.9, 0.9], [False, False]), overlay_style="x")
+        volume_results.write_assessment(node, make_assessment([0.9, 0.9], [False, False]),
+                                        overlay_style="x")
 
 
 # --------------------------------------------------------------------------- interaction
@@ -370,42 +371,42 @@ def test_chart_point_jumps_views_and_annotation_follows(mrml):
     transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
     node.SetAndObserveTransformNodeID(transform.GetID())
     ssims = [0.9, 0.8, 0.3, 0.95, 0.65, 0.7]
-    result = ms.write_assessment(node, make_assessment(ssims, [False] * 6))
+    result = volume_results.write_assessment(node, make_assessment(ssims, [False] * 6))
     assert result.overlay.GetTransformNodeID() == transform.GetID()
 
     red = add_slice_node(scene, "Red", "Axial")
     yellow = add_slice_node(scene, "Yellow", "Sagittal")
 
     # a point picked in the "insufficient" series -> row 2 -> slice k=2
-    row = ms.row_for_point(result, result.series["insufficient"].GetID(), 2)
+    row = volume_results.row_for_point(result, result.series["insufficient"].GetID(), 2)
     assert row == 2
-    assert ms.row_for_point(result, result.series["threshold_good"].GetID(), 2) is None
-    assert ms.row_for_point(result, "vtkMRMLPlotSeriesNodeXYZ", 2) is None
-    assert ms.row_for_point(result, result.series["all"].GetID(), 99) is None
+    assert volume_results.row_for_point(result, result.series["threshold_good"].GetID(), 2) is None
+    assert volume_results.row_for_point(result, "vtkMRMLPlotSeriesNodeXYZ", 2) is None
+    assert volume_results.row_for_point(result, result.series["all"].GetID(), 99) is None
 
-    ras = ms.jump_to_row(result, row)
+    ras = volume_results.jump_to_row(result, row)
     expected_s = origin[2] + 2 * spacing + 100.0
     assert ras[2] == pytest.approx(expected_s)
     red_to_ras = slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS())
     assert red_to_ras[2, 3] == pytest.approx(expected_s)  # the axial view moved to the slice
 
-    text = ms.view_text(result, red.GetSliceToRAS())
+    text = volume_results.view_text(result, red.GetSliceToRAS())
     assert text == "slice 2: SSIM 0.30, insufficient"
     # a sagittal view cuts across the assessed slices: no single slice to name
-    assert ms.view_text(result, yellow.GetSliceToRAS()) is None
+    assert volume_results.view_text(result, yellow.GetSliceToRAS()) is None
     # moving the axial view to slice 4 updates the text
-    ms.jump_to_row(result, 4)
-    assert ms.view_text(result, red.GetSliceToRAS()) == "slice 4: SSIM 0.65, sufficient"
+    volume_results.jump_to_row(result, 4)
+    assert volume_results.view_text(result, red.GetSliceToRAS()) == "slice 4: SSIM 0.65, sufficient"
     # outside the volume: no row
-    assert ms.row_at_ras(result, (0.0, 0.0, -500.0)) is None
+    assert volume_results.row_at_ras(result, (0.0, 0.0, -500.0)) is None
 
 
 # --------------------------------------------------------------------------- training panel
 
 
 def test_training_log_becomes_a_live_chart(mrml, tmp_path):
-    from MotionSSIMLib import training_chart
-    from MotionSSIMLib.trainer import LOG_COLUMNS
+    from MotionSSIMLib.bridge import training_chart
+    from MotionSSIMLib.training.run_state import LOG_COLUMNS
 
     scene, _ = mrml
     log_path = tmp_path / "log.csv"
@@ -443,15 +444,15 @@ def test_training_log_becomes_a_live_chart(mrml, tmp_path):
 
 
 def test_cancel_leaves_the_scene_unchanged(mrml, tmp_path, loaded_model):
-    from MotionSSIMLib.inference import Cancelled
+    from MotionSSIMLib.assessment.inference import Cancelled
 
     scene, volumes_logic = mrml
     node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
     before = scene.GetNumberOfNodes()
     with pytest.raises(Cancelled):
-        ms.assess_volume_node(node, model=loaded_model, device="cpu", cancel=lambda: True)
+        node_jobs.assess_volume_node(node, model=loaded_model, device="cpu", cancel=lambda: True)
     assert scene.GetNumberOfNodes() == before
-    assert ms.find_result(node) is None
+    assert volume_results.find_result(node) is None
 
 
 # --------------------------------------------------------------------------- panel: validation
@@ -463,12 +464,12 @@ def test_settings_are_validated_before_apply(mrml):
     label = slicer.util.addVolumeFromArray(
         np.ones((4, 20, 20), np.uint8), nodeClassName="vtkMRMLLabelMapVolumeNode", name="seg"
     )
-    assert ms.validate_settings(volume, 0.85, 0.60) == []
-    problems = ms.validate_settings(label, 0.85, 0.60)
+    assert node_jobs.validate_settings(volume, 0.85, 0.60) == []
+    problems = node_jobs.validate_settings(label, 0.85, 0.60)
     assert len(problems) == 1 and "seg is a labelmap" in problems[0]
-    assert ms.validate_settings(None) == ["Select an input volume"]
+    assert node_jobs.validate_settings(None) == ["Select an input volume"]
     for good, sufficient in ((0.6, 0.6), (0.5, 0.7), (1.2, 0.6), (0.85, -0.1)):
-        problems = ms.validate_settings(volume, good, sufficient)
+        problems = node_jobs.validate_settings(volume, good, sufficient)
         assert len(problems) == 1 and "must be below" in problems[0], (good, sufficient)
 
 
@@ -479,16 +480,16 @@ def test_background_job_writes_results_on_finish_and_records_device(mrml, tmp_pa
     scene, volumes_logic = mrml
     node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
     before = scene.GetNumberOfNodes()
-    job = ms.AssessmentJob(node, model=loaded_model, device="auto", batch_size=2)
+    job = node_jobs.AssessmentJob(node, model=loaded_model, device="auto", batch_size=2)
     assert job.wait(timeout=300)
     # the worker wrote nothing into the scene: that is finish()'s job, on the main thread
-    assert scene.GetNumberOfNodes() == before and ms.find_result(node) is None
+    assert scene.GetNumberOfNodes() == before and volume_results.find_result(node) is None
     assert job.error is None and job.stage == "done"
     assert job.total_slices == 7 and job.done_slices == 7  # progress reached the last slice
     result = job.finish()
     assert result is not None and result.table.GetNumberOfRows() == 7
     assert result.summary["device"] == "cpu"  # what "auto" chose on this machine
-    found = ms.find_result(node)
+    found = volume_results.find_result(node)
     assert found.summary["device"] == "cpu"
     assert job.elapsed_s > 0
 
@@ -496,7 +497,7 @@ def test_background_job_writes_results_on_finish_and_records_device(mrml, tmp_pa
 def test_background_job_progress_is_reported_per_batch(mrml, tmp_path, loaded_model):
     _, volumes_logic = mrml
     node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
-    job = ms.AssessmentJob(node, model=loaded_model, device="cpu", batch_size=1)
+    job = node_jobs.AssessmentJob(node, model=loaded_model, device="cpu", batch_size=1)
     seen = set()
     while not job.done:
         seen.add(job.done_slices)
@@ -509,17 +510,17 @@ def test_background_job_cancel_writes_nothing(mrml, tmp_path, loaded_model):
     scene, volumes_logic = mrml
     node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
     before = scene.GetNumberOfNodes()
-    job = ms.AssessmentJob(node, model=loaded_model, device="cpu", batch_size=1)
+    job = node_jobs.AssessmentJob(node, model=loaded_model, device="cpu", batch_size=1)
     job.cancel()
     assert job.wait(timeout=300)
     assert job.cancelled and job.finish() is None
-    assert scene.GetNumberOfNodes() == before and ms.find_result(node) is None
+    assert scene.GetNumberOfNodes() == before and volume_results.find_result(node) is None
 
 
 def test_background_job_survives_node_deletion_and_scene_close(mrml, tmp_path, loaded_model):
     scene, volumes_logic = mrml
     node, _, _, _ = case_volume(volumes_logic, tmp_path, "axial")
-    job = ms.AssessmentJob(node, model=loaded_model, device="cpu", batch_size=1)
+    job = node_jobs.AssessmentJob(node, model=loaded_model, device="cpu", batch_size=1)
     scene.RemoveNode(node)  # deleted while the worker runs on its copy of the voxels
     assert job.wait(timeout=300)
     assert job.error is None  # the copy was assessed without touching the node
@@ -527,7 +528,7 @@ def test_background_job_survives_node_deletion_and_scene_close(mrml, tmp_path, l
     assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
 
     other, _, _, _ = case_volume(volumes_logic, tmp_path, "oblique")
-    job = ms.AssessmentJob(other, model=loaded_model, device="cpu", batch_size=1)
+    job = node_jobs.AssessmentJob(other, model=loaded_model, device="cpu", batch_size=1)
     scene.Clear(0)  # File > Close Scene
     assert job.wait(timeout=300)
     assert job.finish() is None
@@ -536,7 +537,7 @@ def test_background_job_survives_node_deletion_and_scene_close(mrml, tmp_path, l
 
 def test_background_job_reports_engine_errors_on_finish(mrml):
     volume = slicer.util.addVolumeFromArray(np.zeros((4, 20, 20), np.float32), name="blank")
-    job = ms.AssessmentJob(volume, model=None, device="cpu")
+    job = node_jobs.AssessmentJob(volume, model=None, device="cpu")
     assert job.wait(timeout=300) and job.stage == "failed"
     with pytest.raises(InputError, match="no assessable slice"):
         job.finish()

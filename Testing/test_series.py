@@ -22,12 +22,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MotionSSIMLib import series as S
+from MotionSSIMLib.assessment.frames import assess_series
+from MotionSSIMLib.assessment.report import CSV_COLUMNS
+from MotionSSIMLib.base.errors import InputError, SettingsError
 from MotionSSIMLib.cli import main
-from MotionSSIMLib.errors import InputError, SettingsError
-from MotionSSIMLib.geometry import Volume
-from MotionSSIMLib.io import MAX_SERIES_VOXELS, read_volume
-from MotionSSIMLib.report import CSV_COLUMNS
+from MotionSSIMLib.imaging import series as S
+from MotionSSIMLib.imaging.checks import MAX_SERIES_VOXELS
+from MotionSSIMLib.imaging.geometry import Volume
+from MotionSSIMLib.imaging.io import read_series, read_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "MotionSSIM" / "Resources" / "Samples" / "sample_t2_motion.nii.gz"
@@ -63,8 +65,8 @@ def random_model(tmp_path_factory):
     """A randomly initialised ResNet-18 checkpoint (plumbing tests: no trained model needed)."""
     import torch
 
-    from MotionSSIMLib.checkpoint import save_checkpoint
-    from MotionSSIMLib.model import build_model
+    from MotionSSIMLib.assessment.checkpoint import save_checkpoint
+    from MotionSSIMLib.assessment.model import build_model
 
     torch.manual_seed(0)
     net = build_model("resnet18").eval()
@@ -138,7 +140,7 @@ def test_frame_chooser_checks_syntax_without_expanding():
     with pytest.raises(ValueError):
         S.frame_chooser("x")
     with pytest.raises(SettingsError, match="--frames"):
-        S.read_series(SAMPLE, frames="1-3")
+        read_series(SAMPLE, frames="1-3")
 
 
 # --------------------------------------------------------------------------- readers
@@ -148,20 +150,20 @@ def test_nifti_4d_read_as_series_only_when_asked(sample4d):
     path, affine = sample4d
     with pytest.raises(InputError, match="4D image with 4 volumes"):
         read_volume(path)  # the 3D reader still refuses it
-    s = S.read_series(path, frames="1,3")
+    s = read_series(path, frames="1,3")
     data = np.asarray(nib.load(str(path)).dataobj)
     assert isinstance(s, S.Series) and s.n_frames == 2 and s.n_input_frames == 4
     assert s.frame_indices == (1, 3)
     assert np.array_equal(s.array[1], np.transpose(data[..., 3], (2, 1, 0)))
     assert np.allclose(s.ijk_to_ras(), affine, atol=1e-5)
-    assert isinstance(S.read_series(SAMPLE), Volume)  # 3D stays a Volume
+    assert isinstance(read_series(SAMPLE), Volume)  # 3D stays a Volume
 
 
 def test_5d_and_oversized_series_still_refused(tmp_path):
     five = np.random.default_rng(0).random((20, 20, 8, 2, 3)).astype(np.float32)
     nib.save(nib.Nifti1Image(five, np.eye(4)), str(tmp_path / "5d.nii"))
     with pytest.raises(InputError, match="5D image"):
-        S.read_series(tmp_path / "5d.nii")
+        read_series(tmp_path / "5d.nii")
     # a header declaring 2^29 voxels in frames (no data behind it): refused on the header
     big = tmp_path / "big.nii"
     hdr = nib.Nifti1Header()
@@ -173,10 +175,10 @@ def test_5d_and_oversized_series_still_refused(tmp_path):
     big.write_bytes(bytes(raw))
     assert 256 * 256 * 128 * 64 > MAX_SERIES_VOXELS
     with pytest.raises(InputError, match="choose fewer frames with --frames") as info:
-        S.read_series(big)
+        read_series(big)
     assert str(big) in str(info.value)
     with pytest.raises(InputError, match="truncated|not a readable"):
-        S.read_series(big, frames="0:4")  # within the bound: read, and the data is short
+        read_series(big, frames="0:4")  # within the bound: read, and the data is short
 
 
 def test_nrrd_4d_and_list_axis_nrrd(tmp_path):
@@ -186,7 +188,7 @@ def test_nrrd_4d_and_list_axis_nrrd(tmp_path):
     img.SetSpacing((0.7, 0.8, 3.0, 1.0))
     img.SetOrigin((5.0, -4.0, 2.0, 0.0))
     sitk.WriteImage(img, str(tmp_path / "s4.nrrd"))
-    s = S.read_series(tmp_path / "s4.nrrd", frames="0,2")
+    s = read_series(tmp_path / "s4.nrrd", frames="0,2")
     assert s.frame_indices == (0, 2) and s.n_input_frames == 3
     assert np.array_equal(s.array, frames[[0, 2]])
     assert np.allclose(s.spacing, (0.7, 0.8, 3.0))
@@ -199,14 +201,14 @@ def test_nrrd_4d_and_list_axis_nrrd(tmp_path):
     (tmp_path / "seq.nrrd").write_bytes(header.encode()
                                         + np.ascontiguousarray(np.moveaxis(frames, 0, -1))
                                         .tobytes())
-    s = S.read_series(tmp_path / "seq.nrrd")
+    s = read_series(tmp_path / "seq.nrrd")
     assert s.n_frames == 3 and np.array_equal(s.array, frames)
     assert np.allclose(s.origin, (-5.0, 4.0, 2.0))
     # a vector image (kind "vector", e.g. a displacement field) is still refused
     vec = sitk.GetImageFromArray(np.moveaxis(frames, 0, -1).copy(), isVector=True)
     sitk.WriteImage(vec, str(tmp_path / "vector.nrrd"))
     with pytest.raises(InputError, match="vector image"):
-        S.read_series(tmp_path / "vector.nrrd")
+        read_series(tmp_path / "vector.nrrd")
 
 
 def test_gzip_nrrd_with_the_list_axis_last(tmp_path):
@@ -222,7 +224,7 @@ def test_gzip_nrrd_with_the_list_axis_last(tmp_path):
         data = frames.astype("<f4").tobytes()  # x fastest, frames slowest
         paths[encoding] = p = tmp_path / f"{encoding}.nrrd"
         p.write_bytes(header.encode() + (gzip.compress(data) if encoding == "gzip" else data))
-        s = S.read_series(p, frames="0,2")
+        s = read_series(p, frames="0,2")
         assert s.frame_indices == (0, 2) and s.n_input_frames == 3, encoding
         assert np.array_equal(s.array, frames[[0, 2]]), encoding
         assert np.allclose(s.spacing, (0.7, 0.8, 3.0)), encoding
@@ -230,7 +232,7 @@ def test_gzip_nrrd_with_the_list_axis_last(tmp_path):
     cut = tmp_path / "cut.nrrd"
     cut.write_bytes(paths["gzip"].read_bytes()[:-100])
     with pytest.raises(InputError, match="corrupted"):
-        S.read_series(cut)
+        read_series(cut)
 
 
 def _declared_huge_nrrd(path, frames=32000, shape=(64, 64, 16)):
@@ -259,8 +261,8 @@ def test_frames_bound_covers_what_itk_reads_whole(tmp_path):
     (tmp_path / "huge.raw").write_bytes(bytes(1024))
     code = ("import resource, sys, pathlib\n"
             f"sys.path.insert(0, {str(ROOT / 'MotionSSIM')!r})\n"
-            "from MotionSSIMLib.series import read_series\n"
-            "from MotionSSIMLib.errors import InputError\n"
+            "from MotionSSIMLib.imaging.io import read_series\n"
+            "from MotionSSIMLib.base.errors import InputError\n"
             "import torch  # the readers import it on first use: not the file's memory\n"
             "def status(key):\n"
             " return [int(x.split()[1]) for x in pathlib.Path('/proc/self/status')"
@@ -287,13 +289,13 @@ def test_dicom_time_points_read_as_frames(tmp_path):
     folder = write_dicom_4d(tmp_path / "fmri", frames, lambda t: {"0020|0100": str(t + 1)})
     with pytest.raises(InputError, match="3 time points at each position"):
         read_volume(folder)  # the 3D reader still refuses it
-    s = S.read_series(folder)
+    s = read_series(folder)
     assert s.n_frames == 3 and s.frame_labels == ("t=1", "t=2", "t=3")
     for t in range(3):
         assert np.array_equal(s.array[t], frames[t]), t
     assert np.allclose(s.spacing, (0.8, 0.9, 2.5))
     assert np.allclose(s.origin, (20.0, 15.0, -10.0))  # LPS (-20, -15, -10) in RAS
-    part = S.read_series(folder, frames="2")
+    part = read_series(folder, frames="2")
     assert part.frame_indices == (2,) and np.array_equal(part.array[0], frames[2])
 
 
@@ -301,14 +303,14 @@ def test_dicom_b_values_in_acquisition_order_and_incomplete_refused(tmp_path):
     bvals = ["0", "1000", "1000", "0"]  # two directions at b=1000: told apart by instance
     frames = [_head(seed=t) // (t + 1) for t in range(4)]
     folder = write_dicom_4d(tmp_path / "dwi", frames, lambda t: {"0018|9087": bvals[t]})
-    s = S.read_series(folder)
+    s = read_series(folder)
     assert s.frame_labels == ("b=0", "b=1000", "b=1000", "b=0")
     for t in range(4):
         assert np.array_equal(s.array[t], frames[t]), t
     # one image missing: refused by name, not read as a shorter frame
     os.unlink(sorted(folder.iterdir())[0])
     with pytest.raises(InputError, match="incomplete 4D series"):
-        S.read_series(folder)
+        read_series(folder)
 
 
 def _same_frames(s, frames):
@@ -331,7 +333,7 @@ def test_dicom_volumes_told_apart_by_another_tag_with_instances_per_volume(tmp_p
     # the volumes differ only in a tag the sort key did not use: frames mixed both volumes
     frames = [_head(seed=t) + 300 * t for t in range(3)]
     folder = write_dicom_4d(tmp_path / "s", frames, tags_of, instance=lambda t, k: k + 1)
-    s = S.read_series(folder)
+    s = read_series(folder)
     found = _same_frames(s, frames)
     if told_by == "diffusion direction":
         assert [s.frame_labels[t] for t in np.argsort(found)] == [
@@ -352,7 +354,7 @@ def test_dicom_volumes_no_tag_tells_apart_refused_naming_the_tags(tmp_path):
                                     ("alternating", lambda t, k: k + 1, alternating)):
         folder = write_dicom_4d(tmp_path / name, frames, tags_of, instance=instance)
         with pytest.raises(InputError) as info:
-            S.read_series(folder)
+            read_series(folder)
         msg = str(info.value)
         assert "\n" not in msg and str(folder) in msg, msg
         for tag in ("cannot be separated", "instance numbers repeat", "AcquisitionTime",
@@ -366,14 +368,14 @@ def test_fully_duplicated_dicom_folder_refused_as_duplicates(tmp_path):
     for p in sorted(folder.iterdir()):
         shutil.copy(p, folder / f"copy of {p.name}")
     with pytest.raises(InputError, match="duplicate images.*same image.*SOPInstanceUID"):
-        S.read_series(folder)
+        read_series(folder)
     with pytest.raises(InputError, match="duplicate slice position"):
         read_volume(folder)  # the 3D reader, as for one duplicated slice
     # copies given new UIDs: the same tags and identical pixel data at each position
     again = write_dicom_4d(tmp_path / "uids", [_head(), _head()], lambda t: {},
                            instance=lambda t, k: k + 1)
     with pytest.raises(InputError, match="duplicate images.*identical pixel data"):
-        S.read_series(again)
+        read_series(again)
 
 
 def test_dicom_4d_far_from_the_isocentre(tmp_path):
@@ -381,7 +383,7 @@ def test_dicom_4d_far_from_the_isocentre(tmp_path):
     frames = [_head() + 300 * t for t in range(2)]
     folder = write_dicom_4d(tmp_path / "s", frames, lambda t: {"0020|0100": str(t + 1)},
                             step=1.0, z0=1200.0)
-    s = S.read_series(folder)
+    s = read_series(folder)
     assert s.n_frames == 2 and np.array_equal(s.array, np.stack(frames))
     assert np.allclose(s.spacing, (0.8, 0.9, 1.0)) and np.isclose(s.origin[2], 1200.0)
 
@@ -464,10 +466,10 @@ def test_assess_dicom_series_positions_and_progress(tmp_path, random_model):
     frames = [_head() + 300 * t for t in range(3)]
     folder = write_dicom_4d(tmp_path / "fmri", frames, lambda t: {"0020|0100": str(t + 1)},
                             z0=-10.0)
-    s = S.read_series(folder, frames="0:3")
+    s = read_series(folder, frames="0:3")
     seen = []
-    a = S.assess_series(s, model=random_model, device="cpu", batch_size=4,
-                        progress=lambda d, n: seen.append((d, n)))
+    a = assess_series(s, model=random_model, device="cpu", batch_size=4,
+                      progress=lambda d, n: seen.append((d, n)))
     assert [f.frame for f in a.frames] == [0, 1, 2]
     assert [f.label for f in a.frames] == ["t=1", "t=2", "t=3"]
     assert a.orientation == "axial" and a.axis == "k"
@@ -480,25 +482,25 @@ def test_assess_dicom_series_positions_and_progress(tmp_path, random_model):
     frames_, slices, ssim, empty = a.matrix()
     assert ssim.shape == (3, 10) and list(frames_) == [0, 1, 2] and list(slices) == list(range(10))
     # cancel: stops at the next batch
-    from MotionSSIMLib.inference import Cancelled
+    from MotionSSIMLib.assessment.inference import Cancelled
 
     with pytest.raises(Cancelled):
-        S.assess_series(s, model=random_model, device="cpu", cancel=lambda: True)
+        assess_series(s, model=random_model, device="cpu", cancel=lambda: True)
 
 
 def test_a_blank_frame_is_listed_not_fatal(random_model):
     arr = np.stack([_head().astype(np.float32), np.zeros((10, 32, 36), np.float32),
                     _head(seed=2).astype(np.float32)])
     s = S.series_from_array(arr, (0.8, 0.9, 2.5), name="with_blank")
-    a = S.assess_series(s, model=random_model, device="cpu")
+    a = assess_series(s, model=random_model, device="cpu")
     entries = {f["frame"]: f for f in a.summary["frames"]}
     assert entries[1]["verdict"] == "no assessable slices" and "no assessable" in entries[1]["error"]
     assert a.summary["frame_counts"]["unassessed"] == 1 and a.summary["n_frames_assessed"] == 2
     frames_, _, ssim, empty = a.matrix()
     assert np.isnan(ssim[1]).all() and empty[1].all()
     with pytest.raises(InputError, match="no assessable slice in any"):
-        S.assess_series(S.series_from_array(np.zeros((2, 10, 32, 36), np.float32)),
-                        model=random_model, device="cpu")
+        assess_series(S.series_from_array(np.zeros((2, 10, 32, 36), np.float32)),
+                      model=random_model, device="cpu")
 
 
 # --------------------------------------------------------------------------- Slicer (slicer-core)
@@ -543,27 +545,28 @@ def _column(table, name):
 
 def test_sequence_node_assessed_chart_follows_browser_and_cells_jump(mrml, random_model):
     slicer, scene = mrml
-    from MotionSSIMLib import scene as ms
+    from MotionSSIMLib.bridge import node_jobs, series_results
 
     frames = [(_head(seed=t) + 200 * t).astype(np.float32) for t in range(4)]
     seq, browser = _sequence(slicer, scene, frames)
     proxy = browser.GetProxyNode(seq)
-    assert ms.series_source(proxy) == (seq, browser)  # what the panel assesses for the proxy
-    s = ms.series_from_sequence(seq)
+    # what the panel assesses for the proxy
+    assert series_results.series_source(proxy) == (seq, browser)
+    s = series_results.series_from_sequence(seq)
     assert s.frame_labels[1] == "time = 2.0 s" and np.array_equal(s.array[3], frames[3])
     assert np.allclose(s.ijk_to_ras(), AFFINE)
-    result = ms.assess_sequence_node(seq, model=random_model, device="cpu", batch_size=8)
+    result = node_jobs.assess_sequence_node(seq, model=random_model, device="cpu", batch_size=8)
     a = result.assessment
     assert result.browser is browser and result.display is proxy
     # the frame x slice table: one row per frame, the slices' SSIM after the fixed columns
     table = result.heatmap
     assert table.GetNumberOfRows() == 4
     names = [table.GetTable().GetColumnName(c) for c in range(table.GetNumberOfColumns())]
-    assert names == [*ms.HEATMAP_FIXED_COLUMNS, *(f"slice {k}" for k in range(10))]
+    assert names == [*series_results.HEATMAP_FIXED_COLUMNS, *(f"slice {k}" for k in range(10))]
     _, _, ssim, empty = a.matrix()
     assert np.allclose(_column(table, "slice 4"), np.where(empty[:, 4], np.nan, ssim[:, 4]),
                        equal_nan=True)
-    assert seq.GetNodeReference(ms.REF_HEATMAP) is table
+    assert seq.GetNodeReference(series_results.REF_HEATMAP) is table
     # what the panel's click handler relies on: table row/column = view row/column
     assert table.GetUseColumnNameAsColumnHeader() and not table.GetUseFirstColumnAsRowHeader()
     # the chart shows the browser's frame, and follows it
@@ -581,22 +584,22 @@ def test_sequence_node_assessed_chart_follows_browser_and_cells_jump(mrml, rando
     assert np.allclose(pos, centre[2])
     # a cell: that frame and slice shown
     col = names.index("slice 4")
-    assert ms.heatmap_cell(result, 3, col) == (3, 4)
-    assert ms.heatmap_cell(result, 3, names.index("verdict")) is None
-    ras = ms.jump_to_frame_and_slice(result, 3, 4)
+    assert series_results.heatmap_cell(result, 3, col) == (3, 4)
+    assert series_results.heatmap_cell(result, 3, names.index("verdict")) is None
+    ras = series_results.jump_to_frame_and_slice(result, 3, 4)
     assert browser.GetSelectedItemNumber() == 3 and result.shown_frame == 3
     assert np.allclose(plotted(), ssim[3])
     assert ras[2] == pytest.approx(-30.0 + 2.5 * 4)
-    ms.stop_following(result)
+    series_results.stop_following(result)
     browser.SetSelectedItemNumber(1)
     assert result.shown_frame == 3  # no longer followed
     # assessing again updates the same nodes
     tables = scene.GetNumberOfNodesByClass("vtkMRMLTableNode")
-    again = ms.assess_sequence_node(seq, model=random_model, device="cpu", frames="1,3")
+    again = node_jobs.assess_sequence_node(seq, model=random_model, device="cpu", frames="1,3")
     assert again.heatmap is table and table.GetNumberOfRows() == 2
     assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == tables
     assert list(_column(table, "frame")) == [1, 3]
-    ms.stop_following(again)
+    series_results.stop_following(again)
 
 
 def test_multivolume_node_and_background_job(mrml, random_model):
@@ -604,7 +607,7 @@ def test_multivolume_node_and_background_job(mrml, random_model):
     import vtk
     from vtk.util.numpy_support import numpy_to_vtk
 
-    from MotionSSIMLib import scene as ms
+    from MotionSSIMLib.bridge import node_jobs, series_results
 
     frames = np.stack([(_head(seed=t) + 100 * t).astype(np.float32) for t in range(3)])
     image = vtk.vtkImageData()
@@ -614,19 +617,19 @@ def test_multivolume_node_and_background_job(mrml, random_model):
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mv")
     node.SetAndObserveImageData(image)
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(AFFINE))
-    node.SetAttribute(ms.MULTIVOLUME_FRAMES_ATTRIBUTE, "3")
-    node.SetAttribute(ms.MULTIVOLUME_LABELS_ATTRIBUTE, "0,500,1000")
-    assert ms.series_source(node) == (node, None)
-    s = ms.series_from_multivolume(node)
+    node.SetAttribute(series_results.MULTIVOLUME_FRAMES_ATTRIBUTE, "3")
+    node.SetAttribute(series_results.MULTIVOLUME_LABELS_ATTRIBUTE, "0,500,1000")
+    assert series_results.series_source(node) == (node, None)
+    s = series_results.series_from_multivolume(node)
     assert np.array_equal(s.array, frames) and s.frame_labels == ("0", "500", "1000")
     assert np.allclose(s.ijk_to_ras(), AFFINE)
-    job = ms.SeriesAssessmentJob(node, model=random_model, device="cpu", batch_size=8)
+    job = node_jobs.SeriesAssessmentJob(node, model=random_model, device="cpu", batch_size=8)
     assert job.wait(300)
     result = job.finish()
     assert result.heatmap.GetNumberOfRows() == 3 and result.display is node
     assert result.frame_result.table.GetNumberOfRows() == 10 and result.shown_frame == 0
     assert job.total_slices == 30 and job.done_slices == 30
-    ms.jump_to_frame_and_slice(result, 2, 5)  # no browser: the results switch directly
+    series_results.jump_to_frame_and_slice(result, 2, 5)  # no browser: the results switch directly
     assert result.shown_frame == 2
 
 
@@ -659,12 +662,13 @@ def test_panel_heatmap_clicks_jump_to_frame_and_slice():
     assert "tableView.disconnect('clicked(QModelIndex)', self.onHeatmapClicked)" in text
     click = ast.unparse(_method(tree, "MotionSSIMWidget", "onHeatmapClicked"))
     assert "mapToSource" in click  # the view sorts through a proxy model
-    assert "scene.heatmap_cell(" in click and "scene.jump_to_frame_and_slice(" in click
+    assert "series_results.heatmap_cell(" in click
+    assert "series_results.jump_to_frame_and_slice(" in click
     apply = ast.unparse(_method(tree, "MotionSSIMWidget", "onApplyButton"))
-    assert "scene.series_source(" in apply and "self._askSeriesScope(" in apply
+    assert "series_results.series_source(" in apply and "self._askSeriesScope(" in apply
     assert "wholeSeries=wholeSeries" in apply
     start = ast.unparse(_method(tree, "MotionSSIMLogic", "startAssessment"))
-    assert "scene.SeriesAssessmentJob(" in start and "scene.AssessmentJob(" in start
+    assert "node_jobs.SeriesAssessmentJob(" in start and "node_jobs.AssessmentJob(" in start
     for method in ("onSceneStartClose", "cleanup"):  # the browser observer goes with them
         assert "_stopSeries" in ast.unparse(_method(tree, "MotionSSIMWidget", method))
 
@@ -678,7 +682,7 @@ def test_panel_asks_this_frame_or_all_frames_of_a_sequence():
     ask = ast.unparse(_method(tree, "MotionSSIMWidget", "_askSeriesScope"))
     assert "'This frame'" in ask and "f'All {frames} frames'" in ask
     assert "jobs.series_estimate(" in ask and "qt.QMessageBox.Cancel" in ask
-    from MotionSSIMLib.jobs import series_estimate
+    from MotionSSIMLib.bridge.jobs import series_estimate
 
     assert series_estimate(10, 12, None) == "120 slices"
     assert series_estimate(10, 12, 0.5) == "120 slices, about 60 s at the speed of the last " \
@@ -687,7 +691,7 @@ def test_panel_asks_this_frame_or_all_frames_of_a_sequence():
 
 
 def test_slices_per_frame_matches_what_is_assessed():
-    from MotionSSIMLib.geometry import extract_slices, slice_count
+    from MotionSSIMLib.imaging.geometry import extract_slices, slice_count
 
     for shape, spacing in (((9, 40, 36), (1.0, 1.0, 3.0)), ((40, 36, 12), (4.0, 0.9, 0.9)),
                            ((20, 24, 28), (1.0, 1.0, 1.0))):
@@ -703,13 +707,13 @@ def test_logic_sequence_entry_uses_real_names():
     import inspect
 
     slicer = pytest.importorskip("slicer")
-    from MotionSSIMLib import scene as ms
+    from MotionSSIMLib.bridge import node_jobs
 
     tree = _module_tree()
     process = _method(tree, "MotionSSIMLogic", "processSequence")
     call = next(n for n in ast.walk(process) if isinstance(n, ast.Call)
-                and ast.unparse(n.func) == "scene.assess_sequence_node")
-    accepted = set(inspect.signature(ms.assess_sequence_node).parameters)
+                and ast.unparse(n.func) == "node_jobs.assess_sequence_node")
+    accepted = set(inspect.signature(node_jobs.assess_sequence_node).parameters)
     assert {k.arg for k in call.keywords} <= accepted
     show = ast.unparse(_method(tree, "MotionSSIMLogic", "showSeriesResults"))
     assert "SlicerLayoutFourUpPlotTableView" in show

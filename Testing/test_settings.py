@@ -1,4 +1,4 @@
-"""Training and evaluation settings described once (MotionSSIMLib.settings): the parsers come
+"""Training and evaluation settings described once (MotionSSIMLib.base.settings): the parsers come
 from them, and the command lines other programs build parse back to the same settings."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from MotionSSIMLib import settings as st
-from MotionSSIMLib.errors import InputError
-from MotionSSIMLib.training_cli import add_evaluate_arguments, add_train_arguments
+from MotionSSIMLib.base import settings as st
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.training.training_cli import add_evaluate_arguments, add_train_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,11 +146,12 @@ def test_motion_families_parse_check_and_default_to_the_two_simulators():
 
 
 def test_engine_constants_come_from_settings():
-    from MotionSSIMLib import data, model, trainer
+    from MotionSSIMLib.assessment import model
+    from MotionSSIMLib.training import data, trainer
 
     assert model.ARCHITECTURES is st.ARCHITECTURES and data.SLICE_RANGES is st.SLICE_RANGES
     assert trainer.TrainSettings is st.TrainSettings and trainer.RUN_KEYS is st.RUN_KEYS
-    from MotionSSIMLib import motion, scanner_motion
+    from MotionSSIMLib.simulation import motion, scanner_motion
 
     assert motion.MOTION_FAMILIES is st.MOTION_FAMILIES
     assert list(scanner_motion.FAMILY_SIMULATORS) == list(st.MOTION_FAMILIES[2:])

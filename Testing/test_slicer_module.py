@@ -224,14 +224,17 @@ def test_module_imports_nothing_heavy(name):
     assert {"slicer", "qt", "vtk"} <= roots  # sanity: this is a Slicer module file
 
 
-def test_scene_bridge_imports_only_mrml_vtk_and_numpy():
-    tree = ast.parse((ROOT / "MotionSSIM" / "MotionSSIMLib" / "scene.py").read_text())
+@pytest.mark.parametrize("name", ["nodes", "volume_results", "series_results", "node_jobs"])
+def test_scene_bridge_imports_only_mrml_vtk_and_numpy(name):
+    tree = ast.parse((ROOT / "MotionSSIM" / "MotionSSIMLib" / "bridge" / f"{name}.py").read_text())
     roots = {i.split(".")[0] if not i.startswith(".") else i for i in top_level_imports(tree)}
     allowed = {"__future__", "json", "math", "collections", "dataclasses", "typing", "numpy",
-               "slicer", "vtk", ".errors",
+               "slicer", "vtk", "..base.errors",
                # torch-free engine modules (numpy and the standard library only)
-               ".classes", ".jsonable"}
-    assert roots <= allowed, f"unexpected imports in scene.py: {sorted(roots - allowed)}"
+               "..assessment.classes", "..base.jsonable",
+               # the bridge's own scene modules
+               ".nodes", ".volume_results", ".series_results"}
+    assert roots <= allowed, f"unexpected imports in {name}.py: {sorted(roots - allowed)}"
 
 
 def classes_by_base(tree, base):
@@ -313,7 +316,7 @@ def test_motionssim_logic_process_signature_is_the_documented_one():
     for required in ("orientation", "device", "goodThreshold", "sufficientThreshold", "progress", "cancel"):
         assert required in args
     # settings are validated (labelmap, sufficient >= good, Slicer version) before any work
-    assert "scene.validate_settings" in calls_in(process)
+    assert "node_jobs.validate_settings" in calls_in(process)
 
 
 # slicer.util functions that open a window (Slicer's util.py), and Qt dialogs
@@ -373,13 +376,14 @@ def test_apply_runs_off_the_gui_thread_and_turns_into_cancel():
     # environment, its temporary copy in Slicer's temporary folder
     start = ast.unparse(function(tree, "MotionSSIMLogic", "startAssessment"))
     assert "jobs.ChildProcess(env=slicer.util.startupEnvironment()" in start
-    assert "temp_root=slicer.app.temporaryPath" in start and "scene.validate_settings" in start
+    assert "temp_root=slicer.app.temporaryPath" in start
+    assert "node_jobs.validate_settings" in start
     poll = ast.unparse(function(tree, "MotionSSIMWidget", "onPollJob"))
     assert "job.poll()" in poll  # reads the child's progress without blocking
     assert "job.finish()" in poll and "self._setInputsEnabled(True)" in poll
     # the console API stays synchronous, in this process
     process = ast.unparse(function(tree, "MotionSSIMLogic", "process"))
-    assert "scene.assess_volume_node(" in process and "startAssessment" not in process
+    assert "node_jobs.assess_volume_node(" in process and "startAssessment" not in process
     check = ast.unparse(function(tree, "MotionSSIMWidget", "_checkCanApply"))
     assert "'Cancel'" in check and "validate_settings" in check
     disable = ast.unparse(function(tree, "MotionSSIMWidget", "_setInputsEnabled"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from MotionSSIMLib.ssim import ssim, ssim_label
+from MotionSSIMLib.simulation.ssim import ssim, ssim_label
 
 
 def _smooth_pair(shape, seed):
@@ -56,7 +56,7 @@ def test_cuda_matches_cpu():
 @pytest.mark.parametrize("shape", [(64, 64), (200, 256)])
 def test_float32_path_equals_skimage(shape):
     """The path used on CUDA / MPS (float32, mean-shifted moments), run here on CPU."""
-    from MotionSSIMLib.ssim import _ssim_map_mean
+    from MotionSSIMLib.simulation.ssim import _ssim_map_mean
 
     rng = np.random.default_rng(5)
     pairs = [(rng.random(shape), rng.random(shape)), _smooth_pair(shape, 6),

@@ -1,4 +1,4 @@
-"""Synthetic subjects from the MNI152 template (MotionSSIMLib.synth)."""
+"""Synthetic subjects from the MNI152 template (MotionSSIMLib.synthesis)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from MotionSSIMLib import geometry, synth
+from MotionSSIMLib.imaging import geometry
+from MotionSSIMLib.synthesis import acquisition, anatomy, contrast, subject, writing
 
 ROOT = Path(__file__).resolve().parents[1]
 # No anatomical changes: the template's tissue masks then tell where each tissue is.
@@ -33,17 +34,17 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def model() -> synth.TissueModel:
-    return synth.load_tissue_model()
+def model() -> anatomy.TissueModel:
+    return anatomy.load_tissue_model()
 
 
 @pytest.fixture(scope="module")
 def subjects(model) -> list[tuple[geometry.Volume, dict]]:
     # Six seeds picked to include 2D thick-slice scans and others; all drawn with kind="random".
-    return [synth.synth_subject_info(np.random.default_rng(s)) for s in range(6)]
+    return [subject.synth_subject_info(np.random.default_rng(s)) for s in range(6)]
 
 
-def _means_by_tissue(vol: geometry.Volume, model: synth.TissueModel) -> dict[str, float]:
+def _means_by_tissue(vol: geometry.Volume, model: anatomy.TissueModel) -> dict[str, float]:
     """Mean intensity of the volume over each pure template tissue, found through the affine.
 
     Every voxel centre goes through the volume's IJK->RAS and then the model grid's RAS->IJK:
@@ -77,9 +78,9 @@ def test_model_tissues(model):
 
 
 def test_same_seed_same_subject_and_seeds_differ():
-    a = synth.synth_subject(np.random.default_rng(7), kind="random")
-    b = synth.synth_subject(np.random.default_rng(7), kind="random")
-    c = synth.synth_subject(np.random.default_rng(8), kind="random")
+    a = subject.synth_subject(np.random.default_rng(7), kind="random")
+    b = subject.synth_subject(np.random.default_rng(7), kind="random")
+    c = subject.synth_subject(np.random.default_rng(8), kind="random")
     assert a.array.shape == b.array.shape
     np.testing.assert_array_equal(a.array, b.array)
     assert a.spacing == b.spacing and a.origin == b.origin
@@ -104,15 +105,15 @@ def test_random_subjects_geometry_and_intensities(subjects):
         # Field of view in mm: heads are scanned with roughly 15-35 cm fields.
         fov = np.array(arr.shape[::-1]) * sp
         assert np.all(fov[:2] > 100) and np.all(fov[:2] < 420), fov
-        assert info["kind"] in synth.KINDS
+        assert info["kind"] in contrast.KINDS
     assert max(ratios) > 2.5, "no thick-slice (anisotropic) subject among the random ones"
     assert min(ratios) < 1.3, "no near-isotropic subject among the random ones"
 
 
 def test_acquisitions_vary():
     rng = np.random.default_rng(0)
-    model = synth.load_tissue_model()
-    acqs = [synth._acquisition(rng, "t2", model) for _ in range(300)]
+    model = anatomy.load_tissue_model()
+    acqs = [acquisition._acquisition(rng, "t2", model) for _ in range(300)]
     planes = {a["plane"] for a in acqs}
     assert planes == {"axial", "coronal", "sagittal"}
     thick = np.array([a["spacing"][2] for a in acqs])
@@ -120,13 +121,14 @@ def test_acquisitions_vary():
     assert any(a["oblique_deg"] > 5 for a in acqs)
     assert any(a["partial_fov"] for a in acqs) and not all(a["partial_fov"] for a in acqs)
     # Over every contrast: in-plane voxels ~0.4-3 mm acquired, matrices 64-512.
-    acqs += [synth._acquisition(rng, kind, model) for kind in synth.KINDS for _ in range(60)]
+    acqs += [acquisition._acquisition(rng, kind, model)
+             for kind in contrast.KINDS for _ in range(60)]
     acquired = np.array([a["recon"]["acquired_spacing"] for a in acqs])
     pixel = np.array([a["spacing"][0] for a in acqs])
     matrix = np.array([a["size"][:2] for a in acqs])
     assert acquired.min() < 0.45 and acquired.max() > 2.7, (acquired.min(), acquired.max())
     assert pixel.min() < 0.45 and pixel.max() > 2.5
-    lo, hi = synth.MATRIX_RANGE
+    lo, hi = acquisition.MATRIX_RANGE
     assert matrix.min() >= lo and matrix.max() <= hi
     assert matrix.min() <= 70 and matrix.max() >= 480, (matrix.min(), matrix.max())
     assert np.all(np.abs(np.array([a["spacing"][0] - a["spacing"][1] for a in acqs])) < 1e-9)
@@ -137,7 +139,7 @@ def test_acquisitions_vary():
         # Zero-filled: output matrix = 1-2x the acquired one; sampled at least as finely.
         assert all(r["acquired"][i] <= a["size"][i] <= 2 * r["acquired"][i] + 1 for i in (0, 1))
         assert all(r["sample"][i] >= r["acquired"][i] for i in (0, 1))
-    dwi = [synth._acquisition(rng, "dwi", model) for _ in range(50)]
+    dwi = [acquisition._acquisition(rng, "dwi", model) for _ in range(50)]
     assert all(a["recon"]["acquired_spacing"] >= 1.2 - 0.05 for a in dwi
                if not a["partial_fov"])   # EPI: coarse in-plane
 
@@ -149,8 +151,8 @@ def test_acquisitions_vary():
 ])
 def test_contrast_ordering_on_template(model, kind, order):
     # No deformation and the isotropic grid: the volume lies on the template's own grid.
-    vol = synth.synth_subject(np.random.default_rng(3), kind=kind, isotropic=True, deform=False,
-                              options=NO_ANATOMY)
+    vol = subject.synth_subject(np.random.default_rng(3), kind=kind, isotropic=True, deform=False,
+                                options=NO_ANATOMY)
     assert vol.array.shape == model.shape
     np.testing.assert_allclose(vol.ijk_to_ras()[:3, 3], model.origin)
     m = _means_by_tissue(vol, model)
@@ -162,8 +164,8 @@ def test_affine_of_random_acquisitions_maps_anatomy(model):
     # still tell where each tissue is. T1 ordering must survive the trip through the affine.
     seen = set()
     for seed in range(4):
-        vol, info = synth.synth_subject_info(np.random.default_rng(100 + seed), kind="t1",
-                                             deform=False, options=NO_ANATOMY)
+        vol, info = subject.synth_subject_info(np.random.default_rng(100 + seed), kind="t1",
+                                               deform=False, options=NO_ANATOMY)
         seen.add(info["plane"])
         m = _means_by_tissue(vol, model)
         assert m["wm"] > m["gm"] > m["csf"], (info["plane"], info["spacing"], m)
@@ -172,17 +174,17 @@ def test_affine_of_random_acquisitions_maps_anatomy(model):
 
 def test_kinds_and_bad_kind():
     rng = np.random.default_rng(5)
-    vol, info = synth.synth_subject_info(rng, kind="dwi")
+    vol, info = subject.synth_subject_info(rng, kind="dwi")
     assert info["kind"] == "dwi" and info["recon"]["acquired_spacing"] >= 1.15
     with pytest.raises(ValueError, match="kind"):
-        synth.synth_subject(rng, kind="ct")
+        subject.synth_subject(rng, kind="ct")
 
 
 def _tissue(model, anat: dict, kind: str = "t2", seed: int = 0) -> np.ndarray:
     """The subject's clean image on the template grid (flat), contrast and draws from seed."""
-    means, std, _ = synth._contrast(np.random.default_rng(seed), kind)
-    img, _ = synth._tissue_image(np.random.default_rng(seed + 1), model, means, std,
-                                 {**NO_ANATOMY, **anat})
+    means, std, _ = contrast._contrast(np.random.default_rng(seed), kind)
+    img, _ = contrast._tissue_image(np.random.default_rng(seed + 1), model, means, std,
+                                    {**NO_ANATOMY, **anat})
     return img[0, 0].numpy().ravel().copy(), means
 
 
@@ -192,7 +194,7 @@ def test_atrophy_enlarges_ventricles(model):
     bi = model.brain_index
     near = bi[model.brain_vent_dist < 12]
     # T2: CSF is the brightest brain tissue; count CSF-like voxels round the ventricles.
-    thr = 0.5 * (means[synth.C["csf"]] + means[synth.C["gm"]])
+    thr = 0.5 * (means[anatomy.C["csf"]] + means[anatomy.C["gm"]])
     v0, v1 = (base[near] > thr).sum() / 1000, (big[near] > thr).sum() / 1000   # ml
     assert 20 < v0 < 70 and v1 > 1.6 * v0, (v0, v1)
     # The skull and scalp do not change; sulcal widening adds CSF near the cortex too.
@@ -208,30 +210,30 @@ def test_lesions_and_mass_visible(model):
     bi = model.brain_index
     wm = bi[model.brain_frac[2] > 0.6]
     # FLAIR: lesions are brighter than any normal brain tissue.
-    thr = 0.5 * (means[synth.C["lesion"]] + means[synth.C["gm"]])
+    thr = 0.5 * (means[anatomy.C["lesion"]] + means[anatomy.C["gm"]])
     assert (base[wm] > thr).sum() < 50
     assert (les[wm] > thr).sum() > 100
     assert np.array_equal(les[model.shell_index], base[model.shell_index])   # inside only
 
     # Post-contrast mass: an enhancing rim round a darker core, changes only near its centre.
-    means, std, _ = synth._contrast(np.random.default_rng(4), "post")
-    clean, _ = synth._tissue_image(np.random.default_rng(9), model, means, std, NO_ANATOMY)
+    means, std, _ = contrast._contrast(np.random.default_rng(4), "post")
+    clean, _ = contrast._tissue_image(np.random.default_rng(9), model, means, std, NO_ANATOMY)
     anat = {**NO_ANATOMY, "mass": True}
-    with_mass, drawn = synth._tissue_image(np.random.default_rng(9), model, means, std, anat)
+    with_mass, drawn = contrast._tissue_image(np.random.default_rng(9), model, means, std, anat)
     m = drawn["mass"]
     diff = np.abs(with_mass[0, 0].numpy() - clean[0, 0].numpy())
     changed = np.argwhere(diff > 0.05)
     dist = np.linalg.norm(changed - np.array(m["centre_vox"]), axis=1)
     assert len(changed) > 2000 and dist.max() < 2.2 * 1.1 * m["radius_mm"] + 3, m
     img = with_mass[0, 0].numpy()
-    assert img.max() >= 0.85 * means[synth.C["rim"]]   # the rim enhances
+    assert img.max() >= 0.85 * means[anatomy.C["rim"]]   # the rim enhances
     if m["necrotic"]:
         c = tuple(m["centre_vox"])
-        assert img[c] < 0.5 * means[synth.C["rim"]]
+        assert img[c] < 0.5 * means[anatomy.C["rim"]]
 
 
 def test_skull_stripped_zero_outside_brain(model):
-    vol, info = synth.synth_subject_info(
+    vol, info = subject.synth_subject_info(
         np.random.default_rng(2), kind="t1", isotropic=True, deform=False,
         options={**NO_ANATOMY, "skull_stripped": True})
     assert "skull_stripped" in info["extras"]
@@ -245,8 +247,8 @@ def test_skull_stripped_zero_outside_brain(model):
 def test_new_contrasts(model):
     seen = set()
     for seed in range(12):
-        vol, info = synth.synth_subject_info(np.random.default_rng(seed), kind="inverted",
-                                             isotropic=True, deform=False, options=NO_ANATOMY)
+        vol, info = subject.synth_subject_info(np.random.default_rng(seed), kind="inverted",
+                                               isotropic=True, deform=False, options=NO_ANATOMY)
         if info["variant"] not in ("t1", "t2") or info["variant"] in seen:
             continue
         seen.add(info["variant"])
@@ -255,12 +257,12 @@ def test_new_contrasts(model):
         order = ("csf", "gm", "wm") if info["variant"] == "t1" else ("wm", "gm", "csf")
         assert m[order[0]] > m[order[1]] > m[order[2]], (info["variant"], m)
     assert seen == {"t1", "t2"}
-    vol, info = synth.synth_subject_info(np.random.default_rng(1), kind="post")
+    vol, info = subject.synth_subject_info(np.random.default_rng(1), kind="post")
     assert info["anatomy"]["vessels"] and np.isfinite(vol.array).all()
-    vol, info = synth.synth_subject_info(np.random.default_rng(1), kind="epi")
+    vol, info = subject.synth_subject_info(np.random.default_rng(1), kind="epi")
     assert info["recon"]["acquired_spacing"] >= 1.75 and "epi_distortion_mm" in info
     with pytest.raises(ValueError, match="unknown synth option"):
-        synth.synth_subject(np.random.default_rng(0), options={"tumour": True})
+        subject.synth_subject(np.random.default_rng(0), options={"tumour": True})
 
 
 def test_kspace_recon_rings_at_edges():
@@ -269,24 +271,24 @@ def test_kspace_recon_rings_at_edges():
     yy, xx = np.mgrid[:n, :n] - n // 2
     disc = torch.from_numpy(((np.abs(xx) <= 30) & (np.abs(yy) <= 30)).astype(np.float32))[None]
     rec = {"acquired": [40, 40], "phase_axis": 0, "phase_fraction": 1.0, "window": 0.0}
-    sharp = synth._kspace_recon(disc, rec, (80, 80), 0.0, np.random.default_rng(0))[0]
+    sharp = acquisition._kspace_recon(disc, rec, (80, 80), 0.0, np.random.default_rng(0))[0]
     assert sharp.shape == (80, 80)
     row = sharp[40].numpy()             # through the centre (pixel 40 = the disc's centre)
     inside = row[40 - 16: 40 + 17]      # the square spans +-18.75 output pixels
     # Gibbs: the plateau overshoots 1 near the edge and oscillates; outside it rings > 0.
     assert inside.max() > 1.03 and inside.min() < 0.97, inside
     assert row[10:20].max() > 0.01   # ripples outside the disc (0 in the object)
-    smooth = synth._kspace_recon(disc, {**rec, "window": 0.5}, (80, 80), 0.0,
-                                 np.random.default_rng(0))[0].numpy()
+    smooth = acquisition._kspace_recon(disc, {**rec, "window": 0.5}, (80, 80), 0.0,
+                                       np.random.default_rng(0))[0].numpy()
     assert smooth[40].max() < row.max() - 0.02
     # The mean intensity is kept (DC preserved, same field of view; the magnitude adds a
     # little), and noise in k-space gives the asked sd.
     np.testing.assert_allclose(float(sharp.mean()), float(disc.mean()), rtol=0.05)
     flat = torch.ones((4, 64, 64))
-    noisy = synth._kspace_recon(flat * 10, {**rec, "window": 0.3}, (64, 64), 0.5,
-                                np.random.default_rng(1))
-    clean = synth._kspace_recon(flat * 10, {**rec, "window": 0.3}, (64, 64), 0.0,
-                                np.random.default_rng(1))   # same random phase, no noise
+    noisy = acquisition._kspace_recon(flat * 10, {**rec, "window": 0.3}, (64, 64), 0.5,
+                                      np.random.default_rng(1))
+    clean = acquisition._kspace_recon(flat * 10, {**rec, "window": 0.3}, (64, 64), 0.0,
+                                      np.random.default_rng(1))   # same random phase, no noise
     sd = float((noisy - clean)[:, 16:48, 16:48].std())
     assert abs(sd / 0.5 - 1) < 0.1, sd
 
@@ -294,8 +296,8 @@ def test_kspace_recon_rings_at_edges():
 def test_subject_kspace_reconstruction_geometry(model):
     opts = {**NO_ANATOMY, "recon": "kspace", "spacing": 2.0, "zero_fill": 2.0, "window": 0.0,
             "snr": float("inf"), "bias_sd": 0.0}
-    vol, info = synth.synth_subject_info(np.random.default_rng(21), kind="t1", deform=False,
-                                         options=opts)
+    vol, info = subject.synth_subject_info(np.random.default_rng(21), kind="t1", deform=False,
+                                           options=opts)
     r = info["recon"]
     assert r["method"] == "kspace" and r["zero_fill"] > 1.9
     assert abs(vol.spacing[0] - r["acquired_spacing"] / r["zero_fill"]) < 1e-3
@@ -317,7 +319,7 @@ def test_resample_thick_slices():
     arr[:, 10:20, 8:16] += 100.0
     d = np.array([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])
     vol = geometry.volume(arr, spacing=(1.0, 1.0, 1.0), directions=d, origin=(5.0, 6.0, 7.0))
-    out = synth.resample(vol, (2.0, 1.0, 5.0))
+    out = subject.resample(vol, (2.0, 1.0, 5.0))
     assert out.array.shape == (8, 32, 12)
     assert out.spacing == (2.0, 1.0, 5.0)
     np.testing.assert_allclose(out.directions, d)
@@ -325,12 +327,12 @@ def test_resample_thick_slices():
     np.testing.assert_allclose(out.origin, np.array([5.0, 6, 7]) + d @ [0.5, 0.0, 2.0])
     # A box profile over 5 slices averages the ramp: slice m holds mean(5m .. 5m+4).
     np.testing.assert_allclose(out.array[:, 0, 0], np.arange(8) * 5 + 2.0, atol=1e-4)
-    noisy = synth.resample(vol, (2.0, 1.0, 5.0), rng=np.random.default_rng(0))
+    noisy = subject.resample(vol, (2.0, 1.0, 5.0), rng=np.random.default_rng(0))
     assert not np.allclose(noisy.array, out.array) and np.isfinite(noisy.array).all()
 
 
 def test_write_dataset_and_cli(tmp_path):
-    out = synth.write_dataset(tmp_path / "ds", 2, 1, 1, seed=11)
+    out = writing.write_dataset(tmp_path / "ds", 2, 1, 1, seed=11)
     split = json.loads((out / "split.json").read_text())
     assert set(split) == {"train", "validation", "test"}
     assert [len(split[s]) for s in ("train", "validation", "test")] == [2, 1, 1]
@@ -345,7 +347,7 @@ def test_write_dataset_and_cli(tmp_path):
         data = np.asarray(img.dataobj)
         assert data.ndim == 3 and data.dtype == np.int16 and data.max() > 100
     # The file holds exactly what the subject's seed stream generates, on the same grid.
-    vol = synth.synth_subject(synth.subject_rng(11, "validation", 0))
+    vol = subject.synth_subject(writing.subject_rng(11, "validation", 0))
     img = nib.load(out / split["validation"][0])
     np.testing.assert_allclose(img.affine, vol.ijk_to_ras(), atol=1e-4)
     ref = np.clip(np.round(vol.array), 0, 32767).transpose(2, 1, 0)
@@ -379,12 +381,12 @@ def test_write_dataset_and_cli(tmp_path):
     assert meta3["subjects"][0]["kind"] == meta["subjects"][2]["kind"]  # same stream
     stripped = np.asarray(nib.load(tmp_path / "strip" / "val" / Path(split["validation"][0]).name)
                           .dataobj)
-    head = synth.synth_subject(synth.subject_rng(11, "validation", 0),
-                               options={"snr": 40, "skull_stripped": False})
+    head = subject.synth_subject(writing.subject_rng(11, "validation", 0),
+                                 options={"snr": 40, "skull_stripped": False})
     head = np.clip(np.round(head.array), 0, 32767).transpose(2, 1, 0)
     assert stripped.shape == head.shape and (stripped == 0).mean() > (head == 0).mean() + 0.05
     for bad in (["--force", "skull_stripped"], ["--force", "colour=red"]):
         assert cli.main(["--out", str(tmp_path / "x"), "--train", "1", *bad]) == 2
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="unknown synth option"):
-        synth.write_dataset(tmp_path / "y", 1, 0, 0, options={"colour": "red"})
+        writing.write_dataset(tmp_path / "y", 1, 0, 0, options={"colour": "red"})

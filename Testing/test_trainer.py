@@ -18,9 +18,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MotionSSIMLib import trainer
-from MotionSSIMLib.errors import InputError
-from MotionSSIMLib.trainer import TrainingDiverged, TrainSettings, train
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.training import run_state, trainer
+from MotionSSIMLib.training.trainer import TrainingDiverged, TrainSettings, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def reference(toy, tmp_path_factory):
 
 
 def test_uninterrupted_run_writes_logs_and_checkpoints(reference):
-    from MotionSSIMLib.checkpoint import load_checkpoint
+    from MotionSSIMLib.assessment.checkpoint import load_checkpoint
 
     out, res = reference["out"], reference["result"]
     assert res.status == "finished" and res.epoch == 2 and res.step == 6
@@ -97,7 +97,7 @@ def test_uninterrupted_run_writes_logs_and_checkpoints(reference):
         [(e, b) for e in range(2) for b in range(3)]
     with open(out / "log.csv") as f:
         header = f.readline().strip().split(",")
-    assert header == list(trainer.LOG_COLUMNS)
+    assert header == list(run_state.LOG_COLUMNS)
     rows = log_rows(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["step"]) for r in rows] == [3, 6]
     assert all(float(r["val_loss"]) >= 0 and float(r["samples_per_s"]) > 0 for r in rows)
@@ -138,6 +138,48 @@ def test_resume_after_kill_mid_epoch_is_exact(toy, reference, tmp_path):
         [{k: r[k] for k in keep} for r in log_rows(reference["out"])]
 
 
+PLAIN = (dict, list, tuple, str, int, float, bool, type(None), torch.Tensor)
+
+
+def _not_plain(value, where="state") -> list[str]:
+    """The places in `value` holding anything but tensors and plain containers and scalars."""
+    if not isinstance(value, PLAIN):
+        return [f"{where}: {type(value).__module__}.{type(value).__qualname__}"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in
+                (_not_plain(k, f"{where} key") + _not_plain(v, f"{where}[{k!r}]"))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _not_plain(v, f"{where}[{i}]")]
+    return []
+
+
+def test_saved_state_is_plain_data_that_no_module_path_can_break(toy, reference, tmp_path):
+    """A long run's state.pt must resume whatever moves inside the package (issue 23: the engine
+    went into wings while a run was going): it holds tensors and plain containers only, so
+    `torch.load(weights_only=True)` reads it and no class is looked up by its module path; the
+    checkpoints' metadata is plain JSON naming no module either."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    def press_stop(event):
+        if event["step"] == 2:
+            (tmp_path / "stop").write_text("")
+
+    assert train(small(), tmp_path, toy["train"], toy["val"],
+                 callback=press_stop).status == "stopped"
+    state = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)
+    assert _not_plain(state) == []
+    with zipfile.ZipFile(tmp_path / "state.pt") as z:
+        pickles = b"".join(z.read(n) for n in z.namelist() if n.endswith(".pkl"))
+    assert pickles and b"MotionSSIMLib" not in pickles
+    # and it resumes to the uninterrupted run's weights
+    assert train(small(), tmp_path, resume=True).status == "finished"
+    assert same_weights(weights(tmp_path), weights(reference["out"]))
+    with safe_open(str(tmp_path / "last.safetensors"), "pt") as f:
+        assert "MotionSSIMLib" not in json.dumps(f.metadata())
+
+
 def test_stop_file_saves_and_resume_finishes_identically(toy, reference, tmp_path):
     def press_stop(event):
         if event["step"] == 2:
@@ -173,8 +215,8 @@ def test_resumed_fine_tuning_keeps_its_origin_without_reloading_it(toy, referenc
 
 def test_bundle_model_writes_a_loadable_fp16_model_and_its_card(toy, reference, tmp_path,
                                                                 c_locale):
-    from MotionSSIMLib.checkpoint import load_checkpoint, save_checkpoint
-    from MotionSSIMLib.evaluation import evaluate_checkpoints
+    from MotionSSIMLib.assessment.checkpoint import load_checkpoint, save_checkpoint
+    from MotionSSIMLib.training.evaluation import evaluate_checkpoints
 
     # The run, its best model's output spread cut 100-fold about 0.5: two toy epochs at 48 px
     # can read outside the accepted raw range on the bundled sample's slices (on some CPUs'
@@ -252,14 +294,14 @@ def test_nan_loss_stops_and_keeps_good_checkpoints(toy, tmp_path):
     assert json.loads((tmp_path / "log.json").read_text())["status"] == "diverged"
     for name in ("last.safetensors", "best.safetensors"):
         if (tmp_path / name).exists():
-            from MotionSSIMLib.checkpoint import load_checkpoint
+            from MotionSSIMLib.assessment.checkpoint import load_checkpoint
 
             m = load_checkpoint(tmp_path / name).model
             assert all(torch.isfinite(p).all() for p in m.parameters())
 
 
 def test_cli_errors_are_one_line(toy, tmp_path, capsys):
-    from MotionSSIMLib import training_cli
+    from MotionSSIMLib.training import training_cli
 
     parser = argparse.ArgumentParser()
     training_cli.add_train_arguments(parser)
@@ -381,7 +423,7 @@ def test_cpu_training_uses_channels_last_by_default(toy, tmp_path):
         seen.append(w.is_contiguous(memory_format=torch.channels_last)
                     and not w.is_contiguous())
 
-    from MotionSSIMLib.model import build_model
+    from MotionSSIMLib.assessment.model import build_model
 
     orig = build_model
 
@@ -390,7 +432,7 @@ def test_cpu_training_uses_channels_last_by_default(toy, tmp_path):
         net.register_forward_pre_hook(hook)
         return net
 
-    import MotionSSIMLib.model as model_mod
+    import MotionSSIMLib.assessment.model as model_mod
 
     model_mod.build_model, saved = spy, model_mod.build_model
     try:
@@ -407,7 +449,7 @@ def test_cpu_training_uses_channels_last_by_default(toy, tmp_path):
 def test_plain_resume_keeps_the_saved_schedule(toy, tmp_path):
     # `train --out RUN --resume` without --epochs must not stretch a cosine curve to the
     # default 2000 epochs (it did: the learning rate fell 16x at the first resume)
-    from MotionSSIMLib.training_cli import add_train_arguments
+    from MotionSSIMLib.training.training_cli import add_train_arguments
 
     s = small(lr_schedule="cosine", warmup=0.2)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from MotionSSIMLib import folder_lock
-from MotionSSIMLib.errors import InputError
+from MotionSSIMLib.base.errors import InputError
+from MotionSSIMLib.training import folder_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_PY = ROOT / "MotionSSIMTraining" / "MotionSSIMTrainingScripts" / "train.py"
@@ -39,7 +39,7 @@ def run_train_py(monkeypatch, argv):
 
 
 def test_a_crash_in_slicer_prints_the_traceback_and_exits_1(fake_slicer, monkeypatch, capsys):
-    from MotionSSIMLib import training_cli
+    from MotionSSIMLib.training import training_cli
 
     def boom(argv):
         raise RuntimeError("boom in the trainer")
@@ -52,14 +52,15 @@ def test_a_crash_in_slicer_prints_the_traceback_and_exits_1(fake_slicer, monkeyp
 
 
 def test_an_import_failure_in_slicer_also_exits(fake_slicer, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "MotionSSIMLib.training_cli", None)  # cannot be imported
+    # cannot be imported
+    monkeypatch.setitem(sys.modules, "MotionSSIMLib.training.training_cli", None)
     run_train_py(monkeypatch, ["--out", "x"])
     assert fake_slicer == [1] and "Traceback" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("status", [0, 2, 3])
 def test_the_trainers_status_reaches_slicer_exit(fake_slicer, monkeypatch, status):
-    from MotionSSIMLib import training_cli
+    from MotionSSIMLib.training import training_cli
 
     seen = []
     monkeypatch.setattr(training_cli, "train_main", lambda argv: seen.append(argv) or status)
@@ -73,16 +74,16 @@ def test_a_usage_error_in_slicer_exits_2(fake_slicer, monkeypatch, capsys):
 
 
 def test_stopped_and_crashed_have_different_exit_statuses():
-    from MotionSSIMLib.training_cli import EXIT_STOPPED
+    from MotionSSIMLib.training.training_cli import EXIT_STOPPED
 
     namespace = runpy.run_path(str(TRAIN_PY), run_name="train_module")  # no training
     assert EXIT_STOPPED not in (0, 1, 2) and namespace["EXIT_CRASHED"] == 1
 
 
 def test_a_missing_torch_is_one_line(monkeypatch, tmp_path, capsys):
-    from MotionSSIMLib import training_cli
+    from MotionSSIMLib.training import training_cli
 
-    monkeypatch.setitem(sys.modules, "MotionSSIMLib.trainer", None)
+    monkeypatch.setitem(sys.modules, "MotionSSIMLib.training.trainer", None)
     assert training_cli.train_main(["--out", str(tmp_path / "run"), "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "motionssim: error:" in err
@@ -136,7 +137,7 @@ def test_a_lock_from_another_computer_is_respected(tmp_path):
 def test_the_command_line_refuses_a_folder_held_by_a_live_trainer(tmp_path, other_process,
                                                                    capsys):
     pytest.importorskip("torch")
-    from MotionSSIMLib import training_cli
+    from MotionSSIMLib.training import training_cli
 
     out = tmp_path / "run"
     out.mkdir()

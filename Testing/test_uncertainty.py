@@ -7,19 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from MotionSSIMLib import geometry
-from MotionSSIMLib.checkpoint import save_checkpoint
-from MotionSSIMLib.classes import ClinicalThresholds
+from MotionSSIMLib.assessment.checkpoint import save_checkpoint
+from MotionSSIMLib.assessment.classes import ClinicalThresholds
+from MotionSSIMLib.assessment.inference import VIEWS, assess_volume, predict_views, uncertain_slices
+from MotionSSIMLib.assessment.model import build_model
+from MotionSSIMLib.assessment.report import report_name
+from MotionSSIMLib.base.errors import SettingsError
 from MotionSSIMLib.cli import main
-from MotionSSIMLib.errors import SettingsError
-from MotionSSIMLib.inference import (
-    VIEWS,
-    assess_volume,
-    predict_views,
-    uncertain_slices,
-)
-from MotionSSIMLib.model import build_model
-from MotionSSIMLib.report import report_name
+from MotionSSIMLib.imaging import geometry
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def bare_paths(net: torch.nn.Module, dev: torch.device) -> dict[str, tuple[str, 
     """The bare forwards this machine really has, name -> (layout, autocast dtype or None):
     float32 default and channels-last everywhere; bfloat16 channels-last only on a CPU with
     native bfloat16; float16 autocast channels-last on CUDA."""
-    from MotionSSIMLib.devices import cpu_native_bf16
+    from MotionSSIMLib.assessment.devices import cpu_native_bf16
 
     paths = {"fp32": ("default", None), "fp32 channels-last": ("channels_last", None)}
     if dev.type == "cuda":
@@ -126,17 +126,17 @@ def brain_like(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 
 def precision_and_table4(args) -> dict:
     """The bundled model, the bundled sample: fp32 vs the fast path, and the Table IV batch."""
-    from MotionSSIMLib.checkpoint import default_model_path, load_checkpoint
-    from MotionSSIMLib.devices import cpu_description
-    from MotionSSIMLib.geometry import extract_slices, to_model_input, volume
-    from MotionSSIMLib.inference import (
+    from MotionSSIMLib.assessment.checkpoint import default_model_path, load_checkpoint
+    from MotionSSIMLib.assessment.devices import cpu_description
+    from MotionSSIMLib.assessment.inference import (
         DEFAULT_TTA,
         assess_volume,
         forward_views,
         get_model,
         resolve_precision,
     )
-    from MotionSSIMLib.io import read_volume
+    from MotionSSIMLib.imaging.geometry import extract_slices, to_model_input, volume
+    from MotionSSIMLib.imaging.io import read_volume
 
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
@@ -206,7 +206,7 @@ def precision_and_table4(args) -> dict:
 
 
 def main() -> None:
-    from MotionSSIMLib.devices import cpu_line
+    from MotionSSIMLib.assessment.devices import cpu_line
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,10 +228,10 @@ def main() -> None:
 
     from skimage.metrics import structural_similarity
 
-    from MotionSSIMLib import motion, ssim
-    from MotionSSIMLib.geometry import to_model_input
-    from MotionSSIMLib.inference import predict_slices
-    from MotionSSIMLib.model import build_model
+    from MotionSSIMLib.assessment.inference import predict_slices
+    from MotionSSIMLib.assessment.model import build_model
+    from MotionSSIMLib.imaging.geometry import to_model_input
+    from MotionSSIMLib.simulation import kspace_motion, ssim
 
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
@@ -258,7 +258,7 @@ def main() -> None:
               f"{100 * t_pre / t_all:4.1f} % of predict_slices")
 
     clean = torch.from_numpy(brain_like(n, 256, rng))[:, None]
-    corrupted = motion.kspace_motion(clean, 0.6, torch.Generator().manual_seed(0))
+    corrupted = kspace_motion.kspace_motion(clean, 0.6, torch.Generator().manual_seed(0))
     a_np, b_np = clean[:, 0].numpy(), corrupted[:, 0].numpy()
     t_sk = _timeit(lambda: [structural_similarity(a_np[i], b_np[i], data_range=1.0)
                             for i in range(n)], repeat=1)
@@ -269,7 +269,7 @@ def main() -> None:
 
     gen = torch.Generator(device="cpu").manual_seed(0)
     sev = torch.full((n,), 0.6)
-    t_ks = _timeit(lambda: motion.kspace_motion(ca, sev.to(dev), gen), sync=sync)
+    t_ks = _timeit(lambda: kspace_motion.kspace_motion(ca, sev.to(dev), gen), sync=sync)
     nrng = np.random.default_rng(0)
     t_np = _timeit(lambda: [numpy_kspace_motion(a_np[i], nrng) for i in range(n)], repeat=1)
     print(f"k-space motion: torch {n / t_ks:9.1f} slices/s | numpy reference {n / t_np:7.1f} "

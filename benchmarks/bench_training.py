@@ -73,7 +73,7 @@ def _rate(fn, n_samples: int, repeat: int = 1) -> float:
 
 
 def _simulators(clean: torch.Tensor, results: dict[str, float], dev: torch.device) -> None:
-    from MotionSSIMLib import motion, pipeline
+    from MotionSSIMLib.simulation import motion, pipeline
 
     b = clean.shape[0]
     g = torch.Generator().manual_seed(0)
@@ -106,8 +106,8 @@ def _simulators(clean: torch.Tensor, results: dict[str, float], dev: torch.devic
 
 def _train_steps(results: dict[str, float], dev: torch.device, b: int, nb: int,
                  architecture: str) -> None:
-    from MotionSSIMLib.devices import cpu_native_bf16
-    from MotionSSIMLib.model import build_model
+    from MotionSSIMLib.assessment.devices import cpu_native_bf16
+    from MotionSSIMLib.assessment.model import build_model
 
     paths = [("fp32", "default", False), ("fp32", "channels-last", False)]
     if dev.type == "cuda" or cpu_native_bf16():  # never an emulated bfloat16 path
@@ -139,7 +139,7 @@ def _train_steps(results: dict[str, float], dev: torch.device, b: int, nb: int,
 
 
 def _end_to_end(results: dict[str, float], paths: list[str], tmp: Path, args) -> None:
-    from MotionSSIMLib.trainer import TrainSettings, train
+    from MotionSSIMLib.training.trainer import TrainSettings, train
 
     b, n = args.batch_size, args.batch_size * args.batches
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -183,8 +183,8 @@ def main() -> int:
     ap.add_argument("--skip-end-to-end", action="store_true")
     args = ap.parse_args()
 
-    from MotionSSIMLib import data
-    from MotionSSIMLib.devices import cpu_line
+    from MotionSSIMLib.assessment.devices import cpu_line
+    from MotionSSIMLib.training import data
 
     print(cpu_line(), flush=True)
     dev = torch.device(args.device)

@@ -43,19 +43,22 @@ from typing import Any
 
 import torch
 
-from MotionSSIMLib.checkpoint import DEFAULT_MODEL_NAME, load_checkpoint, save_checkpoint
-from MotionSSIMLib.errors import MotionSSIMError
-from MotionSSIMLib.jsonable import jsonable
-from MotionSSIMLib.trainer import RUN_KEYS
+from MotionSSIMLib.assessment.checkpoint import DEFAULT_MODEL_NAME, load_checkpoint, save_checkpoint
+from MotionSSIMLib.base.errors import MotionSSIMError
+from MotionSSIMLib.base.jsonable import jsonable
+from MotionSSIMLib.training.trainer import RUN_KEYS
 
 RULE = ("A candidate replaces the bundled model only if, on the same seeded held-out "
         "synthetic slices (one evaluation report, at least 10,000 slices), its residual sd is "
         "lower, AND on the real-scan set its largest per-scan |bias| is no worse.")
 MIN_SLICES = 10000
 CURVE_NAME = "learning_curve.png"
+# the card is written anew for each model; the history of all of them is kept by hand beside it
+HISTORY_LINE = ("How every bundled model was trained, measured and chosen: "
+                "[MODEL_HISTORY.md](MODEL_HISTORY.md) beside this card.")
 
 TRAINED_ON = (
-    "Synthetic subjects only (MotionSSIMLib.synth, SynthSeg-style, from the MNI152 2009c "
+    "Synthetic subjects only (MotionSSIMLib.synthesis, SynthSeg-style, from the MNI152 2009c "
     "template and tissue maps shipped with nilearn; no real scan was trained or tuned on): "
     "random affine and elastic deformation; anatomy varied by atrophy (dilated ventricles, "
     "wider sulci), white-matter lesions, tumour-like masses with necrosis and enhancing rims, "
@@ -209,7 +212,7 @@ def check_real_scans_model(doc: dict, model: Path, what: str) -> None:
     """Catch a swapped or stale table: the file it names must be the model it stands for."""
     named = doc.get("model")
     if named == "bundled":
-        from MotionSSIMLib.checkpoint import default_model_path
+        from MotionSSIMLib.assessment.checkpoint import default_model_path
 
         named = str(default_model_path())
     if isinstance(named, str) and Path(named).is_file() and not _same_file(named, model):
@@ -559,10 +562,10 @@ def sample_error(model: torch.nn.Module) -> dict:
     """Mean and largest absolute error on the bundled sample's non-empty slices."""
     import numpy as np
 
-    from MotionSSIMLib.checkpoint import default_model_path
-    from MotionSSIMLib.inference import assess_volume
-    from MotionSSIMLib.io import read_volume
-    from MotionSSIMLib.report import read_true_ssim
+    from MotionSSIMLib.assessment.checkpoint import default_model_path
+    from MotionSSIMLib.assessment.inference import assess_volume
+    from MotionSSIMLib.assessment.report import read_true_ssim
+    from MotionSSIMLib.imaging.io import read_volume
 
     samples = default_model_path().parents[1] / "Samples"
     truth = read_true_ssim(samples / "sample_t2_motion_true_ssim.csv")
@@ -720,6 +723,8 @@ def model_card(meta: dict) -> str:
         "Predicts, for one 2D MR slice fitted to 1 x 256 x 256, the SSIM it would have against "
         "a motion-free version of itself (DESIGN.md label: skimage `structural_similarity`, "
         "7x7 window, data_range 1, both images min-max normalised).",
+        "",
+        HISTORY_LINE,
         "",
         *_decision_lines(d),
         "## Training data",

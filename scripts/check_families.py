@@ -35,7 +35,7 @@ def family_figures(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
     """Bias, residual sd, MAE, Spearman and per-class recall (with each class's support)."""
     from scipy import stats
 
-    from MotionSSIMLib.evaluation import evaluate_predictions
+    from MotionSSIMLib.training.evaluation_figures import evaluate_predictions
 
     figures = evaluate_predictions(pred, true, class_counts=())
     reg, clinical = figures["regression"], figures["clinical"]["per_class"]
@@ -55,8 +55,8 @@ def measure(models: dict[str, Any], paths: list[str], families: list[str], n: in
     name -> network (eval mode, CPU)."""
     import torch
 
-    from MotionSSIMLib.evaluation import test_set
-    from MotionSSIMLib.model import forward_ssim
+    from MotionSSIMLib.assessment.model import forward_ssim
+    from MotionSSIMLib.training.evaluation import test_set
 
     out: dict[str, dict[str, Any]] = {}
     for family in families:
@@ -97,7 +97,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from MotionSSIMLib.settings import SLICE_RANGES
+    from MotionSSIMLib.base.settings import SLICE_RANGES
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _chosen_families(text: str) -> list[str]:
     """The families named (weights, if any, are ignored: each is checked alone)."""
-    from MotionSSIMLib.settings import MOTION_FAMILIES, parse_families
+    from MotionSSIMLib.base.settings import MOTION_FAMILIES, parse_families
 
     chosen = parse_families(text)
     if not chosen:
@@ -133,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or args.batch_size < 1:
         ap.error("--n and --batch-size must be at least 1")
 
-    from MotionSSIMLib.checkpoint import default_model_path, load_checkpoint
-    from MotionSSIMLib.data import check_volumes, resolve_split
-    from MotionSSIMLib.errors import MotionSSIMError
-    from MotionSSIMLib.evaluation import _input_size, _unique_names
-    from MotionSSIMLib.jsonable import jsonable
+    from MotionSSIMLib.assessment.checkpoint import default_model_path, load_checkpoint
+    from MotionSSIMLib.base.errors import MotionSSIMError
+    from MotionSSIMLib.base.jsonable import jsonable
+    from MotionSSIMLib.training.data import check_volumes, resolve_split
+    from MotionSSIMLib.training.evaluation import _input_size, _unique_names
 
     try:
         families = _chosen_families(args.families)

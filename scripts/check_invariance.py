@@ -6,7 +6,7 @@
 Slices of the MNI152 2009c T1 template (real MR at 1 mm, shipped with nilearn: evaluation
 data, never trained on) are corrupted once at 256 px across the head by the k-space and the
 TorchIO simulators at severities 0.3 and 0.7, then stored at 64-512 px across the head and
-zero-padded into a larger matrix (`MotionSSIMLib.invariance`). For the label and for each
+zero-padded into a larger matrix (`MotionSSIMLib.training.invariance`). For the label and for each
 model's prediction (the product's own path, `predict_slices`) the table gives the largest move
 from the 256 px reading. Bounds: 0.03 (0.06 below 128 px). Exit status 0 when every reading is
 within, 1 when one is not, 2 on an error. Writes DIR/invariance.json and DIR/invariance.md.
@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", metavar="DIR")
     args = ap.parse_args(argv)
 
-    from MotionSSIMLib import invariance
-    from MotionSSIMLib.checkpoint import default_model_path, load_checkpoint
-    from MotionSSIMLib.errors import MotionSSIMError
-    from MotionSSIMLib.inference import predict_slices
-    from MotionSSIMLib.jsonable import jsonable
+    from MotionSSIMLib.assessment.checkpoint import default_model_path, load_checkpoint
+    from MotionSSIMLib.assessment.inference import predict_slices
+    from MotionSSIMLib.base.errors import MotionSSIMError
+    from MotionSSIMLib.base.jsonable import jsonable
+    from MotionSSIMLib.training import invariance
 
     try:
         slices = invariance.template_slices([int(s) for s in args.slices.split(",")])

@@ -13,9 +13,9 @@ read like the evaluation's test set (`evaluation.test_set`: `--slices` corrupted
 all non-empty slices, acquisition effects on). Printed per model: the mean bias of each variant
 and each pair's difference with its standard error; written to DIR/pairs.json and pairs.md.
 
-This is how the skull-stripped finding of issue "Model v2" was measured (README, "Bundled
-model"): the model then bundled read skull-stripped heads +0.039 higher than the same heads
-with their skull. An unbiased model reads every difference near 0.
+This is how the skull-stripped finding of issue "Model v2" was measured
+(MotionSSIM/Resources/Models/MODEL_HISTORY.md): the model then bundled read skull-stripped heads
++0.039 higher than the same heads with their skull. An unbiased model reads every difference near 0.
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ PAIRS = (("stripped", "head"), ("snr100", "snr8"))
 def make_variants(folder: str | Path, index: int, seed: int = 777) -> dict:
     """Write every variant of subject `index` to FOLDER/s{index}_{variant}.nii.gz; returns the
     paths and what was drawn (kind, SNR per variant)."""
-    from MotionSSIMLib import synth
+    from MotionSSIMLib.synthesis import subject, writing
 
     rec: dict = {"subject": index, "paths": {}, "snr": {}}
     for name, options in VARIANTS.items():
-        vol, info = synth.synth_subject_info(synth.subject_rng(seed, "test", index), "random",
-                                             False, options=options)
-        rec["paths"][name] = str(synth.save_subject(vol, Path(folder) / f"s{index}_{name}.nii.gz"))
+        vol, info = subject.synth_subject_info(writing.subject_rng(seed, "test", index), "random",
+                                               False, options=options)
+        rec["paths"][name] = str(writing.save_subject(
+            vol, Path(folder) / f"s{index}_{name}.nii.gz"))
         rec["snr"][name] = info["snr"]
         rec["kind"] = info["kind"]
     return rec
@@ -59,8 +60,8 @@ def subject_bias(models: dict[str, torch.nn.Module], path: str | Path,
                  slices: int = 80) -> dict[str, float]:
     """Mean (prediction - true SSIM) of each model over the seeded test-set slices of one
     volume (the same corrupted slices for every model)."""
-    from MotionSSIMLib.evaluation import test_set
-    from MotionSSIMLib.model import forward_ssim
+    from MotionSSIMLib.assessment.model import forward_ssim
+    from MotionSSIMLib.training.evaluation import test_set
 
     true, pred = [], {m: [] for m in models}
     with torch.no_grad():
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from MotionSSIMLib.checkpoint import default_model_path, load_checkpoint
-    from MotionSSIMLib.errors import MotionSSIMError
+    from MotionSSIMLib.assessment.checkpoint import default_model_path, load_checkpoint
+    from MotionSSIMLib.base.errors import MotionSSIMError
 
     paths = args.model or [str(default_model_path())]
     try:

@@ -37,10 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from MotionSSIMLib import classes, data, devices, geometry, inference, intensity, motion, ssim
-from MotionSSIMLib.checkpoint import LoadedModel
-from MotionSSIMLib.errors import MotionSSIMError
-from MotionSSIMLib.model import forward_ssim
+from MotionSSIMLib.assessment import classes, devices, inference
+from MotionSSIMLib.assessment.checkpoint import LoadedModel
+from MotionSSIMLib.assessment.model import forward_ssim
+from MotionSSIMLib.base.errors import MotionSSIMError
+from MotionSSIMLib.imaging import geometry, intensity
+from MotionSSIMLib.simulation import kspace_motion, motion, ssim
+from MotionSSIMLib.training import data
 
 # Corrupted copies of each slice per simulator; scans with few slices get more copies, so that
 # every scan has at least MIN_CORRUPTED corrupted samples per simulator.
@@ -201,7 +204,7 @@ def _predict(net: nn.Module, dev: torch.device, x: torch.Tensor) -> np.ndarray:
 def _corrupt(clean: torch.Tensor, simulator: str, severity: torch.Tensor,
              gen: torch.Generator) -> torch.Tensor:
     if simulator == "kspace":
-        return motion.kspace_motion(clean, severity, gen)
+        return kspace_motion.kspace_motion(clean, severity, gen)
     return motion.random_motion_batch(clean, gen, p_torchio=1.0, severity=severity)
 
 

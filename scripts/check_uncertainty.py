@@ -37,13 +37,13 @@ def heldout_set(subjects: int = 16, per_subject: int = 12, repeats: int = 3, see
     """(corrupted model inputs (N, 1, 256, 256), true SSIM (N,)), deterministic in its
     arguments. Each subject gives `per_subject` evenly spaced slices with at least
     `min_foreground` foreground, each corrupted `repeats` times."""
-    from MotionSSIMLib import synth
-    from MotionSSIMLib.geometry import extract_slices, to_model_input
-    from MotionSSIMLib.pipeline import corrupt_batch
+    from MotionSSIMLib.imaging.geometry import extract_slices, to_model_input
+    from MotionSSIMLib.simulation.pipeline import corrupt_batch
+    from MotionSSIMLib.synthesis import subject, writing
 
     clean = []
     for i in range(subjects):
-        stack = extract_slices(synth.synth_subject(synth.subject_rng(seed, "test", i)), "auto")
+        stack = extract_slices(subject.synth_subject(writing.subject_rng(seed, "test", i)), "auto")
         fg = np.asarray(stack.foreground)
         keep = np.flatnonzero((fg >= min_foreground) & ~np.asarray(stack.blank, bool))
         if len(keep) == 0:
@@ -65,8 +65,8 @@ def _corr(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def study(views: np.ndarray, true: np.ndarray, good: float = 0.85,
           sufficient: float = 0.60) -> dict:
     """The figures above from per-view predictions (N, V) (clamped here) and the truth."""
-    from MotionSSIMLib.classes import ClinicalThresholds, clinical_class
-    from MotionSSIMLib.inference import UNCERTAIN_SDS, uncertain_slices
+    from MotionSSIMLib.assessment.classes import ClinicalThresholds, clinical_class
+    from MotionSSIMLib.assessment.inference import UNCERTAIN_SDS, uncertain_slices
 
     th = ClinicalThresholds(good, sufficient)
     v = np.clip(views, 0.0, 1.0)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, metavar="DIR")
     args = ap.parse_args(argv)
 
-    from MotionSSIMLib.inference import forward_views, resolve_precision
+    from MotionSSIMLib.assessment.inference import forward_views, resolve_precision
 
     t0 = time.perf_counter()
     x, true = heldout_set(args.subjects, args.per_subject, args.repeats, args.seed)

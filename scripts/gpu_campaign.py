@@ -13,7 +13,7 @@ included). Two steps:
     .venv/bin/python scripts/join_shards.py FILES_AT model.safetensors
 
 `run` installs nibabel from the carried wheel when it is missing, makes synthetic subjects in
-parallel (MotionSSIMLib.synth), measures the training rate, plans the schedule to fill the time
+parallel (MotionSSIMLib.synthesis), measures the training rate, plans the schedule to fill the time
 budget (cosine learning rate with warm-up, from the bundled model's weights), trains the model
 v3 recipe (the v3 label and input: windows resampled to 256; motion over the acquired lines;
 every motion family, settings.V3_MOTION_FAMILIES) with the corruption on the GPU (batched torch
@@ -39,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MotionSSIM"))
 
-from MotionSSIMLib.settings import V3_MOTION_FAMILIES  # noqa: E402  (torch-free)
+from MotionSSIMLib.base.settings import V3_MOTION_FAMILIES  # noqa: E402  (torch-free)
 
 CARRY = ROOT / "campaign_carry"
 SHARD_BYTES = 15 << 20          # below the 16 MiB a returned file may have
@@ -73,13 +73,13 @@ def prepare(carry: Path, download: bool = True) -> None:
     nibabel wheel (pip download, pure Python)."""
     from importlib.metadata import version
 
-    from MotionSSIMLib import synth
+    from MotionSSIMLib.synthesis import anatomy
 
     template = carry / "template"
     template.mkdir(parents=True, exist_ok=True)
     os.environ.pop("MOTIONSSIM_TEMPLATE_DIR", None)
-    src = synth.template_dir()
-    for name in synth.TEMPLATE_FILES.values():
+    src = anatomy.template_dir()
+    for name in anatomy.TEMPLATE_FILES.values():
         shutil.copy2(src / name, template / name)
     wheels = carry / "wheels"
     wheels.mkdir(exist_ok=True)
@@ -130,7 +130,7 @@ def measure_rate(settings_kw: dict, paths: list[str], work: Path, probe: int,
                  batch: int) -> float:
     """Training samples/s on the real pipeline: a short run, timed from its third step on
     (the first steps pay for cuDNN autotuning, worker start-up and cold caches)."""
-    from MotionSSIMLib.trainer import TrainSettings, train
+    from MotionSSIMLib.training.trainer import TrainSettings, train
 
     times: list[float] = []
     s = TrainSettings(**{**settings_kw, "epochs": 1, "samples_per_epoch": probe,
@@ -167,11 +167,15 @@ def run(args: argparse.Namespace) -> int:
     budget = 60.0 * args.minutes
     ensure_packages(Path(args.carry), log)
 
-    from MotionSSIMLib import synth
-    from MotionSSIMLib.checkpoint import default_model_path, load_checkpoint, save_checkpoint
-    from MotionSSIMLib.data import resolve_split
-    from MotionSSIMLib.evaluation import evaluate_checkpoints
-    from MotionSSIMLib.trainer import TrainSettings, train
+    from MotionSSIMLib.assessment.checkpoint import (
+        default_model_path,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from MotionSSIMLib.synthesis import writing
+    from MotionSSIMLib.training.data import resolve_split
+    from MotionSSIMLib.training.evaluation import evaluate_checkpoints
+    from MotionSSIMLib.training.trainer import TrainSettings, train
 
     dev = torch.device(args.device if args.device != "auto"
                        else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -182,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. synthetic subjects, in parallel (deterministic for the seed whatever the workers)
     t = time.monotonic()
-    data = synth.write_dataset(work / "data", plan["train"], plan["val"], plan["test"],
-                               seed=args.seed, workers=max(1, (os.cpu_count() or 2) - 1))
+    data = writing.write_dataset(work / "data", plan["train"], plan["val"], plan["test"],
+                                 seed=args.seed, workers=max(1, (os.cpu_count() or 2) - 1))
     split = data / "split.json"
     train_paths = [str(p) for p in resolve_split(split, "train")]
     val_paths = [str(p) for p in resolve_split(split, "validation")]

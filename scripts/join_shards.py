@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MotionSSIM"))
 
 def join(folder: Path, target: Path) -> Path:
     """Join, verify and load-check; returns `target`. SystemExit with one line on a problem."""
-    from MotionSSIMLib.checkpoint import load_checkpoint
-    from MotionSSIMLib.errors import MotionSSIMError
+    from MotionSSIMLib.assessment.checkpoint import load_checkpoint
+    from MotionSSIMLib.base.errors import MotionSSIMError
 
     manifest_path = folder / "manifest.json"
     try:

@@ -36,7 +36,7 @@ SCANNER_FAMILIES = ("trajectory", "ordering", "epi", "through_plane", "moves")
 
 def mix_without(left_out: str | None) -> str:
     """The v3 training mix less one family (None: the whole mix, the control)."""
-    from MotionSSIMLib.settings import V3_MOTION_FAMILIES, parse_families
+    from MotionSSIMLib.base.settings import V3_MOTION_FAMILIES, parse_families
 
     weights = parse_families(V3_MOTION_FAMILIES)
     return ",".join(f"{f}:{w:g}" for f, w in weights.items() if f != left_out)
@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--freeze", type=int, default=2)
     args = ap.parse_args(argv)
 
-    from MotionSSIMLib.checkpoint import load_checkpoint
-    from MotionSSIMLib.data import check_volumes, resolve_split
-    from MotionSSIMLib.errors import MotionSSIMError
-    from MotionSSIMLib.jsonable import jsonable
+    from MotionSSIMLib.assessment.checkpoint import load_checkpoint
+    from MotionSSIMLib.base.errors import MotionSSIMError
+    from MotionSSIMLib.base.jsonable import jsonable
+    from MotionSSIMLib.training.data import check_volumes, resolve_split
 
     out = Path(args.out)
     try:

@@ -5,8 +5,8 @@ in some slices and not others, and its true per-slice SSIM beside it.
 
 Each slice of a 2D multi-slice acquisition is acquired on its own, so motion is simulated per
 slice with the batched k-space simulator at the slice's native matrix. The true SSIM follows the
-label contract (README.md, "The SSIM label"): clean and corrupted slice, in display orientation,
-both cut to the clean slice's head window and resampled to the 256 x 256 model input
+label contract (docs/how-it-works.md, "The SSIM label"): clean and corrupted slice, in display
+orientation, both cut to the clean slice's head window and resampled to the 256 x 256 model input
 (`ssim.slice_label`).
 """
 
@@ -21,7 +21,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from MotionSSIMLib import geometry, motion, ssim, synth
+from MotionSSIMLib.imaging import geometry
+from MotionSSIMLib.simulation import kspace_motion, ssim
+from MotionSSIMLib.synthesis import subject
 
 # Per-slice severities: clean stretches, a few mild, moderate and severe slices.
 PATTERN = [0.0, 0.0, 0.0, 0.15, 0.0, 0.3, 0.0, 0.0, 0.5, 0.65, 0.0, 0.85, 1.0, 0.0, 0.4, 0.0]
@@ -37,7 +39,7 @@ def corrupt_slices(vol: geometry.Volume, seed: int) -> tuple[np.ndarray, np.ndar
     lo = clean.amin(dim=(2, 3), keepdim=True)
     hi = clean.amax(dim=(2, 3), keepdim=True)
     scaled = (clean - lo) / (hi - lo).clamp_min(1e-6)
-    moved = motion.kspace_motion(scaled, torch.from_numpy(severity), generator=gen)
+    moved = kspace_motion.kspace_motion(scaled, torch.from_numpy(severity), generator=gen)
     keep = torch.from_numpy(severity == 0)[:, None, None, None]
     moved = torch.where(keep, scaled, moved)
     corrupted = (moved * (hi - lo) + lo)[:, 0].numpy()
@@ -65,8 +67,8 @@ def main() -> None:
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
-    vol = synth.synth_subject(rng, kind="t2", isotropic=True)
-    vol = synth.resample(vol, spacing=(0.9, 0.9, 5.0), rng=rng)
+    vol = subject.synth_subject(rng, kind="t2", isotropic=True)
+    vol = subject.resample(vol, spacing=(0.9, 0.9, 5.0), rng=rng)
     corrupted, severity, true = corrupt_slices(vol, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -82,8 +84,9 @@ def main() -> None:
         for k, (t, s) in enumerate(zip(true, severity, strict=True)):
             w.writerow([k, f"{t:.6f}", f"{s:.2f}"])
     (args.out / f"{args.name}.json").write_text(json.dumps({
-        "description": "Synthetic T2-like subject (MotionSSIMLib.synth), motion per axial slice "
-                       "by the k-space line simulator; true SSIM per slice (DESIGN.md label).",
+        "description": "Synthetic T2-like subject (MotionSSIMLib.synthesis), motion per axial "
+                       "slice by the k-space line simulator; true SSIM per slice (DESIGN.md "
+                       "label).",
         "seed": args.seed, "shape_kji": list(data.shape), "spacing_ijk_mm": list(vol.spacing),
         "slices_with_motion": int((severity > 0).sum()),
     }, indent=2), encoding="utf-8")

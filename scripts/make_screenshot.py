@@ -21,10 +21,10 @@ def main() -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from MotionSSIMLib.classes import CLASS_COLOURS, CLINICAL_NAMES, ClinicalThresholds
-    from MotionSSIMLib.geometry import extract_slices
-    from MotionSSIMLib.inference import assess_volume
-    from MotionSSIMLib.io import read_volume
+    from MotionSSIMLib.assessment.classes import CLASS_COLOURS, CLINICAL_NAMES, ClinicalThresholds
+    from MotionSSIMLib.assessment.inference import assess_volume
+    from MotionSSIMLib.imaging.geometry import extract_slices
+    from MotionSSIMLib.imaging.io import read_volume
 
     colors = {number: CLASS_COLOURS[name] for number, name in CLINICAL_NAMES.items()}
     thresholds = ClinicalThresholds()

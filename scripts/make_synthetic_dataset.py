@@ -1,4 +1,4 @@
-"""Write a synthetic training set: random heads from the MNI152 template (MotionSSIMLib.synth).
+"""Write a synthetic training set: random heads from the MNI152 template (MotionSSIMLib.synthesis).
 
     .venv/bin/python scripts/make_synthetic_dataset.py --out data/synth --train 400 --val 50 \\
         --test 50 --seed 1 --workers 2
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_forced(items: list[str]) -> dict:
     """{"skull_stripped": True, ...} from ["skull_stripped=true", ...] (JSON values, else text).
     ValueError naming the item for a malformed one or an unknown key."""
-    from MotionSSIMLib.synth import OPTION_KEYS
+    from MotionSSIMLib.synthesis.subject import OPTION_KEYS
 
     options: dict = {}
     for item in items:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from MotionSSIMLib import synth
+    from MotionSSIMLib.synthesis import writing
 
     torch.set_num_threads(1)
     total = args.train + args.val + args.test
@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(done - bar.n)
 
     t0 = time.perf_counter()
-    out = synth.write_dataset(args.out, args.train, args.val, args.test, seed=args.seed,
-                              kind=args.kind, isotropic=args.isotropic, workers=args.workers,
-                              progress=progress, options=forced)
+    out = writing.write_dataset(args.out, args.train, args.val, args.test, seed=args.seed,
+                                kind=args.kind, isotropic=args.isotropic, workers=args.workers,
+                                progress=progress, options=forced)
     bar.close()
     print(f"wrote {total} subjects to {out} in {time.perf_counter() - t0:.1f} s "
           f"(split: {out / 'split.json'})")

@@ -8,12 +8,12 @@ Exit status: 0 when every input was assessed, 2 when any was unusable or an opti
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
 
-from .errors import CheckpointError, MotionSSIMError
+from .assessment.lines import assess_line, say, series_line
+from .base.errors import CheckpointError, MotionSSIMError
 
 ASSESS_EPILOG = """\
 examples:
@@ -35,13 +35,6 @@ slice, and the line names the worst frame and slice.
 """
 
 
-def _say(text: object, file=None) -> None:
-    """Print one line, printable whatever the file names hold (report.printable)."""
-    from .report import printable
-
-    print(printable(text), file=file or sys.stdout, flush=True)
-
-
 class _Notes(logging.Handler):
     """Notes for the user (warnings of MotionSSIMLib, e.g. complex voxels read as their
     magnitude): one line `note: ...` on the stderr of the moment (the archive mode replaces
@@ -50,7 +43,7 @@ class _Notes(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
 
-        from .report import printable
+        from .assessment.report import printable
 
         tqdm.write(printable(f"note: {record.getMessage()}"), file=sys.stderr)
 
@@ -110,7 +103,7 @@ def add_assess_arguments(p: argparse.ArgumentParser) -> None:
                    help="4D inputs: the frames to assess, by index from 0: a range 0:10 "
                         "(frames 0-9), 5: or :3, a list 3,5,7, or a mix (default: all); "
                         "3D inputs are assessed whole")
-    # archives (archive.py, group_report.py): folders, BIDS datasets, shards, ratings
+    # archives (the archives wing): folders, BIDS datasets, shards, ratings
     p.add_argument("--shard", metavar="I/N",
                    help="assess only shard I of N (1..N; by a stable hash of each scan's "
                         "path): N jobs cover the archive once; merge with `motionssim group`")
@@ -129,11 +122,18 @@ def add_assess_arguments(p: argparse.ArgumentParser) -> None:
 def run_assess(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .classes import ClinicalThresholds
-    from .devices import resolve_device
-    from .inference import assess_volume, check_tta, get_model, resolve_precision
-    from .report import check_writable, printable, read_true_ssim, report_name, write_report
-    from .series import Series, frame_chooser, read_series
+    from .assessment.classes import ClinicalThresholds
+    from .assessment.devices import resolve_device
+    from .assessment.inference import assess_volume, check_tta, get_model, resolve_precision
+    from .assessment.report import (
+        check_writable,
+        printable,
+        read_true_ssim,
+        report_name,
+        write_report,
+    )
+    from .imaging.io import read_series
+    from .imaging.series import Series, frame_chooser
 
     show_notes()
     if args.debug:  # the image libraries' output, captured by io while reading
@@ -158,13 +158,14 @@ def run_assess(args: argparse.Namespace) -> int:
         model = get_model(args.model, device)  # once for every input, refused before any work
         truth = read_true_ssim(args.true_ssim) if args.true_ssim else None
     except (MotionSSIMError, ValueError, OSError) as exc:
-        _say(f"error: {exc}", sys.stderr)
+        say(f"error: {exc}", sys.stderr)
         return 2
-    from .archive import archive_mode, distinct_inputs, run_archive
+    from .archives.archive import archive_mode, run_archive
+    from .archives.discovery import distinct_inputs
 
     args.inputs, twice = distinct_inputs(args.inputs)
     for dropped, kept in twice:
-        _say(f"note: {dropped} is {kept} again: assessed once", sys.stderr)
+        say(f"note: {dropped} is {kept} again: assessed once", sys.stderr)
     if archive_mode(args):  # folders, BIDS datasets, --shard, --ratings: the group report
         return run_archive(args, model, device, thresholds)
     unusable, internal = 0, 0
@@ -186,7 +187,7 @@ def run_assess(args: argparse.Namespace) -> int:
                                  source=str(path))
         except CheckpointError as exc:  # the model is broken: every input would fail alike
             bar.close()
-            _say(f"error: {exc}", sys.stderr)
+            say(f"error: {exc}", sys.stderr)
             return 2
         except MotionSSIMError as exc:
             unusable += 1
@@ -213,9 +214,9 @@ def run_assess(args: argparse.Namespace) -> int:
 def _assess_series(args: argparse.Namespace, path: Path, series, model, device, thresholds,
                    truth) -> tuple:
     """A 4D input: every frame chosen assessed (series.assess_series) and its report set."""
-    from .errors import InputError
-    from .report import report_name, write_series_report
-    from .series import assess_series
+    from .assessment.frames import assess_series
+    from .assessment.report import report_name, write_series_report
+    from .base.errors import InputError
 
     if truth is not None:
         raise InputError(f"{path}: --true-ssim goes with a 3D input, this one has "
@@ -227,34 +228,13 @@ def _assess_series(args: argparse.Namespace, path: Path, series, model, device, 
     return a, write_series_report(a, args.out, report_name(path), source=str(path))
 
 
-def series_line(path: Path, a, report: Path) -> str:
-    """INPUT: verdict (N frames: g good / s sufficient / i insufficient; worst frame F slice
-    K SSIM x; mean SSIM m, min y over all frames) -> report."""
-    s = a.summary
-    fc = s["frame_counts"]
-    worst = s["worst_slices"][0]
-    unassessed = f", {fc['unassessed']} without assessable slices" if fc["unassessed"] else ""
-    return (f"{path}: {s['verdict']} ({s['n_frames']} frames: {fc['good']} good / "
-            f"{fc['sufficient']} sufficient / {fc['insufficient']} insufficient{unassessed}; "
-            f"worst frame {worst['frame']} {a.orientation} slice {worst['index']} "
-            f"SSIM {worst['ssim']:.3f}; mean SSIM {s['mean_ssim']:.3f} over all frames) "
-            f"-> {report}")
-
-
-def assess_line(path: Path, a, report: Path) -> str:
-    """INPUT: verdict (mean SSIM x, min y, n good / n sufficient / n insufficient, e empty)."""
-    s = a.summary
-    c = s["counts"]
-    stats = (f"mean SSIM {s['mean_ssim']:.3f}, min {s['min_ssim']:.3f}, "
-             if s["n_assessed"] else "")
-    return (f"{path}: {s['verdict']} ({stats}{c['good']} good / {c['sufficient']} sufficient / "
-            f"{c['insufficient']} insufficient, {c['empty']} empty {a.orientation} slices) "
-            f"-> {report}")
-
-
 def _training_cli():
-    """MotionSSIMLib.training_cli, imported only for the train/evaluate commands."""
-    return importlib.import_module(f"{__package__}.training_cli")
+    """The train and evaluate commands (training.training_cli), imported only for them."""
+    # the submodule by its full name: a training module that cannot be imported is an
+    # ImportError here even when the package already holds it as an attribute
+    import MotionSSIMLib.training.training_cli as training_cli
+
+    return training_cli
 
 
 def _unavailable(command: str, exc: BaseException):
@@ -269,7 +249,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser. The training commands' options are added (and training_cli imported) only
     when `argv` asks for train or evaluate, so that assess starts fast and works even where
     the training code or its dependencies are missing."""
-    from . import __version__
+    from .base.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="motionssim",
@@ -284,9 +264,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(run=run_assess)
     g = sub.add_parser("group", help="merge the shards of an archive run into one group "
                        "report (CSV, HTML; agreement with --ratings)")
-    importlib.import_module(f"{__package__}.group_report").add_group_arguments(g)
-    g.set_defaults(run=lambda a: importlib.import_module(
-        f"{__package__}.group_report").run_group(a))
+    from .archives import group_report
+
+    group_report.add_group_arguments(g)
+    g.set_defaults(run=group_report.run_group)
 
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -319,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except MotionSSIMError as exc:
-        _say(f"error: {exc}", sys.stderr)
+        say(f"error: {exc}", sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = argv[1:]
     try:
         _make_engine_importable()
-        from MotionSSIMLib.training_cli import train_main
+        from MotionSSIMLib.training.training_cli import train_main
 
         return train_main(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)

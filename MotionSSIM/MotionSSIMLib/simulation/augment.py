@@ -1,0 +1,416 @@
+"""Slice-level acquisition augmentations for training, batched in torch: noise, resolution
+and storage.
+
+Three stages that `pipeline.corrupt_batch` can call around the motion simulators, so that the
+training distribution spans what real scanners deliver (issue "Model v2", point 1):
+
+* **Resolution** (before motion): each slice is "acquired" at a lower matrix and reconstructed
+  back to its own size, either the way scanners do it, by truncating k-space and zero-filling
+  (which rings at edges: Gibbs), or by area down-sampling and bilinear up-sampling (an
+  interpolated low-resolution series). Applied to the clean slice before motion, so the clean
+  slice and its corrupted version share it, and the SSIM label measures motion only.
+* **Noise** (after motion): magnitude (Rician) noise ``|y + n1 + i n2|`` on the corrupted
+  slice, the model input. `pipeline.apply_corruption` takes the SSIM label *before* it, so
+  noise neither lowers the label (SSIM 1 stays 1) nor raises it: a label taken after the same
+  noise on both images (``noise_pair``, as first built) rose by 0.15 on average over the same
+  motion, because identical noise swamps the ghosts in dark regions. The SNR is defined in
+  tissue: mean clean-tissue intensity / sigma.
+* **Storage** (after motion, model v3 phase 2 on): the pair stored at another matrix, as a
+  reslicing or a scanner's interpolation stores a series (resampled down, anti-aliased), then
+  fitted back to the model input the way `geometry.to_model_input` fits any window (bicubic).
+  It changes the model input only: the label stays the acquired pair's (storage does not undo
+  the motion), and the noise is added before the storage, as a scanner's noise is. Without it
+  the model had never seen motion blurred after the acquisition and read the same motion
+  0.08-0.17 milder at 64-128 px than at 256 (`scripts/check_invariance.py`).
+
+Both stages follow TorchIO's make-params / apply split: ``draw_*_params(batch, generator)``
+draws every random number with a (CPU) ``torch.Generator`` (so a seed gives the same
+parameters on any device), and ``apply_*(x, params)`` is deterministic. The noise field itself
+is drawn on the images' device from ``params.seed`` (a CPU and a CUDA run with one seed get
+equally distributed, but not bit-identical, noise; one device always gives the same).
+
+Shapes: every image argument is a (B, 1, H, W) float tensor (values in [0, 1] for the clean
+slices; H, W any size >= 8); every per-sample parameter is a (B,) tensor on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "NOISE_P_NONE", "NOISE_SNR_RANGE", "RES_P_APPLY", "RES_MIN_MATRIX",
+    "NoiseParams", "ResolutionParams",
+    "draw_noise_params", "apply_noise", "noise_field", "noise_pair", "tissue_level",
+    "draw_resolution_params", "apply_resolution", "random_resolution",
+    "STORE_MIN_MATRIX", "StorageParams", "draw_storage_params", "apply_storage",
+]
+
+# Share of samples with no added noise, and the log-uniform SNR range of the others. SNR 3 is
+# a b = 1000 s/mm2 diffusion image or a fast 2D scan; 150 is a clean 3D scan.
+NOISE_P_NONE = 0.2
+NOISE_SNR_RANGE = (3.0, 150.0)
+# Share of samples acquired at a lower matrix, and the lowest matrix (per side) drawn.
+RES_P_APPLY = 0.5
+RES_MIN_MATRIX = 64
+# Pixels above this share of the slice's maximum count as tissue for the SNR reference.
+TISSUE_FRACTION = 0.1
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _rand(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """U(0, 1), (n,) float64 on the CPU, drawn where the generator lives."""
+    return torch.rand(n, generator=generator, device=_gen_device(generator),
+                      dtype=torch.float64).cpu()
+
+
+def _check_images(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 1:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name}: expected a (B, 1, H, W) tensor, got {shape}")
+    if min(x.shape[-2:]) < 8:
+        raise ValueError(f"{name}: slices of {tuple(x.shape[-2:])} are smaller than 8 x 8")
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    from ..imaging.intensity import minmax
+
+    return minmax(x)
+
+
+# --------------------------------------------------------------------------------- noise
+@dataclass(frozen=True)
+class NoiseParams:
+    """Noise of one batch.
+
+    snr: (B,) float64, SNR in tissue; ``inf`` = no added noise.
+    seed: the noise field's seed: an int (one (B, 2, H, W) standard-normal draw on the device)
+    or a (B,) int64 tensor, one seed per sample (each sample's (2, H, W) field is then its own,
+    so a subset of a batch replays exactly: `select`).
+    sigma: (B,) float64 noise standard deviation per channel, in image units, or None: then
+    `apply_noise` derives it from the image it is given (tissue level / snr). `noise_pair`
+    fills it from the clean slices so that both images get exactly the same noise.
+    """
+
+    snr: torch.Tensor
+    seed: int | torch.Tensor
+    sigma: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.snr.numel())
+
+    def select(self, index: torch.Tensor) -> NoiseParams:
+        """The parameters of samples `index` (needs per-sample seeds)."""
+        if not isinstance(self.seed, torch.Tensor):
+            raise ValueError("NoiseParams.select: a batch-wide seed cannot be split")
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        return NoiseParams(self.snr[idx], self.seed[idx],
+                           None if self.sigma is None else self.sigma[idx])
+
+
+def draw_noise_params(batch: int, generator: torch.Generator | None,
+                      p_none: float = NOISE_P_NONE,
+                      snr_range: tuple[float, float] = NOISE_SNR_RANGE) -> NoiseParams:
+    """Draw the noise of `batch` samples: a share p_none with none (snr = inf), the others an
+    SNR log-uniform on snr_range; and one seed for the noise field. Consumes 2 * batch + 1
+    draws of the generator plus `batch` seeds whatever p_none is (so later stages see the
+    same stream)."""
+    lo, hi = float(snr_range[0]), float(snr_range[1])
+    if not (0 < lo <= hi) or not (0.0 <= p_none <= 1.0):
+        raise ValueError(f"draw_noise_params: need 0 < snr_range[0] <= snr_range[1] and "
+                         f"0 <= p_none <= 1, got {snr_range}, {p_none}")
+    u = _rand(2 * batch, generator)
+    snr = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u[batch:])
+    snr = torch.where(u[:batch] < p_none, torch.full_like(snr, math.inf), snr)
+    seeds = torch.randint(0, 2**62, (batch,), generator=generator,
+                          device=_gen_device(generator)).cpu()
+    return NoiseParams(snr=snr, seed=seeds)
+
+
+def tissue_level(x: torch.Tensor) -> torch.Tensor:
+    """Mean intensity of the tissue of each slice, (B,) float64 on the CPU: the mean over
+    pixels above TISSUE_FRACTION of the slice's maximum (1.0 for an all-zero slice)."""
+    _check_images(x, "tissue_level")
+    flat = x.detach().flatten(1).double()
+    peak = flat.amax(dim=1, keepdim=True)
+    mask = (flat > TISSUE_FRACTION * peak) & (peak > 0)
+    count = mask.sum(dim=1)
+    level = (flat * mask).sum(dim=1) / count.clamp(min=1)
+    return torch.where(count > 0, level, torch.ones_like(level)).cpu()
+
+
+def noise_field(params: NoiseParams, shape: tuple[int, int],
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """The standard-normal noise field of a batch, (B, 2, H, W) float32 on `device`: a function
+    of (params.seed, shape, device) only. With per-sample seeds, samples without noise
+    (snr = inf) get zeros and cost nothing. Draw it once and pass it to `apply_noise` for both
+    images of a pair (half the cost of drawing it twice)."""
+    b = len(params)
+    g = torch.Generator(device=device)
+    if not isinstance(params.seed, torch.Tensor):
+        g.manual_seed(int(params.seed))
+        return torch.randn((b, 2, *shape), generator=g, device=device)
+    field = torch.zeros((b, 2, *shape), device=device)
+    noisy = torch.isfinite(params.snr).tolist()
+    for i, seed in enumerate(params.seed.tolist()):
+        if noisy[i]:
+            g.manual_seed(int(seed))
+            field[i] = torch.randn((2, *shape), generator=g, device=device)
+    return field
+
+
+def apply_noise(x: torch.Tensor, params: NoiseParams, normalise: bool = True,
+                field: torch.Tensor | None = None) -> torch.Tensor:
+    """Magnitude of x plus complex Gaussian noise: ``|x + sigma n1 + i sigma n2|``.
+
+    x: (B, 1, H, W) float, non-negative. sigma = params.sigma, or tissue_level(x) / snr.
+    The noise field is a function of (params.seed, B, H, W, device) only, so two images of one
+    batch get the same realisation. Samples with snr = inf (sigma 0) come back as |x|.
+    normalise: min-max each output slice to [0, 1] (the model-input range; the SSIM label
+    normalises anyway). field: `noise_field(params, (H, W), x.device)` if already drawn.
+    Returns (B, 1, H, W) float32 on x's device.
+    """
+    _check_images(x, "apply_noise")
+    b = x.shape[0]
+    if len(params) != b:
+        raise ValueError(f"apply_noise: parameters for {len(params)} samples, images for {b}")
+    sigma = params.sigma if params.sigma is not None else tissue_level(x) / params.snr
+    sigma = torch.where(torch.isfinite(params.snr), sigma, torch.zeros_like(sigma))
+    xf = x.float()
+    if bool((sigma > 0).any()):
+        n = field if field is not None else noise_field(params, tuple(x.shape[-2:]), x.device)
+        s = sigma.to(device=x.device, dtype=torch.float32).view(b, 1, 1, 1)
+        real = xf + s * n[:, :1]
+        imag = s * n[:, 1:]
+        out = torch.sqrt(real * real + imag * imag)
+    else:
+        out = xf.abs()
+    return _minmax(out) if normalise else out
+
+
+def noise_pair(clean: torch.Tensor, corrupted: torch.Tensor,
+               generator: torch.Generator | None, p_none: float = NOISE_P_NONE,
+               snr_range: tuple[float, float] = NOISE_SNR_RANGE, normalise: bool = True,
+               ) -> tuple[torch.Tensor, torch.Tensor, NoiseParams]:
+    """The noise stage of training: draw the noise of the batch and add it, identically, to the
+    clean slices and to their motion-corrupted versions.
+
+    clean, corrupted: (B, 1, H, W) float in [0, 1], same shape and device. sigma is set from
+    the *clean* slice's tissue level, so both images get the same sigma and the same field.
+    Returns (clean_noisy, corrupted_noisy, params), images (B, 1, H, W) float32 (in [0, 1]
+    with normalise), params with sigma filled in (apply_noise(corrupted, params) repeats it).
+    The two outputs are identical where corrupted == clean. Not the training label: SSIM
+    over a shared noise field rises with the noise (see the module docstring); training takes
+    the label before the noise and noises the model input only.
+    """
+    _check_images(clean, "noise_pair")
+    if corrupted.shape != clean.shape:
+        raise ValueError(f"noise_pair: shapes differ: {tuple(clean.shape)} vs "
+                         f"{tuple(corrupted.shape)}")
+    params = draw_noise_params(clean.shape[0], generator, p_none, snr_range)
+    params = replace(params, sigma=tissue_level(clean) / params.snr)
+    field = noise_field(params, tuple(clean.shape[-2:]), clean.device)
+    return (apply_noise(clean, params, normalise, field),
+            apply_noise(corrupted, params, normalise, field), params)
+
+
+# ----------------------------------------------------------------------------- resolution
+@dataclass(frozen=True)
+class ResolutionParams:
+    """Resolution of one batch (all (B,) CPU tensors).
+
+    apply: bool, whether the sample is re-acquired at a lower matrix.
+    matrix_h, matrix_w: float64, acquired matrix along H and W (<= the slice's size; the
+    phase-encoding side is often coarser).
+    kspace: bool, True = truncate k-space and zero-fill (Gibbs ringing), False = area
+    down-sampling then bilinear up-sampling.
+    window: float64 in [0, 0.5], Tukey roll-off of the kept k-space (0 = sharp cut, most
+    ringing; scanners' filters are in between).
+    """
+
+    apply: torch.Tensor
+    matrix_h: torch.Tensor
+    matrix_w: torch.Tensor
+    kspace: torch.Tensor
+    window: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.apply.numel())
+
+    def band(self, size: tuple[int, int]) -> torch.Tensor:
+        """(B, 2) float32: the share of the k-space lines of a `size` (H, W) slice acquired
+        along (y, x); 1 where the sample keeps its full matrix. Motion acts on these lines
+        (`motion.MotionParams.acquired`)."""
+        h, w = size
+        by = torch.where(self.apply, (self.matrix_h / h).clamp(max=1.0), torch.ones(len(self)))
+        bx = torch.where(self.apply, (self.matrix_w / w).clamp(max=1.0), torch.ones(len(self)))
+        return torch.stack([by, bx], dim=1).float()
+
+    def select(self, index: torch.Tensor) -> ResolutionParams:
+        """The parameters of samples `index`."""
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        return ResolutionParams(self.apply[idx], self.matrix_h[idx], self.matrix_w[idx],
+                                self.kspace[idx], self.window[idx])
+
+
+def draw_resolution_params(batch: int, generator: torch.Generator | None, size: int = 256,
+                           p_apply: float = RES_P_APPLY,
+                           min_matrix: int = RES_MIN_MATRIX) -> ResolutionParams:
+    """Draw the acquired matrix of `batch` slices of size x size: with probability p_apply a
+    matrix log-uniform on [min_matrix, size] along the readout side and 0.6-1 times that
+    along the phase side (random which side is which); reconstruction by k-space zero-filling
+    (70 %, half of them with a sharp cut-off) or by interpolation (30 %). Consumes 6 * batch
+    draws of the generator."""
+    if not (8 <= min_matrix <= size) or not (0.0 <= p_apply <= 1.0):
+        raise ValueError(f"draw_resolution_params: need 8 <= min_matrix <= size and "
+                         f"0 <= p_apply <= 1, got {min_matrix}, {size}, {p_apply}")
+    u = _rand(6 * batch, generator).view(6, batch)
+    apply = u[0] < p_apply
+    readout = torch.exp(math.log(min_matrix) + (math.log(size) - math.log(min_matrix)) * u[1])
+    phase = torch.clamp(readout * (0.6 + 0.4 * u[2]), min=8.0)
+    swap = u[3] < 0.5
+    mh = torch.where(swap, phase, readout)
+    mw = torch.where(swap, readout, phase)
+    kspace = u[4] < 0.7
+    window = torch.where(u[5] < 0.5, torch.zeros_like(u[5]), u[5] - 0.5)   # 0 or U(0, 0.5)
+    return ResolutionParams(apply=apply, matrix_h=mh, matrix_w=mw, kspace=kspace,
+                            window=window)
+
+
+def _kspace_weights(n: int, matrix: torch.Tensor, window: torch.Tensor,
+                    device: torch.device) -> torch.Tensor:
+    """(B, n) weights over fft frequencies: 1 inside the central `matrix` lines (Tukey roll-off
+    over the outer `window` share), 0 outside. Symmetric in +-k (Nyquist excluded), so a real
+    image stays real."""
+    k = torch.fft.fftfreq(n, d=1.0 / n, device=device, dtype=torch.float64).abs()[None]
+    half = (matrix.to(device) / 2.0)[:, None]
+    r = k / half                                             # 0 at the centre, 1 at the edge
+    a = window.to(device)[:, None]
+    start = 1.0 - a
+    taper = 0.5 * (1.0 + torch.cos(math.pi * (r - start) / a.clamp(min=1e-9)))
+    w = torch.where(r <= start, torch.ones_like(r), taper)
+    return torch.where(r < 1.0, w, torch.zeros_like(w))
+
+
+def apply_resolution(x: torch.Tensor, params: ResolutionParams) -> torch.Tensor:
+    """Re-acquire each slice at its drawn matrix and reconstruct it at its own size.
+
+    x: (B, 1, H, W) float in [0, 1]. K-space samples: |ifft2(fft2(x) * window)|, the central
+    matrix_h x matrix_w frequencies kept (a zero-filled reconstruction: blur plus Gibbs rings
+    at edges). Interpolated samples: area down-sampling to round(matrix) then bilinear
+    up-sampling. Changed slices are min-max normalised to [0, 1]; the others are returned
+    unchanged. Returns (B, 1, H, W) float32 on x's device.
+    """
+    _check_images(x, "apply_resolution")
+    b, _, h, w = x.shape
+    if len(params) != b:
+        raise ValueError(f"apply_resolution: parameters for {len(params)} samples, "
+                         f"images for {b}")
+    out = x.float().clone()
+    mh = params.matrix_h.clamp(max=h)
+    mw = params.matrix_w.clamp(max=w)
+    ks = torch.nonzero(params.apply & params.kspace).flatten()
+    if ks.numel():
+        dev = x.device
+        idx = ks.to(dev)
+        wy = _kspace_weights(h, mh[ks], params.window[ks], dev)
+        wx = _kspace_weights(w, mw[ks], params.window[ks], dev)
+        weights = (wy[:, :, None] * wx[:, None, :]).float()[:, None]
+        spec = torch.fft.fft2(out[idx])
+        out[idx] = torch.fft.ifft2(spec * weights).abs()
+    interp = torch.nonzero(params.apply & ~params.kspace).flatten().tolist()
+    # Area resampling needs one output size per call: group samples of the same matrix.
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in interp:
+        key = (max(2, round(float(mh[i]))), max(2, round(float(mw[i]))))
+        groups.setdefault(key, []).append(i)
+    for (gh, gw), members in groups.items():
+        idx = torch.as_tensor(members, device=x.device)
+        small = F.interpolate(out[idx], size=(gh, gw), mode="area")
+        out[idx] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    changed = torch.nonzero(params.apply).flatten().to(x.device)
+    if changed.numel():
+        out[changed] = _minmax(out[changed])
+    return out
+
+
+def random_resolution(x: torch.Tensor, generator: torch.Generator | None,
+                      p_apply: float = RES_P_APPLY, min_matrix: int = RES_MIN_MATRIX,
+                      ) -> tuple[torch.Tensor, ResolutionParams]:
+    """Draw and apply the resolution stage: (B, 1, S, S) -> ((B, 1, S, S), params). Call it on
+    the clean slices before motion. min_matrix is clamped to the slice size."""
+    _check_images(x, "random_resolution")
+    size = int(min(x.shape[-2:]))
+    params = draw_resolution_params(x.shape[0], generator, size, p_apply,
+                                    min(min_matrix, size))
+    return apply_resolution(x, params), params
+
+
+# ----------------------------------------------------------------------------- storage
+# The smallest stored matrix (per side), as a share of the slice's: 64 of 256.
+STORE_MIN_MATRIX = 64
+
+
+@dataclass(frozen=True)
+class StorageParams:
+    """Storage of one batch (all (B,) CPU tensors).
+
+    apply: bool, whether the sample is stored at a lower matrix.
+    factor: float64 in (0, 1], the stored matrix as a share of the slice's.
+    """
+
+    apply: torch.Tensor
+    factor: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.apply.numel())
+
+    def select(self, index: torch.Tensor) -> StorageParams:
+        """The parameters of samples `index`."""
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        return StorageParams(self.apply[idx], self.factor[idx])
+
+
+def draw_storage_params(batch: int, generator: torch.Generator | None, size: int = 256,
+                        p_apply: float = 0.5,
+                        min_matrix: int = STORE_MIN_MATRIX) -> StorageParams:
+    """Draw the stored matrix of `batch` slices of size x size: with probability p_apply a
+    matrix log-uniform on [min_matrix, size] (the same share along both sides, as a reslicing
+    to another pixel size). Consumes 2 * batch draws of the generator."""
+    if not (8 <= min_matrix <= size) or not (0.0 <= p_apply <= 1.0):
+        raise ValueError(f"draw_storage_params: need 8 <= min_matrix <= size and "
+                         f"0 <= p_apply <= 1, got {min_matrix}, {size}, {p_apply}")
+    u = _rand(2 * batch, generator).view(2, batch)
+    factor = torch.exp(math.log(min_matrix / size) * u[1])
+    return StorageParams(apply=u[0] < p_apply, factor=factor)
+
+
+def apply_storage(x: torch.Tensor, params: StorageParams) -> torch.Tensor:
+    """Store each slice at its drawn matrix (bilinear, anti-aliased) and fit it back to its own
+    size (bicubic, clamped to [0, 1]). x: (B, 1, H, W) float in [0, 1]; samples not applied are
+    returned unchanged. Returns (B, 1, H, W) float32 on x's device."""
+    _check_images(x, "apply_storage")
+    b, _, h, w = x.shape
+    if len(params) != b:
+        raise ValueError(f"apply_storage: parameters for {len(params)} samples, images for {b}")
+    out = x.float().clone()
+    # one output size per interpolate call: group samples stored at the same matrix
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in torch.nonzero(params.apply).flatten().tolist():
+        f = float(params.factor[i])
+        key = (max(8, round(h * f)), max(8, round(w * f)))
+        if key != (h, w):
+            groups.setdefault(key, []).append(i)
+    for (gh, gw), members in groups.items():
+        idx = torch.as_tensor(members, device=x.device)
+        small = F.interpolate(out[idx], size=(gh, gw), mode="bilinear", antialias=True,
+                              align_corners=False)
+        out[idx] = F.interpolate(small, size=(h, w), mode="bicubic",
+                                 align_corners=False).clamp_(0.0, 1.0)
+    return out
