@@ -18,7 +18,6 @@ here as motion it has never seen: the unseen-family check of issue 22.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from MotionSSIMLib.assessment.checkpoint import default_model_path, load_checkpoint
     from MotionSSIMLib.base.errors import MotionSSIMError
-    from MotionSSIMLib.base.jsonable import jsonable
+    from MotionSSIMLib.base.jsonable import write_tables
     from MotionSSIMLib.training.data import check_volumes, resolve_split
     from MotionSSIMLib.training.evaluation import _input_size, _unique_names
 
@@ -165,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(result)
     print(text, end="")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "families.json").write_text(json.dumps(jsonable(result), indent=1))
-        (out / "families.md").write_text(text)
+        write_tables(args.out, "families", result, text)
     return 0
 
 

@@ -15,7 +15,6 @@ within, 1 when one is not, 2 on an error. Writes DIR/invariance.json and DIR/inv
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from MotionSSIMLib.assessment.checkpoint import default_model_path, load_checkpoint
     from MotionSSIMLib.assessment.inference import predict_slices
     from MotionSSIMLib.base.errors import MotionSSIMError
-    from MotionSSIMLib.base.jsonable import jsonable
+    from MotionSSIMLib.base.jsonable import write_tables
     from MotionSSIMLib.training import invariance
 
     try:
@@ -56,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "".join(f"### {name}\n\n{invariance.markdown(r)}\n" for name, r in results.items())
     print(text, end="")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "invariance.json").write_text(json.dumps(jsonable(results), indent=1))
-        (out / "invariance.md").write_text(text)
+        write_tables(args.out, "invariance", results, text)
     return 0 if all(r["passed"] for r in results.values()) else 1
 
 

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from MotionSSIMLib.assessment.checkpoint import load_checkpoint
     from MotionSSIMLib.base.errors import MotionSSIMError
-    from MotionSSIMLib.base.jsonable import jsonable
+    from MotionSSIMLib.base.jsonable import write_tables
     from MotionSSIMLib.training.data import check_volumes, resolve_split
 
     out = Path(args.out)
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               "target_bias": TARGET_BIAS, "families": rows}
     text = markdown(result)
     print(text, end="")
-    (out / "leave_one_out.json").write_text(json.dumps(jsonable(result), indent=1))
-    (out / "leave_one_out.md").write_text(text)
+    write_tables(out, "leave_one_out", result, text)
     return 0
 
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["jsonable"]
+__all__ = ["jsonable", "write_tables"]
 
 
 def jsonable(value: Any) -> Any:
@@ -40,3 +40,16 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike) or type(value).__module__ == "torch":  # dtype, device
         return str(value)
     return value
+
+
+def write_tables(folder: str | os.PathLike, stem: str, result: Any, markdown: str) -> None:
+    """A check's result as FOLDER/STEM.json (`jsonable`, indented) beside its Markdown table
+    FOLDER/STEM.md; the folder is made if missing."""
+    import json
+    from pathlib import Path
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(jsonable(result), indent=1))
+    (out / f"{stem}.md").write_text(markdown)
+
