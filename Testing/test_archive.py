@@ -240,10 +240,10 @@ def test_resume_skips_finished_scans(sharded, bids, capsys):
 
 def test_finished_needs_same_model_and_options(sharded, bids):
     scan = next(s for s in discover([bids]) if s.key == "sub-01/anat/sub-01_T1w")
-    from MotionSSIMLib.assessment.inference import DEFAULT_TTA
-
+    # tta None: the command line's default (the model's own: one pass with the uncertainty
+    # head, views without; the model's SHA-256 fixes which)
     opts = SimpleNamespace(orientation="auto", good=0.85, sufficient=0.60,
-                           min_foreground=0.05, series=None, frames=None, tta=DEFAULT_TTA,
+                           min_foreground=0.05, series=None, frames=None, tta=None,
                            precision="auto")
     sha = manifest.file_sha256(sharded.common[1])
     assert finished(sharded.out, scan, fingerprint(sha, opts)) is not None

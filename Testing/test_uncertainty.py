@@ -73,7 +73,8 @@ def test_assessment_and_reports_carry_the_spread(ckpt, tmp_path, capsys):
     assert unsure.tolist() == expected.tolist()
     assert a.summary["n_uncertain"] == int(expected.sum())
     assert a.summary["inference"] == {"device": "cpu", "precision": "fp32",
-                                      "views": list(VIEWS)[:4]}
+                                      "views": list(VIEWS)[:4],
+                                      "uncertainty": "views"}
     assert all("ssim_sd" in w for w in a.summary["worst_slices"])
 
     # the command line: --tta and --precision reach the engine, the CSV and JSON show them

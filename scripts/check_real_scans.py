@@ -39,7 +39,7 @@ from torch import nn
 
 from MotionSSIMLib.assessment import classes, devices, inference
 from MotionSSIMLib.assessment.checkpoint import LoadedModel
-from MotionSSIMLib.assessment.model import forward_ssim
+from MotionSSIMLib.assessment.model import forward_outputs
 from MotionSSIMLib.base.errors import MotionSSIMError
 from MotionSSIMLib.imaging import geometry, intensity
 from MotionSSIMLib.simulation import kspace_motion, motion, ssim
@@ -184,21 +184,36 @@ def _net(model: inference.ModelLike, device: str) -> tuple[nn.Module, torch.devi
     return inference.get_model(model, dev).model, dev
 
 
-def _predict(net: nn.Module, dev: torch.device, x: torch.Tensor) -> np.ndarray:
-    """Predictions for (N,1,S,S) inputs already in the model-input geometry (no second fit)."""
-    out = []
+def _predict(net: nn.Module, dev: torch.device, x: torch.Tensor,
+             with_sd: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+    """Predictions for (N,1,S,S) inputs already in the model-input geometry (no second fit);
+    with_sd: also the uncertainty head's sd (None for a model without the head)."""
+    out, sds = [], []
     was_training = net.training
     net.eval()
     try:
         with torch.inference_mode():
             for i in range(0, len(x), BATCH):
-                out.append(forward_ssim(net, x[i:i + BATCH].to(dev)).cpu().numpy())
+                raw, sd = forward_outputs(net, x[i:i + BATCH].to(dev))
+                out.append(raw.cpu().numpy())
+                if sd is not None:
+                    sds.append(sd.cpu().numpy())
     finally:
         net.train(was_training)
     pred = np.concatenate(out) if out else np.empty(0, np.float32)
     if not np.isfinite(pred).all():
         raise MotionSSIMError("the model produced NaN/inf predictions (broken weights?)")
-    return np.clip(pred.astype(np.float64), 0.0, 1.0)
+    pred = np.clip(pred.astype(np.float64), 0.0, 1.0)
+    if not with_sd:
+        return pred
+    return pred, (np.concatenate(sds).astype(np.float64) if sds else None)
+
+
+def _views_spread(net: nn.Module, dev: torch.device, x: torch.Tensor, views: int) -> np.ndarray:
+    """The spread over the first `views` label-preserving views (inference.VIEWS)."""
+    v = np.stack([_predict(net, dev, inference.VIEWS[name](x))
+                  for name in list(inference.VIEWS)[:views]], 1)
+    return v.std(1, ddof=1)
 
 
 def _corrupt(clean: torch.Tensor, simulator: str, severity: torch.Tensor,
@@ -211,13 +226,15 @@ def _corrupt(clean: torch.Tensor, simulator: str, severity: torch.Tensor,
 def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
                  max_slices: int | None = None, severity: float | None = None,
                  device: str = "cpu", name: str = "volume", repeats: int | None = None,
-                 ) -> dict:
+                 views: int = 0) -> dict:
     """Figures of `model` on the clean and corrupted non-empty slices of `vol` (one scan).
 
     max_slices: evenly spaced subset (tests). severity: fixed instead of uniform on [0, 1].
     repeats: corrupted copies of each slice per simulator (default: REPEATS_PER_SIMULATOR,
     more for a scan with few slices). `name` seeds the scan's own random stream. The returned
-    dict also holds the per-sample arrays under keys starting with "_"."""
+    dict also holds the per-sample arrays under keys starting with "_". views > 1: also each
+    sample's uncertainty (`_sd`): the spread over `views` views and, for a model with the
+    uncertainty head, the head's sd."""
     stack = geometry.extract_slices(vol, "auto")
     keep = data.slice_candidates(stack, "all")
     if max_slices is not None and len(keep) > max_slices:
@@ -248,7 +265,8 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
             sims += [simulator] * n
             sev += s.tolist()
             idx += list(range(n))
-    pred = _predict(net, dev, torch.cat(images))
+    x = torch.cat(images)
+    pred, head_sd = _predict(net, dev, x, with_sd=True)
     true = torch.cat(labels).numpy().astype(np.float64)
     sims_a = np.array(sims)
     res = pred - true
@@ -274,13 +292,18 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
         r[f"bias_{simulator}"], r[f"sd_{simulator}"] = float(rs.mean()), float(rs.std())
     r["_pred"], r["_true"], r["_simulator"] = pred, true, sims_a
     r["_severity"], r["_slice"] = np.array(sev), np.asarray(stack.indices[keep])[idx]
+    if views > 1:  # the two uncertainties on the same samples
+        r["_sd"] = {f"{views}-view spread": _views_spread(net, dev, x, views)}
+        if head_sd is not None:
+            r["_sd"]["head (1 pass)"] = head_sd
     return r
 
 
 def real_scan_table(model: inference.ModelLike = None, seed: int = 0,
                     names: Sequence[str] | None = None, max_slices: int | None = None,
                     device: str = "cpu", severity: float | None = None,
-                    repeats: int | None = None, report=None) -> dict[str, dict]:
+                    repeats: int | None = None, report=None, views: int = 0,
+                    ) -> dict[str, dict]:
     """Per-scan figures of `model` (None: the bundled model) on the real-scan set, keyed by
     scan name, each with its provenance. Scans whose package is not installed are left out
     (`report(message)` is told). For scripts/bundle_model.py's decision rule."""
@@ -295,12 +318,48 @@ def real_scan_table(model: inference.ModelLike = None, seed: int = 0,
             if report is not None:
                 report(f"skipped {s.name}: {exc}")
             continue
-        r = check_volume(vol, model, seed, max_slices, severity, device, s.name, repeats)
+        r = check_volume(vol, model, seed, max_slices, severity, device, s.name, repeats,
+                         views)
         r.update(scan=s.name, contrast=s.contrast, package=s.package,
                  version=package_version(s.package), file=s.file,
                  description=s.description, licence=s.licence)
         table[s.name] = r
     return table
+
+
+def uncertainty_summary(table: dict[str, dict]) -> dict[str, dict] | None:
+    """Each uncertainty's figures over every sample of every scan (`uncertainty_figures`),
+    and per scan its Spearman and coverage; None when the table has no uncertainty."""
+    from MotionSSIMLib.training.uncertainty_head import uncertainty_figures
+
+    rows = [r for r in table.values() if "_sd" in r]
+    if not rows:
+        return None
+    out = {}
+    for method in rows[0]["_sd"]:
+        pooled = [np.concatenate([r[k] for r in rows]) for k in ("_pred", "_true")]
+        figs = uncertainty_figures(*pooled[:1], np.concatenate([r["_sd"][method] for r in rows]),
+                                   pooled[1])
+        figs["scans"] = {r["scan"]: {k: uncertainty_figures(r["_pred"], r["_sd"][method],
+                                                            r["_true"])[k]
+                                     for k in ("spearman_abs_error", "coverage", "mean_sd")}
+                         for r in rows}
+        out[method] = figs
+    return out
+
+
+def uncertainty_markdown(summary: dict[str, dict]) -> str:
+    lines = ["Uncertainty on the real-scan samples (all scans pooled; per scan: Spearman / "
+             "coverage):", "",
+             "| uncertainty | Spearman with abs. error | 2-sd coverage | mean sd | RMS error | "
+             + " | ".join(next(iter(summary.values()))["scans"]) + " |",
+             "|---|---|---|---|---|" + "---|" * len(next(iter(summary.values()))["scans"])]
+    for method, f in summary.items():
+        per = " | ".join(f"{v['spearman_abs_error']:.2f} / {v['coverage']:.2f}"
+                         for v in f["scans"].values())
+        lines.append(f"| {method} | {f['spearman_abs_error']:.3f} | {f['coverage']:.3f} | "
+                     f"{f['mean_sd']:.4f} | {f['rms_error']:.4f} | {per} |")
+    return "\n".join(lines) + "\n"
 
 
 def largest_abs_bias(table: dict[str, dict]) -> float:
@@ -320,6 +379,9 @@ def write_outputs(table: dict[str, dict], out: Path, model: str, seed: int) -> l
     doc = {"model": model, "seed": seed, "min_corrupted_per_simulator": MIN_CORRUPTED, "simulators": list(SIMULATORS),
            "largest_abs_bias": largest_abs_bias(table) if table else None,
            "volumes": {k: _public(r) for k, r in table.items()}}
+    unc = uncertainty_summary(table)
+    if unc is not None:
+        doc["uncertainty"] = unc
     paths[0].write_text(json.dumps(doc, indent=2), encoding="utf-8")
     with paths[1].open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -334,7 +396,8 @@ def write_outputs(table: dict[str, dict], out: Path, model: str, seed: int) -> l
                            strict=True):
                 w.writerow((name, int(row[0]), row[1] or "clean", f"{row[2]:.4f}",
                             f"{row[3]:.5f}", f"{row[4]:.5f}"))
-    paths[2].write_text(markdown_table(table, model, seed), encoding="utf-8")
+    paths[2].write_text(markdown_table(table, model, seed)
+                        + ("\n" + uncertainty_markdown(unc) if unc else ""), encoding="utf-8")
     plot(table, paths[3], model)
     return paths
 
@@ -420,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"corrupted copies of each slice per simulator (default "
                          f"{REPEATS_PER_SIMULATOR}, at least {MIN_CORRUPTED} per scan)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--views", type=int, default=0, metavar="N",
+                    help="also measure the uncertainty: the spread over N views (2-8) and, "
+                         "for a model with the uncertainty head, the head's sd")
     ap.add_argument("--require-all", action="store_true",
                     help="fail (exit 2) if a scan's package is not installed")
     args = ap.parse_args(argv)
@@ -436,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                 scan_path(s)
         skipped = []
         table = real_scan_table(args.model, args.seed, names, args.max_slices, args.device,
-                                repeats=args.repeats, report=skipped.append)
+                                repeats=args.repeats, report=skipped.append, views=args.views)
         for msg in skipped:
             print(msg, file=sys.stderr)
         if not table:
@@ -446,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown_table(table, args.model or "bundled", args.seed))
+    unc = uncertainty_summary(table)
+    if unc:
+        print(uncertainty_markdown(unc))
     print("written: " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -80,11 +80,14 @@ def add_assess_arguments(p: argparse.ArgumentParser) -> None:
                    help="arithmetic of the model: auto = float16 autocast on CUDA, bfloat16 on "
                         "a CPU with native bfloat16 (AVX512-BF16/AMX), else float32; fp32 "
                         "always float32 (default: auto)")
-    p.add_argument("--tta", type=int, default=4, metavar="N",
+    p.add_argument("--tta", type=int, default=None, metavar="N",
                    help="views per slice (flips/transposes, 1-8): the SSIM is their mean, "
-                        "ssim_sd their spread, each view costs one forward pass (default: 4)")
+                        "ssim_sd their spread, each view costs one forward pass (default: one "
+                        "pass for a model with the uncertainty head, whose ssim_sd comes from "
+                        "the same pass; 4 views for a model without it)")
     p.add_argument("--no-uncertainty", dest="tta", action="store_const", const=1,
-                   help="one view per slice: no ssim_sd, a quarter of the cost (= --tta 1)")
+                   help="one view per slice (= --tta 1): a model without the uncertainty head "
+                        "then gives no ssim_sd, for a quarter of the cost")
     p.add_argument("--good", type=float, default=0.85, metavar="SSIM",
                    help="lowest SSIM of class 'good' (default: 0.85)")
     p.add_argument("--sufficient", type=float, default=0.60, metavar="SSIM",

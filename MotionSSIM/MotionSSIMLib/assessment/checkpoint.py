@@ -2,8 +2,12 @@
 
 A checkpoint is one `.safetensors` file. Its header metadata holds, under the key "motionssim",
 a JSON object: format "motionssim-checkpoint", format_version, architecture, input_size,
-ssim_convention, dtype, and whatever the trainer adds (training data summary, schedule,
-metrics). A file that is not such a checkpoint (a pickle or torch.save file, a truncated file,
+ssim_convention, dtype, uncertainty, and whatever the trainer adds (training data summary,
+schedule, metrics). `uncertainty` says where the model's per-slice uncertainty comes from:
+{"kind": "head", ...its calibration} for a network with the uncertainty head (one forward
+pass gives the SSIM and the sd of its error; format_version 2, which older MotionSSIM refuses
+with "update MotionSSIM" rather than a weight mismatch), {"kind": "views"} otherwise (the
+spread over flipped and transposed views, format_version 1). A file that is not such a checkpoint (a pickle or torch.save file, a truncated file,
 another network's weights) is refused with a one-line CheckpointError naming the file; pickles
 are recognised by their first bytes and never opened by an unpickler.
 """
@@ -25,10 +29,11 @@ from torch import nn
 from ..base.errors import CheckpointError
 from ..base.jsonable import jsonable
 from ..base.resources import model_file
-from .model import ARCHITECTURES, architecture_of, build_model, unwrap
+from .model import ARCHITECTURES, architecture_of, build_model, has_uncertainty_head, unwrap
 
 FORMAT = "motionssim-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this code reads and writes (2: the uncertainty head)
+HEAD_FORMAT_VERSION = 2
 METADATA_KEY = "motionssim"
 INPUT_SIZE = [256, 256]
 SSIM_CONVENTION = ("skimage.metrics.structural_similarity(clean, corrupted, data_range=1.0), "
@@ -38,6 +43,7 @@ DEFAULT_MODEL_NAME = "motionssim_resnet18.safetensors"
 STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # pickle protocol 2+ (also legacy torch.save) / zip archive (torch.save since 1.6)
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+UNCERTAINTY_KINDS = ("views", "head")
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
@@ -75,7 +81,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict[str, Any]
     if meta.get("architecture", arch) != arch:
         raise ValueError(f"metadata says architecture {meta['architecture']!r} but the network "
                          f"is a {arch}")
-    meta.update(format=FORMAT, format_version=FORMAT_VERSION, architecture=arch,
+    head = has_uncertainty_head(net)
+    unc = meta.get("uncertainty") if isinstance(meta.get("uncertainty"), dict) else {}
+    if head:
+        meta["uncertainty"] = {**unc, "kind": "head"}
+    else:
+        meta["uncertainty"] = {"kind": "views"}
+    meta.update(format=FORMAT, format_version=HEAD_FORMAT_VERSION if head else 1,
+                architecture=arch,
                 input_size=list(INPUT_SIZE), ssim_convention=SSIM_CONVENTION,
                 dtype=str(dtype).replace("torch.", ""), motionssim_version=__version__)
     header = json.dumps(jsonable(meta))
@@ -177,7 +190,18 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unknown architecture "
                               f"{str(meta.get('architecture'))[:40]!r} "
                               f"(known: {', '.join(ARCHITECTURES)})")
+    unc = meta.get("uncertainty", {"kind": "views"})
+    if not isinstance(unc, dict) or unc.get("kind") not in UNCERTAINTY_KINDS:
+        what = unc.get("kind") if isinstance(unc, dict) else unc
+        raise CheckpointError(f"{path}: unknown uncertainty {str(what)[:40]!r} "
+                              f"(known: {', '.join(UNCERTAINTY_KINDS)})")
     return meta
+
+
+def uncertainty_kind(meta: dict[str, Any]) -> str:
+    """"head" for a checkpoint with the uncertainty head, else "views"."""
+    unc = meta.get("uncertainty")
+    return unc.get("kind", "views") if isinstance(unc, dict) else "views"
 
 
 def load_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -192,7 +216,7 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
     except Exception as exc:
         raise CheckpointError(f"{path}: corrupt or truncated weights ({_first_line(exc)})"
                               ) from None
-    model = build_model(meta["architecture"])
+    model = build_model(meta["architecture"], uncertainty_head=uncertainty_kind(meta) == "head")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))

@@ -79,12 +79,12 @@ def assess_series(series: Series, model=None, orientation: str = "auto",
     `progress(done, total)` counts slices over all frames; `cancel()` returning True stops at
     the next batch (`inference.Cancelled`). A frame with no assessable slice (blank, all
     background) is listed with its reason and left out; a series with none assessable is
-    refused (InputError). `precision` and `tta` (default inference.DEFAULT_TTA) reach every
+    refused (InputError). `precision` and `tta` (default: inference.views_for) reach every
     frame's assessment exactly as `assess_volume` takes them; the summary's `inference`
     says what ran."""
     from ..imaging.geometry import resolve_orientation
     from .devices import resolve_device
-    from .inference import DEFAULT_TTA, assess_volume, describe_model, get_model
+    from .inference import assess_volume, describe_model, get_model
 
     if not isinstance(series, Series):
         raise SettingsError(f"assess_series: expected a Series, not {type(series).__name__}")
@@ -105,7 +105,7 @@ def assess_series(series: Series, model=None, orientation: str = "auto",
                               batch_size=batch_size, thresholds=thresholds,
                               min_foreground=min_foreground, progress=frame_progress,
                               cancel=cancel, precision=precision,
-                              tta=DEFAULT_TTA if tta is None else tta)
+                              tta=tta)
         except InputError as exc:  # this frame only: e.g. a blank frame of a series
             if "no assessable slice" not in str(exc):
                 raise

@@ -1,7 +1,7 @@
 """Predict per-slice SSIM with a trained model, and assess whole volumes.
 
-Volume verdict (documented in README): the worst clinical class among the non-empty slices.
-"good" when every assessed slice is good, "sufficient" when the worst is sufficient,
+Volume verdict (README; `summary.summarize`): the worst clinical class among the non-empty
+slices. "good" when every assessed slice is good, "sufficient" when the worst is sufficient,
 "insufficient: re-scan" as soon as one assessed slice is insufficient. One slice with gross
 motion is enough to call for a re-scan of that sequence; the summary also gives the share of
 slices per class so that a reader can weigh a single bad slice. Empty slices (foreground share
@@ -16,11 +16,15 @@ bfloat16 autocast in channels-last layout, elsewhere float32. The network's last
 runs in float32. "fp32" asks for float32; "bf16" for bfloat16 (refused where the CPU would only
 emulate it). Measured against float32 (docs/benchmarks.md): |difference| <= PRECISION_BOUND.
 
-Uncertainty (`tta=`): the model also reads label-preserving views of each model input (flips
-and transposes: the SSIM of two images is unchanged when both are flipped), the predicted SSIM
-is the mean over the views and `ssim_sd` their standard deviation: the model's own instability
-on that slice. A slice whose interval ssim +- UNCERTAIN_SDS * sd contains a class threshold is
-flagged uncertain.
+Uncertainty: `ssim_sd` is the predicted standard deviation of the SSIM's error on that slice.
+A model with the uncertainty head (checkpoint metadata `uncertainty.kind == "head"`) gives it
+from the same forward pass as the SSIM, so by default each slice is read once (`tta=None`).
+A model without the head reads label-preserving views of each model input (flips and
+transposes: the SSIM of two images is unchanged when both are flipped), DEFAULT_TTA of them
+by default: the SSIM is the mean over the views and `ssim_sd` their spread, the model's own
+instability on that slice. `tta=N` (N > 1) asks for views with either model. A slice whose
+interval ssim +- UNCERTAIN_SDS * sd contains a class threshold is flagged uncertain: its
+class could be the neighbouring one.
 """
 
 from __future__ import annotations
@@ -46,21 +50,27 @@ from ..base.errors import (  # noqa: F401 (Cancelled: re-exported)
     SettingsError,
 )
 from ..imaging.geometry import MODEL_SIZE, Volume, extract_slices, to_model_input, volume
-from .checkpoint import LoadedModel, default_model_path, load_checkpoint
-from .classes import CLINICAL_NAMES, ClinicalThresholds, clinical_class
+from .checkpoint import LoadedModel, default_model_path, load_checkpoint, uncertainty_kind
+from .classes import ClinicalThresholds, clinical_class
 from .devices import cpu_native_bf16, resolve_device  # noqa: F401 - public here too
-from .model import forward_ssim
+from .model import forward_outputs, has_uncertainty_head
 from .results import Assessment, SliceRecord  # noqa: F401 - public here too
+from .summary import (  # noqa: F401 - public here too
+    NO_VERDICT,
+    UNCERTAIN_SDS,
+    VERDICT_RULE,
+    VERDICTS,
+    bounded,
+    describe_model,
+    summarize,
+    uncertain_slices,
+    verdict_of,
+)
 
 # typing.Union, not `|`: this alias is evaluated at import, and Slicer 5.8 has Python 3.9
 ModelLike = Union[str, os.PathLike, nn.Module, LoadedModel, None]
 Progress = Callable[[int, int], None]
 
-VERDICTS = {1: "good", 2: "sufficient", 3: "insufficient: re-scan"}
-NO_VERDICT = "no assessable slices"
-VERDICT_RULE = ("worst clinical class among non-empty slices: good (all slices good), "
-                "sufficient (worst slice sufficient), insufficient: re-scan (any slice "
-                "insufficient)")
 # CUDA autocast: float16 keeps 3 decimal digits of the output (bfloat16 only 2); a batch whose
 # float16 forward overflows (inf/NaN) is recomputed in bfloat16, which has float32's range.
 CUDA_AMP_DTYPES = (torch.float16, torch.bfloat16)
@@ -82,8 +92,7 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "rot270": lambda t: t.rot90(-1, (-2, -1)),
     "antitranspose": lambda t: t.flip((-2, -1)).transpose(-2, -1),
 }
-DEFAULT_TTA = 4  # identity, h-flip, v-flip, transpose
-UNCERTAIN_SDS = 2.0  # a slice is uncertain when ssim +- 2 sd contains a class threshold
+DEFAULT_TTA = 4  # views of a model without the head: identity, h-flip, v-flip, transpose
 MODEL_CACHE_SIZE = 4  # loaded checkpoints kept (a GPU holds a few ResNets easily)
 # A trained model's raw output stays near [0, 1] (the bundled one: 0.39 - 1.06 on real slices,
 # noise, strips and constant images); far outside it the weights are broken (e.g. a last layer
@@ -114,8 +123,11 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     raise SettingsError(f"precision bf16: {where}; use --precision auto or fp32")
 
 
-def check_tta(tta: Any) -> int:
-    """`tta` (number of views) as an int in 1..len(VIEWS), else SettingsError."""
+def check_tta(tta: Any) -> int | None:
+    """`tta` (number of views) as an int in 1..len(VIEWS), or None (the model's default:
+    views_for), else SettingsError."""
+    if tta is None:
+        return None
     if isinstance(tta, bool) or not isinstance(tta, (int, np.integer)) \
             or not 1 <= tta <= len(VIEWS):
         raise SettingsError(f"tta (views per slice) must be an integer from 1 to {len(VIEWS)}, "
@@ -125,6 +137,21 @@ def check_tta(tta: Any) -> int:
 
 # Loaded checkpoints, keyed by (path, mtime, size, device): repeated calls do not reload the
 # file, and a file rewritten in place (new mtime or size) is loaded afresh.
+def views_for(loaded: LoadedModel, tta: int | None) -> int:
+    """The number of views `tta` means for this model: None gives one pass for a model with
+    the uncertainty head, DEFAULT_TTA views otherwise."""
+    if tta is not None:
+        return tta
+    return 1 if has_head(loaded) else DEFAULT_TTA
+
+
+def has_head(loaded: LoadedModel) -> bool:
+    """Whether the model gives its uncertainty from the forward pass (uncertainty head)."""
+    if loaded.metadata:
+        return uncertainty_kind(loaded.metadata) == "head"
+    return has_uncertainty_head(loaded.model)
+
+
 _CACHE: OrderedDict[tuple[str, int, int, str], LoadedModel] = OrderedDict()
 
 
@@ -159,21 +186,23 @@ def get_model(model: ModelLike, device: str | torch.device) -> LoadedModel:
 
 
 def _forward(net: nn.Module, x: torch.Tensor, device: torch.device,
-             precision: str = "fp32") -> torch.Tensor:
-    """(B, 1, H, W) float32 CPU batch -> (B,) float32 on CPU, raw (unclamped) outputs.
-    `precision` as resolve_precision returns it. A batch whose reduced-precision forward is
-    not finite (float16 overflow) is recomputed in the next dtype, finally in float32."""
+             precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, 1, H, W) float32 CPU batch -> ((B,) raw (unclamped) SSIM outputs, (B,) sd from the
+    uncertainty head or None), float32 on CPU. `precision` as resolve_precision returns it. A
+    batch whose reduced-precision forward is not finite (float16 overflow) is recomputed in
+    the next dtype, finally in float32."""
     if device.type == "mps":
-        return forward_ssim(net, x.to(device)).cpu()
+        out, sd = forward_outputs(net, x.to(device))
+        return out.cpu(), None if sd is None else sd.cpu()
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
     x = x.contiguous(memory_format=torch.channels_last)
-    out = None
+    out = sd = None
     for amp in AMP_DTYPES[precision] + (None,):
-        out = forward_ssim(net, x, amp)
-        if bool(torch.isfinite(out).all()):
+        out, sd = forward_outputs(net, x, amp)
+        if bool(torch.isfinite(out).all()) and (sd is None or bool(torch.isfinite(sd).all())):
             break
-    return out.cpu()
+    return out.cpu(), None if sd is None else sd.cpu()
 
 
 def _as_slices(images) -> tuple[np.ndarray | list[np.ndarray], int]:
@@ -219,7 +248,8 @@ def _chunks(slices: np.ndarray | list[np.ndarray], batch_size: int):
 @dataclass
 class SlicePrediction:
     """predict_views' answer: per slice the predicted SSIM (mean over the views, each clamped
-    to [0, 1]), its standard deviation over the views (0 with one view), every view's
+    to [0, 1]), its uncertainty `sd` (`uncertainty` says which: the head's predicted sd of the
+    error with one view, the spread over several views, 0 for "none"), every view's
     prediction, and what was run."""
 
     ssim: np.ndarray  # (N,) float64
@@ -228,12 +258,13 @@ class SlicePrediction:
     view_names: tuple[str, ...]
     precision: str  # "fp32", "bf16" or "fp16" (resolve_precision)
     device: str
+    uncertainty: str = "views"  # "head", "views" or "none"
 
 
 def predict_views(images, model: ModelLike = None, device: str | torch.device = "auto",
                   batch_size: int = 32, pixel_spacing=(1.0, 1.0),
                   progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
-                  precision: str = "auto", tta: int = DEFAULT_TTA) -> SlicePrediction:
+                  precision: str = "auto", tta: int | None = None) -> SlicePrediction:
     """Predicted SSIM of each slice with its uncertainty (see SlicePrediction).
 
     images, model, device, batch_size, pixel_spacing, progress, cancel: as predict_slices.
@@ -241,7 +272,9 @@ def predict_views(images, model: ModelLike = None, device: str | torch.device = 
     autocast on CUDA, bfloat16 on a CPU with native bfloat16, else float32), "fp32" or
     "bf16" (resolve_precision). tta: the number of label-preserving views of each model input
     (1 to 8, the first `tta` of VIEWS: identity, h-flip, v-flip, transpose, ...); the cost
-    grows with it (a forward pass per view). `batch_size` counts model inputs, views included.
+    grows with it (a forward pass per view). None: one pass for a model with the uncertainty
+    head (its sd), DEFAULT_TTA views otherwise. With several views `sd` is their spread.
+    `batch_size` counts model inputs, views included.
     """
     slices, n = _as_slices(images)
     batch_size = check_batch_size(batch_size)
@@ -250,10 +283,14 @@ def predict_views(images, model: ModelLike = None, device: str | torch.device = 
     dev = resolve_device(device)
     resolved = resolve_precision(precision, dev)  # refused before the model is loaded
     loaded = get_model(model, dev)
+    tta = views_for(loaded, tta)
     names = tuple(list(VIEWS)[:tta])
     views = np.empty((n, tta), dtype=np.float64)
+    head_sd = np.zeros(n)
+    source = "views" if tta > 1 else "head" if has_head(loaded) else "none"
     if n == 0:
-        return SlicePrediction(np.empty(0), np.empty(0), views, names, resolved, dev.type)
+        return SlicePrediction(np.empty(0), np.empty(0), views, names, resolved, dev.type,
+                               source)
     net = loaded.model
     was_training = net.training
     net.eval()
@@ -271,9 +308,10 @@ def predict_views(images, model: ModelLike = None, device: str | torch.device = 
                 x = torch.from_numpy(to_model_input(chunk, pixel_spacing, size=MODEL_SIZE))
                 x = x[:, None]
                 x = torch.cat([VIEWS[v](x) for v in names]) if tta > 1 else x
-                raw, net, dev, batch_size = _predict_chunk(net, x, dev, batch_size, cancel,
-                                                           lambda: _cpu_copy(loaded),
-                                                           precision)
+                raw, sd, net, dev, batch_size = _predict_chunk(
+                    net, x, dev, batch_size, cancel, lambda: _cpu_copy(loaded), precision)
+                if source == "head":
+                    head_sd[idx] = sd
                 raw = raw.reshape(tta, len(idx)).T
                 for k in range(tta):
                     check_raw_outputs(raw[:, k], idx, loaded)
@@ -284,8 +322,8 @@ def predict_views(images, model: ModelLike = None, device: str | torch.device = 
     finally:
         loaded.model.train(was_training)
     views = np.clip(views, 0.0, 1.0)
-    sd = views.std(axis=1, ddof=1) if tta > 1 else np.zeros(n)
-    return SlicePrediction(views.mean(axis=1), sd, views, names, resolved, dev.type)
+    sd = views.std(axis=1, ddof=1) if tta > 1 else head_sd
+    return SlicePrediction(views.mean(axis=1), sd, views, names, resolved, dev.type, source)
 
 
 def forward_views(inputs: torch.Tensor | np.ndarray, model: ModelLike = None,
@@ -304,6 +342,7 @@ def forward_views(inputs: torch.Tensor | np.ndarray, model: ModelLike = None,
     dev = resolve_device(device)
     resolve_precision(precision, dev)
     loaded = get_model(model, dev)
+    tta = views_for(loaded, tta)
     net = loaded.model
     was_training = net.training
     net.eval()
@@ -311,7 +350,7 @@ def forward_views(inputs: torch.Tensor | np.ndarray, model: ModelLike = None,
     try:
         with torch.inference_mode():
             for k, name in enumerate(list(VIEWS)[:tta]):
-                out[:, k], net, dev, batch_size = _predict_chunk(
+                out[:, k], _, net, dev, batch_size = _predict_chunk(
                     net, VIEWS[name](x), dev, batch_size, None, lambda: _cpu_copy(loaded),
                     precision)
     finally:
@@ -323,7 +362,7 @@ def predict_slices(images, model: ModelLike = None, device: str | torch.device =
                    batch_size: int = 32, pixel_spacing=(1.0, 1.0),
                    progress: Progress | None = None,
                    cancel: Callable[[], bool] | None = None, precision: str = "auto",
-                   tta: int = DEFAULT_TTA) -> np.ndarray:
+                   tta: int | None = None) -> np.ndarray:
     """Predicted SSIM of each slice, clamped to [0, 1]: float64 array of shape (N,).
 
     images: (N, H, W) or (H, W) array in any intensity range and size, or a list of 2D slices
@@ -334,8 +373,8 @@ def predict_slices(images, model: ModelLike = None, device: str | torch.device =
     call, its mode restored afterwards). `device="auto"`: CUDA, else MPS, else CPU. The
     forward runs in channels-last layout; `precision` (predict_views): "auto" uses float16
     autocast on CUDA and bfloat16 on CPUs with native bfloat16, "fp32" float32. `tta`: the
-    prediction is the mean over this many label-preserving views (predict_views also returns
-    their spread). On CUDA out-of-memory the batch is halved, and below one slice the CPU takes
+    prediction is the mean over this many label-preserving views (None: one for a model with
+    the uncertainty head, else DEFAULT_TTA; predict_views also returns the uncertainty). On CUDA out-of-memory the batch is halved, and below one slice the CPU takes
     over with a warning. `progress(done, total)` after each batch; `cancel()` returning True
     raises Cancelled.
     """
@@ -389,10 +428,12 @@ def _cpu_copy(loaded: LoadedModel) -> nn.Module:
 def _predict_chunk(net: nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int,
                    cancel: Callable[[], bool] | None, cpu_fallback: Callable[[], nn.Module],
                    precision: str = "fp32"):
-    """Run one preprocessed chunk in batches; returns (raw, net, device, batch_size), which
-    change after an out-of-memory fall-back so that the rest of the run keeps them.
-    `precision`: the user's setting, resolved for the device in use."""
+    """Run one preprocessed chunk in batches; returns (raw, sd, net, device, batch_size): sd
+    from the uncertainty head (NaN without one); the last three change after an out-of-memory
+    fall-back so that the rest of the run keeps them. `precision`: the user's setting,
+    resolved for the device in use."""
     raw = np.empty(len(x), dtype=np.float64)
+    sd = np.full(len(x), np.nan)
     start = 0
     mode = resolve_precision(precision, dev)
     while start < len(x):
@@ -400,7 +441,10 @@ def _predict_chunk(net: nn.Module, x: torch.Tensor, dev: torch.device, batch_siz
             raise Cancelled("assessment cancelled")
         stop = min(start + batch_size, len(x))
         try:
-            raw[start:stop] = _forward(net, x[start:stop], dev, mode).numpy()
+            out, head_sd = _forward(net, x[start:stop], dev, mode)
+            raw[start:stop] = out.numpy()
+            if head_sd is not None:
+                sd[start:stop] = head_sd.numpy()
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if batch_size > 1:  # retry the same slices with half the batch
@@ -415,117 +459,7 @@ def _predict_chunk(net: nn.Module, x: torch.Tensor, dev: torch.device, batch_siz
             torch.cuda.empty_cache()
             continue
         start = stop
-    return raw, net, dev, batch_size
-
-
-def verdict_of(classes: np.ndarray) -> str:
-    """The volume verdict: the worst clinical class among the assessed (non-empty) slices."""
-    classes = np.asarray(classes)
-    if classes.size == 0:
-        return NO_VERDICT
-    return VERDICTS[int(classes.max())]
-
-
-def uncertain_slices(ssim: np.ndarray, sd: np.ndarray,
-                     thresholds: ClinicalThresholds = ClinicalThresholds(),
-                     k: float = UNCERTAIN_SDS) -> np.ndarray:
-    """True where the interval ssim +- k * sd contains a class threshold (the slice's class
-    could be the neighbouring one within the model's own instability)."""
-    ssim, sd = np.asarray(ssim, float), np.asarray(sd, float)
-    lo, hi = ssim - k * sd, ssim + k * sd
-    out = np.zeros(ssim.shape, dtype=bool)
-    for t in (thresholds.good, thresholds.sufficient):
-        out |= (lo < t) & (hi >= t) & (sd > 0)
-    return out
-
-
-def summarize(ssim: np.ndarray, classes: np.ndarray, empty: np.ndarray, indices: np.ndarray,
-              thresholds: ClinicalThresholds = ClinicalThresholds(),
-              n_worst: int = 5, sd: np.ndarray | None = None) -> dict[str, Any]:
-    """Volume summary over the non-empty slices (empty ones are only counted). With `sd`
-    (per-slice spread over the views) also the uncertain slices' count, mean spread and
-    each worst slice's spread."""
-    ssim, classes = np.asarray(ssim, float), np.asarray(classes, int)
-    empty, indices = np.asarray(empty, bool), np.asarray(indices, int)
-    keep = ~empty
-    s, c, idx = ssim[keep], classes[keep], indices[keep]
-    counts = {CLINICAL_NAMES[k]: int((c == k).sum()) for k in (1, 2, 3)}
-    counts["empty"] = int(empty.sum())
-    order = np.argsort(s, kind="stable")[:n_worst]
-    assessed = int(keep.sum())
-    out = {
-        "verdict": verdict_of(c),
-        "verdict_rule": VERDICT_RULE,
-        "n_slices": int(len(ssim)),
-        "n_assessed": assessed,
-        "mean_ssim": float(s.mean()) if assessed else None,
-        "median_ssim": float(np.median(s)) if assessed else None,
-        "min_ssim": float(s.min()) if assessed else None,
-        "counts": counts,
-        "fractions": {k: (counts[k] / assessed if assessed else 0.0)
-                      for k in ("good", "sufficient", "insufficient")},
-        "worst_slices": [{"index": int(idx[i]), "ssim": float(s[i]),
-                          "class": CLINICAL_NAMES[int(c[i])]} for i in order],
-        "thresholds": {"good": thresholds.good, "sufficient": thresholds.sufficient},
-    }
-    if sd is not None:
-        d = np.asarray(sd, float)[keep]
-        out["n_uncertain"] = int(uncertain_slices(s, d, thresholds).sum())
-        out["mean_ssim_sd"] = float(d.mean()) if assessed else None
-        out["uncertain_rule"] = (f"ssim +- {UNCERTAIN_SDS:g} ssim_sd contains a class "
-                                 "threshold")
-        for w, i in zip(out["worst_slices"], order):
-            w["ssim_sd"] = float(d[i])
-    return out
-
-
-MODEL_SUMMARY_KEYS = ("architecture", "name", "dtype", "epoch", "step", "motionssim_version",
-                      "trained_on")
-
-
-MAX_FIELD_CHARS = 200  # a model metadata string copied into a report is cut to this
-MAX_FIELD_ITEMS = 20   # ... a list or object to this many items
-MAX_FIELD_DEPTH = 3    # ... and nested objects to this depth
-
-
-def bounded(value: Any, depth: int = 0) -> Any:
-    """A JSON-safe copy of `value` bounded in size: strings cut to MAX_FIELD_CHARS, lists and
-    objects to MAX_FIELD_ITEMS items and MAX_FIELD_DEPTH levels, huge or non-finite numbers
-    as short text. Model metadata is the model author's text, not ours: a report must not
-    grow without bound (or fail) because of it."""
-    def cut(text: str) -> str:
-        return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + "..."
-
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, (int, np.integer)):
-        return int(value) if abs(int(value)) < 10**15 else "(a huge integer)"
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else str(float(value))
-    if isinstance(value, str):
-        return cut(value)
-    if depth >= MAX_FIELD_DEPTH:
-        return "(nested too deep)"
-    if isinstance(value, dict):
-        return {cut(str(k)): bounded(v, depth + 1)
-                for k, v in list(value.items())[:MAX_FIELD_ITEMS]}
-    if isinstance(value, (list, tuple)):
-        return [bounded(v, depth + 1) for v in list(value)[:MAX_FIELD_ITEMS]]
-    return cut(type(value).__name__)
-
-
-def describe_model(loaded: LoadedModel) -> dict[str, Any]:
-    """The few metadata items a report shows about the model, bounded in size (`bounded`)."""
-    meta = {k: bounded(loaded.metadata[k]) for k in MODEL_SUMMARY_KEYS
-            if k in loaded.metadata}
-    evaluation = loaded.metadata.get("evaluation")
-    if isinstance(evaluation, dict):  # its headline figures only (residual SD, MAE, ...)
-        meta["evaluation"] = {bounded(str(k)): bounded(v)
-                              for k, v in list(evaluation.items())[:MAX_FIELD_ITEMS]
-                              if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    if loaded.path:
-        meta["path"] = loaded.path
-    return meta
+    return raw, sd, net, dev, batch_size
 
 
 def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation: str = "auto",
@@ -533,12 +467,13 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
                   thresholds: ClinicalThresholds = ClinicalThresholds(),
                   min_foreground: float = 0.05, progress: Progress | None = None,
                   cancel: Callable[[], bool] | None = None, precision: str = "auto",
-                  tta: int = DEFAULT_TTA) -> Assessment:
+                  tta: int | None = None) -> Assessment:
     """Predict every slice of a volume and summarise: per-slice records and a verdict.
 
-    precision and tta as in predict_views: each record carries the spread over the views
-    (`ssim_sd`) and the `uncertain` flag; the summary counts the uncertain slices and says
-    what ran (`inference`: device, precision, views).
+    precision and tta as in predict_views: each record carries its uncertainty (`ssim_sd`:
+    the head's sd with one pass, the spread over views with several) and the `uncertain` flag;
+    the summary counts the uncertain slices and says what ran (`inference`: device,
+    precision, views, uncertainty).
 
     A bare array is taken as [k, j, i] with 1 mm isotropic voxels and identity directions.
     Slices whose foreground share is below `min_foreground`, blank slices (no contrast:
@@ -589,6 +524,7 @@ def assess_volume(vol: Volume | np.ndarray, model: ModelLike = None, orientation
     summary["n_blank"] = int(blank.sum())
     summary["n_noise"] = int(noise.sum())
     summary["inference"] = {"device": result.device, "precision": result.precision,
-                            "views": list(result.view_names)}
+                            "views": list(result.view_names),
+                            "uncertainty": result.uncertainty}
     return Assessment(records, summary, stack.orientation, stack.axis,
                       tuple(float(v) for v in stack.pixel_spacing), describe_model(loaded))

@@ -1,6 +1,9 @@
-"""The regression networks: torchvision ResNets with one input channel and one output."""
+"""The regression networks: torchvision ResNets with one input channel and one output, and an
+optional second output (the uncertainty head) that predicts the size of the first one's error."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -11,11 +14,12 @@ from ..base.settings import ARCHITECTURES  # the one list of networks (torch-fre
 _LAYER3_BLOCKS = {2: "resnet18", 23: "resnet101"}
 
 
-def build_model(architecture: str = "resnet18") -> nn.Module:
+def build_model(architecture: str = "resnet18", uncertainty_head: bool = False) -> nn.Module:
     """A freshly initialised ResNet-18/101 for 1 x 256 x 256 slices -> one raw SSIM value.
 
     No pretrained weights: nothing is downloaded (the paper trains from scratch). The output is
-    an unbounded regression value; inference clamps it to [0, 1].
+    an unbounded regression value; inference clamps it to [0, 1]. `uncertainty_head`: also
+    the second output (add_uncertainty_head).
     """
     import torchvision
 
@@ -26,7 +30,32 @@ def build_model(architecture: str = "resnet18") -> nn.Module:
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     net.fc = nn.Linear(net.fc.in_features, 1)
     net.motionssim_architecture = architecture
+    if uncertainty_head:
+        add_uncertainty_head(net)
     return net
+
+
+UNCERTAINTY_HIDDEN = 64  # units of the head's hidden layer
+# log sd is clamped here: an sd below 0.002 or above 0.5 would claim more than the label's
+# own precision or less than "anywhere in [0, 1]"
+LOG_SD_RANGE = (-6.2, -0.7)
+
+
+def add_uncertainty_head(net: nn.Module) -> nn.Module:
+    """Give a ResNet its second output: a small MLP on the pooled features (the input of `fc`)
+    that predicts log sd, the standard deviation of the SSIM output's error on that slice.
+    It sits beside `fc` as `net.uncertainty`; the torchvision forward ignores it, so training
+    the backbone is unchanged and only forward_outputs reads it. Trained on the frozen backbone
+    (training/uncertainty_head.py)."""
+    inner = unwrap(net)
+    width = inner.fc.in_features
+    inner.uncertainty = nn.Sequential(nn.Linear(width, UNCERTAINTY_HIDDEN), nn.ReLU(),
+                                      nn.Linear(UNCERTAINTY_HIDDEN, 1))
+    return net
+
+
+def has_uncertainty_head(net: nn.Module) -> bool:
+    return isinstance(getattr(unwrap(net), "uncertainty", None), nn.Module)
 
 
 # A ResNet's stages in input order: the stem, then layer1..layer4 (the head, fc, always trains)
@@ -103,8 +132,38 @@ def forward_ssim(model: nn.Module, batch: torch.Tensor,
     if not all(isinstance(getattr(net, k, None), nn.Module) for k in _RESNET_PARTS):
         with torch.autocast(batch.device.type, dtype=amp_dtype):
             return model(batch).float().reshape(-1)
+    return net.fc(features(net, batch, amp_dtype)).reshape(-1)
+
+
+def features(net: nn.Module, batch: torch.Tensor,
+             amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, C) float32 pooled features of a torchvision ResNet (the input of
+    `fc`), the residual layers under autocast in `amp_dtype` (None: float32) and the stem in
+    float32 (forward_ssim says why)."""
+    net = unwrap(net)
     x = net.maxpool(net.relu(net.bn1(net.conv1(batch))))
-    with torch.autocast(batch.device.type, dtype=amp_dtype):
+    with (torch.autocast(batch.device.type, dtype=amp_dtype) if amp_dtype is not None
+          else contextlib.nullcontext()):
         x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
         x = torch.flatten(net.avgpool(x), 1)
-    return net.fc(x.float()).reshape(-1)
+    return x.float()
+
+
+def forward_outputs(model: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, 1, H, W) -> ((B,) raw SSIM output, (B,) predicted sd of its error, or None for a
+    network without the uncertainty head): both from one forward pass, the two last layers in
+    float32. For inference only (wrappers bypassed)."""
+    net = unwrap(model)
+    if not all(isinstance(getattr(net, k, None), nn.Module) for k in _RESNET_PARTS):
+        return forward_ssim(model, batch, amp_dtype), None
+    feats = features(net, batch, amp_dtype)
+    raw = net.fc(feats).reshape(-1)
+    if not has_uncertainty_head(net):
+        return raw, None
+    return raw, sd_from_head(net.uncertainty(feats))
+
+
+def sd_from_head(log_sd: torch.Tensor) -> torch.Tensor:
+    """The head's raw output (B, 1) -> (B,) sd, clamped to LOG_SD_RANGE."""
+    return torch.exp(log_sd.reshape(-1).float().clamp(*LOG_SD_RANGE))

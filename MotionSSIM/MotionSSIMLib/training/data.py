@@ -54,7 +54,7 @@ __all__ = [
 
 SPLITS = ("train", "validation", "test")
 # Random stream per use, so validation/test samples never share draws with training samples.
-STREAMS = {"train": 0, "validation": 1, "test": 2, "calibration": 3}
+STREAMS = {"train": 0, "validation": 1, "test": 2, "calibration": 3, "uncertainty": 4}
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy")
 _DICOM_SUFFIXES = (".dcm", ".ima")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",

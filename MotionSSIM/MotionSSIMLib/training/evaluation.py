@@ -111,8 +111,9 @@ def evaluate_checkpoints(
 
     from ..assessment.checkpoint import load_checkpoint
     from ..assessment.devices import resolve_device
-    from ..assessment.model import forward_ssim
+    from ..assessment.model import forward_outputs
     from .data import check_volumes, summarize_volumes
+    from .uncertainty_head import uncertainty_figures
 
     if not checkpoints:
         raise InputError("no checkpoint to evaluate")
@@ -134,6 +135,7 @@ def evaluate_checkpoints(
         m.model.eval().to(dev)
     names = _unique_names(ckpts)
     preds: list[list[np.ndarray]] = [[] for _ in loaded]
+    sds: list[list[np.ndarray]] = [[] for _ in loaded]  # models with the uncertainty head
     trues: list[np.ndarray] = []
     bar = None
     if progress:
@@ -149,7 +151,10 @@ def evaluate_checkpoints(
             images = images.to(dev)
             trues.append(labels.float().cpu().numpy())
             for j, m in enumerate(loaded):
-                preds[j].append(forward_ssim(m.model, images).cpu().numpy())
+                raw, sd = forward_outputs(m.model, images)
+                preds[j].append(raw.cpu().numpy())
+                if sd is not None:
+                    sds[j].append(sd.cpu().numpy())
             if bar is not None:
                 bar.update(len(labels))
     if bar is not None:
@@ -167,6 +172,9 @@ def evaluate_checkpoints(
                                                   "metrics", "schedule") if k in meta},
             "figures": evaluate_predictions(pred, true, thresholds=thresholds),
         }
+        if sds[j]:  # the head's sd against the error of the clamped prediction
+            models[nm]["uncertainty"] = uncertainty_figures(np.clip(pred, 0.0, 1.0),
+                                                            np.concatenate(sds[j]), true)
         predictions[nm] = pred
     result = {
         "protocol": {"n": int(true.size), "seed": seed, "contrast_augmentation": contrast,

@@ -151,6 +151,15 @@ def _markdown(result: dict[str, Any], plots: str | None = "drawn") -> str:
             cells = " | ".join(f"{_f(t[avg]['precision'], 2)} | {_f(t[avg]['recall'], 2)} | "
                                f"{_f(t[avg]['f1'], 2)}" for t in tables)
             lines.append(f"| {avg.replace('_', ' ')} | {cells} | {tables[0]['n']} |")
+    with_sd = [nm for nm in names if models[nm].get("uncertainty")]
+    if with_sd:
+        lines += ["", "## Uncertainty (the head's sd, one pass)", "",
+                  "| model | Spearman sd vs abs. error | share of truths in ±2 sd | mean sd |",
+                  "|---|---|---|---|"]
+        for nm in with_sd:
+            u = models[nm]["uncertainty"]
+            lines.append(f"| {nm} | {_f(u['spearman_abs_error'], 3)} | {_f(u['coverage'], 3)} | "
+                         f"{_f(u['mean_sd'])} |")
     lines += ["", "## Plots", ""]
     if plots != "drawn":
         lines += ["Plots " + (plots or "are being drawn") + ".", ""]

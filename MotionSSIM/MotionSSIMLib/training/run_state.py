@@ -113,7 +113,10 @@ class _Run:
             if init.metadata["architecture"] != self.settings.architecture:
                 raise MotionSSIMError(f"{self.settings.init_from}: a {init.metadata['architecture']} "
                                       f"checkpoint cannot initialise a {self.settings.architecture}")
-            net.load_state_dict(init.model.state_dict())
+            # the backbone only: an uncertainty head describes the errors of the weights it was
+            # fitted on, and fine-tuning changes them (fit a new head on the result)
+            net.load_state_dict({k: v for k, v in init.model.state_dict().items()
+                                 if not k.startswith("uncertainty.")})
         if self.settings.freeze:
             from ..assessment.model import freeze_stages
 
