@@ -1,6 +1,6 @@
 """Inference, SSIM and k-space simulator throughput (prints figures; no assertions).
 
-    .venv/bin/python benchmarks/bench_inference.py [--device cpu|cuda] [--n 64]
+    .venv/bin/python benchmarks/bench_inference.py [--device cpu|cuda] [--n 64] [--model FILE]
 
 Ratios are measured within one run, because the machine may be shared, and always against the
 fastest bare forward this machine really has (`bare_paths`): float32 in the default layout,
@@ -16,10 +16,14 @@ the path taken as reference are printed first.
 - precision: the bundled model on the bundled sample's slices, through forward_views with
   precision fp32 and auto (bf16 on CPUs with native bf16, fp16 autocast on CUDA) against the
   bare paths: slices/s, the ratio to the fastest bare path and the largest |difference|;
+- the default: predict_slices with every default (the sample's slices as read, so with the
+  fit to the model input; one pass for a model with the uncertainty head, 4 views without)
+  against the fastest bare forward on the fitted slices (target >= 0.9), and the share of its
+  time spent fitting the slices;
 - Table IV: --volumes variants of the bundled sample (flips and intensity scalings; 36 like the
   paper's 36 clinical volumes, 39.8 s on a desktop CPU, 8.8 s on a GTX 1080 Ti) through
-  assess_volume with fp32 and one view (today), the fast path with one view, and the fast path
-  with the default views (uncertainty): seconds, volumes/min, same verdicts.
+  assess_volume with fp32 and one view, the fast path with one view, the default, and the fast
+  path with 4 views: seconds, volumes/min, verdicts and classes against the default.
 --json PATH writes the figures, with the precision used.
 """
 
@@ -133,6 +137,8 @@ def precision_and_table4(args) -> dict:
         assess_volume,
         forward_views,
         get_model,
+        has_head,
+        predict_slices,
         resolve_precision,
     )
     from MotionSSIMLib.imaging.geometry import extract_slices, to_model_input, volume
@@ -144,11 +150,11 @@ def precision_and_table4(args) -> dict:
     sample = read_volume(default_model_path().parents[1] / "Samples" /
                          "sample_t2_motion.nii.gz")
     stack = extract_slices(sample, "auto")
-    x = torch.from_numpy(to_model_input(stack.images, stack.pixel_spacing))[:, None]
-    x = x[:args.batch_size]
-    bare_net = load_checkpoint(default_model_path(), device=dev).model.eval()
+    x_all = torch.from_numpy(to_model_input(stack.images, stack.pixel_spacing))[:, None]
+    x = x_all[:args.batch_size]
+    bare_net = load_checkpoint(args.model or default_model_path(), device=dev).model.eval()
     ref, bare = fastest_bare(bare_net, x, dev, args.batch_size, sync)
-    loaded = get_model(None, dev)
+    loaded = get_model(args.model, dev)
     runs = {"forward_views fp32": lambda: forward_views(x, loaded, dev, args.batch_size,
                                                         "fp32", 1)[:, 0],
             f"forward_views {fast} (auto)": lambda: forward_views(x, loaded, dev,
@@ -168,6 +174,23 @@ def precision_and_table4(args) -> dict:
         print(f"  {name:>30}: {r:7.1f} slices/s  ({r / base:4.2f}x bare {ref})")
     print(f"  fast path vs fp32: mean |difference| {diff.mean():.5f}, max {diff.max():.5f}")
 
+    # the default on the sample's slices as read, against the fastest bare forward on them
+    images = np.asarray(stack.images)
+    ref_all, bare_all = fastest_bare(bare_net, x_all, dev, args.batch_size, sync)
+    t_default = t_fit = float("inf")
+    for _ in range(3):  # interleaved, best of three
+        t_default = min(t_default, _timeit(lambda: predict_slices(
+            images, loaded, dev, args.batch_size, stack.pixel_spacing), repeat=1, sync=sync))
+        t_fit = min(t_fit, _timeit(lambda: to_model_input(images, stack.pixel_spacing),
+                                   repeat=1))
+    default_rate = len(images) / t_default
+    default_views = 1 if has_head(loaded) else DEFAULT_TTA
+    print(f"  predict_slices default ({default_views} pass{'es' if default_views > 1 else ''} "
+          f"per slice, {'uncertainty head' if has_head(loaded) else 'views'}): "
+          f"{default_rate:7.1f} slices/s = {default_rate / bare_all[ref_all]:4.2f} of the "
+          f"fastest bare forward ({ref_all}, {bare_all[ref_all]:.1f} slices/s, "
+          f"{len(images)} slices); fitting the slices {100 * t_fit / t_default:4.1f} % of it")
+
     arr, spacing = sample.array, sample.spacing
     variants = []
     for v in range(args.volumes):  # flips and intensity scalings: 36 distinct inputs
@@ -176,31 +199,53 @@ def precision_and_table4(args) -> dict:
         variants.append(volume(np.ascontiguousarray(a) * (1.0 + 0.1 * (v // 4)), spacing,
                                sample.directions, sample.origin))
     n_slices = sum(len(extract_slices(v, "auto").indices) for v in variants)
-    table = {}
-    for name, precision, tta in (("fp32, 1 view (today)", "fp32", 1),
+    table, per_slice = {}, {}
+    for name, precision, tta in (("fp32, 1 view", "fp32", 1),
                                  (f"{fast}, 1 view", "auto", 1),
-                                 (f"{fast}, {DEFAULT_TTA} views (default)", "auto", DEFAULT_TTA)):
+                                 ("default", "auto", None),
+                                 (f"{fast}, {DEFAULT_TTA} views", "auto", DEFAULT_TTA)):
         t = time.perf_counter()
-        verdicts = [assess_volume(v, loaded, device=dev, precision=precision,
-                                  tta=tta).summary["verdict"] for v in variants]
+        results = [assess_volume(v, loaded, device=dev, precision=precision, tta=tta)
+                   for v in variants]
         if sync:
             sync()
         dt = time.perf_counter() - t
-        table[name] = {"precision": resolve_precision(precision, dev), "views": tta,
+        per_slice[name] = [(np.array([r.ssim for r in a.records]),
+                            np.array([r.clinical_class for r in a.records])) for a in results]
+        table[name] = {"precision": resolve_precision(precision, dev),
+                       "views": len(results[0].summary["inference"]["views"]),
+                       "uncertainty": results[0].summary["inference"]["uncertainty"],
                        "seconds": dt, "volumes_per_min": 60 * len(variants) / dt,
-                       "seconds_per_36": 36 * dt / len(variants), "verdicts": verdicts}
-        print(f"  Table IV, {len(variants)} volumes ({n_slices} slices), {name:>26}: "
+                       "seconds_per_36": 36 * dt / len(variants),
+                       "verdicts": [a.summary["verdict"] for a in results]}
+        print(f"  Table IV, {len(variants)} volumes ({n_slices} slices), {name:>16}: "
               f"{dt:6.1f} s = {60 * len(variants) / dt:5.1f} volumes/min "
-              f"({36 * dt / len(variants):5.1f} s per 36)")
+              f"({36 * dt / len(variants):5.1f} s per 36; {table[name]['views']} view(s), "
+              f"uncertainty {table[name]['uncertainty']})")
     names = list(table)
     same = table[names[0]]["verdicts"] == table[names[1]]["verdicts"]
     print(f"  same verdicts fp32 vs {fast} (1 view): {same}; paper: 36 volumes in 39.8 s "
           f"(desktop CPU), 8.8 s (GTX 1080 Ti)")
+    views_name = names[3]
+    moved = [(np.abs(a[0] - b[0]), a[1] != b[1])
+             for a, b in zip(per_slice["default"], per_slice[views_name])]
+    far = sum(int((c & (np.minimum(np.abs(d[0] - 0.85), np.abs(d[0] - 0.60)) > 0.005)).sum())
+              for (_, c), d in zip(moved, per_slice[views_name]))
+    changed = sum(int(c.sum()) for _, c in moved)
+    same_views = table["default"]["verdicts"] == table[views_name]["verdicts"]
+    print(f"  default vs {views_name}: same verdicts {same_views}; slice classes changed "
+          f"{changed} of {n_slices}, {far} of them more than 0.005 from a threshold; largest "
+          f"SSIM move {max(float(m.max()) for m, _ in moved):.4f}")
     return {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu": cpu_description(), "reference": f"bare {ref}",
             "precision_fast": fast, "slices": len(x), "slices_per_s": {**bare, **rates},
             "ratio_fast_vs_reference": rates[f"forward_views {fast} (auto)"] / base,
             "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
+            "default_slices_per_s": default_rate,
+            "default_vs_fastest_bare": default_rate / bare_all[ref_all],
+            "default_fit_share": t_fit / t_default,
+            "default_vs_views": {"same_verdicts": same_views, "classes_changed": changed,
+                                 "classes_changed_away_from_threshold": far},
             "table4": table, "table4_same_verdicts": same, "table4_volumes": len(variants),
             "table4_slices": n_slices}
 
@@ -211,6 +256,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     ap.add_argument("--n", type=int, default=64, help="slices per batch")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--volumes", type=int, default=36, help="volumes of the Table IV batch")

@@ -712,6 +712,34 @@ def _curve_lines(phases: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def uncertainty_lines(unc: dict | None) -> list[str]:
+    """The card's section on the per-slice uncertainty (`ssim_sd`) and its calibration."""
+    if not isinstance(unc, dict) or unc.get("kind") != "head":
+        return ["## Uncertainty", "",
+                "No uncertainty head: `ssim_sd` is the spread over 4 flipped and transposed "
+                "views (4 forward passes per slice).", ""]
+    fit = unc.get("fit", {})
+    lines = ["## Uncertainty (`ssim_sd`)", "",
+             "A second output, the uncertainty head, predicts the standard deviation of the "
+             "SSIM's error from the same forward pass (`scripts/fit_uncertainty_head.py`: "
+             f"fitted on the frozen network, {fit.get('n_fit')} validation slices, scaled on "
+             f"{fit.get('n_scale')} more so that SSIM +- 2 sd holds 95 % of truths; scale "
+             f"{_fmt(fit.get('scale'), 3)}). By default each slice is read once. A calibrated "
+             "2-sd interval holds about 95 % of truths.", "",
+             "| set | uncertainty | forward passes | Spearman with abs. error | share of truths "
+             "in +-2 sd | mean sd | RMS error |", "|---|---|---|---|---|---|---|"]
+    sets = [(f"held-out synthetic ({unc['test']['n']} slices)", unc["test"]["methods"])]
+    if unc.get("real_scans"):
+        sets.append(("real-scan set", unc["real_scans"]))
+    for name, methods in sets:
+        for m, f in methods.items():
+            passes = f.get("passes", 1 if m.startswith("head") else m.split("-")[0])
+            lines.append(f"| {name} | {m} | {passes} | {_fmt(f['spearman_abs_error'], 3)} | "
+                         f"{_fmt(f['coverage'], 3)} | {_fmt(f['mean_sd'], 4)} | "
+                         f"{_fmt(f['rms_error'], 4)} |")
+    return lines + [""]
+
+
 def model_card(meta: dict) -> str:
     ev = meta["evaluation"]
     d = meta.get("bundling") or {"rule": RULE, "passed": None, "forced": False,
@@ -766,6 +794,7 @@ def model_card(meta: dict) -> str:
     lines.append("")
     if meta.get("real_scans"):
         lines += _real_scan_lines(meta, old)
+    lines += uncertainty_lines(meta.get("uncertainty"))
     if meta.get("notes"):
         lines += [meta["notes"], ""]
     lines += ["## Known limits"] + [f"- {x}" for x in meta["known_limits"]]

@@ -13,8 +13,11 @@ residual, `training/uncertainty_head.py`), the last 20 % set the scale that make
 hold 95 % of truths. Then, on `--test-n` slices of the TEST volumes (the evaluation's test
 stream), the head's sd and the spread over `--views` flipped/transposed views are compared:
 Spearman against |error|, coverage of the 2-sd interval, mean sd against the error per
-quintile (figure). The new checkpoint is the same weights plus the head; its metadata records
-the fit and these figures (`uncertainty`). Writes REPORT/uncertainty_head.json, .md and .png.
+quintile (figure). With --real-scans the same comparison runs on the real-scan set
+(`check_real_scans.py --views`: real MR slices, motion from both simulators; evaluation data,
+never fitted on). The new checkpoint is the same weights plus the head; its metadata records
+the fit and these figures (`uncertainty`). Writes REPORT/uncertainty_head.json, .md and .png;
+--card DIR also writes DIR/MODEL_CARD.md from the new metadata (for the bundled model).
 """
 
 from __future__ import annotations
@@ -120,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", metavar="DIR", help="JSON, Markdown and figure")
+    ap.add_argument("--real-scans", action="store_true",
+                    help="also compare on the real-scan set (requirements-eval.txt)")
+    ap.add_argument("--card", metavar="DIR", help="write DIR/MODEL_CARD.md for the new model")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -186,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": str(model_path), "precision": precision, "fit": fit_info,
               "test": {"n": int(len(true)), "split": "test", "methods": methods}}
     uh.attach(net, head)
+    if args.real_scans:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import check_real_scans
+
+        t2 = time.perf_counter()
+        table = check_real_scans.real_scan_table(net, views=args.views, report=print)
+        result["real_scans"] = check_real_scans.uncertainty_summary(table)
+        print(f"real-scan set ({len(table)} scans) in {time.perf_counter() - t2:.0f} s",
+              flush=True)
     meta = dict(loaded.metadata)
     meta["uncertainty"] = {"kind": "head", "fit": {k: v for k, v in fit_info.items()
                                                    if k != "validation"},
@@ -193,10 +208,22 @@ def main(argv: list[str] | None = None) -> int:
                                k: {m: v[m] for m in ("passes", "spearman_abs_error",
                                                      "coverage", "mean_sd", "rms_error")}
                                for k, v in methods.items()}}}
+    if result.get("real_scans"):
+        meta["uncertainty"]["real_scans"] = {
+            k: {m: v[m] for m in ("n", "spearman_abs_error", "coverage", "mean_sd", "rms_error")}
+            for k, v in result["real_scans"].items()}
     dtype = getattr(torch, str(loaded.metadata.get("dtype", "float32")), torch.float32)
     save_checkpoint(args.out, net.to(memory_format=torch.contiguous_format), meta, dtype=dtype)
     text = markdown(result)
+    if result.get("real_scans"):
+        text += "\n" + check_real_scans.uncertainty_markdown(result["real_scans"])
     print(text, end="")
+    if args.card:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bundle_model
+
+        Path(args.card, "MODEL_CARD.md").write_text(bundle_model.model_card(meta),
+                                                    encoding="utf-8")
     if args.report:
         write_tables(args.report, "uncertainty_head", result, text)
         plot(result, Path(args.report) / "uncertainty_head.png")

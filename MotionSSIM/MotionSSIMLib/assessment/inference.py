@@ -245,6 +245,40 @@ def _chunks(slices: np.ndarray | list[np.ndarray], batch_size: int):
             yield np.asarray(part), np.stack([slices[i] for i in part])
 
 
+def _model_inputs(item: tuple[np.ndarray, np.ndarray], pixel_spacing: tuple[float, float],
+                  names: tuple[str, ...]) -> tuple[np.ndarray, torch.Tensor]:
+    """(indices, raw slices) -> (indices, their model inputs (V * n, 1, S, S), view by view);
+    InputError for slices that are not finite numbers."""
+    idx, chunk = item
+    if (not np.issubdtype(chunk.dtype, np.number) and chunk.dtype != bool) or \
+            np.iscomplexobj(chunk):
+        raise InputError(f"predict_slices: non-numeric slices ({chunk.dtype})")
+    if not np.isfinite(chunk).all():
+        raise InputError("predict_slices: slices contain NaN or infinite "
+                         f"values (slice {int(idx[0])} onwards)")
+    x = torch.from_numpy(to_model_input(chunk, pixel_spacing, size=MODEL_SIZE))[:, None]
+    return idx, torch.cat([VIEWS[v](x) for v in names]) if len(names) > 1 else x
+
+
+def _prefetched(items, fn):
+    """fn(item) for each item, in order; the next one is computed in a worker thread while the
+    caller works on the current one. Fitting slices to the model input costs about as much as
+    the forward pass on a fast CPU, and the forward releases the GIL, so the two overlap (and
+    on a GPU the CPU prepares while the GPU computes). An error in fn is raised here, at that
+    item; at most one item is prepared ahead (memory stays two chunks)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="motionssim-fit") as pool:
+        it = iter(items)
+        nxt = next(it, None)
+        pending = pool.submit(fn, nxt) if nxt is not None else None
+        while pending is not None:
+            result = pending.result()
+            nxt = next(it, None)
+            pending = pool.submit(fn, nxt) if nxt is not None else None
+            yield result
+
+
 @dataclass
 class SlicePrediction:
     """predict_views' answer: per slice the predicted SSIM (mean over the views, each clamped
@@ -298,16 +332,9 @@ def predict_views(images, model: ModelLike = None, device: str | torch.device = 
     try:
         with torch.inference_mode():
             # (_predict_chunk runs the views in forward passes of at most batch_size)
-            for idx, chunk in _chunks(slices, batch_size):
-                if (not np.issubdtype(chunk.dtype, np.number) and chunk.dtype != bool) or \
-                        np.iscomplexobj(chunk):
-                    raise InputError(f"predict_slices: non-numeric slices ({chunk.dtype})")
-                if not np.isfinite(chunk).all():
-                    raise InputError("predict_slices: slices contain NaN or infinite "
-                                     f"values (slice {int(idx[0])} onwards)")
-                x = torch.from_numpy(to_model_input(chunk, pixel_spacing, size=MODEL_SIZE))
-                x = x[:, None]
-                x = torch.cat([VIEWS[v](x) for v in names]) if tta > 1 else x
+            prepare = functools.partial(_model_inputs, pixel_spacing=pixel_spacing,
+                                        names=names)
+            for idx, x in _prefetched(_chunks(slices, batch_size), prepare):
                 raw, sd, net, dev, batch_size = _predict_chunk(
                     net, x, dev, batch_size, cancel, lambda: _cpu_copy(loaded), precision)
                 if source == "head":

@@ -259,7 +259,8 @@ def _save(fig: Any, path: str | Path | Any) -> None:
 def plot_chart(assessment: Assessment, path: str | Path | Any, title: str = "",
                true_ssim: np.ndarray | None = None) -> None:
     """SSIM per slice, points coloured by class, empty slices hollow grey, thresholds dashed;
-    error bars +- UNCERTAIN_SDS x ssim_sd (the spread over the views), uncertain slices ringed.
+    error bars +- UNCERTAIN_SDS x ssim_sd (the head's sd or the views' spread), uncertain
+    slices ringed.
     `path`: a file name or a binary file object. The title is drawn as plain text (a `$` in a
     file name is not mathtext), non-UTF-8 bytes shown as escapes."""
     import matplotlib

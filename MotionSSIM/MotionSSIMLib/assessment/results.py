@@ -19,7 +19,7 @@ class SliceRecord:
     foreground: float
     empty: bool  # not counted: too little foreground, or blank
     blank: bool = False  # no contrast (constant or nearly so): flagged empty
-    ssim_sd: float = 0.0  # spread of the prediction over the views (0 with one view)
+    ssim_sd: float = 0.0  # the head's sd, or the spread over the views (0: one view, no head)
     uncertain: bool = False  # ssim +- UNCERTAIN_SDS * ssim_sd contains a class threshold
     noise: bool = False  # noise without a head (geometry.slice_structure): flagged empty
 

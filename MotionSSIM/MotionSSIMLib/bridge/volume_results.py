@@ -186,7 +186,8 @@ def _write_table(table, assessment) -> None:
         "class_name": ("clinical class name", ""),
         "foreground": ("share of pixels above the volume's background threshold", ""),
         "empty": ("1 = too little foreground to be assessed (shown but not counted)", ""),
-        "ssim_sd": ("spread of the predicted SSIM over flipped/transposed views of the slice", ""),
+        "ssim_sd": ("uncertainty of the predicted SSIM (sd): the model's uncertainty head, or "
+                    "the spread over flipped/transposed views", ""),
         "uncertain": ("1 = SSIM +- 2 ssim_sd contains a class threshold", ""),
     }
     for name, (description, unit) in descriptions.items():
