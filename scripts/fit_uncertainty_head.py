@@ -17,12 +17,14 @@ quintile (figure). With --real-scans the same comparison runs on the real-scan s
 (`check_real_scans.py --views`: real MR slices, motion from both simulators; evaluation data,
 never fitted on). The new checkpoint is the same weights plus the head; its metadata records
 the fit and these figures (`uncertainty`). Writes REPORT/uncertainty_head.json, .md and .png;
---card DIR also writes DIR/MODEL_CARD.md from the new metadata (for the bundled model).
+--card DIR also writes DIR/MODEL_CARD.md and the metadata as JSON beside it (for the bundled
+model).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -222,8 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT / "scripts"))
         import bundle_model
 
+        from MotionSSIMLib.base.jsonable import jsonable
+
         Path(args.card, "MODEL_CARD.md").write_text(bundle_model.model_card(meta),
                                                     encoding="utf-8")
+        # the metadata beside the card, as bundle_model.py writes it
+        Path(args.card, Path(args.out).name.replace(".safetensors", ".json")).write_text(
+            json.dumps(jsonable(meta), indent=2), encoding="utf-8")
     if args.report:
         write_tables(args.report, "uncertainty_head", result, text)
         plot(result, Path(args.report) / "uncertainty_head.png")
