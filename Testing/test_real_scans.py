@@ -146,3 +146,24 @@ def test_a_scan_whose_package_is_missing_is_skipped_or_refused(monkeypatch, tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "motionssim_no_such_package" in err
     assert not (tmp_path / "real_scans.json").exists()
+
+
+def test_uncertainty_of_the_bundled_model_on_a_real_scan(tmp_path, c_locale):
+    # --views: the head's sd (the bundled model has the head) beside the views' spread, on the
+    # same samples, pooled and per scan, in the JSON and the Markdown
+    out = tmp_path / "real"
+    rc = crs.main(["--scans", "epi", "--max-slices", "3", "--repeats", "1", "--views", "2",
+                   "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "real_scans.json").read_text(encoding="utf-8"))
+    unc = doc["uncertainty"]
+    assert set(unc) == {"2-view spread", "head (1 pass)"}
+    n = doc["volumes"]["epi"]["samples"]
+    for f in unc.values():
+        assert f["n"] == n and 0.0 <= f["coverage"] <= 1.0 and f["mean_sd"] > 0
+        assert set(f["scans"]) == {"epi"}
+    text = (out / "real_scans.md").read_text(encoding="utf-8")
+    assert "| head (1 pass) |" in text and "| 2-view spread |" in text
+    # without --views the table has no uncertainty
+    table = crs.real_scan_table(None, seed=0, names=["epi"], max_slices=2, repeats=1)
+    assert crs.uncertainty_summary(table) is None
