@@ -209,13 +209,6 @@ def _predict(net: nn.Module, dev: torch.device, x: torch.Tensor,
     return pred, (np.concatenate(sds).astype(np.float64) if sds else None)
 
 
-def _views_spread(net: nn.Module, dev: torch.device, x: torch.Tensor, views: int) -> np.ndarray:
-    """The spread over the first `views` label-preserving views (inference.VIEWS)."""
-    v = np.stack([_predict(net, dev, inference.VIEWS[name](x))
-                  for name in list(inference.VIEWS)[:views]], 1)
-    return v.std(1, ddof=1)
-
-
 def _corrupt(clean: torch.Tensor, simulator: str, severity: torch.Tensor,
              gen: torch.Generator) -> torch.Tensor:
     if simulator == "kspace":
@@ -293,7 +286,8 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
     r["_pred"], r["_true"], r["_simulator"] = pred, true, sims_a
     r["_severity"], r["_slice"] = np.array(sev), np.asarray(stack.indices[keep])[idx]
     if views > 1:  # the two uncertainties on the same samples
-        r["_sd"] = {f"{views}-view spread": _views_spread(net, dev, x, views)}
+        v = np.clip(inference.forward_views(x, net, dev, BATCH, "fp32", views), 0.0, 1.0)
+        r["_sd"] = {f"{views}-view spread": v.std(1, ddof=1)}
         if head_sd is not None:
             r["_sd"]["head (1 pass)"] = head_sd
     return r

@@ -48,25 +48,6 @@ def _batches(paths, stream: str, n: int, seed: int, schedule: dict, storage: flo
                      families=schedule.get("motion_families") or None, storage=storage)
 
 
-def _views_spread(net, images, dev, amp, views: int):
-    """The spread over the first `views` label-preserving views and their mean, (N,) each."""
-    import numpy as np
-    import torch
-
-    from MotionSSIMLib.assessment.inference import VIEWS
-    from MotionSSIMLib.assessment.model import forward_ssim
-
-    outs = []
-    with torch.inference_mode():
-        for name in list(VIEWS)[:views]:
-            x = VIEWS[name](images).contiguous(memory_format=torch.channels_last)
-            outs.append(np.concatenate([
-                forward_ssim(net, x[i:i + 64].to(dev), amp).cpu().double().numpy()
-                for i in range(0, len(x), 64)]))
-    v = np.clip(np.stack(outs, 1), 0.0, 1.0)
-    return v.std(1, ddof=1), v.mean(1)
-
-
 def markdown(result: dict) -> str:
     lines = [f"Uncertainty head of {result['model']}: fitted on {result['fit']['n_fit']} "
              f"and scaled on {result['fit']['n_scale']} validation slices (scale "
@@ -138,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         load_checkpoint,
         save_checkpoint,
     )
-    from MotionSSIMLib.assessment.inference import AMP_DTYPES, resolve_precision
+    from MotionSSIMLib.assessment.inference import AMP_DTYPES, forward_views, resolve_precision
     from MotionSSIMLib.base.errors import MotionSSIMError
     from MotionSSIMLib.base.jsonable import write_tables
     from MotionSSIMLib.training import uncertainty_head as uh
@@ -179,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     pred = np.clip(t_raw, 0.0, 1.0)
     methods = {"head (1 pass)": {**uh.uncertainty_figures(pred, uh.head_sd(head, t_feats), true),
                                  "passes": 1}}
-    spread, mean = _views_spread(net, images, dev, amp, args.views)
+    views = np.clip(forward_views(images, net, dev, 64, args.precision, args.views), 0.0, 1.0)
+    spread, mean = views.std(1, ddof=1), views.mean(1)
     methods[f"{args.views}-view spread"] = {**uh.uncertainty_figures(mean, spread, true),
                                             "passes": args.views}
     print(f"compared on {len(true)} test slices in {time.perf_counter() - t1:.0f} s", flush=True)
