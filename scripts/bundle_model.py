@@ -522,9 +522,7 @@ def bundle(args: argparse.Namespace) -> int:
     meta["learning_curve"] = learning_curve(curve_runs, args.out / CURVE_NAME, args.run,
                                             args.samples_before)
     save_checkpoint(target, loaded.model, meta, dtype=torch.float16)
-    (args.out / DEFAULT_MODEL_NAME.replace(".safetensors", ".json")).write_text(
-        json.dumps(jsonable(meta), indent=2), encoding="utf-8")
-    (args.out / "MODEL_CARD.md").write_text(model_card(meta), encoding="utf-8")
+    write_card(meta, args.out, DEFAULT_MODEL_NAME)
     verdict = ("the rule was overridden (--force): " if decision["forced"] else
                "" if decision["passed"] is None else "it beats the bundled model: ")
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB) and its model card; "
@@ -795,6 +793,17 @@ def attach_results(meta: dict, model: Path, invariance_json: Path | None = None,
             raise BundleError(f"{leave_one_out_json}: not a table of scripts/leave_one_out.py")
         meta["leave_one_out"] = doc
     return meta
+
+
+def write_card(meta: dict, folder: Path, model_name: str) -> Path:
+    """Write folder/MODEL_CARD.md from `meta` and the metadata as JSON beside it (named for the
+    model file); returns the card's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / model_name.replace(".safetensors", ".json")).write_text(
+        json.dumps(jsonable(meta), indent=2), encoding="utf-8")
+    card = folder / "MODEL_CARD.md"
+    card.write_text(model_card(meta), encoding="utf-8")
+    return card
 
 
 def model_card(meta: dict) -> str:

@@ -24,7 +24,6 @@ model).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -206,13 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT / "scripts"))
         import bundle_model
 
-        from MotionSSIMLib.base.jsonable import jsonable
-
-        Path(args.card, "MODEL_CARD.md").write_text(bundle_model.model_card(meta),
-                                                    encoding="utf-8")
-        # the metadata beside the card, as bundle_model.py writes it
-        Path(args.card, Path(args.out).name.replace(".safetensors", ".json")).write_text(
-            json.dumps(jsonable(meta), indent=2), encoding="utf-8")
+        bundle_model.write_card(meta, Path(args.card), Path(args.out).name)
     if args.report:
         write_tables(args.report, "uncertainty_head", result, text)
         plot(result, Path(args.report) / "uncertainty_head.png")

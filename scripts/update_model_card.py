@@ -15,7 +15,6 @@ metadata as JSON beside it). Bad inputs: one line `error: FILE: problem`, exit s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -43,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint,
     )
     from MotionSSIMLib.base.errors import MotionSSIMError
-    from MotionSSIMLib.base.jsonable import jsonable
 
     model = args.model or default_model_path()
     card = args.card or model.parent
@@ -58,15 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         dtype = getattr(torch, str(meta.get("dtype", "float32")), torch.float32)
         save_checkpoint(model, loaded.model, meta, dtype=dtype)
         meta = load_checkpoint(model).metadata  # as written (format fields included)
-        card.mkdir(parents=True, exist_ok=True)
-        (card / "MODEL_CARD.md").write_text(bundle_model.model_card(meta), encoding="utf-8")
-        (card / model.name.replace(".safetensors", ".json")).write_text(
-            json.dumps(jsonable(meta), indent=2), encoding="utf-8")
+        written = bundle_model.write_card(meta, card, model.name)
     except (MotionSSIMError, OSError, ValueError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     added = [k for k in ("invariance", "leave_one_out") if k in meta]
-    print(f"wrote {model} (weights unchanged) and {card / 'MODEL_CARD.md'}"
+    print(f"wrote {model} (weights unchanged) and {written}"
           f"{'; with ' + ', '.join(added) if added else ''}")
     return 0
 
