@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from MotionSSIMLib.assessment.checkpoint import (
         default_model_path,
         load_checkpoint,
+        read_metadata,
         save_checkpoint,
     )
     from MotionSSIMLib.base.errors import MotionSSIMError
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["known_limits"] = bundle_model.LIMITS
         dtype = getattr(torch, str(meta.get("dtype", "float32")), torch.float32)
         save_checkpoint(model, loaded.model, meta, dtype=dtype)
-        meta = load_checkpoint(model).metadata  # as written (format fields included)
+        meta = read_metadata(model)  # as written (format fields included)
         written = bundle_model.write_card(meta, card, model.name)
     except (MotionSSIMError, OSError, ValueError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
