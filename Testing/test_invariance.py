@@ -54,3 +54,34 @@ def test_script_error_is_one_line(capsys):
     assert ci.main(["--slices", "900"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("check_invariance: error:") and "\n" not in err
+
+
+def test_motion_acquired_at_each_matrix_is_read_against_its_own_label(slices):
+    const = invariance.acquired(slices, lambda images, sp: np.full(len(images), 0.9),
+                                cases=[("kspace", 0.5)], matrices=(64, 256), seeds=(0, 1))
+    (case,) = const["cases"]
+    small, ref = case["matrices"]["64"], case["matrices"]["256"]
+    assert 0.0 < small["label"] < 1.0 and 0.0 < ref["label"] < 1.0
+    # a constant reading: bias = reading - mean label, no scatter beyond the labels' own
+    for m in (small, ref):
+        assert m["bias"] == pytest.approx(0.9 - m["label"], abs=1e-9)
+    # the motion was simulated at each matrix, so the two labels are not the same numbers
+    assert small["label"] != ref["label"]
+    # matrix 256 is make_pair's own reference pair with the same seed
+    clean, corrupted, sp = invariance.make_pair(slices, "kspace", 0.5, 0)
+    from MotionSSIMLib.simulation import ssim
+
+    first = ssim.slice_label(clean, corrupted, (sp, sp))
+    clean1, corrupted1, _ = invariance.make_pair(slices, "kspace", 0.5, 1)
+    second = ssim.slice_label(clean1, corrupted1, (sp, sp))
+    assert ref["label"] == pytest.approx(np.concatenate([first, second]).mean())
+    assert "| kspace | 0.5 | " in invariance.acquired_markdown(const)
+
+
+def test_script_adds_the_acquired_table_on_request(slices, tmp_path, capsys):
+    ci.main(["--slices", "90", "--acquired", "--out", str(tmp_path)])
+    found = json.loads((tmp_path / "acquired.json").read_text())
+    (only,) = found.values()
+    assert [c["simulator"] for c in only["cases"]] == ["kspace", "kspace", "torchio", "torchio"]
+    assert set(only["cases"][0]["matrices"]) == {"64", "128", "256"}
+    assert "motion acquired at the matrix" in capsys.readouterr().out
