@@ -754,8 +754,8 @@ def uncertainty_lines(unc: dict | None) -> list[str]:
 
 def results_lines(meta: dict) -> list[str]:
     """The card's sections on the model's matrix invariance and on motion families left out of
-    training, where its metadata holds them (RESULT_KEYS: `scripts/update_model_card.py`, or
-    --invariance / --leave-one-out here)."""
+    training, where its metadata holds them ("invariance", "leave_one_out": written by
+    `scripts/update_model_card.py`, or by --invariance / --leave-one-out here)."""
     lines: list[str] = []
     if isinstance(meta.get("invariance"), dict):
         from MotionSSIMLib.training import invariance

@@ -170,7 +170,8 @@ def acquired(slices: np.ndarray,
                 clean, corrupted, spacing = make_pair(slices, simulator, severity, seed, n)
                 labels.append(ssim.slice_label(clean, corrupted, (spacing, spacing)))
                 preds.append(np.asarray(predict(corrupted, (spacing, spacing)), np.float64))
-            label, residual = np.concatenate(labels), np.concatenate(preds) - np.concatenate(labels)
+            label = np.concatenate(labels)
+            residual = np.concatenate(preds) - label
             per[str(n)] = {"label": float(label.mean()), "bias": float(residual.mean()),
                            "residual_sd": float(residual.std())}
         result["cases"].append({"simulator": simulator, "severity": severity, "matrices": per})
