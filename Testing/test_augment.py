@@ -196,9 +196,11 @@ def test_storage_params_span_and_determinism():
     assert torch.equal(a.apply, b.apply) and torch.equal(a.factor, b.factor)
     assert 0.45 < a.apply.double().mean() < 0.55
     matrices = a.factor * 256
-    assert matrices.min() >= 64 - 1e-6 and matrices.max() <= 256 + 1e-6
-    # log-uniform: half of the matrices below the geometric mean of 64 and 256
-    assert 0.45 < (matrices < 128).double().mean() < 0.55
+    low = augment.STORE_MIN_MATRIX
+    assert matrices.min() >= low - 1e-6 and matrices.max() <= 256 + 1e-6
+    assert matrices.min() < low * 1.05  # the whole span is drawn
+    # log-uniform: half of the matrices below the geometric mean of the bounds
+    assert 0.45 < (matrices < (low * 256) ** 0.5).double().mean() < 0.55
     with pytest.raises(ValueError, match="min_matrix"):
         augment.draw_storage_params(4, _gen(0), 256, min_matrix=300)
     sel = a.select(torch.tensor([3, 1]))
