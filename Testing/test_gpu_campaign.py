@@ -58,10 +58,11 @@ def test_dry_run_writes_at_most_8_small_files_without_torchio_or_simpleitk(campa
     assert m["steps"] == 4 and m["samples_per_s"] > 0 and m["status"] == "finished"
     assert manifest["plan"]["init_from"] == "motionssim_resnet18.safetensors"
     # the model v3 recipe: every motion family, the whole network trained
-    from MotionSSIMLib.base.settings import V3_MOTION_FAMILIES
+    from MotionSSIMLib.base.settings import V3_MOTION_FAMILIES, V3_STORAGE
 
     assert manifest["plan"]["motion_families"] == V3_MOTION_FAMILIES
     assert manifest["plan"]["freeze"] == 0
+    assert manifest["plan"]["storage"] == V3_STORAGE > 0
     assert 0 <= manifest["evaluation"]["mae"] < 1
     assert manifest["evaluation"]["n"] == json.loads(
         (out / "report.json").read_text(encoding="utf-8"))["protocol"]["n"]

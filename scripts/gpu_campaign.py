@@ -16,7 +16,8 @@ included). Two steps:
 parallel (MotionSSIMLib.synthesis), measures the training rate, plans the schedule to fill the time
 budget (cosine learning rate with warm-up, from the bundled model's weights), trains the model
 v3 recipe (the v3 label and input: windows resampled to 256; motion over the acquired lines;
-every motion family, settings.V3_MOTION_FAMILIES) with the corruption on the GPU (batched torch
+every motion family, settings.V3_MOTION_FAMILIES; a share settings.V3_STORAGE of the
+slices stored at a lower matrix) with the corruption on the GPU (batched torch
 motion: torchio and SimpleITK are never imported), evaluates the best weights on held-out subjects and writes at most 8 files of at
 most 16 MiB into --out: the fp16 weights in shards, manifest.json (shard checksums, the plan,
 samples/s, GPU memory, timings), train_log.csv, report.md, report.json and campaign.log.
@@ -39,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MotionSSIM"))
 
-from MotionSSIMLib.base.settings import V3_MOTION_FAMILIES  # noqa: E402  (torch-free)
+from MotionSSIMLib.base.settings import V3_MOTION_FAMILIES, V3_STORAGE  # noqa: E402  (torch-free)
 
 CARRY = ROOT / "campaign_carry"
 SHARD_BYTES = 15 << 20          # below the 16 MiB a returned file may have
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     init = args.init_from or str(default_model_path())
     base = dict(architecture="resnet18", batch_size=plan["batch"], lr=args.lr,
                 input_size=plan["input_size"], motion_families=args.motion_families,
-                freeze=args.freeze, seed=args.seed,
+                freeze=args.freeze, seed=args.seed, storage=args.storage,
                 workers=plan["workers"], device=str(dev), pipeline="auto", amp=True,
                 channels_last=True, progress=False, slices="all", cache_mb=4096)
 
@@ -262,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(dev), "gpu": gpu, "torch": torch.__version__, "cores": os.cpu_count(),
         "plan": {**plan, "epochs": epochs, "lr": args.lr, "init_from": Path(init).name,
                  "motion_families": args.motion_families, "freeze": args.freeze,
-                 "budget_s": budget},
+                 "storage": args.storage, "budget_s": budget},
         "measured": {"probe_samples_per_s": round(rate, 2), "train_s": round(train_time, 1),
                      "steps": result.step, "samples": samples,
                      "samples_per_s": round(samples / max(train_time, 1e-9), 2),
@@ -312,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--init-from", help="starting weights (default: the bundled model)")
     r.add_argument("--motion-families", default=V3_MOTION_FAMILIES,
                    help=f"training motion mix (default, model v3's: {V3_MOTION_FAMILIES})")
+    r.add_argument("--storage", type=float, default=V3_STORAGE,
+                   help=f"share stored at a lower matrix (default, model v3's: {V3_STORAGE})")
     r.add_argument("--freeze", type=int, default=0,
                    help="leading stages kept fixed (default 0: a GPU has the time to train all)")
     r.add_argument("--tiny", action="store_true", help="dry run at a tiny scale (tests)")
