@@ -186,6 +186,8 @@ def test_a_better_candidate_replaces_the_bundled_model(runs, tmp_path, c_locale)
     assert {"recall_good", "recall_sufficient", "recall_insufficient"} <= set(n)
     assert f"| {bundle._recalls(n)} ({bundle._recalls(o)}) | {n['insufficient_read_good']} |" \
         in card
+    # the test set's storage share reaches the metadata; none stored: the card says nothing
+    assert meta["evaluation"]["protocol"]["storage"] == 0.0 and "stored at a lower" not in card
     # the protocol from the JSON, not the old "three times"
     assert "three times" not in card and "(kspace and torchio) once" in card
     assert "1. two tiny phases" in card and "Previously bundled model: mean absolute" in card
@@ -201,6 +203,12 @@ def test_a_better_candidate_replaces_the_bundled_model(runs, tmp_path, c_locale)
     # earlier phases whose folders are gone shift the whole curve
     shifted = bundle.learning_curve([runs["p1"], runs["p2"]], None, runs["p2"], samples_before=1000)
     assert [p["offset"] for p in shifted] == [1000, 1000 + best1 * 16]
+
+
+def test_the_card_names_a_stored_test_set():
+    assert bundle.stored_phrase({"storage": 0.0}) == bundle.stored_phrase({}) == ""
+    said = bundle.stored_phrase({"storage": 0.5})
+    assert said.startswith("; 50% of them stored at a lower matrix") and "--storage" in said
 
 
 def _phases(tmp: Path) -> Path:

@@ -602,11 +602,22 @@ def evaluation_summary(figs: dict, protocol: dict) -> dict:
             out[f"recall_{name}"] = per[str(c)]["recall"]
     out["cohen_kappa_clinical"] = figs["clinical"].get("cohen_kappa")
     out["protocol"] = {k: protocol.get(k) for k in ("n", "seed", "contrast_augmentation",
-                                                    "p_torchio", "slices")}
+                                                    "p_torchio", "slices", "motion_families",
+                                                    "storage")}
     return out
 
 
 # ------------------------------------------------------------------------- the card
+
+
+def stored_phrase(protocol: dict) -> str:
+    """What the card says of the test slices stored at a lower matrix (model v3's test set
+    holds them: the earlier one had none, so it could not see small-matrix readings)."""
+    share = protocol.get("storage") or 0
+    if share <= 0:
+        return ""
+    return (f"; {share:.0%} of them stored at a lower matrix after the acquisition, as a "
+            "reslicing or an EPI/DWI series stores them (`evaluate --storage`)")
 
 
 def _decision_lines(d: dict) -> list[str]:
@@ -841,7 +852,7 @@ def model_card(meta: dict) -> str:
         "The paper's protocol (`python -m MotionSSIMLib evaluate`): random corrupted slices from "
         "the held-out test subjects (different deformation seeds), drawn as in training"
         + ("; both models in one report, so on the same slices" if old else "")
-        + ". Full report: `evaluation/` beside this card.",
+        + stored_phrase(ev["protocol"]) + ". Full report: `evaluation/` beside this card.",
         "",
         *_synthetic_lines(ev, old),
         "",
