@@ -78,6 +78,21 @@ def test_results_go_into_the_metadata_and_the_card_and_the_weights_stay(bundled_
     assert side["leave_one_out"]["n"] == 150
 
 
+def test_notes_become_a_section_of_the_card(bundled_copy, tmp_path, capsys):
+    notes = tmp_path / "notes.md"
+    notes.write_text("## On another test set\n\nresidual sd 0.0794\n", encoding="utf-8")
+    assert umc.main(["--model", str(bundled_copy), "--notes", str(notes)]) == 0
+    assert "notes" in capsys.readouterr().out
+    meta = load_checkpoint(bundled_copy).metadata
+    assert meta["notes"] == "## On another test set\n\nresidual sd 0.0794"
+    card = (bundled_copy.parent / "MODEL_CARD.md").read_text()
+    assert card.index("## On another test set") < card.index("## Known limits")
+    notes.write_bytes(b"\xff\xfe not text")
+    assert umc.main(["--model", str(bundled_copy), "--notes", str(notes)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {notes}: cannot be read (not UTF-8 text)"
+
+
 def test_a_table_without_this_model_or_not_a_table_is_a_one_line_error(bundled_copy, tmp_path,
                                                                       capsys):
     inv = tmp_path / "invariance.json"

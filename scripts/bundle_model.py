@@ -504,10 +504,7 @@ def bundle(args: argparse.Namespace) -> int:
         meta["real_scans_protocol"] = real_scans_protocol(new_real)
     for key, path in (("phases", args.phases), ("notes", args.notes)):
         if path:
-            try:
-                meta[key] = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
+            meta[key] = read_markdown(path)
     meta = attach_results(meta, candidate, args.invariance, args.leave_one_out)
     if has_old:
         old_model = load_checkpoint(target).model  # before the file is replaced
@@ -528,6 +525,15 @@ def bundle(args: argparse.Namespace) -> int:
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB) and its model card; "
           f"{verdict}{decision['reason']}")
     return 0
+
+
+def read_markdown(path: Path) -> str:
+    """A Markdown file given for the card (phases, notes), stripped."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: cannot be read "
+                          f"({getattr(exc, 'strerror', None) or 'not UTF-8 text'})") from None
 
 
 def candidate_metadata(loaded: Any, log: dict, figs: dict, protocol: dict) -> dict:

@@ -1,13 +1,14 @@
 """Add measured results to the bundled model's metadata and write its model card anew.
 
     .venv/bin/python scripts/update_model_card.py [--invariance DIR/invariance.json] \\
-        [--leave-one-out DIR/leave_one_out.json] [--model FILE] [--card DIR]
+        [--leave-one-out DIR/leave_one_out.json] [--notes NOTES.md] [--model FILE] [--card DIR]
 
 The model card is written from the checkpoint's metadata (`bundle_model.model_card`), so results
 measured after bundling go into the metadata, where they travel with the weights and every later
 card keeps them: the matrix invariance of this model (`scripts/check_invariance.py --model FILE
 --out DIR`; its JSON must hold a reading of FILE) and the training recipe's leave-one-family-out
-table (`scripts/leave_one_out.py`). The weights are written back unchanged (same storage dtype,
+table (`scripts/leave_one_out.py`), and --notes: Markdown sections of the card (before its
+limits), e.g. figures measured on another protocol than the card's own. The weights are written back unchanged (same storage dtype,
 atomically). --model defaults to the bundled model, --card to its folder (MODEL_CARD.md and the
 metadata as JSON beside it). Bad inputs: one line `error: FILE: problem`, exit status 2.
 """
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--invariance", type=Path, metavar="JSON")
     ap.add_argument("--leave-one-out", type=Path, metavar="JSON")
+    ap.add_argument("--notes", type=Path, metavar="MARKDOWN",
+                    help="further sections of the card, kept in the metadata (replaces any)")
     ap.add_argument("--model", type=Path, help="checkpoint (default: the bundled model)")
     ap.add_argument("--card", type=Path, metavar="DIR",
                     help="where MODEL_CARD.md goes (default: the model's folder)")
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_checkpoint(model)
         meta = bundle_model.attach_results(loaded.metadata, model, args.invariance,
                                            args.leave_one_out)
+        if args.notes is not None:
+            meta["notes"] = bundle_model.read_markdown(args.notes)
         if "evaluation" not in meta:
             raise bundle_model.BundleError(f"{model}: no evaluation in its metadata: a model "
                                            "card needs scripts/bundle_model.py first")
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MotionSSIMError, OSError, ValueError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    added = [k for k in ("invariance", "leave_one_out") if k in meta]
+    added = [k for k in ("invariance", "leave_one_out", "notes") if k in meta]
     print(f"wrote {model} (weights unchanged) and {written}"
           f"{'; with ' + ', '.join(added) if added else ''}")
     return 0
