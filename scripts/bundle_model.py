@@ -10,8 +10,9 @@ The decision rule (RULE): a candidate replaces the bundled model OUT/motionssim_
 only if, on the same seeded held-out synthetic slices (at least --min-slices, 10,000), its
 residual sd is lower, AND on the real-scan set its largest per-scan |bias| is no worse.
 
-- EVAL_DIR/report.json: `python -m MotionSSIMLib evaluate --checkpoint OLD NEW --out EVAL_DIR`,
-  both models in one report, so they saw the same slices (the entries are found by their
+- EVAL_DIR/report.json: `python -m MotionSSIMLib evaluate --storage 0.5 --checkpoint OLD NEW
+  --out EVAL_DIR`, both models in one report, so they saw the same slices (model v3 on: half of
+  them stored at a lower matrix, as EPI/DWI series are; the card says the share) (the entries are found by their
   checkpoint paths; --old-name / --new-name give the report's model names instead).
 - The real-scan tables: the outputs of `scripts/check_real_scans.py --model FILE` for both
   models (same seed and scans), or, when neither JSON is given, computed here with
