@@ -11,9 +11,10 @@ only if, on the same seeded held-out synthetic slices (at least --min-slices, 10
 residual sd is lower, AND on the real-scan set its largest per-scan |bias| is no worse.
 
 - EVAL_DIR/report.json: `python -m MotionSSIMLib evaluate --storage 0.5 --checkpoint OLD NEW
-  --out EVAL_DIR`, both models in one report, so they saw the same slices (model v3 on: half of
-  them stored at a lower matrix, as EPI/DWI series are; the card says the share) (the entries are found by their
-  checkpoint paths; --old-name / --new-name give the report's model names instead).
+  --out EVAL_DIR`, both models in one report, so they saw the same slices (from model v3 on,
+  half of them stored at a lower matrix, as EPI/DWI series are; the card says the share). The
+  entries are found by their checkpoint paths; --old-name / --new-name give the report's model
+  names instead.
 - The real-scan tables: the outputs of `scripts/check_real_scans.py --model FILE` for both
   models (same seed and scans), or, when neither JSON is given, computed here with
   `real_scan_table` (--real-seed, --scans, --max-slices, --repeats as in that script).

@@ -17,9 +17,9 @@ parallel (MotionSSIMLib.synthesis), measures the training rate, plans the schedu
 budget (cosine learning rate with warm-up, from the bundled model's weights), trains the model
 v3 recipe (the v3 label and input: windows resampled to 256; motion over the acquired lines;
 every motion family, settings.V3_MOTION_FAMILIES; a share settings.V3_STORAGE of the
-slices stored at a lower matrix) with the corruption on the GPU (batched torch
-motion: torchio and SimpleITK are never imported), evaluates the best weights on held-out subjects and writes at most 8 files of at
-most 16 MiB into --out: the fp16 weights in shards, manifest.json (shard checksums, the plan,
+slices stored at a lower matrix) with the corruption on the GPU (batched torch motion: torchio
+and SimpleITK are never imported), evaluates the best weights on held-out subjects and writes
+at most 8 files of at most 16 MiB into --out: the fp16 weights in shards, manifest.json (shard checksums, the plan,
 samples/s, GPU memory, timings), train_log.csv, report.md, report.json and campaign.log.
 `run --device cpu --tiny` is the dry run the test suite makes of the same code.
 """

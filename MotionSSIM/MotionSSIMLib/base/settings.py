@@ -278,8 +278,8 @@ class EvaluateSettings:
 # weight of each scanner family (scanner_motion), so every family is seen in training.
 V3_MOTION_FAMILIES = "torchio:2,kspace:2,trajectory:1,ordering:1,epi:1,through_plane:1,moves:1"
 # Model v3's storage share (phases 4-5): trained without it, the model read strong motion on
-# held-out synthetic slices stored at 41-128 px windows 0.12-0.24 milder than its label (MODEL_HISTORY,
-# "Model v3, phase 5").
+# held-out synthetic slices stored at 41-128 px windows 0.12-0.24 milder than its label
+# (MODEL_HISTORY, "Model v3, phase 5").
 V3_STORAGE = 0.6
 
 
