@@ -533,9 +533,10 @@ def read_markdown(path: Path) -> str:
     """A Markdown file given for the card (phases, notes), stripped."""
     try:
         return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: cannot be read "
-                          f"({getattr(exc, 'strerror', None) or 'not UTF-8 text'})") from None
+    except UnicodeDecodeError:
+        raise BundleError(f"{path}: cannot be read (not UTF-8 text)") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
 def candidate_metadata(loaded: Any, log: dict, figs: dict, protocol: dict) -> dict:

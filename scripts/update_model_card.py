@@ -9,8 +9,9 @@ card keeps them: the matrix invariance of this model (`scripts/check_invariance.
 --out DIR`; its JSON must hold a reading of FILE) and the training recipe's leave-one-family-out
 table (`scripts/leave_one_out.py`), and --notes: Markdown sections of the card (before its
 limits), e.g. figures measured on another protocol than the card's own. The weights are
-written back unchanged (same storage dtype, atomically). --model defaults to the bundled model, --card to its folder (MODEL_CARD.md and the
-metadata as JSON beside it). Bad inputs: one line `error: FILE: problem`, exit status 2.
+written back unchanged (same storage dtype, atomically). --model defaults to the bundled model,
+--card to its folder (MODEL_CARD.md and the metadata as JSON beside it). Bad inputs: one line
+`error: FILE: problem`, exit status 2.
 """
 
 from __future__ import annotations
