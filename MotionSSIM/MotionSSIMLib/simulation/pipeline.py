@@ -29,6 +29,7 @@ __all__ = [
     "batch_keys",
     "corrupt_batch",
     "draw_corruption",
+    "fit_as_inference",
     "fixed_set",
     "make_loader",
     "to_device_batch",
@@ -47,6 +48,21 @@ def batch_generator(seed: int, key: Sequence[int]) -> torch.Generator:
 # them the model never sees SSIM 1 and reads clean slices as mildly corrupted (measured here:
 # a -0.1 bias on the bundled sample's clean slices after 5 epochs without them).
 P_CLEAN = 0.15
+
+
+def fit_as_inference(corrupted: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) corrupted slices -> the same slices fitted to the model input the way
+    inference fits a slice (`geometry.to_model_input`): cut to the head window found on the
+    CORRUPTED slice, min-max, resampled to S. Inference has only the corrupted slice, and its
+    ghosts move the head box: the window grows and the head shrinks in the input. A model that
+    saw only clean-slice windows read the same motion 0.08-0.19 milder through the product's
+    path than on its training input (`predict_slices` against a direct forward; held-out
+    synthetic and MNI slices, model v3 phase 5; docs/synthetic-data.md)."""
+    from ..imaging import geometry
+
+    a = corrupted[:, 0].detach().float().cpu().numpy()
+    fitted = geometry.to_model_input(a, size=int(corrupted.shape[-1]))
+    return torch.from_numpy(fitted)[:, None].to(corrupted.device, corrupted.dtype)
 
 
 @dataclass
@@ -145,7 +161,8 @@ def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
     """Apply drawn corruption (deterministic): clean (B, 1, S, S) in [0, 1] -> (corrupted,
     labels), on the device of `clean`. Order: contrast, acquired matrix (resolution), motion
     over the acquired k-space lines only, the label, then noise on the corrupted slice (the
-    model input). The label is the SSIM
+    model input), its storage, and (with the acquisition stages) its fit to the model input
+    from its own head window (`fit_as_inference`). The label is the SSIM
     between the clean slice so acquired (contrast, resolution) and its corrupted version,
     taken before the noise: noise neither lowers it (motion-free samples keep label 1) nor
     raises it. Taken after a noise field shared by both images, as first built, it rose by
@@ -183,6 +200,9 @@ def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
         corrupted = augment.apply_noise(corrupted, noise)
     if stored is not None:
         corrupted = augment.apply_storage(corrupted, stored)
+    if params.resolution is not None:
+        # last, as the product fits what the scanner stored (model v3 phase 6 on)
+        corrupted = fit_as_inference(corrupted)
     return corrupted.float(), labels.float()
 
 
