@@ -159,3 +159,47 @@ def test_acquisition_stages_are_recorded_replayed_and_keep_clean_labels_at_one()
                                    return_params=True, acquisition=False)[2]
     assert plain.resolution is None and plain.noise is None
     assert torch.equal(plain.motion.severity, params.motion.severity), "same earlier draws"
+
+
+def test_the_model_input_is_fitted_from_the_corrupted_slices_own_window(monkeypatch):
+    """With the acquisition stages the last step fits each corrupted slice to the model input
+    the way inference does (`geometry.to_model_input` on the corrupted slice alone), so the
+    model trains on the input the product gives it (model v3, phase 6)."""
+    from MotionSSIMLib.imaging import geometry
+
+    clean = _clean(n=6, size=96, seed=4)
+    gen = lambda: pipeline.batch_generator(5, (0, 0, 0))  # noqa: E731
+    images, labels = pipeline.corrupt_batch(clean, gen(), contrast=False, acquisition=True,
+                                            storage=0.5)
+    # the same batch without the last step: the corrupted slices in the clean slice's frame
+    monkeypatch.setattr(pipeline, "fit_as_inference", lambda x: x)
+    framed, same_labels = pipeline.corrupt_batch(clean, gen(), contrast=False, acquisition=True,
+                                                 storage=0.5)
+    assert torch.equal(labels, same_labels)  # the label is the acquired pair's, untouched
+    expected = geometry.to_model_input(framed[:, 0].numpy(), size=96)
+    assert np.allclose(images[:, 0].numpy(), expected, atol=1e-6)
+    assert not torch.allclose(images, framed, atol=1e-3)
+    # the paper's corruption alone (no acquisition stages) is left as it was
+    monkeypatch.undo()
+    plain, _ = pipeline.corrupt_batch(clean, gen(), contrast=False, acquisition=False)
+    monkeypatch.setattr(pipeline, "fit_as_inference", lambda x: x / 0)
+    plain2, _ = pipeline.corrupt_batch(clean, gen(), contrast=False, acquisition=False)
+    assert torch.equal(plain, plain2)
+
+
+def test_ghosts_on_a_zero_background_move_the_window_that_inference_cuts():
+    """Why the stage exists: on a slice whose background is exactly zero (noise-free, masked),
+    the ghosts of strong motion lower the head threshold and widen the head box, so inference
+    cuts a larger window than the clean slice's and the head shrinks in the model input."""
+    from MotionSSIMLib.imaging import geometry
+    from MotionSSIMLib.simulation import kspace_motion
+
+    clean = _clean(n=4, size=128, seed=1)
+    windows = geometry.model_windows(clean[:, 0].numpy())
+    moved = kspace_motion.kspace_motion(clean, torch.full((4,), 0.9), torch.Generator().manual_seed(0))
+    ghosted = geometry.model_windows(moved[:, 0].numpy())
+    side = lambda w: w[1] - w[0]  # noqa: E731
+    assert np.mean([side(g) / side(w) for g, w in zip(ghosted, windows)]) > 1.1
+    fitted = pipeline.fit_as_inference(moved)
+    assert fitted.shape == moved.shape and float(fitted.min()) >= 0 and float(fitted.max()) <= 1
+    assert np.allclose(fitted[:, 0].numpy(), geometry.to_model_input(moved[:, 0].numpy(), size=128))

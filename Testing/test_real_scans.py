@@ -167,3 +167,37 @@ def test_uncertainty_of_the_bundled_model_on_a_real_scan(tmp_path, c_locale):
     # without --views the table has no uncertainty
     table = crs.real_scan_table(None, seed=0, names=["epi"], max_slices=2, repeats=1)
     assert crs.uncertainty_summary(table) is None
+
+
+def test_the_model_reads_each_corrupted_slice_cut_to_its_own_window(monkeypatch):
+    """The model reads a corrupted slice as the product does (`to_model_input` on the slice
+    alone, whose ghosts move the window); the label keeps the clean slice's window."""
+    from MotionSSIMLib.imaging import geometry
+
+    moved, seen = [], []
+
+    def corrupt(clean, simulator, severity, gen):
+        out = clean.clone()
+        out[..., :4, :] = 0.5 * clean.amax()  # a band of ghost at the top: the box grows
+        moved.append(out[:, 0].numpy())
+        return out
+
+    def predict(net, dev, x, with_sd=False):
+        seen.append(x.clone())
+        pred = np.full(len(x), 0.5)
+        return (pred, None) if with_sd else pred
+
+    monkeypatch.setattr(crs, "_corrupt", corrupt)
+    monkeypatch.setattr(crs, "_predict", predict)
+    vol = crs.load_volume(crs.get_scan("epi"))
+    r = crs.check_volume(vol, None, seed=0, max_slices=2, name="epi", repeats=1)
+    (x,) = seen
+    n = r["slices"]
+    spacing = geometry.extract_slices(vol, "auto").pixel_spacing
+    first = x[n:2 * n, 0].numpy()  # the first simulator's corrupted copies
+    assert np.allclose(first, geometry.to_model_input(moved[0], spacing), atol=1e-6)
+    # not cut to the window of the slice without its ghost band (as the label cuts it)
+    unghosted = moved[0] * (np.arange(moved[0].shape[1]) >= 4)[None, :, None]
+    framed = geometry.to_model_input(moved[0], spacing,
+                                     windows=geometry.model_windows(unghosted, spacing))
+    assert not np.allclose(first, framed, atol=1e-3)

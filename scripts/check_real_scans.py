@@ -10,7 +10,10 @@ The scans and where they come from are listed in SCANS (package, file, contrast,
 Every non-empty slice of a scan's acquisition plane is read once clean (true SSIM 1) and
 corrupted by each simulator (the k-space line simulator and the TorchIO-style one) at the
 slice's own matrix, severity uniform on [0, 1], seeded per scan; the label is the model v3 SSIM
-against the clean slice, both resampled to the model input (`ssim.fit_pair`). Per scan: mean bias and residual sd (all samples, and per simulator),
+against the clean slice, both resampled to the model input (`ssim.fit_pair`), and the model
+reads the corrupted slice as the product does, cut to its own head window (until model v3
+phase 6 it read the slice cut to the clean slice's window, a path no user has: the ghosts move
+the window). Per scan: mean bias and residual sd (all samples, and per simulator),
 MAE, how the clean slices read (mean, lowest, share >= 0.93, share read "good"), 3-class and
 clinical accuracy. Writes OUT/real_scans.{json,csv,md,png} and OUT/samples.csv.
 
@@ -251,10 +254,12 @@ def check_volume(vol: geometry.Volume, model: inference.ModelLike, seed: int,
         for _ in range(per_sim):
             s = torch.rand(n, generator=gen) if severity is None else torch.full((n,), severity)
             moved = _corrupt(native, simulator, s, gen)[:, 0].numpy()
-            # ssim.fit_pair's pair, the clean half reused
+            # ssim.fit_pair's pair, the clean half reused: the label cuts both to the clean
+            # slice's window; the model reads the corrupted slice as the product does, cut to
+            # its own head window (which its ghosts move)
             y = torch.from_numpy(geometry.to_model_input(moved, spacing, windows=windows))[:, None]
-            images.append(y)
             labels.append(ssim.ssim_label(clean, y).float())
+            images.append(torch.from_numpy(geometry.to_model_input(moved, spacing))[:, None])
             sims += [simulator] * n
             sev += s.tolist()
             idx += list(range(n))
