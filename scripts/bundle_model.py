@@ -678,7 +678,9 @@ def _real_scan_lines(meta: dict, old: dict | None) -> list[str]:
         f"the installed wheels; every non-empty slice of a scan's acquisition plane is read "
         f"once clean (true SSIM 1) and corrupted by each simulator ({sims}) {rep_text}"
         + (f", at least {min_c} corrupted samples per simulator and scan" if min_c else "")
-        + ", severity uniform on [0, 1]. bias = mean(predicted - true SSIM) over all samples; "
+        + ", severity uniform on [0, 1]; the model reads each corrupted slice as the product "
+        "does, cut to its own head window (before model v3 phase 6 the check cut it to the "
+        "clean slice's window). bias = mean(predicted - true SSIM) over all samples; "
         "sd = residual sd; clean = the mean reading of the motion-free slices.", ""]
     if p.get("skipped"):
         lines += ["Not measured (package not installed): " + "; ".join(p["skipped"]), ""]
