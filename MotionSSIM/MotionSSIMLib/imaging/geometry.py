@@ -355,14 +355,24 @@ CROP_MARGIN = 0.15
 # self. Heads of 200 px and more (windows above 256) are scaled down as before: same label.
 UPSCALE_WINDOW = True
 _MIN_HEAD_PIXELS = 16   # fewer foreground pixels than this: no head (the whole slice is used)
+# The head box's threshold is never below this share of the way from the slice minimum to its
+# tissue's 99th percentile. Where the background is exactly zero (templates, skull-stripped or
+# masked slices) the noise threshold is taken from the tissue alone on the clean slice, but
+# from the faint ghosts on a corrupted one: the box then grew to the whole frame (by 25-30 % on
+# MNI slices), the head shrank in the input, and the bundled model read severe motion 0.15-0.2
+# milder there (real-scan set through the product's path: MNI template +0.167, skull-stripped
+# T1 +0.205; with 0.3: +0.049, +0.025; scripts/check_real_scans.py, model v3 phase 5).
+HEAD_TISSUE_SHARE = 0.3
 _LINE_SHARE = 0.05      # a row/column is inside the box when it holds >= 5 % of the fullest one's
 _MIN_LINE_PIXELS = 2    # ... and at least 2 pixels: isolated noise spikes never stretch the box
 
 
 def slice_threshold(image: np.ndarray) -> float:
     """Foreground threshold of one slice on its own (`background_threshold` of its pixels above
-    the slice minimum). Leaving out the pixels at the minimum makes it independent of constant
-    padding: a slice zero-padded into any larger matrix gets exactly the same threshold."""
+    the slice minimum), never below `HEAD_TISSUE_SHARE` of the way from the minimum to the 99th
+    percentile of the pixels above that threshold (the tissue). Leaving out the pixels at the minimum makes it independent of
+    constant padding: a slice zero-padded into any larger matrix gets exactly the same
+    threshold."""
     a = np.asarray(image, dtype=np.float64)
     a = a[np.isfinite(a)]
     if a.size == 0:
@@ -373,7 +383,14 @@ def slice_threshold(image: np.ndarray) -> float:
         return lo
     # a strided sample is plenty for the percentiles and the histogram; taken from the pixels
     # above the minimum, it is the same sample whatever the padding
-    return background_threshold(v[:: max(1, v.size // 65536)])
+    sample = v[:: max(1, v.size // 65536)]
+    noise = background_threshold(sample)
+    # the tissue level from the pixels above the noise threshold only, so that how much
+    # background the slice holds (its field of view, a crop) does not move it
+    tissue = sample[sample > noise]
+    if tissue.size < _MIN_HEAD_PIXELS:
+        return noise
+    return max(noise, lo + HEAD_TISSUE_SHARE * (float(np.percentile(tissue, 99)) - lo))
 
 
 def head_box(image: np.ndarray, threshold: float | None = None) -> tuple[int, int, int, int] | None:
