@@ -361,7 +361,7 @@ _MIN_HEAD_PIXELS = 16   # fewer foreground pixels than this: no head (the whole 
 # from the faint ghosts on a corrupted one: the box then grew to the whole frame (by 25-30 % on
 # MNI slices), the head shrank in the input, and the bundled model read severe motion 0.15-0.2
 # milder there (real-scan set through the product's path: MNI template +0.167, skull-stripped
-# T1 +0.205; with 0.3: +0.049, +0.025; scripts/check_real_scans.py, model v3 phase 5).
+# T1 +0.205; with 0.3: +0.047, +0.023; scripts/check_real_scans.py, model v3 phase 5).
 HEAD_TISSUE_SHARE = 0.3
 _LINE_SHARE = 0.05      # a row/column is inside the box when it holds >= 5 % of the fullest one's
 _MIN_LINE_PIXELS = 2    # ... and at least 2 pixels: isolated noise spikes never stretch the box
