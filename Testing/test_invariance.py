@@ -85,3 +85,25 @@ def test_script_adds_the_acquired_table_on_request(slices, tmp_path, capsys):
     assert [c["simulator"] for c in only["cases"]] == ["kspace", "kspace", "torchio", "torchio"]
     assert set(only["cases"][0]["matrices"]) == {"64", "128", "256"}
     assert "motion acquired at the matrix" in capsys.readouterr().out
+
+
+def test_ghosts_on_a_zero_background_leave_the_head_window_in_place(slices, monkeypatch):
+    """The head box's tissue floor (`geometry.HEAD_TISSUE_SHARE`): the MNI template's
+    background is exactly zero, and without the floor the faint ghosts of severe motion set the
+    corrupted slice's threshold, so its window grew by a quarter or more; with it the window
+    stays within 10 % of the clean slice's."""
+    from MotionSSIMLib.imaging import geometry
+
+    side = lambda w: w[1] - w[0]  # noqa: E731
+    growth, floor = {}, geometry.HEAD_TISSUE_SHARE
+    for share in (floor, 0.0):
+        monkeypatch.setattr(geometry, "HEAD_TISSUE_SHARE", share)
+        worst = 0.0
+        for simulator in ("kspace", "torchio"):
+            clean, corrupted, _ = invariance.make_pair(slices, simulator, 0.7)
+            for c, x in zip(geometry.model_windows(clean), geometry.model_windows(corrupted),
+                            strict=True):
+                worst = max(worst, side(x) / side(c) - 1.0)
+        growth[share] = worst
+    assert growth[0.0] > 0.2, growth        # the failure the floor removes
+    assert growth[floor] < 0.1, growth

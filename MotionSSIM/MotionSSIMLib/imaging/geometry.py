@@ -370,9 +370,9 @@ _MIN_LINE_PIXELS = 2    # ... and at least 2 pixels: isolated noise spikes never
 def slice_threshold(image: np.ndarray) -> float:
     """Foreground threshold of one slice on its own (`background_threshold` of its pixels above
     the slice minimum), never below `HEAD_TISSUE_SHARE` of the way from the minimum to the 99th
-    percentile of the pixels above that threshold (the tissue). Leaving out the pixels at the minimum makes it independent of
-    constant padding: a slice zero-padded into any larger matrix gets exactly the same
-    threshold."""
+    percentile of the pixels above that threshold (the tissue). Leaving out the pixels at the
+    minimum makes it independent of constant padding: a slice zero-padded into any larger
+    matrix gets exactly the same threshold."""
     a = np.asarray(image, dtype=np.float64)
     a = a[np.isfinite(a)]
     if a.size == 0:
