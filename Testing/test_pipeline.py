@@ -203,3 +203,28 @@ def test_ghosts_on_a_zero_background_move_the_window_that_inference_cuts():
     fitted = pipeline.fit_as_inference(moved)
     assert fitted.shape == moved.shape and float(fitted.min()) >= 0 and float(fitted.max()) <= 1
     assert np.allclose(fitted[:, 0].numpy(), geometry.to_model_input(moved[:, 0].numpy(), size=128))
+
+
+def test_collate_and_fixed_sets_take_the_runs_motion_free_share():
+    """--p-clean reaches every corrupted batch of a run (training, validation, calibration):
+    every label 1 (to float rounding) at 1, hardly any at 0; the default is settings.P_CLEAN."""
+    from MotionSSIMLib.base import settings
+
+    assert pipeline.P_CLEAN == settings.P_CLEAN == pipeline.Collate(0).p_clean
+    clean = _clean(n=32, size=48)
+    items = [(clean[i], (0, 0, i)) for i in range(len(clean))]
+    all_clean = pipeline.Collate(3, p_clean=1.0)(items)["labels"]
+    assert torch.all(all_clean > 0.999), all_clean.min()
+    moved = pipeline.Collate(3, p_clean=0.0)(items)["labels"]
+    assert float((moved > 0.999).float().mean()) < 0.1, moved
+    # the GPU path (corrupted on the device from the clean batch) follows it too
+    lazy = pipeline.Collate(3, p_clean=1.0, corrupt=False)
+    _, labels = pipeline.to_device_batch(lazy(items), "cpu", lazy)
+    assert torch.all(labels > 0.999)
+
+    class Keyed(torch.utils.data.Dataset):  # a SliceDataset stand-in: key -> (slice, key)
+        def __getitem__(self, key):
+            return clean[key[2] % len(clean)], key
+
+    fixed = list(pipeline.fixed_set(Keyed(), 1, 16, 0, True, 0.5, chunk=8, p_clean=1.0))
+    assert len(fixed) == 2 and all(torch.all(y > 0.999) for _, y in fixed)

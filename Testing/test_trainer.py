@@ -465,3 +465,31 @@ def test_plain_resume_keeps_the_saved_schedule(toy, tmp_path):
                 keep_epochs=True)
     assert res.status == "finished" and res.epoch == 2 and res.step == 6
     assert float(log_rows(tmp_path)[-1]["lr"]) == pytest.approx(trainer.learning_rate(s, 5))
+
+
+def test_motion_free_share_is_a_run_setting_that_resumes(toy, tmp_path):
+    """--p-clean is kept in the saved state and the checkpoints' schedule; a state saved before
+    the option existed resumes with the old fixed share (settings.P_CLEAN)."""
+    from MotionSSIMLib.assessment.checkpoint import read_metadata
+    from MotionSSIMLib.base.settings import P_CLEAN
+
+    def stop_at_4(event):  # in epoch 2, after the first epoch's checkpoints
+        if event["step"] == 4:
+            (tmp_path / "stop").write_text("")
+
+    assert train(small(p_clean=0.4), tmp_path, toy["train"], toy["val"],
+                 callback=stop_at_4).status == "stopped"
+    assert read_metadata(tmp_path / "last.safetensors")["schedule"]["p_clean"] == 0.4
+    # a plain resume keeps the run's share, whatever the default
+    res = train(small(), tmp_path, resume=True)
+    assert res.status == "finished"
+    assert read_metadata(tmp_path / "last.safetensors")["schedule"]["p_clean"] == 0.4
+    # an older state (no p_clean saved) resumes with the share it was trained with
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    del state["settings"]["p_clean"]
+    torch.save(state, tmp_path / "state.pt")
+    res = train(small(epochs=3, p_clean=0.9), tmp_path, resume=True)
+    assert res.status == "finished"
+    assert read_metadata(tmp_path / "last.safetensors")["schedule"]["p_clean"] == P_CLEAN
+    with pytest.raises(InputError, match="p_clean"):
+        train(small(p_clean=1.5), tmp_path / "bad", toy["train"], toy["val"])

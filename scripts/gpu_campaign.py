@@ -40,7 +40,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MotionSSIM"))
 
-from MotionSSIMLib.base.settings import V3_MOTION_FAMILIES, V3_STORAGE  # noqa: E402  (torch-free)
+from MotionSSIMLib.base.settings import (  # noqa: E402  (torch-free)
+    P_CLEAN,
+    V3_MOTION_FAMILIES,
+    V3_STORAGE,
+)
 
 CARRY = ROOT / "campaign_carry"
 SHARD_BYTES = 15 << 20          # below the 16 MiB a returned file may have
@@ -203,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     base = dict(architecture="resnet18", batch_size=plan["batch"], lr=lr,
                 input_size=plan["input_size"], motion_families=args.motion_families,
                 freeze=args.freeze, seed=args.seed, storage=args.storage,
-                workers=plan["workers"], device=str(dev), pipeline="auto", amp=True,
+                p_clean=args.p_clean, workers=plan["workers"], device=str(dev), pipeline="auto", amp=True,
                 channels_last=True, progress=False, slices="all", cache_mb=4096)
 
     # 2. the rate, then a schedule that fills the time left (minus evaluation and writing)
@@ -266,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(dev), "gpu": gpu, "torch": torch.__version__, "cores": os.cpu_count(),
         "plan": {**plan, "epochs": epochs, "lr": lr, "init_from": Path(init).name,
                  "motion_families": args.motion_families, "freeze": args.freeze,
-                 "storage": args.storage, "budget_s": budget},
+                 "storage": args.storage, "p_clean": args.p_clean, "budget_s": budget},
         "measured": {"probe_samples_per_s": round(rate, 2), "train_s": round(train_time, 1),
                      "steps": result.step, "samples": samples,
                      "samples_per_s": round(samples / max(train_time, 1e-9), 2),
@@ -318,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"training motion mix (default, model v3's: {V3_MOTION_FAMILIES})")
     r.add_argument("--storage", type=float, default=V3_STORAGE,
                    help=f"share stored at a lower matrix (default, model v3's: {V3_STORAGE})")
+    r.add_argument("--p-clean", type=float, default=P_CLEAN,
+                   help=f"share of training slices left motion-free (default {P_CLEAN})")
     r.add_argument("--freeze", type=int, default=0,
                    help="leading stages kept fixed (default 0: a GPU has the time to train all)")
     r.add_argument("--tiny", action="store_true", help="dry run at a tiny scale (tests)")

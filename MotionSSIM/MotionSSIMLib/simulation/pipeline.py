@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..base.settings import P_CLEAN  # the default motion-free share (label 1)
+
 __all__ = [
     "Collate",
     "CorruptionParams",
@@ -42,12 +44,6 @@ def batch_generator(seed: int, key: Sequence[int]) -> torch.Generator:
     g = torch.Generator(device="cpu")
     g.manual_seed(int(ss.generate_state(1, np.uint64)[0]) & ((1 << 63) - 1))
     return g
-
-
-# Share of samples left motion-free (label 1). Most slices of real scans are clean: without
-# them the model never sees SSIM 1 and reads clean slices as mildly corrupted (measured here:
-# a -0.1 bias on the bundled sample's clean slices after 5 epochs without them).
-P_CLEAN = 0.15
 
 
 def fit_as_inference(corrupted: torch.Tensor) -> torch.Tensor:
@@ -257,6 +253,7 @@ class Collate:
     acquisition: bool = True    # resolution and noise stages (augment)
     families: str | None = None  # motion families and weights (None / "": the default two)
     storage: float = 0.0        # share stored at a lower matrix after the acquisition
+    p_clean: float = P_CLEAN    # share left motion-free (label 1)
 
     def __call__(self, items: list[tuple[torch.Tensor, tuple[int, int, int]]]) -> dict[str, Any]:
         clean = torch.stack([img for img, _ in items])
@@ -264,7 +261,7 @@ class Collate:
         if not self.corrupt:
             return {"clean": clean, "key": key}
         corrupted, labels = corrupt_batch(clean, batch_generator(self.seed, key),
-                                          self.contrast, self.p_torchio,
+                                          self.contrast, self.p_torchio, self.p_clean,
                                           tio_backend=self.tio_backend,
                                           acquisition=self.acquisition, families=self.families,
                                           storage=self.storage)
@@ -282,7 +279,7 @@ def to_device_batch(batch: dict[str, Any], device: torch.device | str, collate: 
     else:
         clean = batch["clean"].to(device, non_blocking=True)
         images, labels = corrupt_batch(clean, batch_generator(collate.seed, batch["key"]),
-                                       collate.contrast, collate.p_torchio,
+                                       collate.contrast, collate.p_torchio, collate.p_clean,
                                        tio_backend=collate.tio_backend,
                                        acquisition=collate.acquisition,
                                        families=collate.families, storage=collate.storage)
@@ -340,14 +337,17 @@ def fixed_set(dataset: torch.utils.data.Dataset, stream: int, n: int, seed: int,
               chunk: int = 100, workers: int = 0, rank: int = 0,
               world_size: int = 1, acquisition: bool = True,
               families: str | None = None, storage: float = 0.0,
+              p_clean: float = P_CLEAN,
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed, seeded sample set of `stream` (validation or test): n corrupted slices in
     chunks of `chunk`, yielded as (images, labels) on `device`. Deterministic for a given
     (seed, n, chunk): two models evaluated with the same seed see the same slices. With
     world_size > 1 this rank yields only the chunks rank, rank + world_size, ... (whole chunks,
-    so the set is the same whatever the number of processes)."""
+    so the set is the same whatever the number of processes). p_clean: the motion-free share
+    (a training run's validation set follows its --p-clean; evaluation keeps P_CLEAN)."""
     collate = Collate(seed, contrast, p_torchio, corrupt=torch.device(device).type == "cpu",
-                      acquisition=acquisition, families=families, storage=storage)
+                      acquisition=acquisition, families=families, storage=storage,
+                      p_clean=p_clean)
     batches = batch_keys(stream, 0, n, chunk)[rank::world_size]
     if not batches:
         return

@@ -110,7 +110,8 @@ def _validation_set(run: _Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
         run.settings.p_torchio, run.device if run.pipe == "device" else "cpu",
         chunk=min(run.settings.batch_size, 100), workers=run.workers,
         rank=run.dist.rank, world_size=run.dist.world, acquisition=run.settings.acquisition,
-        families=run.settings.motion_families, storage=run.settings.storage))
+        families=run.settings.motion_families, storage=run.settings.storage,
+        p_clean=run.settings.p_clean))
 
 
 def _calibration_set(run: _Run) -> list[torch.Tensor]:
@@ -126,7 +127,8 @@ def _calibration_set(run: _Run) -> list[torch.Tensor]:
         ds, STREAMS["calibration"], n, run.settings.seed, run.settings.contrast, run.settings.p_torchio,
         run.device if run.pipe == "device" else "cpu", chunk=run.settings.batch_size,
         workers=run.workers, acquisition=run.settings.acquisition,
-        families=run.settings.motion_families, storage=run.settings.storage)]
+        families=run.settings.motion_families, storage=run.settings.storage,
+        p_clean=run.settings.p_clean)]
 
 
 @torch.no_grad()
@@ -223,7 +225,8 @@ def _train_loader(run: _Run, n_batches: int) -> tuple[Any, pipeline.Collate]:
     collate = pipeline.Collate(settings.seed, settings.contrast, settings.p_torchio,
                                corrupt=run.pipe == "workers", tio_backend=settings.tio_backend,
                                acquisition=settings.acquisition,
-                               families=settings.motion_families, storage=settings.storage)
+                               families=settings.motion_families, storage=settings.storage,
+                               p_clean=settings.p_clean)
     loader = pipeline.make_loader(train_ds, _train_batches(run, n_batches), collate,
                                   run.workers, pin_memory=run.cuda)
     return loader, collate
@@ -415,6 +418,7 @@ def train(
         known = {f.name for f in fields(TrainSettings)}
         base = {k: v for k, v in saved["settings"].items() if k in known}
         base.setdefault("storage", 0.0)  # runs saved before the storage stage had none
+        base.setdefault("p_clean", pipeline.P_CLEAN)  # nor a motion-free share of their own
         now = asdict(settings)
         settings = TrainSettings(**{**now, **{k: base[k] for k in RUN_KEYS if k in base}})
         if keep_epochs and "epochs" in base:
