@@ -207,8 +207,8 @@ def run(args: argparse.Namespace) -> int:
     base = dict(architecture="resnet18", batch_size=plan["batch"], lr=lr,
                 input_size=plan["input_size"], motion_families=args.motion_families,
                 freeze=args.freeze, seed=args.seed, storage=args.storage,
-                p_clean=args.p_clean, workers=plan["workers"], device=str(dev), pipeline="auto", amp=True,
-                channels_last=True, progress=False, slices="all", cache_mb=4096)
+                p_clean=args.p_clean, workers=plan["workers"], device=str(dev), pipeline="auto",
+                amp=True, channels_last=True, progress=False, slices="all", cache_mb=4096)
 
     # 2. the rate, then a schedule that fills the time left (minus evaluation and writing)
     if dev.type == "cuda":

@@ -100,6 +100,13 @@ def _check_data(run: _Run, train_paths: Sequence[str | Path], val_paths: Sequenc
     run.train_paths, run.val_paths, run.data_summary = result
 
 
+def _corruption(settings: TrainSettings) -> dict[str, Any]:
+    """The corruption settings every sample set of a run shares (training, validation, BatchNorm
+    calibration), in one place, so that a new option cannot reach one set and miss another."""
+    return dict(acquisition=settings.acquisition, families=settings.motion_families,
+                storage=settings.storage, p_clean=settings.p_clean)
+
+
 def _validation_set(run: _Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if not run.val_paths or run.settings.val_samples == 0:
         return []
@@ -109,9 +116,7 @@ def _validation_set(run: _Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
         ds, STREAMS["validation"], run.settings.val_samples, run.settings.seed, run.settings.contrast,
         run.settings.p_torchio, run.device if run.pipe == "device" else "cpu",
         chunk=min(run.settings.batch_size, 100), workers=run.workers,
-        rank=run.dist.rank, world_size=run.dist.world, acquisition=run.settings.acquisition,
-        families=run.settings.motion_families, storage=run.settings.storage,
-        p_clean=run.settings.p_clean))
+        rank=run.dist.rank, world_size=run.dist.world, **_corruption(run.settings)))
 
 
 def _calibration_set(run: _Run) -> list[torch.Tensor]:
@@ -126,9 +131,7 @@ def _calibration_set(run: _Run) -> list[torch.Tensor]:
     return [images for images, _ in pipeline.fixed_set(
         ds, STREAMS["calibration"], n, run.settings.seed, run.settings.contrast, run.settings.p_torchio,
         run.device if run.pipe == "device" else "cpu", chunk=run.settings.batch_size,
-        workers=run.workers, acquisition=run.settings.acquisition,
-        families=run.settings.motion_families, storage=run.settings.storage,
-        p_clean=run.settings.p_clean)]
+        workers=run.workers, **_corruption(run.settings))]
 
 
 @torch.no_grad()
@@ -224,9 +227,7 @@ def _train_loader(run: _Run, n_batches: int) -> tuple[Any, pipeline.Collate]:
                             cache_bytes=settings.cache_mb << 20, slices=settings.slices)
     collate = pipeline.Collate(settings.seed, settings.contrast, settings.p_torchio,
                                corrupt=run.pipe == "workers", tio_backend=settings.tio_backend,
-                               acquisition=settings.acquisition,
-                               families=settings.motion_families, storage=settings.storage,
-                               p_clean=settings.p_clean)
+                               **_corruption(settings))
     loader = pipeline.make_loader(train_ds, _train_batches(run, n_batches), collate,
                                   run.workers, pin_memory=run.cuda)
     return loader, collate
