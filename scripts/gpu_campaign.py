@@ -207,8 +207,10 @@ def run(args: argparse.Namespace) -> int:
     base = dict(architecture="resnet18", batch_size=plan["batch"], lr=lr,
                 input_size=plan["input_size"], motion_families=args.motion_families,
                 freeze=args.freeze, seed=args.seed, storage=args.storage,
-                p_clean=args.p_clean, workers=plan["workers"], device=str(dev), pipeline="auto",
-                amp=True, channels_last=True, progress=False, slices="all", cache_mb=4096)
+                p_clean=args.p_clean, array_noise=args.array_noise,
+                band_noise=args.band_noise, workers=plan["workers"],
+                device=str(dev), pipeline="auto", amp=True, channels_last=True, progress=False,
+                slices="all", cache_mb=4096)
 
     # 2. the rate, then a schedule that fills the time left (minus evaluation and writing)
     if dev.type == "cuda":
@@ -270,7 +272,9 @@ def run(args: argparse.Namespace) -> int:
         "device": str(dev), "gpu": gpu, "torch": torch.__version__, "cores": os.cpu_count(),
         "plan": {**plan, "epochs": epochs, "lr": lr, "init_from": Path(init).name,
                  "motion_families": args.motion_families, "freeze": args.freeze,
-                 "storage": args.storage, "p_clean": args.p_clean, "budget_s": budget},
+                 "storage": args.storage, "p_clean": args.p_clean,
+                 "array_noise": args.array_noise, "band_noise": args.band_noise,
+                 "budget_s": budget},
         "measured": {"probe_samples_per_s": round(rate, 2), "train_s": round(train_time, 1),
                      "steps": result.step, "samples": samples,
                      "samples_per_s": round(samples / max(train_time, 1e-9), 2),
@@ -324,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"share stored at a lower matrix (default, model v3's: {V3_STORAGE})")
     r.add_argument("--p-clean", type=float, default=P_CLEAN,
                    help=f"share of training slices left motion-free (default {P_CLEAN})")
+    r.add_argument("--array-noise", type=float, default=0.0,
+                   help="share of noisy training slices with array-coil noise (default 0)")
+    r.add_argument("--band-noise", type=float, default=0.0,
+                   help="share of noisy training slices with the acquired matrix's noise grain "
+                        "(default 0)")
     r.add_argument("--freeze", type=int, default=0,
                    help="leading stages kept fixed (default 0: a GPU has the time to train all)")
     r.add_argument("--tiny", action="store_true", help="dry run at a tiny scale (tests)")

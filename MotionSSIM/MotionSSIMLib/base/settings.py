@@ -53,7 +53,7 @@ COSINE_FLOOR = 0.01  # the cosine schedule decays to this share of the peak lear
 RUN_KEYS = ("architecture", "samples_per_epoch", "batch_size", "lr", "input_size", "contrast",
             "p_torchio", "motion_families", "val_samples", "seed", "slices",
             "bn_calibration", "lr_schedule", "warmup", "acquisition", "freeze", "storage",
-            "p_clean")
+            "p_clean", "array_noise", "band_noise")
 SCHEDULE, MACHINE = "model and schedule (defaults: the paper's)", "machine"
 
 
@@ -191,6 +191,14 @@ class TrainSettings:
     p_clean: float = setting(P_CLEAN, "share of training and validation slices left "
                              f"motion-free (label 1; default {P_CLEAN})", check=share,
                              metavar="SHARE")
+    array_noise: float = setting(0.0, "share of the noisy training and validation slices "
+                                 "whose noise is a phased-array coil's (root sum of squares of "
+                                 "2-32 channels: a higher, smoother floor in air than Rician "
+                                 "noise; default 0)", check=share, metavar="SHARE")
+    band_noise: float = setting(0.0, "share of the noisy training and validation slices "
+                                "acquired at a lower matrix whose noise has that matrix's "
+                                "grain, as a scanner's (default 0: the slice grid's)",
+                                check=share, metavar="SHARE")
     val_samples: int = setting(500, "size of the fixed validation set (default 500)",
                                check=not_negative)
     seed: int = setting(0, "seed of every random draw (same seed, same slices)")

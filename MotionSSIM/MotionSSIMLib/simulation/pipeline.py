@@ -112,6 +112,10 @@ class CorruptionParams:
         if self.noise is not None:
             snr = float(self.noise.snr[i])
             out["noise_snr"] = None if snr == float("inf") else round(snr, 2)
+            if self.noise.coils is not None:
+                out["noise_coils"] = int(self.noise.coils[i])
+            if self.noise.band is not None:
+                out["noise_acquired_grain"] = bool(self.noise.band[i])
         if self.storage is not None:
             st = self.storage
             out["stored_share"] = round(float(st.factor[i]), 3) if bool(st.apply[i]) else None
@@ -122,14 +126,18 @@ def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generato
                     contrast: bool = True, p_torchio: float = 0.5,
                     p_clean: float = P_CLEAN, acquisition: bool = True,
                     families: str | Mapping[str, float] | None = None,
-                    storage: float = 0.0) -> CorruptionParams:
+                    storage: float = 0.0, array_noise: float = 0.0,
+                    band_noise: float = 0.0) -> CorruptionParams:
     """Draw a batch's corruption (TorchIO's make_params step), in a fixed order: contrast
     names and parameters, then the severities (a share p_clean motion-free), then the motion
     (`motion.draw_motion_params`: the family of each sample, among `families` or by default
     TorchIO's with p_torchio and the k-space lines, and every chosen family's parameters for
     every sample), then (acquisition=True) the acquired matrix and the noise (`augment`), then
     (acquisition=True and storage > 0: the share of samples stored) the stored matrix.
-    Deterministic for a seeded generator; storage=0 draws nothing more."""
+    array_noise: the share of noisy samples with array-coil noise (`augment.draw_noise_params`'s
+    p_array); band_noise: the share with noise of the acquired grain (p_band). Deterministic
+    for a seeded generator; storage, array_noise and band_noise 0 draw nothing more (a stream
+    drawn before they existed is unchanged)."""
     from ..imaging import intensity
     from . import augment, motion
 
@@ -145,7 +153,8 @@ def draw_corruption(batch: int, size: tuple[int, int], generator: torch.Generato
     rparams = augment.draw_resolution_params(batch, generator, int(min(size)),
                                              min_matrix=min(augment.RES_MIN_MATRIX,
                                                             int(min(size))))
-    nparams = augment.draw_noise_params(batch, generator)
+    nparams = augment.draw_noise_params(batch, generator, p_array=array_noise,
+                                        p_band=band_noise)
     sparams = (augment.draw_storage_params(batch, generator, int(min(size)), storage,
                                            min(augment.STORE_MIN_MATRIX, int(min(size))))
                if storage > 0 else None)
@@ -191,9 +200,12 @@ def apply_corruption(clean: torch.Tensor, params: CorruptionParams,
     stored = params.storage
     if params.noise is not None:
         # sigma from the clean slice's tissue, as a scanner's noise does not follow the motion
-        noise = dataclasses.replace(params.noise,
-                                    sigma=augment.tissue_level(x) / params.noise.snr)
-        corrupted = augment.apply_noise(corrupted, noise)
+        noise = dataclasses.replace(
+            params.noise, sigma=augment.noise_sigma(augment.tissue_level(x), params.noise))
+        field = augment.noise_field(noise, tuple(x.shape[-2:]), x.device)
+        if params.resolution is not None:
+            field = augment.band_limit_field(field, noise, params.resolution)
+        corrupted = augment.apply_noise(corrupted, noise, field=field)
     if stored is not None:
         corrupted = augment.apply_storage(corrupted, stored)
     if params.resolution is not None:
@@ -213,6 +225,8 @@ def corrupt_batch(
     acquisition: bool = True,
     families: str | Mapping[str, float] | None = None,
     storage: float = 0.0,
+    array_noise: float = 0.0,
+    band_noise: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, CorruptionParams]:
     """Clean slices (B, 1, S, S) in [0, 1] -> (corrupted (B, 1, S, S), labels (B,)), on the
     device of `clean`: optional random contrast (one of the paper's five per sample), motion
@@ -226,7 +240,9 @@ def corrupt_batch(
     returns the CorruptionParams drawn. families: the motion families and their weights
     (`settings.parse_families`; default: TorchIO's and the k-space lines by p_torchio).
     storage: the share of samples stored at a lower matrix after the acquisition
-    (`augment.apply_storage`; 0: none)."""
+    (`augment.apply_storage`; 0: none). array_noise: the share of noisy samples whose noise
+    is an array coil's (`augment`; 0: all Rician); band_noise: the share whose noise has the
+    acquired matrix's grain where it is lower (0: all at the slice grid)."""
     if clean.ndim != 4 or clean.shape[1] != 1:
         raise ValueError(f"corrupt_batch: expected (B, 1, H, W), got {tuple(clean.shape)}")
     from . import tio_motion
@@ -235,7 +251,8 @@ def corrupt_batch(
         raise ValueError(f"corrupt_batch: tio_backend must be one of {tio_motion.TIO_BACKENDS}, "
                          f"got {tio_backend!r}")
     params = draw_corruption(clean.shape[0], tuple(clean.shape[-2:]), generator, contrast,
-                             p_torchio, p_clean, acquisition, families, storage)
+                             p_torchio, p_clean, acquisition, families, storage,
+                             array_noise, band_noise)
     corrupted, labels = apply_corruption(clean, params, tio_backend)
     return (corrupted, labels, params) if return_params else (corrupted, labels)
 
@@ -254,6 +271,8 @@ class Collate:
     families: str | None = None  # motion families and weights (None / "": the default two)
     storage: float = 0.0        # share stored at a lower matrix after the acquisition
     p_clean: float = P_CLEAN    # share left motion-free (label 1)
+    array_noise: float = 0.0    # share of noisy samples with array-coil noise
+    band_noise: float = 0.0     # share of noisy samples with noise of the acquired grain
 
     def __call__(self, items: list[tuple[torch.Tensor, tuple[int, int, int]]]) -> dict[str, Any]:
         clean = torch.stack([img for img, _ in items])
@@ -264,7 +283,9 @@ class Collate:
                                           self.contrast, self.p_torchio, self.p_clean,
                                           tio_backend=self.tio_backend,
                                           acquisition=self.acquisition, families=self.families,
-                                          storage=self.storage)
+                                          storage=self.storage,
+                                          array_noise=self.array_noise,
+                                          band_noise=self.band_noise)
         return {"images": corrupted, "labels": labels, "key": key}
 
 
@@ -282,7 +303,9 @@ def to_device_batch(batch: dict[str, Any], device: torch.device | str, collate: 
                                        collate.contrast, collate.p_torchio, collate.p_clean,
                                        tio_backend=collate.tio_backend,
                                        acquisition=collate.acquisition,
-                                       families=collate.families, storage=collate.storage)
+                                       families=collate.families, storage=collate.storage,
+                                       array_noise=collate.array_noise,
+                                       band_noise=collate.band_noise)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, labels
@@ -337,17 +360,18 @@ def fixed_set(dataset: torch.utils.data.Dataset, stream: int, n: int, seed: int,
               chunk: int = 100, workers: int = 0, rank: int = 0,
               world_size: int = 1, acquisition: bool = True,
               families: str | None = None, storage: float = 0.0,
-              p_clean: float = P_CLEAN,
-              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+              p_clean: float = P_CLEAN, array_noise: float = 0.0,
+              band_noise: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed, seeded sample set of `stream` (validation or test): n corrupted slices in
     chunks of `chunk`, yielded as (images, labels) on `device`. Deterministic for a given
     (seed, n, chunk): two models evaluated with the same seed see the same slices. With
     world_size > 1 this rank yields only the chunks rank, rank + world_size, ... (whole chunks,
     so the set is the same whatever the number of processes). p_clean: the motion-free share
-    (a training run's validation set follows its --p-clean; evaluation keeps P_CLEAN)."""
+    (a training run's validation set follows its --p-clean; evaluation keeps P_CLEAN);
+    array_noise and band_noise likewise (--array-noise, --band-noise; evaluation keeps 0)."""
     collate = Collate(seed, contrast, p_torchio, corrupt=torch.device(device).type == "cpu",
                       acquisition=acquisition, families=families, storage=storage,
-                      p_clean=p_clean)
+                      p_clean=p_clean, array_noise=array_noise, band_noise=band_noise)
     batches = batch_keys(stream, 0, n, chunk)[rank::world_size]
     if not batches:
         return

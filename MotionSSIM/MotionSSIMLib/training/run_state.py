@@ -199,7 +199,8 @@ class _Run:
                 "optimizer": "Adam", "loss": "MSE", "contrast_augmentation": settings.contrast,
                 **{k: getattr(settings, k) for k in (
                     "p_torchio", "motion_families", "seed", "slices", "acquisition",
-                    "storage", "p_clean", "lr_schedule",
+                    "storage", "p_clean", "array_noise",
+                    "band_noise", "lr_schedule",
                     "bn_calibration")},
                 "world_size": self.dist.world},
             "epoch": self.epoch + 1,

@@ -104,7 +104,8 @@ def _corruption(settings: TrainSettings) -> dict[str, Any]:
     """The corruption settings every sample set of a run shares (training, validation, BatchNorm
     calibration), in one place, so that a new option cannot reach one set and miss another."""
     return dict(acquisition=settings.acquisition, families=settings.motion_families,
-                storage=settings.storage, p_clean=settings.p_clean)
+                storage=settings.storage, p_clean=settings.p_clean,
+                array_noise=settings.array_noise, band_noise=settings.band_noise)
 
 
 def _validation_set(run: _Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -420,6 +421,8 @@ def train(
         base = {k: v for k, v in saved["settings"].items() if k in known}
         base.setdefault("storage", 0.0)  # runs saved before the storage stage had none
         base.setdefault("p_clean", pipeline.P_CLEAN)  # nor a motion-free share of their own
+        base.setdefault("array_noise", 0.0)  # nor array-coil noise
+        base.setdefault("band_noise", 0.0)  # nor noise of the acquired grain
         now = asdict(settings)
         settings = TrainSettings(**{**now, **{k: base[k] for k in RUN_KEYS if k in base}})
         if keep_epochs and "epochs" in base:
