@@ -114,6 +114,123 @@ def test_noise_shape_errors():
         augment.apply_noise(x, p)
 
 
+def test_array_noise_is_drawn_only_when_asked_and_keeps_the_stream():
+    plain = augment.draw_noise_params(4000, _gen(3))
+    arrayed = augment.draw_noise_params(4000, _gen(3), p_array=0.5)
+    assert plain.coils is None and plain.band is None and not plain.arrayed.any()
+    # the draws before it are the same: a run without array noise keeps its old stream
+    torch.testing.assert_close(plain.snr, arrayed.snr)
+    assert torch.equal(plain.seed, arrayed.seed)
+    noisy = torch.isfinite(arrayed.snr)
+    assert not arrayed.arrayed[~noisy].any()  # no noise, no channels
+    share = arrayed.arrayed[noisy].float().mean().item()
+    assert abs(share - 0.5) < 0.03, share
+    counts = set(arrayed.coils[arrayed.arrayed].tolist())
+    assert counts == set(augment.NOISE_COILS)
+    assert set(arrayed.coils[~arrayed.arrayed].tolist()) == {1}
+    band = augment.draw_noise_params(4000, _gen(3), p_band=0.25)
+    assert band.coils is None and not band.band[~noisy].any()
+    assert abs(band.band[noisy].float().mean().item() - 0.25) < 0.03
+    for bad in (dict(p_array=1.5), dict(p_band=-0.1), dict(p_array=0.5, coils=(0, 4))):
+        with pytest.raises(ValueError, match="draw_noise_params"):
+            augment.draw_noise_params(4, _gen(0), **bad)
+
+
+def test_chi_square_cube_has_the_right_mean_and_variance():
+    z = torch.randn((1, 1, 400, 400), generator=_gen(1))
+    for dof in (2.0, 6.0, 14.0, 62.0):
+        chi = augment._chi_square(torch.full((1, 1, 1, 1), dof), z)
+        assert chi.min() >= 0
+        assert abs(chi.mean().item() / dof - 1) < 0.02, dof
+        assert abs(chi.var().item() / (2 * dof) - 1) < 0.08, dof
+    assert torch.all(augment._chi_square(torch.zeros((1, 1, 1, 1)), z) == 0)
+
+
+@pytest.mark.parametrize("coils", [2, 8, 32])
+def test_array_noise_floor_is_non_central_chi_at_the_rician_height(coils):
+    """In air the root sum of squares of L channels is chi with 2L degrees of freedom: mean
+    sigma sqrt(2) G(L + 1/2) / G(L); per channel sigma = tissue / (SNR sqrt(L)), so the floor
+    is about as high as Rician noise's at the same SNR but smoother."""
+    x = _phantom(b=2, size=256)
+    snr = 5.0
+    params = augment.NoiseParams(snr=torch.full((2,), snr, dtype=torch.float64),
+                                 seed=torch.tensor([4, 5]), coils=torch.full((2,), coils))
+    out = augment.apply_noise(x, params, normalise=False)
+    sigma = augment.tissue_level(x)[0].item() / (snr * math.sqrt(coils))
+    expected = sigma * math.sqrt(2) * math.exp(math.lgamma(coils + 0.5) - math.lgamma(coils))
+    bg = out[x == 0]
+    assert abs(bg.mean().item() / expected - 1) < 0.03, (bg.mean().item(), expected)
+    rician = augment.apply_noise(x, dataclasses.replace(params, coils=None), normalise=False)
+    rician_bg = rician[x == 0]
+    assert 0.95 < bg.mean().item() / rician_bg.mean().item() < 1.2
+    cv, rician_cv = (bg.std() / bg.mean()).item(), (rician_bg.std() / rician_bg.mean()).item()
+    assert cv < rician_cv * 0.8, (cv, rician_cv)
+    # one channel is Rician noise, bit for bit
+    single = dataclasses.replace(params, coils=torch.ones(2, dtype=torch.int64))
+    assert torch.equal(augment.apply_noise(x, single, normalise=False), rician)
+
+
+def test_band_limited_noise_has_the_acquired_grain_and_unit_variance():
+    b, size = 5, 128
+    params = augment.NoiseParams(snr=torch.full((b,), 5.0, dtype=torch.float64),
+                                 seed=torch.arange(b), coils=torch.tensor([1, 8, 1, 1, 8]),
+                                 band=torch.tensor([True, True, True, False, True]))
+    res = augment.ResolutionParams(
+        apply=torch.tensor([True, True, True, True, False]),
+        matrix_h=torch.tensor([48.0, 48.0, 48.0, 48.0, 128.0], dtype=torch.float64),
+        matrix_w=torch.tensor([64.0, 64.0, 48.0, 48.0, 128.0], dtype=torch.float64),
+        kspace=torch.tensor([True, True, False, True, True]),
+        window=torch.zeros(b, dtype=torch.float64))
+    field = augment.noise_field(params, (size, size))
+    assert field.shape == (b, 3, size, size)
+    out = augment.band_limit_field(field, params, res)
+    # not band-limited (no band, or acquired at the full matrix): unchanged
+    assert torch.equal(out[3], field[3]) and torch.equal(out[4], field[4])
+
+    def neighbour_corr(a):
+        return ((a[:, 1:] * a[:, :-1]).mean() / a.var()).item()
+
+    for i in (0, 1, 2):
+        for k in range(2 if i != 1 else 3):
+            assert abs(out[i, k].std().item() - 1) < 1e-3
+            assert neighbour_corr(out[i, k]) > 0.5, (i, k)
+        assert abs(neighbour_corr(field[i, 0])) < 0.05
+    # a sharp k-space window keeps nothing outside the acquired band
+    spec = torch.fft.fftshift(torch.fft.fft2(torch.complex(out[0, 0], out[0, 1]))).abs()
+    c = size // 2
+    inside = spec[c - 25:c + 26, c - 33:c + 34].pow(2).sum()  # 48 x 64 kept
+    assert spec.pow(2).sum() / inside < 1.0001
+    assert augment.band_limit_field(field, dataclasses.replace(params, band=None), res) is field
+
+
+def test_band_limited_noise_reads_coarser_in_the_pipeline():
+    """The noise stage of a sample acquired at a lower matrix takes its grain when asked:
+    its background (label and motion unchanged) is smoother than the slice grid's noise."""
+    from MotionSSIMLib.simulation import pipeline
+
+    x = _phantom(b=8, size=128)
+    params = pipeline.draw_corruption(8, (128, 128), _gen(7), contrast=False, p_clean=1.0,
+                                      band_noise=1.0)
+    params.resolution = dataclasses.replace(
+        params.resolution, apply=torch.ones(8, dtype=torch.bool),
+        matrix_h=torch.full((8,), 40.0, dtype=torch.float64),
+        matrix_w=torch.full((8,), 40.0, dtype=torch.float64))
+    params.noise = dataclasses.replace(params.noise, snr=torch.full((8,), 5.0,
+                                                                    dtype=torch.float64))
+    fine_params = dataclasses.replace(params, noise=dataclasses.replace(params.noise, band=None))
+    coarse, labels = pipeline.apply_corruption(x, params)
+    fine, fine_labels = pipeline.apply_corruption(x, fine_params)
+    torch.testing.assert_close(labels, fine_labels)
+    assert params.describe(0)["noise_acquired_grain"] is True
+
+    def roughness(img):  # mean squared neighbour difference over the variance
+        d = img[..., 1:] - img[..., :-1]
+        return (d.pow(2).mean() / img.var()).item()
+
+    # the phantom is flat: neighbour differences are the noise's
+    assert roughness(coarse) < 0.7 * roughness(fine), (roughness(coarse), roughness(fine))
+
+
 def test_resolution_params_span_and_determinism():
     a = augment.draw_resolution_params(3000, _gen(1), size=256)
     b = augment.draw_resolution_params(3000, _gen(1), size=256)

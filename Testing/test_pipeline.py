@@ -228,3 +228,37 @@ def test_collate_and_fixed_sets_take_the_runs_motion_free_share():
 
     fixed = list(pipeline.fixed_set(Keyed(), 1, 16, 0, True, 0.5, chunk=8, p_clean=1.0))
     assert len(fixed) == 2 and all(torch.all(y > 0.999) for _, y in fixed)
+
+
+def test_noise_options_reach_every_batch_of_a_run_and_leave_the_labels():
+    """--array-noise and --band-noise reach the worker path, the device path and the fixed
+    sets; they change the noise only: labels are taken before it, and their draws come after
+    the motion's and the acquired matrix's, so the labels stay those of the default stream."""
+    clean = _clean(n=16, size=48)
+    items = [(clean[i], (0, 0, i)) for i in range(len(clean))]
+    kw = dict(array_noise=1.0, band_noise=1.0, storage=0.5)
+    plain = pipeline.Collate(3, storage=0.5)(items)
+    noisy = pipeline.Collate(3, **kw)(items)
+    torch.testing.assert_close(noisy["labels"], plain["labels"])
+    assert not torch.equal(noisy["images"], plain["images"])
+    again = pipeline.Collate(3, **kw)(items)
+    assert torch.equal(again["images"], noisy["images"])
+    lazy = pipeline.Collate(3, corrupt=False, **kw)
+    images, labels = pipeline.to_device_batch(lazy(items), "cpu", lazy)
+    assert torch.equal(images, noisy["images"]) and torch.equal(labels, noisy["labels"])
+    _, _, params = pipeline.corrupt_batch(clean, pipeline.batch_generator(3, (0, 0, 0)),
+                                          return_params=True, **kw)
+    described = [params.describe(i) for i in range(len(clean))]
+    noisy_ones = [d for d in described if d["noise_snr"] is not None]
+    assert noisy_ones and all(d["noise_coils"] > 1 for d in noisy_ones)
+    assert all(d["noise_acquired_grain"] for d in noisy_ones)
+    json.dumps(described)
+
+    class Keyed(torch.utils.data.Dataset):
+        def __getitem__(self, key):
+            return clean[key[2] % len(clean)], key
+
+    fixed = list(pipeline.fixed_set(Keyed(), 1, 8, 0, True, 0.5, chunk=8, **kw))
+    default = list(pipeline.fixed_set(Keyed(), 1, 8, 0, True, 0.5, chunk=8, storage=0.5))
+    torch.testing.assert_close(fixed[0][1], default[0][1])
+    assert not torch.equal(fixed[0][0], default[0][0])

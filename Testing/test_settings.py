@@ -68,7 +68,8 @@ def test_every_setting_round_trips_through_its_command_line():
         seed=9, workers=0, device="cpu", pipeline="workers", amp=False, channels_last=False,
         threads=1, max_time=60.5, checkpoint_every=0, cache_mb=16, progress=False,
         init_from="a.safetensors", slices="all", bn_calibration=0, lr_schedule="cosine",
-        warmup=0.1, motion_families="torchio:2,epi:1", freeze=2, storage=0.5, p_clean=0.3)
+        warmup=0.1, motion_families="torchio:2,epi:1", freeze=2, storage=0.5, p_clean=0.3,
+        array_noise=0.2, band_noise=0.4)
     cli = [f.name for f in dataclasses.fields(st.TrainSettings) if f.metadata["cli"]]
     assert all(getattr(changed, n) != getattr(st.TrainSettings(), n) for n in cli)
     parsed = parse_train_args(st.train_arguments(changed, out="o", data="d"))

@@ -493,3 +493,24 @@ def test_motion_free_share_is_a_run_setting_that_resumes(toy, tmp_path):
     assert read_metadata(tmp_path / "last.safetensors")["schedule"]["p_clean"] == P_CLEAN
     with pytest.raises(InputError, match="p_clean"):
         train(small(p_clean=1.5), tmp_path / "bad", toy["train"], toy["val"])
+
+
+def test_noise_options_are_run_settings_that_resume(toy, tmp_path):
+    """--array-noise and --band-noise are kept in the saved state and the checkpoints'
+    schedule; a state saved before they existed resumes with neither (0)."""
+    from MotionSSIMLib.assessment.checkpoint import read_metadata
+
+    assert train(small(epochs=1, array_noise=0.5, band_noise=0.25), tmp_path, toy["train"],
+                 toy["val"]).status == "finished"
+    schedule = read_metadata(tmp_path / "last.safetensors")["schedule"]
+    assert (schedule["array_noise"], schedule["band_noise"]) == (0.5, 0.25)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert (state["settings"]["array_noise"], state["settings"]["band_noise"]) == (0.5, 0.25)
+    del state["settings"]["array_noise"], state["settings"]["band_noise"]
+    torch.save(state, tmp_path / "state.pt")
+    res = train(small(epochs=2, array_noise=0.9, band_noise=0.9), tmp_path, resume=True)
+    assert res.status == "finished"
+    schedule = read_metadata(tmp_path / "last.safetensors")["schedule"]
+    assert (schedule["array_noise"], schedule["band_noise"]) == (0.0, 0.0)
+    with pytest.raises(InputError, match="band_noise"):
+        train(small(band_noise=2.0), tmp_path / "bad", toy["train"], toy["val"])
