@@ -19,9 +19,9 @@ training distribution spans what real scanners deliver (issue "Model v2", point 
   phased-array coil instead, its L channels combined by root sum of squares: a non-central chi
   magnitude with 2L degrees of freedom, whose floor in air is higher and smoother than
   Rician's. Per channel sigma = tissue level / (SNR sqrt(L)), so one SNR gives about the same
-  floor height (tissue * sqrt(2) / SNR, Rician's 1.25 / SNR) whatever L is. Without it a model
-  read motion-free low-SNR slices from an 8-channel coil as motion (model v3, phase 7: clean
-  held-out slices at SNR 3 read 0.78 with 8 channels, 0.86 Rician).
+  floor height (tissue * sqrt(2) / SNR, Rician's 1.25 / SNR) whatever L is. At one floor height
+  the coil matters less than the grain below (model v3 phase 7 read clean held-out slices at
+  SNR 3 0.874 with 8 channels, 0.856 Rician), but no Rician slice has an array's smooth floor.
   A share ``p_band`` of the noisy samples acquired at a lower matrix gets noise of the acquired
   grain: the complex noise passes through the same k-space window or area resampling as the
   slice (`band_limit_field`), then is scaled back to unit variance, so the SNR is that of the
@@ -290,8 +290,8 @@ def apply_noise(x: torch.Tensor, params: NoiseParams, normalise: bool = True,
     (``sqrt(|x + sigma n1 + i sigma n2|^2 + sigma^2 chi2(2L - 2))``, the same distribution).
 
     x: (B, 1, H, W) float, non-negative. sigma = params.sigma, or `noise_sigma`(tissue_level(x)).
-    The noise field is a function of (params.seed, B, H, W, device) only, so two images of one
-    batch get the same realisation. Samples with snr = inf (sigma 0) come back as |x|.
+    The noise field is a function of (params.seed, params.coils, B, H, W, device) only, so two
+    images of one batch get the same realisation. Samples with snr = inf (sigma 0) come back as |x|.
     normalise: min-max each output slice to [0, 1] (the model-input range; the SSIM label
     normalises anyway). field: `noise_field(params, (H, W), x.device)` if already drawn.
     Returns (B, 1, H, W) float32 on x's device.
