@@ -249,24 +249,15 @@ def band_limit_field(field: torch.Tensor, params: NoiseParams,
     if not bool(which.any()):
         return field
     out = field.clone()
-    mh, mw = resolution.matrix_h.clamp(max=h), resolution.matrix_w.clamp(max=w)
     ks = torch.nonzero(which & resolution.kspace).flatten()
     if ks.numel():
         idx = ks.to(field.device)
-        wy = _kspace_weights(h, mh[ks], resolution.window[ks], field.device)
-        wx = _kspace_weights(w, mw[ks], resolution.window[ks], field.device)
-        weights = (wy[:, :, None] * wx[:, None, :]).float()
+        weights = _kspace_window(resolution, ks, h, w, field.device)
         c = torch.fft.ifft2(torch.fft.fft2(torch.complex(out[idx, 0], out[idx, 1])) * weights)
         out[idx, 0], out[idx, 1] = c.real, c.imag
         if planes > 2:
             out[idx, 2] = torch.fft.ifft2(torch.fft.fft2(out[idx, 2]) * weights).real
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i in torch.nonzero(which & ~resolution.kspace).flatten().tolist():
-        groups.setdefault((max(2, round(float(mh[i]))), max(2, round(float(mw[i])))), []).append(i)
-    for (gh, gw), members in groups.items():
-        idx = torch.as_tensor(members, device=field.device)
-        small = F.interpolate(out[idx], size=(gh, gw), mode="area")
-        out[idx] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    _area_round_trip(out, resolution, torch.nonzero(which & ~resolution.kspace).flatten().tolist())
     changed = torch.nonzero(which).flatten().to(field.device)
     sub = out[changed]
     out[changed] = sub / sub.flatten(2).std(dim=2).clamp(min=1e-6)[:, :, None, None]
@@ -425,6 +416,31 @@ def _kspace_weights(n: int, matrix: torch.Tensor, window: torch.Tensor,
     return torch.where(r < 1.0, w, torch.zeros_like(w))
 
 
+def _kspace_window(params: ResolutionParams, samples: torch.Tensor, h: int, w: int,
+                   device: torch.device) -> torch.Tensor:
+    """(len(samples), H, W) float32: the k-space window of `samples` (CPU indices), the kept
+    central matrix with its Tukey roll-off."""
+    mh, mw = params.matrix_h.clamp(max=h), params.matrix_w.clamp(max=w)
+    wy = _kspace_weights(h, mh[samples], params.window[samples], device)
+    wx = _kspace_weights(w, mw[samples], params.window[samples], device)
+    return (wy[:, :, None] * wx[:, None, :]).float()
+
+
+def _area_round_trip(out: torch.Tensor, params: ResolutionParams, samples: list[int]) -> None:
+    """In place: area down-sampling of `samples` of out (B, C, H, W) to their rounded matrix,
+    then bilinear up-sampling back (the interpolated acquisition)."""
+    h, w = out.shape[-2:]
+    mh, mw = params.matrix_h.clamp(max=h), params.matrix_w.clamp(max=w)
+    # area resampling needs one output size per call: group samples of the same matrix
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in samples:
+        groups.setdefault((max(2, round(float(mh[i]))), max(2, round(float(mw[i])))), []).append(i)
+    for (gh, gw), members in groups.items():
+        idx = torch.as_tensor(members, device=out.device)
+        small = F.interpolate(out[idx], size=(gh, gw), mode="area")
+        out[idx] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def apply_resolution(x: torch.Tensor, params: ResolutionParams) -> torch.Tensor:
     """Re-acquire each slice at its drawn matrix and reconstruct it at its own size.
 
@@ -440,27 +456,12 @@ def apply_resolution(x: torch.Tensor, params: ResolutionParams) -> torch.Tensor:
         raise ValueError(f"apply_resolution: parameters for {len(params)} samples, "
                          f"images for {b}")
     out = x.float().clone()
-    mh = params.matrix_h.clamp(max=h)
-    mw = params.matrix_w.clamp(max=w)
     ks = torch.nonzero(params.apply & params.kspace).flatten()
     if ks.numel():
-        dev = x.device
-        idx = ks.to(dev)
-        wy = _kspace_weights(h, mh[ks], params.window[ks], dev)
-        wx = _kspace_weights(w, mw[ks], params.window[ks], dev)
-        weights = (wy[:, :, None] * wx[:, None, :]).float()[:, None]
-        spec = torch.fft.fft2(out[idx])
-        out[idx] = torch.fft.ifft2(spec * weights).abs()
-    interp = torch.nonzero(params.apply & ~params.kspace).flatten().tolist()
-    # Area resampling needs one output size per call: group samples of the same matrix.
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i in interp:
-        key = (max(2, round(float(mh[i]))), max(2, round(float(mw[i]))))
-        groups.setdefault(key, []).append(i)
-    for (gh, gw), members in groups.items():
-        idx = torch.as_tensor(members, device=x.device)
-        small = F.interpolate(out[idx], size=(gh, gw), mode="area")
-        out[idx] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        idx = ks.to(x.device)
+        weights = _kspace_window(params, ks, h, w, x.device)[:, None]
+        out[idx] = torch.fft.ifft2(torch.fft.fft2(out[idx]) * weights).abs()
+    _area_round_trip(out, params, torch.nonzero(params.apply & ~params.kspace).flatten().tolist())
     changed = torch.nonzero(params.apply).flatten().to(x.device)
     if changed.numel():
         out[changed] = _minmax(out[changed])
